@@ -1,0 +1,113 @@
+"""A submission's life: the base-model allow-list, submissions and their status history."""
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from portal.models import Team, Track
+
+
+class BaseModel(models.Model):
+    """A base model on the organizers' allow-list."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="What teams type, e.g. mistral-7b.")
+    display_name = models.CharField(max_length=200, blank=True)
+    architecture = models.CharField(max_length=100, help_text="config.json architectures[0], e.g. LlamaForCausalLM.")
+    parameter_count = models.BigIntegerField(help_text="Number of parameters of the base model.")
+    licence = models.CharField(max_length=100)
+    weights_path = models.CharField(
+        max_length=500, blank=True, help_text="Folder where workers find the base weights (for adapters)."
+    )
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "allowed base model"
+
+    def __str__(self) -> str:
+        return self.display_name or self.name
+
+
+class Submission(models.Model):
+    class Status(models.TextChoices):
+        UPLOADING = "uploading", "Uploading"
+        VALIDATING = "validating", "Validating"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SCORED = "scored", "Scored"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+        DISQUALIFIED = "disqualified", "Disqualified"
+
+    class Kind(models.TextChoices):
+        FULL = "full", "Full weights"
+        ADAPTER = "adapter", "LoRA adapter"
+
+    class FailureKind(models.TextChoices):
+        NONE = "", "—"
+        USER = "user", "Participant error"
+        INFRA = "infra", "Infrastructure error"
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="submissions")
+    track = models.ForeignKey(Track, on_delete=models.PROTECT, related_name="submissions")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Declared metadata.
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.FULL)
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="submissions")
+    datasets = models.TextField(help_text="Datasets used for fine-tuning, with their licences, one per line.")
+    finetune_gpu_hours = models.FloatField(help_text="GPU-hours of fine-tuning on the track's GPU.")
+    recipe_url = models.URLField(max_length=500, help_text="Repository and commit of the training recipe.")
+    notes = models.TextField(blank=True)
+    # Status: assigned only by evaluation.services.submission_transition.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UPLOADING, db_index=True)
+    status_reason = models.TextField(blank=True)
+    status_changed_at = models.DateTimeField(default=timezone.now)
+    failure_kind = models.CharField(max_length=8, choices=FailureKind.choices, default="", blank=True)
+    # The upload.
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    archive_name = models.CharField(max_length=300, blank=True)
+    archive_path = models.CharField(max_length=500, blank=True, help_text="Storage name of the uploaded archive.")
+    model_dir = models.CharField(max_length=500, blank=True, help_text="Validated, extracted model folder.")
+    # Facts read from the weights during validation.
+    parameter_count = models.BigIntegerField(null=True, blank=True)
+    estimated_memory_gb = models.FloatField(null=True, blank=True)
+    # Organizer-controlled.
+    priority = models.SmallIntegerField(default=0, help_text="Higher runs earlier within its queue.")
+    is_final = models.BooleanField(default=False, help_text="The team's chosen entry for this track.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["track", "status"]), models.Index(fields=["team", "track", "created_at"])]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["team", "track"], condition=models.Q(is_final=True), name="submission_one_final_per_track"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.team} ({self.track.slug})"
+
+    @property
+    def counts_toward_quota(self) -> bool:
+        return self.failure_kind != self.FailureKind.INFRA and self.status != self.Status.UPLOADING
+
+
+class SubmissionEvent(models.Model):
+    """One row per status change: the history a team reads."""
+
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=16, choices=Submission.Status.choices, blank=True)
+    to_status = models.CharField(max_length=16, choices=Submission.Status.choices)
+    reason = models.TextField(blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.submission_id}: {self.from_status or '∅'} → {self.to_status}"

@@ -1,0 +1,5 @@
+from portal.models import Challenge
+
+
+def challenge(request):
+    return {"current_challenge": Challenge.objects.current()}
