@@ -34,7 +34,8 @@ def geometric_mean(scores: Iterable[float], floor: float) -> float | None:
     floored = [max(s, floor) for s in scores]
     if not floored:
         return None
-    return math.exp(math.fsum(math.log(s) for s in floored) / len(floored))
+    # At most five factors, each >= floor: the product cannot underflow.
+    return math.prod(floored) ** (1 / len(floored))
 
 
 def combine_suites(suite_scores: Mapping[str, float | None], weights: Mapping[str, float]) -> tuple[float | None, dict]:
