@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from leaderboard.ranking import rank_entries
 from leaderboard.scoring import (
     ABSOLUTE,
     FLOOR,
@@ -346,3 +347,26 @@ def test_worked_example_of_the_documentation():
     # A2 is not in anyone's field: the entries' scores are the same without it.
     without = by_id(score_track([e for e in worked_example() if e["submission_id"] != 11]))
     assert all(without[i]["final_score"] == results[i]["final_score"] for i in (1, 2, 3))
+
+
+def test_worked_example_ranking():
+    results = score_track(worked_example())
+    ranked = rank_entries(
+        [
+            {
+                "submission_id": r["submission_id"],
+                "team_id": r["team_id"],
+                "is_team_entry": r["is_team_entry"],
+                "final_score": r["final_score"],
+                "hidden_score": r["suites"]["hidden"]["score"],
+                "submitted_at": r["submission_id"],
+            }
+            for r in results
+        ]
+    )
+    assert [(r["submission_id"], r["rank"], r["rank_if_entry"]) for r in ranked] == [
+        (2, 1, 1),
+        (11, None, 2),
+        (1, 2, 2),
+        (3, 3, 3),
+    ]
