@@ -4,6 +4,7 @@ A metric is identified by a `MetricKey` (aspect, scenario, run, metric). Runs ar
 submissions by their name with the model arguments removed.
 """
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class SuiteMetrics:
         return not self.mentioned
 
 
+@functools.lru_cache(maxsize=8192)
 def normalize_run_name(name: str) -> str:
     """`mmlu:subject=anatomy,model=neurips_local` → `mmlu:subject=anatomy`."""
     scenario, sep, args = name.partition(":")
