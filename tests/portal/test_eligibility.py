@@ -35,11 +35,16 @@ def test_eligible_iff_every_member_is_verified(statuses, eligible, verified, mis
     team = _team(*statuses)
     result = team_student_eligibility(team)
     assert (result.eligible, result.verified, result.total, len(result.missing_members)) == (
-        eligible, verified, len(statuses), missing,
+        eligible,
+        verified,
+        len(statuses),
+        missing,
     )
     annotated = Team.objects.with_eligibility().get(pk=team.pk)
     assert (annotated.student_eligible, annotated.verified_count, annotated.member_count) == (
-        eligible, verified, len(statuses),
+        eligible,
+        verified,
+        len(statuses),
     )
 
 

@@ -96,7 +96,9 @@ def test_unknown_token_is_not_found(db):
         invitation_by_token("nope")
 
 
-def test_email_invitation_is_sent_and_only_its_addressee_may_accept(challenge, user, django_capture_on_commit_callbacks):
+def test_email_invitation_is_sent_and_only_its_addressee_may_accept(
+    challenge, user, django_capture_on_commit_callbacks
+):
     team = team_create(user=user, challenge=challenge, name="Low Rank")
     with django_capture_on_commit_callbacks(execute=True):
         invitation, token = invitation_create(
