@@ -8,6 +8,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 class Command(BaseCommand):
     help = "Serve the demo at 127.0.0.1:8000 and run a Celery worker beside it; Ctrl-C stops both."
 
@@ -35,6 +39,9 @@ class Command(BaseCommand):
                 "--without-gossip",
                 "--without-mingle",
             ]
+        # Ctrl-C and `kill` both stop the demo cleanly (a shell may start us with SIGINT ignored).
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _interrupt)
         children: dict[str, subprocess.Popen] = {}
         for name, argv in commands.items():
             # Own process group: Ctrl-C reaches us once and we stop each child ourselves, in order.
