@@ -69,3 +69,10 @@ def bs_widget(field, css: str = "form-control") -> str:
     """Render a bound field's own widget (keeping its attributes) with Bootstrap classes."""
     classes = css + (" is-invalid" if field.errors else "")
     return field.as_widget(attrs={"class": classes})
+
+
+@register.filter
+def country_name(code: str) -> str:
+    from django_countries.data import COUNTRIES
+
+    return str(COUNTRIES.get((code or "").upper(), code or ""))

@@ -135,3 +135,36 @@ def test_organizer_adding_a_member_in_the_admin_is_audited(admin_client, organiz
     assert Membership.objects.get(user=newcomer).challenge == challenge
     event = AuditEvent.objects.get(action="team.member_added")
     assert (event.actor, event.subject_user, event.team) == (organizer, newcomer, team)
+
+
+def test_admin_refuses_to_put_someone_in_a_second_team(admin_client, challenge):
+    captain = make_user()
+    team = team_create(user=captain, challenge=challenge, name="Low Rank")
+    taken = make_user()
+    team_create(user=taken, challenge=challenge, name="Other")
+    membership = team.memberships.get()
+    data = {
+        "challenge": challenge.pk,
+        "name": team.name,
+        "slug": team.slug,
+        "captain": captain.pk,
+        "created_at_0": "2026-01-01",
+        "created_at_1": "00:00:00",
+        "memberships-TOTAL_FORMS": "2",
+        "memberships-INITIAL_FORMS": "1",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-MAX_NUM_FORMS": "1000",
+        "memberships-0-id": membership.pk,
+        "memberships-0-team": team.pk,
+        "memberships-0-user": captain.pk,
+        "memberships-1-id": "",
+        "memberships-1-team": team.pk,
+        "memberships-1-user": taken.pk,
+        "invitations-TOTAL_FORMS": "0",
+        "invitations-INITIAL_FORMS": "0",
+        "invitations-MIN_NUM_FORMS": "0",
+        "invitations-MAX_NUM_FORMS": "1000",
+    }
+    response = admin_client.post(reverse("admin:portal_team_change", args=[team.pk]), data)
+    assert response.status_code == 200 and "already in team Other" in response.content.decode()
+    assert Membership.objects.get(user=taken).team.name == "Other"
