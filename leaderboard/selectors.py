@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import F, QuerySet
 
-from portal.models import Profile, Team
+from portal.models import Team
 
 from .models import StandingsSnapshot
 
@@ -22,14 +22,11 @@ def track_scored_results(track_id: int) -> list[dict[str, Any]]:
 
 
 def student_eligible_team_ids(team_ids) -> set[int]:
-    """Teams whose every member is a verified student (the challenge's rule for student awards)."""
-    verified = Q(memberships__user__profile__student_status=Profile.StudentStatus.VERIFIED)
+    """Teams whose every member is a verified student: portal's one rule, applied set-wise."""
     return set(
         Team.objects.filter(pk__in=list(team_ids))
-        .annotate(
-            members=Count("memberships", distinct=True), students=Count("memberships", filter=verified, distinct=True)
-        )
-        .filter(members__gt=0, members=F("students"))
+        .with_eligibility()
+        .filter(student_eligible=True)
         .values_list("pk", flat=True)
     )
 

@@ -20,12 +20,19 @@ class UserFactory(factory.django.DjangoModelFactory):
 
 
 class ProfileFactory(factory.django.DjangoModelFactory):
+    """Every user already has a profile (a signal creates it): this fills it in."""
+
     class Meta:
         model = Profile
-        django_get_or_create = ("user",)
 
     user = factory.SubFactory(UserFactory)
     display_name = factory.Faker("name")
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        user = kwargs.pop("user")
+        profile, _ = model_class.objects.update_or_create(user=user, defaults=kwargs)
+        return profile
 
 
 class ChallengeFactory(factory.django.DjangoModelFactory):
