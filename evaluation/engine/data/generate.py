@@ -96,14 +96,14 @@ UNITS = [
 def unit_conversion(rng: random.Random) -> dict:
     big, small, factor = rng.choice(UNITS)
     n = rng.randint(2, 15)
-    name, he, _his = _person(rng)
+    name, _he, his = _person(rng)
     correct = n * factor
     wrong = sorted({n * factor * 10, n * factor // 10 or n + 1, n + factor, (n + 1) * factor} - {correct})
     rng.shuffle(wrong)
     if rng.random() < 0.5:
         q = f"How many {small} are there in {n} {big}?"
     else:
-        q = f"{name} says {he} walked for {n} {big}. How many {small} is that?"
+        q = f"{name} wrote down a value of {n} {big} in {his} notes. How many {small} is that?"
     return _choice(q, str(correct), [str(w) for w in wrong], rng)
 
 
