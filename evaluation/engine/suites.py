@@ -154,7 +154,13 @@ BIG_BENCH_TASKS = [
     ("code_line_description", ""),
     *[
         ("conceptual_combinations", s)
-        for s in ("contradictions", "emergent_properties", "fanciful_fictional_combinations", "homonyms", "invented_words")
+        for s in (
+            "contradictions",
+            "emergent_properties",
+            "fanciful_fictional_combinations",
+            "homonyms",
+            "invented_words",
+        )
     ],
     ("emoji_movie", ""),
     ("formal_fallacies_syllogisms_negation", ""),
