@@ -30,12 +30,20 @@ class Row:
     echo: bool = False
     stop_sequences: list[str] = field(default_factory=list)
     generator: torch.Generator | None = None
+    seed: int = 0
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     prompt_logprobs: list[float] | None = None
     finished: bool = False
     finish_reason: str = ""
     error: str | None = None
+
+    def reset(self) -> None:
+        """Forget any output so the row can run again (after its batch ran out of memory)."""
+        self.tokens, self.logprobs, self.prompt_logprobs = [], [], None
+        self.finished, self.finish_reason, self.error = False, "", None
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed)
 
     @property
     def greedy(self) -> bool:
