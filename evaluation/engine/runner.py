@@ -89,6 +89,7 @@ class ServerProcess:
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     stopped_at: float = 0.0
+    health: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -116,7 +117,7 @@ class ServerProcess:
                     log_tail=text,
                 )
             try:
-                _http_json(f"{self.base_url}/health", timeout=2.0)
+                self.health = _http_json(f"{self.base_url}/health", timeout=2.0)
                 return
             except (urllib.error.URLError, OSError, ValueError):
                 time.sleep(0.25)
@@ -154,11 +155,19 @@ def _kill_group(process: subprocess.Popen, sig: int) -> None:
 
 
 def server_command(
-    model_dir: Path, port: int, track_memory_gb: float, adapter_base: Path | None, device: str, dtype: str
+    model_dir: Path,
+    port: int,
+    track_memory_gb: float,
+    adapter_base: Path | None,
+    device: str,
+    dtype: str,
+    track_name: str | None = None,
 ) -> list[str]:
     cmd = [sys.executable, "-m", "evaluation.engine.server", "--model", str(model_dir)]
     if adapter_base is not None:
         cmd += ["--adapter-base", str(adapter_base)]
+    if track_name:
+        cmd += ["--track-name", track_name]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--track-memory-gb", str(track_memory_gb)]
     return cmd + ["--device", device, "--dtype", dtype]
 
@@ -560,7 +569,7 @@ def _pick(stats: dict[str, Any], *keys: str) -> Any:
 def efficiency_from(
     server_stats: dict[str, Any], *, wall: float, helm: float, device_seconds: float, params: int | None
 ) -> Efficiency:
-    latency = server_stats.get("latency") if isinstance(server_stats.get("latency"), dict) else {}
+    latency = next((v for k in ("latency_seconds", "latency") if isinstance(v := server_stats.get(k), dict)), {})
     output_tokens = int(_pick(server_stats, "output_tokens", "generated_tokens", "completion_tokens") or 0)
     busy = _pick(server_stats, "busy_seconds", "busy_s")
     device = str(_pick(server_stats, "device") or "cpu")
@@ -603,6 +612,7 @@ def evaluate(
     health_timeout_s: float = 300.0,
     server_cmd: list[str] | None = None,
     helm_suite_id: str = "eval",
+    track_name: str | None = None,
 ) -> ResultDocument:
     """Evaluate one submission on one suite; return (and write to `<out>/result.json`) the document.
 
@@ -628,7 +638,7 @@ def evaluate(
     command = (
         [part.replace("{port}", str(port)) for part in server_cmd]
         if server_cmd
-        else server_command(model_path, port, track_memory_gb, base_path, device, dtype)
+        else server_command(model_path, port, track_memory_gb, base_path, device, dtype, track_name)
     )
     server = ServerProcess(command, port, out / "server.log", env=helm_env(f"http://127.0.0.1:{port}"))
     progress = HelmProgress(on_progress=on_progress, hidden=suite_obj.hidden)
@@ -639,7 +649,11 @@ def evaluate(
         server.start()
         server.wait_healthy(health_timeout_s)
         _emit(on_progress, {"event": "server_ready"})
-        prod_env = write_prod_env(out / "prod_env", server.base_url, model_facts(model_path, base_path))
+        facts = model_facts(model_path, base_path)
+        if isinstance(server.health.get("max_positions"), int):
+            facts["max_sequence_length"] = server.health["max_positions"]
+        doc.model.update({k: server.health.get(k) for k in ("parameters", "device", "dtype", "max_positions")})
+        prod_env = write_prod_env(out / "prod_env", server.base_url, facts)
         conf = write_conf(out / "run_entries.conf", suite_obj.entries, max_eval_instances)
         default_n = min(suite_obj.default_instances, max_eval_instances or suite_obj.default_instances)
         cmd = helm_command(conf, helm_suite_id, out / "helm", prod_env, threads, default_n, suite_obj.plugins)
@@ -677,7 +691,7 @@ def evaluate(
         wall = time.monotonic() - started
         device_seconds = (server.stopped_at or time.monotonic()) - (server.started_at or started)
         doc.efficiency = efficiency_from(
-            server_stats,
+            {**server.health, **server_stats},
             wall=wall,
             helm=helm_seconds,
             device_seconds=device_seconds,
