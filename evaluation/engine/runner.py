@@ -302,6 +302,7 @@ class HelmProgress:
     _started: float = 0.0
     _error_run: str | None = None
     _error_lines: list[str] = field(default_factory=list)
+    _closed_run: str | None = None  # block closed; the next line says whether it raised
 
     @property
     def runs_done(self) -> int:
@@ -316,8 +317,11 @@ class HelmProgress:
             return
         self._finish_error()
         rest = match.group("rest")
+        closed, self._closed_run = self._closed_run, None
         indent = len(rest) - len(rest.lstrip(" "))
         message = rest.strip()
+        if closed and not ((m := _RUN_ERROR.match(message)) and m.group("name") == closed):
+            self._succeed(closed)
         if m := _RUNS_TOTAL.search(message):
             self.runs_total = int(m.group(2))
             self._emit("planned")
@@ -335,14 +339,12 @@ class HelmProgress:
                 trace.wall_seconds = round(time.monotonic() - self._started, 3)
             self._error_run = name
             self._error_lines = []
-            self._emit("run_failed")
+            self._emit("run_failed", run=name)
         elif self.current and (m := _CLOSE.match(message)) and indent == self._current_indent:
             trace = self.runs[self.current]
             seconds = float(m.group("seconds")) * (0.001 if m.group("unit") == "ms" else 1)
             trace.wall_seconds = round(seconds, 3)
-            if trace.status == "running":
-                trace.status = "succeeded"
-                self._emit("run_finished")
+            self._closed_run = self.current
             self.current = None
         elif self.current and (m := _EVAL_INSTANCES.search(message)):
             self.runs[self.current].eval_instances = int(m.group(1))
@@ -355,6 +357,15 @@ class HelmProgress:
 
     def close(self) -> None:
         self._finish_error()
+        if self._closed_run:
+            self._succeed(self._closed_run)
+            self._closed_run = None
+
+    def _succeed(self, name: str) -> None:
+        trace = self.runs[name]
+        if trace.status == "running":
+            trace.status = "succeeded"
+            self._emit("run_finished", run=name)
 
     def _finish_error(self) -> None:
         if self._error_run is None:
@@ -365,15 +376,16 @@ class HelmProgress:
         self._error_run = None
         self._error_lines = []
 
-    def _emit(self, event: str) -> None:
+    def _emit(self, event: str, run: str | None = None) -> None:
         if self.on_progress is None:
             return
-        current = self.runs.get(self.current) if self.current else None
+        run = run or self.current
+        current = self.runs.get(run) if run else None
         payload = {
             "event": event,
             "runs_done": self.runs_done,
             "runs_total": self.runs_total,
-            "current_run": None if self.hidden else self.current,
+            "current_run": None if self.hidden else run,
             "instances": current.eval_instances if current else None,
             "requests": current.requests if current else None,
         }
