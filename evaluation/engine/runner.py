@@ -530,17 +530,32 @@ def detect_hardware() -> Hardware:
                     break
     except OSError:
         pass
+    # Read without importing torch (seconds of start-up on a small machine); the server imports it.
     try:
-        import torch
+        from importlib.metadata import version
+        from importlib.util import find_spec
 
-        hw.torch_version = torch.__version__
-        hw.cuda_version = torch.version.cuda
-        if torch.cuda.is_available():
-            hw.gpu_count = torch.cuda.device_count()
-            props = torch.cuda.get_device_properties(0)
-            hw.gpu_name = props.name
-            hw.gpu_memory_bytes = int(props.total_memory)
-    except Exception:  # torch missing or CUDA broken: report what we know
+        hw.torch_version = version("torch")
+        spec = find_spec("torch")
+        if spec and spec.submodule_search_locations:
+            text = (Path(spec.submodule_search_locations[0]) / "version.py").read_text()
+            if m := re.search(r"^cuda\b.*=\s*['\"]([^'\"]+)['\"]", text, re.M):
+                hw.cuda_version = m.group(1)
+    except Exception:
+        pass
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        gpus = [line.split(",") for line in out.stdout.strip().splitlines() if "," in line]
+        if out.returncode == 0 and gpus:
+            hw.gpu_count = len(gpus)
+            hw.gpu_name = gpus[0][0].strip()
+            hw.gpu_memory_bytes = int(float(gpus[0][1]) * 1024 * 1024)  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError):
         pass
     return hw
 
