@@ -396,6 +396,24 @@ class HelmProgress:
 
 
 # -------------------------------------------------------------------------------------------- helm
+def link_helm_data_cache(helm_output: Path, cache: str | Path | None) -> bool:
+    """Let HELM find data staged by `stage_helm_data`: the scenarios' downloads (`scenarios/`) and
+    the prepared instances (`scenario_instances/`, read with `--cache-instances`)."""
+    if not cache:
+        return False
+    root = Path(cache) / "benchmark_output"
+    if not root.is_dir():
+        root = Path(cache)
+    linked = False
+    for name in ("scenarios", "scenario_instances"):
+        source, target = root / name, helm_output / name
+        if source.is_dir() and not target.exists():
+            helm_output.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source.resolve(), target_is_directory=True)
+            linked = True
+    return linked
+
+
 def helm_command(
     conf: Path,
     suite_id: str,
@@ -640,6 +658,7 @@ def evaluate(
     server_cmd: list[str] | None = None,
     helm_suite_id: str = "eval",
     track_name: str | None = None,
+    helm_data_cache: str | Path | None = None,
 ) -> ResultDocument:
     """Evaluate one submission on one suite; return (and write to `<out>/result.json`) the document.
 
@@ -682,8 +701,11 @@ def evaluate(
         doc.model.update({k: server.health.get(k) for k in ("parameters", "device", "dtype", "max_positions")})
         prod_env = write_prod_env(out / "prod_env", server.base_url, facts)
         conf = write_conf(out / "run_entries.conf", suite_obj.entries, max_eval_instances)
+        staged = link_helm_data_cache(out / "helm", helm_data_cache or os.environ.get("HELM_DATA_CACHE"))
         default_n = min(suite_obj.default_instances, max_eval_instances or suite_obj.default_instances)
         cmd = helm_command(conf, helm_suite_id, out / "helm", prod_env, threads, default_n, suite_obj.plugins)
+        if staged:
+            cmd.append("--cache-instances")
         helm_started = time.monotonic()
         try:
             returncode = run_helm(

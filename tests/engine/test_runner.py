@@ -170,3 +170,16 @@ def test_a_failing_run_is_reported_while_the_others_count(tmp_path, monkeypatch)
     ]
     assert bias and bias[0].value == pytest.approx(0.5)
     assert doc.efficiency.request_count == 3 and doc.efficiency.latency_p95_s == 0.9  # the stub's own /stats
+
+
+def test_staged_helm_data_is_linked_into_the_job(tmp_path):
+    from evaluation.engine.runner import link_helm_data_cache
+    from evaluation.engine.stage_helm_data import stage_command
+
+    cmd = stage_command("challenge-2023-open", tmp_path / "stage")
+    assert cmd[-3:] == ["--cache-instances", "--cache-instances-only", "--skip-completed-runs"]
+    assert "mmlu:subject=anatomy,data_augmentation=canonical" in (tmp_path / "stage" / "run_entries.conf").read_text()
+    (tmp_path / "stage" / "benchmark_output" / "scenarios" / "mmlu").mkdir(parents=True)
+    assert link_helm_data_cache(tmp_path / "job" / "helm", tmp_path / "stage")
+    assert (tmp_path / "job" / "helm" / "scenarios" / "mmlu").is_dir()
+    assert not link_helm_data_cache(tmp_path / "job2", None)
