@@ -1,0 +1,5 @@
+import sys
+
+from evaluation.engine.cli import main
+
+sys.exit(main())

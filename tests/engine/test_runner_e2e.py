@@ -1,0 +1,93 @@
+"""End to end, offline: the real model server with a tiny model on CPU, real helm-run, the offline suite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evaluation.engine.result import ResultDocument, validate
+from evaluation.engine.runner import evaluate
+
+pytestmark = [pytest.mark.helm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_offline_smoke_through_real_helm_and_server_has_all_five_aspects(tiny_llama_dir, tmp_path):
+    events = []
+    doc = evaluate(
+        model_dir=tiny_llama_dir,
+        suite="offline-smoke",
+        track_memory_gb=24,
+        out_dir=tmp_path,
+        threads=4,
+        device="cpu",
+        on_progress=events.append,
+    )
+    assert doc.status == "succeeded", doc.errors
+    assert [r.status for r in doc.runs] == ["succeeded", "succeeded"]
+    assert {r.scenario for r in doc.runs} == {"offline_people_sentences", "offline_unit_conversion"}
+    assert all(r.instances == 6 and r.wall_seconds > 0 for r in doc.runs)
+
+    # Accuracy, robustness, fairness and bias from HELM; efficiency measured by the engine.
+    for aspect in ("accuracy", "robustness", "fairness", "bias"):
+        assert doc.records_for(aspect=aspect), aspect
+    main = [r for r in doc.records_for(aspect="accuracy") if r.metric == "exact_match" and r.split == "test"]
+    assert len(main) == 2 and all(0.0 <= r.value <= 1.0 for r in main)
+    worst = {r.perturbation for r in doc.records if r.metric == "exact_match" and r.computed_on == "worst"}
+    assert {"robustness", "fairness"} <= worst
+    eff = doc.efficiency
+    assert eff.request_count > 0 and eff.output_tokens > 0 and eff.output_tokens_per_second > 0
+    assert eff.latency_mean_s > 0 and eff.latency_p95_s >= eff.latency_mean_s * 0.5
+    assert eff.wall_seconds >= eff.helm_seconds > 0 and eff.gpu_seconds > 0
+    assert eff.parameter_count == doc.model["parameters"] > 0 and eff.device == "cpu"
+    assert eff.peak_gpu_memory_bytes is None  # measured on CPU: no GPU figure is invented
+    assert doc.hardware.torch_version and doc.hardware.cpu_count
+
+    # The document on disk is the same one, and it validates.
+    stored = json.loads((tmp_path / "result.json").read_text())
+    validate(stored)
+    assert ResultDocument.from_dict(stored) == doc
+
+    finished = [e for e in events if e.get("event") == "run_finished"]
+    assert [e["runs_done"] for e in finished] == [1, 2] and finished[-1]["runs_total"] == 2
+    # HELM stayed offline: it never tried to fetch NLTK data or anything else.
+    log = (tmp_path / "helm.log").read_text()
+    assert "Downloading" not in log and "nltk_data" not in log.replace(str(REPO), "")
+
+
+def test_cli_evaluate_end_to_end(tiny_gpt2_dir, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "evaluation.engine", "evaluate", "--model", str(tiny_gpt2_dir)]
+    cmd += ["--suite", "offline-smoke", "--track-memory-gb", "24", "--out", str(out), "--threads", "4"]
+    cmd += ["--max-eval-instances", "3", "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[2/2] run finished" in proc.stderr
+    assert "suite offline-smoke: succeeded" in proc.stdout
+    doc = ResultDocument.from_json((out / "result.json").read_text())
+    assert [r.instances for r in doc.runs] == [3, 3]
+    assert doc.model["parameters"] == doc.efficiency.parameter_count > 0
+
+
+def test_cli_list_suites_and_bad_suite():
+    proc = subprocess.run(
+        [sys.executable, "-m", "evaluation.engine", "list-suites", "--json"], cwd=REPO, capture_output=True, text=True
+    )
+    names = [s["name"] for s in json.loads(proc.stdout)]
+    assert {"offline-smoke", "offline-open", "offline-hidden", "prefill-mc", "generation"} <= set(names)
+    assert {"challenge-2023-open", "challenge-2023-hidden"} <= set(names)
+    proc = subprocess.run(
+        [sys.executable, "-m", "evaluation.engine", "evaluate", "--model", ".", "--suite", "nope"]
+        + ["--track-memory-gb", "24", "--out", "/tmp/unused"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 64 and "unknown suite 'nope'" in proc.stderr
