@@ -99,9 +99,14 @@ def _check_safetensors_only(folder: Path, what: str) -> None:
         raise ModelLoadError(f"no .safetensors weights in the {what} folder{hint}")
 
 
+def format_gb(n_bytes: int) -> str:
+    gb = n_bytes / GiB
+    return f"{gb:.1f}" if gb >= 1 else f"{gb:.3g}"
+
+
 def budget_message(needed: int, budget: int, track_name: str | None) -> str:
     track = f"track {track_name}" if track_name else "track"
-    return f"needs {needed / GiB:.1f} GB, {track} allows {budget / GiB:g} GB"
+    return f"needs {format_gb(needed)} GB, {track} allows {budget / GiB:g} GB"
 
 
 def _max_positions(config: Any) -> int | None:
