@@ -19,7 +19,9 @@ FEW_SHOT = (
     "Convert 3 kilometres to metres. Answer: 3000\n"
     "Passage: The meeting was moved to Tuesday. Question: When is the meeting? Answer: Tuesday\n"
 )
-FEW_SHOT_PROMPTS = [FEW_SHOT + "Question: " + q + " Answer:" for q in ["What is 1 plus 1?", "Is 12 larger than 100?", "When?"]]
+FEW_SHOT_PROMPTS = [
+    FEW_SHOT + "Question: " + q + " Answer:" for q in ["What is 1 plus 1?", "Is 12 larger than 100?", "When?"]
+]
 
 
 def eos_ids(model, tokenizer) -> set[int]:

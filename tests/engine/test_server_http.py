@@ -98,10 +98,14 @@ def test_greedy_with_several_sequences_repeats_the_one_answer(llama_server):
 def test_tokenize_and_decode(llama_server):
     tokenizer = llama_server.service.tokenizer
     text = "Question: What is 2 plus 3? Answer: 5"
-    body = requests.post(f"{llama_server.url}/tokenize", json={"text": text, "truncation": False, "max_length": 2048}).json()
+    body = requests.post(
+        f"{llama_server.url}/tokenize", json={"text": text, "truncation": False, "max_length": 2048}
+    ).json()
     assert body["tokens"] == tokenizer(text, add_special_tokens=False)["input_ids"]
     assert body["request_time"] >= 0
-    short = requests.post(f"{llama_server.url}/tokenize", json={"text": text, "truncation": True, "max_length": 3}).json()
+    short = requests.post(
+        f"{llama_server.url}/tokenize", json={"text": text, "truncation": True, "max_length": 3}
+    ).json()
     assert short["tokens"] == body["tokens"][:3]
     decoded = requests.post(f"{llama_server.url}/decode", json={"tokens": body["tokens"]}).json()
     assert decoded["text"] == text
@@ -128,7 +132,9 @@ def test_helm_http_client_and_tokenizer_talk_to_the_server(llama_server, monkeyp
     monkeypatch.delenv("HELM_HTTP_MODEL_BASE_URL", raising=False)
     service = llama_server.service
     client = HTTPModelClient(cache_config=BlackHoleCacheConfig(), base_url=llama_server.url)
-    request = Request(model="neurips/local", model_deployment="neurips/local", prompt=PROMPTS[1], temperature=0.0, max_tokens=5)
+    request = Request(
+        model="neurips/local", model_deployment="neurips/local", prompt=PROMPTS[1], temperature=0.0, max_tokens=5
+    )
     result = client.make_request(request)
     assert result.success, result.error
     ids = service.tokenizer(PROMPTS[1])["input_ids"]
@@ -137,7 +143,9 @@ def test_helm_http_client_and_tokenizer_talk_to_the_server(llama_server, monkeyp
     assert len(result.completions[0].tokens) == len(expected)
 
     tokenizer = HTTPModelTokenizer(cache_config=BlackHoleCacheConfig(), base_url=llama_server.url)
-    tokens = tokenizer.tokenize(TokenizationRequest(PROMPTS[0], tokenizer="neurips/local", encode=True, truncation=True, max_length=2))
+    tokens = tokenizer.tokenize(
+        TokenizationRequest(PROMPTS[0], tokenizer="neurips/local", encode=True, truncation=True, max_length=2)
+    )
     assert tokens.success and len(tokens.tokens) == 2
     decoded = tokenizer.decode(DecodeRequest([t.value for t in tokens.tokens], tokenizer="neurips/local"))
     assert decoded.success and PROMPTS[0].startswith(decoded.text)

@@ -85,7 +85,9 @@ def _report(error: EngineError) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     service.start()
     host, port = server.server_address[:2]
-    print(json.dumps({"status": "ready", "url": f"http://{host}:{port}", **service.health()}), flush=True)
+    print(json.dumps({**service.health(), "status": "ready", "url": f"http://{host}:{port}"}), flush=True)
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -203,10 +203,13 @@ class ModelService:
         if row.echo:
             prompt_lp = row.prompt_logprobs or [0.0] * len(row.prompt_ids)
             out_tokens += [
-                {"text": self.tokenizer.decode([t]), "logprob": lp} for t, lp in zip(row.prompt_ids, prompt_lp, strict=True)
+                {"text": self.tokenizer.decode([t]), "logprob": lp}
+                for t, lp in zip(row.prompt_ids, prompt_lp, strict=True)
             ]
             text = prompt + text
-        out_tokens += [{"text": self.tokenizer.decode([t]), "logprob": lp} for t, lp in zip(tokens, logprobs, strict=True)]
+        out_tokens += [
+            {"text": self.tokenizer.decode([t]), "logprob": lp} for t, lp in zip(tokens, logprobs, strict=True)
+        ]
         return {
             "text": text,
             "tokens": out_tokens,

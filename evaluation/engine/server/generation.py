@@ -87,7 +87,9 @@ def _map_cache(cache: Any, fn) -> None:
 class BatchGenerator:
     """Runs lists of rows through the model together. Not thread-safe: one worker thread owns it."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, prefix_sharing: bool = True, min_shared_prefix: int = MIN_SHARED_PREFIX):
+    def __init__(
+        self, model: Any, tokenizer: Any, *, prefix_sharing: bool = True, min_shared_prefix: int = MIN_SHARED_PREFIX
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
