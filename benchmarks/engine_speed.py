@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             prompt_tokens = after["prompt_tokens"] - before["prompt_tokens"]
             output_tokens = after["output_tokens"] - before["output_tokens"]
             steps = after["decode_steps"] - before["decode_steps"]
+            # Prefix sharing skips most prompt tokens: MFU counts only the tokens really computed.
+            computed = prompt_tokens - (after["shared_prefix_tokens"] - before["shared_prefix_tokens"])
             busy = after["busy_seconds"] - before["busy_seconds"]
             baseline, sampled = run_sequential(service.loaded.model, service.tokenizer, reqs, args.baseline_sample)
             rows.append(
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                     "speedup_vs_B": baseline / wall,
                     "prompt_tok_per_s": prompt_tokens / wall,
                     "output_tok_per_s": output_tokens / wall,
-                    "mfu_prefill": 2 * params * prompt_tokens / busy / flops if busy else 0.0,
+                    "mfu_prefill": 2 * params * computed / busy / flops if busy else 0.0,
                     "decode_bandwidth_share": steps * weight_bytes / busy / bandwidth if busy and steps else 0.0,
                     "mean_batch_rows": after["mean_batch_rows"],
                     "latency_p95_s": after["latency_seconds"]["p95"],

@@ -24,6 +24,7 @@ def _rows(tokenizer, prompts, **kwargs) -> list[Row]:
 
 def test_mixed_length_batch_equals_sequential_generate(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
+    assert getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
     rows = _rows(tokenizer, PROMPTS, max_new_tokens=10)
     BatchGenerator(model, tokenizer).generate(rows)
     assert len({len(r.prompt_ids) for r in rows}) > 3, "the batch must really mix lengths"
