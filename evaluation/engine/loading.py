@@ -99,9 +99,14 @@ def _check_safetensors_only(folder: Path, what: str) -> None:
         raise ModelLoadError(f"no .safetensors weights in the {what} folder{hint}")
 
 
-def budget_message(needed: int, budget: int, track_name: str | None) -> str:
+def format_gb(n_bytes: int) -> str:
+    gb = n_bytes / GiB
+    return f"{gb:.1f}" if gb >= 1 else f"{gb:.3g}"
+
+
+def budget_message(needed: int, budget_gb: float, track_name: str | None) -> str:
     track = f"track {track_name}" if track_name else "track"
-    return f"needs {needed / GiB:.1f} GB, {track} allows {budget / GiB:g} GB"
+    return f"needs {format_gb(needed)} GB, {track} allows {budget_gb:g} GB"
 
 
 def _max_positions(config: Any) -> int | None:
@@ -172,7 +177,7 @@ def load_model(
     needed = int(weight_bytes * (1 + RUNTIME_HEADROOM))
     budget = int(memory_budget_gb * GiB) if memory_budget_gb else None
     if budget is not None and needed > budget:
-        raise ModelTooLarge(budget_message(needed, budget, track_name))
+        raise ModelTooLarge(budget_message(needed, memory_budget_gb, track_name))
     if budget is not None and device.startswith("cuda"):
         index = torch.device(device).index or 0
         total = torch.cuda.get_device_properties(index).total_memory
@@ -191,7 +196,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False, local_files_only=True)
     except torch.cuda.OutOfMemoryError:
         raise ModelTooLarge(
-            budget_message(needed, budget or 0, track_name) + " (ran out of memory while loading)"
+            budget_message(needed, memory_budget_gb or 0, track_name) + " (ran out of memory while loading)"
             if budget
             else "ran out of GPU memory while loading"
         )

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     service.start()
     host, port = server.server_address[:2]
-    print(json.dumps({"status": "ready", "url": f"http://{host}:{port}", **service.health()}), flush=True)
+    print(json.dumps({**service.health(), "status": "ready", "url": f"http://{host}:{port}"}), flush=True)
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -130,7 +130,7 @@ class ModelService:
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
             raise BadRequest("tokens must be a list of integers")
-        vocab = len(self.tokenizer)
+        vocab = max(len(self.tokenizer), getattr(self.loaded.model.config, "vocab_size", 0) or 0)
         if any(t < 0 or t >= vocab for t in tokens):
             raise BadRequest(f"token ids must be between 0 and {vocab - 1}")
         return {"text": self.tokenizer.decode(tokens), "request_time": time.perf_counter() - started}

@@ -152,7 +152,10 @@ class Scheduler:
                 row.error, row.finished, row.finish_reason = f"internal error: {type(e).__name__}: {e}", True, "error"
             return
         self.stats.record_batch(
-            rows=len(batch), seconds=time.perf_counter() - started, shared_prefix=self.generator.last_shared_prefix
+            rows=len(batch),
+            seconds=time.perf_counter() - started,
+            shared_prefix=self.generator.last_shared_prefix,
+            decode_steps=self.generator.last_decode_steps,
         )
 
     def _after_out_of_memory(self, batch: list[Row]) -> None:

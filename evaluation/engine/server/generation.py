@@ -104,6 +104,11 @@ class BatchGenerator:
                 self._keep_arg = name
                 break
         self.last_shared_prefix = 0
+        self.last_decode_steps = 0
+        if self.device.type == "cuda":
+            # cuDNN's attention builds a new execution plan for every new shape, and every decode step
+            # has a new key length: tens of milliseconds a step. Flash and memory-efficient kernels don't.
+            torch.backends.cuda.enable_cudnn_sdp(False)
 
     @staticmethod
     def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -262,6 +267,7 @@ class BatchGenerator:
                 row.finished, row.finish_reason = True, "length"
         self._choose(last, rows)
         live = rows
+        self.last_decode_steps = 0
         tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in rows], device=self.device)
         while any(not r.finished for r in live):
             unfinished = [i for i, r in enumerate(live) if not r.finished]
@@ -281,6 +287,7 @@ class BatchGenerator:
                 **self._keep(1),
             )
             cache = out.past_key_values
+            self.last_decode_steps += 1
             next_pos = next_pos + 1
             self._choose(out.logits[:, -1, :].float(), live)
             tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in live], device=self.device)

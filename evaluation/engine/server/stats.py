@@ -27,6 +27,7 @@ class Stats:
     batch_rows: int = 0
     max_batch_rows: int = 0
     shared_prefix_tokens: int = 0
+    decode_steps: int = 0
     out_of_memory_splits: int = 0
     busy_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
@@ -40,8 +41,9 @@ class Stats:
             self.output_tokens += output_tokens
             self.latencies.append(latency)
 
-    def record_batch(self, *, rows: int, seconds: float, shared_prefix: int) -> None:
+    def record_batch(self, *, rows: int, seconds: float, shared_prefix: int, decode_steps: int = 0) -> None:
         with self.lock:
+            self.decode_steps += decode_steps
             self.batches += 1
             self.batch_rows += rows
             self.max_batch_rows = max(self.max_batch_rows, rows)
@@ -69,6 +71,7 @@ class Stats:
                 "mean_batch_rows": self.batch_rows / self.batches if self.batches else 0.0,
                 "max_batch_rows": self.max_batch_rows,
                 "shared_prefix_tokens": self.shared_prefix_tokens,
+                "decode_steps": self.decode_steps,
                 "out_of_memory_splits": self.out_of_memory_splits,
                 "busy_seconds": round(self.busy_seconds, 6),
             }

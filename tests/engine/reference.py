@@ -1,0 +1,64 @@
+"""Plain, one-at-a-time references the batched paths must agree with."""
+
+from __future__ import annotations
+
+import torch
+
+PROMPTS = [
+    "The quick brown fox",
+    "Question: What is 2 plus 3? Answer:",
+    "A",
+    "He said that she would arrive at noon, and they went home together. The doctor and the nurse talked about",
+    "Convert 3 kilometres to metres.",
+    "Sort the words alphabetically: pear apple fig. Answer: apple fig pear. Sort the words: May March",
+]
+
+FEW_SHOT = (
+    "Question: What is 2 plus 3? Answer: 5\n"
+    "Question: Which is larger, 7 or 4? Answer: 7\n"
+    "Convert 3 kilometres to metres. Answer: 3000\n"
+    "Passage: The meeting was moved to Tuesday. Question: When is the meeting? Answer: Tuesday\n"
+)
+FEW_SHOT_PROMPTS = [
+    FEW_SHOT + "Question: " + q + " Answer:" for q in ["What is 1 plus 1?", "Is 12 larger than 100?", "When?"]
+]
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return set(eos) if isinstance(eos, list) else {eos}
+
+
+@torch.inference_mode()
+def greedy_reference(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """`generate(do_sample=False)` for one unpadded prompt, cut before the end-of-text token."""
+    ids = torch.tensor([prompt_ids])
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+    )[0, ids.shape[1] :].tolist()
+    stops = eos_ids(model, tokenizer)
+    for i, token in enumerate(out):
+        if token in stops:
+            return out[:i]
+    return out
+
+
+@torch.inference_mode()
+def logprob_reference(model, prompt_ids: list[int], tokens: list[int]) -> tuple[list[float], list[float]]:
+    """(prompt token logprobs with 0.0 for the first, generated token logprobs) from one plain forward pass."""
+    full = torch.tensor([prompt_ids + tokens])
+    logprobs = torch.log_softmax(model(full).logits[0].float(), dim=-1)
+    every = [0.0] + [logprobs[i, full[0, i + 1]].item() for i in range(full.shape[1] - 1)]
+    return every[: len(prompt_ids)], every[len(prompt_ids) :]
+
+
+def assert_close(actual: list[float], expected: list[float], tol: float = 1e-4) -> None:
+    assert len(actual) == len(expected)
+    worst = max((abs(a - b) for a, b in zip(actual, expected, strict=True)), default=0.0)
+    assert worst <= tol, f"logprobs differ by {worst}"

@@ -1,0 +1,137 @@
+"""The batched generator and scheduler agree, token for token, with one-at-a-time generation (fp32, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evaluation.engine.server.batching import Limits, Scheduler, plan_batches
+from evaluation.engine.server.generation import BatchGenerator, Row, common_prefix_length
+from evaluation.engine.server.stats import Stats
+from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_close, greedy_reference, logprob_reference
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    from evaluation.engine.loading import load_model
+
+    return load_model(tiny_model_dir, device="cpu", dtype="float32")
+
+
+def _rows(tokenizer, prompts, **kwargs) -> list[Row]:
+    return [Row(prompt_ids=tokenizer(p)["input_ids"], **kwargs) for p in prompts]
+
+
+def test_mixed_length_batch_equals_sequential_generate(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    assert getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+    rows = _rows(tokenizer, PROMPTS, max_new_tokens=10)
+    BatchGenerator(model, tokenizer).generate(rows)
+    assert len({len(r.prompt_ids) for r in rows}) > 3, "the batch must really mix lengths"
+    for row in rows:
+        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, 10)
+        _, expected = logprob_reference(model, row.prompt_ids, row.tokens)
+        assert_close(row.logprobs, expected)
+        assert row.finish_reason in {"length", "eos"}
+
+
+def test_single_token_requests_take_one_forward_and_match(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    rows = _rows(tokenizer, PROMPTS + FEW_SHOT_PROMPTS, max_new_tokens=1)
+    generator = BatchGenerator(model, tokenizer)
+    calls = []
+    handle = model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        generator.generate(rows)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    for row in rows:
+        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, 1)
+        assert_close(row.logprobs, logprob_reference(model, row.prompt_ids, row.tokens)[1])
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 6])
+def test_shared_few_shot_prefix_is_computed_once_and_changes_nothing(loaded, max_new_tokens):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    rows = _rows(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=max_new_tokens)
+    generator = BatchGenerator(model, tokenizer)
+    generator.generate(rows)
+    shared = common_prefix_length([r.prompt_ids for r in rows])
+    assert generator.last_shared_prefix == shared >= 16
+    for row in rows:
+        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, max_new_tokens)
+        assert_close(row.logprobs, logprob_reference(model, row.prompt_ids, row.tokens)[1])
+
+
+def test_echo_prompt_logprobs_match_a_plain_forward(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    rows = _rows(tokenizer, PROMPTS, max_new_tokens=0, echo=True)
+    BatchGenerator(model, tokenizer).generate(rows)
+    for row in rows:
+        assert row.tokens == []
+        expected, _ = logprob_reference(model, row.prompt_ids, [])
+        assert row.prompt_logprobs[0] == 0.0
+        assert_close(row.prompt_logprobs, expected)
+
+
+def test_echo_with_generation(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    rows = _rows(tokenizer, PROMPTS[:3], max_new_tokens=4, echo=True)
+    BatchGenerator(model, tokenizer).generate(rows)
+    for row in rows:
+        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, 4)
+        prompt_lp, gen_lp = logprob_reference(model, row.prompt_ids, row.tokens)
+        assert_close(row.prompt_logprobs, prompt_lp)
+        assert_close(row.logprobs, gen_lp)
+
+
+def _sampled(tokenizer, prompt: str, seed: int) -> Row:
+    return Row(
+        prompt_ids=tokenizer(prompt)["input_ids"],
+        max_new_tokens=8,
+        temperature=0.9,
+        top_p=0.95,
+        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+    )
+
+
+def test_sampling_does_not_depend_on_the_batch(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer)
+    alone = _sampled(tokenizer, PROMPTS[1], 7)
+    generator.generate([alone])
+    batch = [_sampled(tokenizer, p, 7) for p in PROMPTS]
+    generator.generate(batch)
+    assert batch[1].tokens == alone.tokens
+    _, expected = logprob_reference(model, alone.prompt_ids, alone.tokens)
+    assert_close(alone.logprobs, expected)
+    other_seed = [_sampled(tokenizer, PROMPTS[1], s) for s in range(1, 6)]
+    generator.generate(other_seed)
+    assert any(r.tokens != alone.tokens for r in other_seed)
+
+
+def test_scheduler_splits_by_limits_and_results_stay_equal(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    limits = Limits(max_batch_size=2, max_batch_tokens=64, max_echo_tokens=40)
+    rows = _rows(tokenizer, PROMPTS, max_new_tokens=5) + _rows(tokenizer, PROMPTS, max_new_tokens=0, echo=True)
+    plan = plan_batches(rows, limits)
+    assert all(len(batch) <= 2 for batch in plan)
+    assert sorted(id(r) for batch in plan for r in batch) == sorted(id(r) for r in rows)
+    assert all(len({r.echo for r in batch}) == 1 for batch in plan)
+    stats = Stats()
+    Scheduler(BatchGenerator(model, tokenizer), stats, limits).run(rows)
+    assert stats.batches == len(plan)
+    for row in rows[: len(PROMPTS)]:
+        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, 5)
+    for row in rows[len(PROMPTS) :]:
+        assert_close(row.prompt_logprobs, logprob_reference(model, row.prompt_ids, [])[0])
+
+
+def test_plan_sorts_by_length(loaded):
+    tokenizer = loaded.tokenizer
+    rows = _rows(tokenizer, PROMPTS, max_new_tokens=1)
+    (batch,) = plan_batches(rows, Limits())
+    lengths = [len(r.prompt_ids) for r in batch]
+    assert lengths == sorted(lengths)
