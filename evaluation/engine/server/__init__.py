@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-tokens", type=int, default=None)
     p.add_argument("--seed", type=int, default=0, help="default sampling seed when a request has none")
     p.add_argument("--no-prefix-sharing", action="store_true", help="prefill shared few-shot prefixes per row")
+    p.add_argument(
+        "--decode",
+        default="auto",
+        choices=["auto", "static", "dynamic"],
+        help="decode loop: auto (static cache with CUDA graphs on a GPU), static, or dynamic (Hugging Face cache)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -57,7 +63,7 @@ def create_service(args: argparse.Namespace):
         limits.max_batch_size = args.max_batch_size
     if args.max_batch_tokens:
         limits.max_batch_tokens = args.max_batch_tokens
-    service = ModelService(loaded, limits, seed=args.seed, prefix_sharing=not args.no_prefix_sharing)
+    service = ModelService(loaded, limits, seed=args.seed, prefix_sharing=not args.no_prefix_sharing, decode=args.decode)
     service.warm_up()
     return service
 

@@ -70,12 +70,16 @@ def row_seed(seed: int, index: int, prompt: str) -> int:
 class ModelService:
     """Everything the endpoints need: the loaded model, the scheduler and the counters."""
 
-    def __init__(self, loaded: LoadedModel, limits: Limits, *, seed: int = 0, prefix_sharing: bool = True):
+    def __init__(
+        self, loaded: LoadedModel, limits: Limits, *, seed: int = 0, prefix_sharing: bool = True, decode: str = "auto"
+    ):
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.seed = seed
         self.stats = Stats(device=loaded.device)
-        self.generator = BatchGenerator(loaded.model, loaded.tokenizer, prefix_sharing=prefix_sharing)
+        self.generator = BatchGenerator(
+            loaded.model, loaded.tokenizer, prefix_sharing=prefix_sharing, decode=decode
+        )
         message = "the model ran out of GPU memory on a single request"
         if loaded.budget_bytes:
             message += f" within its budget of {loaded.budget_bytes / 1024**3:g} GB"
@@ -110,6 +114,11 @@ class ModelService:
     def stats_snapshot(self) -> dict:
         data = self.stats.snapshot()
         data["limits"] = vars(self.scheduler.limits).copy()
+        static = self.generator.static
+        data["decode"] = {
+            "mode": "dynamic" if static is None else ("static" if not static.use_graphs or static.graph_failed else "cuda-graphs"),
+            "graph_captures": static.captures if static is not None else 0,
+        }
         return data
 
     # --- /tokenize and /decode -----------------------------------------------------------------

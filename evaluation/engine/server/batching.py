@@ -161,6 +161,8 @@ class Scheduler:
     def _after_out_of_memory(self, batch: list[Row]) -> None:
         # The budget is enforced by the allocator, so a batch that does not fit is split, and the
         # limits shrink so later batches do not hit the wall again.
+        if self.generator.static is not None:
+            self.generator.static.release()  # its fixed-size cache is rebuilt at the size of the next batch
         torch.cuda.empty_cache()
         self.stats.add("out_of_memory_splits")
         for row in batch:

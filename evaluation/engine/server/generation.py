@@ -14,6 +14,9 @@ from typing import Any
 
 import torch
 
+from evaluation.engine.server import static_decode
+from evaluation.engine.server.static_decode import StaticDecoder
+
 GREEDY_TEMPERATURE = 1e-5
 # Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
 MIN_SHARED_PREFIX = 16
@@ -88,7 +91,13 @@ class BatchGenerator:
     """Runs lists of rows through the model together. Not thread-safe: one worker thread owns it."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, prefix_sharing: bool = True, min_shared_prefix: int = MIN_SHARED_PREFIX
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        prefix_sharing: bool = True,
+        min_shared_prefix: int = MIN_SHARED_PREFIX,
+        decode: str = "auto",
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -105,10 +114,21 @@ class BatchGenerator:
                 break
         self.last_shared_prefix = 0
         self.last_decode_steps = 0
+        self.static = self._static_decoder(decode)
         if self.device.type == "cuda":
             # cuDNN's attention builds a new execution plan for every new shape, and every decode step
             # has a new key length: tens of milliseconds a step. Flash and memory-efficient kernels don't.
             torch.backends.cuda.enable_cudnn_sdp(False)
+
+    def _static_decoder(self, decode: str) -> StaticDecoder | None:
+        """`auto`: a static cache with CUDA graphs on a GPU, the dynamic cache elsewhere; `static`
+        forces the static cache (graphs only on a GPU); `dynamic` never uses it."""
+        if decode not in ("auto", "static", "dynamic"):
+            raise ValueError(f"unknown decode mode {decode!r}")
+        on_gpu = self.device.type == "cuda"
+        if decode == "dynamic" or (decode == "auto" and not on_gpu) or not static_decode.supports(self.model):
+            return None
+        return StaticDecoder(self.model, use_graphs=on_gpu)
 
     @staticmethod
     def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -268,6 +288,9 @@ class BatchGenerator:
         self._choose(last, rows)
         live = rows
         self.last_decode_steps = 0
+        if self.static is not None and cache is not None and any(not r.finished for r in rows):
+            self._decode_static(rows, cache, mask, next_pos)
+            return rows
         tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in rows], device=self.device)
         while any(not r.finished for r in live):
             unfinished = [i for i, r in enumerate(live) if not r.finished]
@@ -292,3 +315,14 @@ class BatchGenerator:
             self._choose(out.logits[:, -1, :].float(), live)
             tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in live], device=self.device)
         return rows
+
+    def _decode_static(self, rows: list[Row], cache: Any, mask: torch.Tensor, next_pos: torch.Tensor) -> None:
+        """The decode loop over the static cache: finished rows ride along (their logits are ignored)
+        so every step has the shape its graph was captured for."""
+        max_new = max(r.max_new_tokens for r in rows)
+        self.static.start(cache, mask, next_pos, max_new)
+        del cache
+        while any(not r.finished for r in rows):
+            logits = self.static.step([r.tokens[-1] if r.tokens else self.pad_id for r in rows])
+            self.last_decode_steps += 1
+            self._choose(logits, rows)

@@ -1,0 +1,199 @@
+"""Decode steps over a fixed-size KV cache, replayed as one CUDA graph per step on a GPU.
+
+Hugging Face's decode step is launch-bound: hundreds of small kernels a step, each launched from
+Python, and a cache that grows by `torch.cat`. Here the cache has a fixed size per batch (rows
+rounded up to a bucket, columns to a multiple of `COLUMN_STEP`), so one step always runs the same
+kernels on the same buffers and can be captured once and replayed.
+
+Results stay those of the model's own code: the step calls the model's own embedding, rotary,
+decoder layers, norm and head modules; only the cache (written at one column, since rows are padded
+on the left) and the attention mask (a boolean [rows, 1, 1, columns]) are ours. Masked columns weigh
+exactly zero, so the extra columns change nothing but rounding. Model types whose decoder layers
+need more than that (sliding windows, scaled embeddings, extra norms) keep the dynamic path.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
+COLUMN_STEP = 128
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def supports(model: Any) -> bool:
+    """Whether this model's decoder is plain enough to step with a static cache."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return False
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return False
+    if getattr(config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+        return False
+    inner = getattr(model, "model", None)
+    return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")) and hasattr(
+        model, "lm_head"
+    )
+
+
+def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer of a transformers cache (4.5x and 5.x layouts)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache, strict=True))
+    raise TypeError(f"unsupported cache type {type(cache).__name__}")
+
+
+def row_bucket(n: int) -> int:
+    return next((b for b in ROW_BUCKETS if b >= n), n)
+
+
+class _StaticCache:
+    """What the model's attention modules see as `past_key_values`: writes the step's key and value
+    at the current column and hands back the whole buffers."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], column: torch.Tensor):
+        self.keys, self.values, self.column = keys, values, column
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs: Any = None):
+        self.keys[layer_idx].index_copy_(2, self.column, key)
+        self.values[layer_idx].index_copy_(2, self.column, value)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:  # asked by some attention code paths
+        return int(self.keys[layer_idx].shape[2])
+
+
+class _Buffers:
+    """Everything one step reads and writes, at fixed addresses, for one (rows, columns) shape."""
+
+    def __init__(self, model: Any, rows: int, columns: int, like: tuple[torch.Tensor, torch.Tensor], layers: int):
+        device = like[0].device
+        kv_heads, head_dim = like[0].shape[1], like[0].shape[3]
+        v_dim = like[1].shape[3]
+        self.rows, self.columns = rows, columns
+        self.keys = [torch.zeros(rows, kv_heads, columns, head_dim, dtype=like[0].dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(rows, kv_heads, columns, v_dim, dtype=like[1].dtype, device=device) for _ in range(layers)]
+        self.mask = torch.zeros(rows, 1, 1, columns, dtype=torch.bool, device=device)
+        self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
+        self.positions = torch.zeros(rows, dtype=torch.long, device=device)
+        self.column = torch.zeros(1, dtype=torch.long, device=device)
+        self.cache = _StaticCache(self.keys, self.values, self.column)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+class StaticDecoder:
+    """Steps every row of a batch one token at a time; `start` loads a prefill's cache, `step` runs one."""
+
+    def __init__(self, model: Any, *, use_graphs: bool):
+        self.model = model
+        self.inner = model.model
+        self.use_graphs = use_graphs
+        self.buffers: _Buffers | None = None
+        self.captures = 0
+        self.graph_failed = False
+        self.rows = 0
+
+    # --- one step, as the model's own modules compute it ----------------------------------------
+
+    def _forward(self, b: _Buffers) -> torch.Tensor:
+        # The current token attends to itself: open its column before the layers read the mask.
+        b.mask.index_fill_(3, b.column, True)
+        hidden = self.inner.embed_tokens(b.tokens[:, None])
+        position_ids = b.positions[:, None]
+        position_embeddings = self.inner.rotary_emb(hidden, position_ids)
+        for layer in self.inner.layers:
+            out = layer(
+                hidden,
+                attention_mask=b.mask,
+                position_ids=position_ids,
+                past_key_values=b.cache,
+                use_cache=True,
+                cache_position=b.column,
+                position_embeddings=position_embeddings,
+            )
+            hidden = out[0] if isinstance(out, tuple) else out
+        hidden = self.inner.norm(hidden)
+        logits = self.model.lm_head(hidden[:, -1, :]).float()
+        b.positions.add_(1)
+        b.column.add_(1)
+        return logits
+
+    def _capture(self, b: _Buffers) -> None:
+        """Record one step as a CUDA graph. The warm-up runs change the buffers; `start` refills them."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._forward(b)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            b.logits = self._forward(b)
+        b.graph = graph
+        self.captures += 1
+
+    # --- a batch ----------------------------------------------------------------------------------
+
+    def start(self, cache: Any, mask: torch.Tensor, next_positions: torch.Tensor, max_new_tokens: int) -> None:
+        """Load a prefill's cache (rows padded on the left to one width) and its 2-D attention mask."""
+        layers = cache_tensors(cache)
+        rows, width = mask.shape
+        bucket = row_bucket(rows)
+        columns = -(-(width + max_new_tokens) // COLUMN_STEP) * COLUMN_STEP
+        b = self.buffers
+        if b is None or b.rows != bucket or b.columns != columns:
+            # One shape at a time: the budget of a small track has no room for several caches.
+            self.buffers = b = None
+            b = _Buffers(self.model, bucket, columns, layers[0], len(layers))
+            if self.use_graphs and not self.graph_failed:
+                try:
+                    self._capture(b)
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except Exception:  # a model the graph cannot hold still decodes, step by step
+                    log.exception("CUDA graph capture failed; decoding without graphs")
+                    self.graph_failed = True
+                    b.graph, b.logits = None, None
+            self.buffers = b
+        for (k, v), bk, bv in zip(layers, b.keys, b.values, strict=True):
+            bk[:rows, :, :width].copy_(k)
+            bv[:rows, :, :width].copy_(v)
+            bk[:rows, :, width:].zero_()
+            bv[:rows, :, width:].zero_()
+            bk[rows:].zero_()
+            bv[rows:].zero_()
+        b.mask.zero_()
+        b.mask[:rows, 0, 0, :width].copy_(mask.bool())
+        b.mask[rows:, 0, 0, 0] = True  # bucket padding rows attend somewhere, so their softmax is finite
+        b.positions.zero_()
+        b.positions[:rows].copy_(next_positions)
+        b.column.fill_(width)
+        self.rows = rows
+
+    @torch.inference_mode()
+    def step(self, tokens: list[int]) -> torch.Tensor:
+        """Feed each row its last token; return the next-token logits (fp32, rows × vocab)."""
+        b = self.buffers
+        assert b is not None and len(tokens) == self.rows
+        b.tokens[: self.rows].copy_(torch.tensor(tokens, dtype=torch.long))
+        if b.graph is not None:
+            b.graph.replay()
+            logits = b.logits
+        else:
+            logits = self._forward(b)
+        return logits[: self.rows]
+
+    def release(self) -> None:
+        self.buffers = None
