@@ -46,7 +46,7 @@ def make_handler(model, tokenizer, device):
 
         @torch.inference_mode()
         def _process(self, data: dict, start: float) -> dict:
-            enc = tokenizer(data["prompt"], return_tensors="pt").to(device)
+            enc = tokenizer(data["prompt"], return_tensors="pt", return_token_type_ids=False).to(device)
             greedy = data.get("temperature", 1.0) < 1e-5
             max_new = int(data.get("max_new_tokens", 1))
             prompt_len = enc.input_ids.shape[1]

@@ -748,6 +748,8 @@ def evaluate(
         )
         doc.finished_at = _now()
         (out / "result.json").write_text(doc.to_json())
+        # The server's own counters (decode steps, batches, decode mode), for benchmarks; not the contract.
+        (out / "server_stats.json").write_text(json.dumps(server_stats, indent=1, default=str))
         _emit(on_progress, {"event": "finished", "status": doc.status})
     return doc
 

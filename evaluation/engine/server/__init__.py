@@ -63,7 +63,9 @@ def create_service(args: argparse.Namespace):
         limits.max_batch_size = args.max_batch_size
     if args.max_batch_tokens:
         limits.max_batch_tokens = args.max_batch_tokens
-    service = ModelService(loaded, limits, seed=args.seed, prefix_sharing=not args.no_prefix_sharing, decode=args.decode)
+    service = ModelService(
+        loaded, limits, seed=args.seed, prefix_sharing=not args.no_prefix_sharing, decode=args.decode
+    )
     service.warm_up()
     return service
 

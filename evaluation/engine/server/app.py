@@ -77,9 +77,7 @@ class ModelService:
         self.tokenizer = loaded.tokenizer
         self.seed = seed
         self.stats = Stats(device=loaded.device)
-        self.generator = BatchGenerator(
-            loaded.model, loaded.tokenizer, prefix_sharing=prefix_sharing, decode=decode
-        )
+        self.generator = BatchGenerator(loaded.model, loaded.tokenizer, prefix_sharing=prefix_sharing, decode=decode)
         message = "the model ran out of GPU memory on a single request"
         if loaded.budget_bytes:
             message += f" within its budget of {loaded.budget_bytes / 1024**3:g} GB"
@@ -116,7 +114,9 @@ class ModelService:
         data["limits"] = vars(self.scheduler.limits).copy()
         static = self.generator.static
         data["decode"] = {
-            "mode": "dynamic" if static is None else ("static" if not static.use_graphs or static.graph_failed else "cuda-graphs"),
+            "mode": "dynamic"
+            if static is None
+            else ("static" if not static.use_graphs or static.graph_failed else "cuda-graphs"),
             "graph_captures": static.captures if static is not None else 0,
         }
         return data

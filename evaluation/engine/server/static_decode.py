@@ -79,8 +79,12 @@ class _Buffers:
         kv_heads, head_dim = like[0].shape[1], like[0].shape[3]
         v_dim = like[1].shape[3]
         self.rows, self.columns = rows, columns
-        self.keys = [torch.zeros(rows, kv_heads, columns, head_dim, dtype=like[0].dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros(rows, kv_heads, columns, v_dim, dtype=like[1].dtype, device=device) for _ in range(layers)]
+        self.keys = [
+            torch.zeros(rows, kv_heads, columns, head_dim, dtype=like[0].dtype, device=device) for _ in range(layers)
+        ]
+        self.values = [
+            torch.zeros(rows, kv_heads, columns, v_dim, dtype=like[1].dtype, device=device) for _ in range(layers)
+        ]
         self.mask = torch.zeros(rows, 1, 1, columns, dtype=torch.bool, device=device)
         self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
         self.positions = torch.zeros(rows, dtype=torch.long, device=device)

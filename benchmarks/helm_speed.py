@@ -1,0 +1,521 @@
+"""Whole-evaluation speed (issue 8): the same model, suite and instances through three set-ups.
+
+- A: stock `helm-run` with HELM's own local Hugging Face client (`--enable-local-huggingface-models`,
+  HELM's default 4 request threads, sampling at temperature 1e-7 as that client does).
+- B: a 2023-style server (one request at a time, `generate`; `benchmarks/baseline_server.py`) behind
+  HELM's HTTP client, driven by `evaluation.engine.runner.evaluate(server_cmd=...)`.
+- ours: `runner.evaluate` with the engine's batched server and many HELM threads, per track budget.
+
+    python -m benchmarks.helm_speed --size 1b --suites prefill-mc generation --modes ours A B \\
+        --budgets 24 80 --instances prefill-mc=334 generation=10 --out var/helm-speed
+
+Models are Llama-architecture, random init from a config, bf16 (built here; nothing downloaded).
+Prints a markdown table and writes `results.json` and `table.md` to `--out` after every run: wall
+time, speed-up against A, tokens/s, MFU for prefill-heavy runs, share of memory bandwidth for
+decode-heavy runs (both against ceilings measured in the same invocation), peak GPU memory, and
+how far each mode's predictions agree with A's (read from every run's `scenario_state.json`).
+`--fp32-check` adds a small fp32 model through A, B and ours: identical predictions, logprobs.
+The GPU work of this process (ceilings, model build, decode micro-benchmark) runs in child
+processes so that the memory each mode's own process holds is all the GPU holds while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from evaluation.engine import runner  # noqa: E402
+from evaluation.engine.suites import get_suite  # noqa: E402
+
+# Metrics that score predictions (compared across modes); efficiency and logprob statistics differ by design.
+SCORE_WORDS = ("exact_match", "f1", "rouge", "bleu", "accuracy", "correct", "bias", "toxic")
+
+
+# ------------------------------------------------------------------------------ child-process work
+def _child(args: list[str], timeout: float) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.helm_speed", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"child {args[0]} failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_prepare(size: str, out: str, dtype: str, ceilings: bool) -> dict:
+    """Build the model folder (initialised on the GPU) and measure the card's ceilings."""
+    import torch
+
+    from benchmarks import gpu_ceilings
+    from benchmarks.engine_speed import build_model
+
+    result: dict[str, Any] = {"cuda": torch.cuda.is_available()}
+    if ceilings and torch.cuda.is_available():
+        result["ceilings"] = gpu_ceilings.measure()
+    started = time.perf_counter()
+    path = Path(out)
+    build_model(path, size)
+    if dtype == "float32":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model.save_pretrained(path, safe_serialization=True)
+    result["build_seconds"] = time.perf_counter() - started
+    return result
+
+
+def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) -> dict:
+    """One decode-heavy batch through the Hugging Face cache and through the static cache (graphs)."""
+    import torch
+
+    from evaluation.engine.loading import load_model
+    from evaluation.engine.server.generation import BatchGenerator, Row
+
+    loaded = load_model(model, device="cuda" if torch.cuda.is_available() else "cpu", memory_budget_gb=budget)
+    tok = loaded.tokenizer
+    prompts = [f"Passage {i}: The meeting was moved to day {i}. Write about it." for i in range(rows)]
+    result: dict[str, Any] = {"rows": rows, "new_tokens": new_tokens}
+    generators = {mode: BatchGenerator(loaded.model, tok, decode=mode) for mode in ("dynamic", "static")}
+    outputs = {}
+    # The static path twice: its first batch pays for the graph capture, the second shows the steady state.
+    for mode, key in (("dynamic", "dynamic"), ("static", "static"), ("static", "static_again")):
+        gen = generators[mode]
+        batch = [Row(prompt_ids=tok(p)["input_ids"], max_new_tokens=new_tokens) for p in prompts]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        gen.generate(batch)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t
+        outputs.setdefault(mode, [r.tokens for r in batch])
+        result[key] = {
+            "seconds": seconds,
+            "steps": gen.last_decode_steps,
+            "ms_per_step": 1000 * seconds / max(gen.last_decode_steps, 1),
+            "tokens_per_s": sum(len(r.tokens) for r in batch) / seconds,
+        }
+    same = sum(a == b for a, b in zip(outputs["dynamic"], outputs["static"], strict=True))
+    result["identical_rows_static_vs_dynamic"] = f"{same}/{rows}"
+    static = generators["static"].static
+    result["graph_captures"] = static.captures if static is not None else 0
+    result["static_mode"] = (
+        "none" if static is None else ("graphs" if static.use_graphs and not static.graph_failed else "eager")
+    )
+    result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
+    return result
+
+
+# ----------------------------------------------------------------------------------- GPU memory poll
+class MemoryPoll:
+    """Peak memory in use on GPU 0 (all processes, as nvidia-smi counts it) while a mode runs."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._read = self._reader()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _reader():
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            return lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used
+        except Exception:
+            return None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, int(self._read()))
+            except Exception:
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        if self._read is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+    @property
+    def peak_gb(self) -> float | None:
+        return self.peak / 1024**3 if self._read is not None else None
+
+
+# ------------------------------------------------------------------------------------------- modes
+def suite_variant(name: str, per_entry: int | None):
+    suite = get_suite(name)
+    if per_entry is None:
+        return suite
+    entries = tuple(replace(e, instances=per_entry) for e in suite.entries)
+    return replace(suite, entries=entries, default_instances=per_entry)
+
+
+def run_stock(model_dir: Path, suite, out: Path, time_limit: float, threads: int) -> dict:
+    """Column A: stock helm-run, HELM's local Hugging Face client, nothing of ours but the plugin."""
+    out.mkdir(parents=True, exist_ok=True)
+    prod_env = out / "prod_env"
+    prod_env.mkdir(exist_ok=True)
+    conf = runner.write_conf(out / "run_entries.conf", suite.entries, None)
+    model_name = f"huggingface/{model_dir.name}"
+    cmd = [sys.executable, "-m", "helm.benchmark.run", "--conf-paths", str(conf), "--suite", "A"]
+    cmd += ["-m", str(suite.default_instances), "-o", str(out / "helm"), "--local-path", str(prod_env)]
+    cmd += ["-n", str(threads), "--models-to-run", model_name, "--disable-cache"]
+    cmd += ["--enable-local-huggingface-models", str(model_dir), "--plugins", *suite.plugins]
+    progress = runner.HelmProgress()
+    started = time.monotonic()
+    code = runner.run_helm(
+        cmd, env=runner.helm_env(""), cwd=out, log_path=out / "helm.log", time_limit_s=time_limit, progress=progress
+    )
+    wall = time.monotonic() - started
+    from evaluation.engine.result import ResultDocument
+
+    doc = ResultDocument(suite=suite.name, track_memory_gb=0.0)
+    runner._collect_runs(doc, suite, progress, out / "helm" / "runs" / "A")
+    return {
+        "wall_s": wall,
+        "helm_s": wall,
+        "returncode": code,
+        "runs_dir": str(out / "helm" / "runs" / "A"),
+        "records": [vars(r) for r in doc.records],
+        "failed_runs": [r.name for r in doc.runs if r.status != "succeeded"],
+    }
+
+
+def run_engine(model_dir: Path, suite, out: Path, time_limit: float, threads: int, budget: float, dtype: str,
+               server_cmd: list[str] | None = None) -> dict:  # fmt: skip
+    doc = runner.evaluate(
+        model_dir=model_dir,
+        suite=suite,
+        track_memory_gb=budget,
+        out_dir=out,
+        threads=threads,
+        time_limit_s=time_limit,
+        dtype=dtype,
+        server_cmd=server_cmd,
+        helm_suite_id="eval",
+        health_timeout_s=600,
+    )
+    stats = json.loads((out / "server_stats.json").read_text() or "{}")
+    return {
+        "wall_s": doc.efficiency.wall_seconds,
+        "helm_s": doc.efficiency.helm_seconds,
+        "runs_dir": str(out / "helm" / "runs" / "eval"),
+        "records": [vars(r) for r in doc.records],
+        "failed_runs": [r.name for r in doc.runs if r.status != "succeeded"],
+        "server_stats": {k: v for k, v in stats.items() if k != "latencies"},
+    }
+
+
+# ------------------------------------------------------------------------------ reading HELM's output
+def request_states(runs_dir: str) -> dict[tuple, dict]:
+    """Every request of every run, keyed so that the same instance lines up across modes."""
+    states: dict[tuple, dict] = {}
+    for path in sorted(Path(runs_dir).glob("*/scenario_state.json")):
+        run = path.parent.name.split(",model=")[0]
+        for rs in json.loads(path.read_text()).get("request_states", []):
+            key = (run, rs["instance"]["id"], rs.get("train_trial_index", 0), rs.get("reference_index"),
+                   rs.get("request_mode"))  # fmt: skip
+            completion = ((rs.get("result") or {}).get("completions") or [{}])[0]
+            states[key] = {
+                "prompt": rs["request"]["prompt"],
+                "text": completion.get("text"),
+                "logprobs": [t.get("logprob", 0.0) for t in completion.get("tokens", [])],
+                "tokens": len(completion.get("tokens", [])),
+            }
+    return states
+
+
+def token_counts(states: dict[tuple, dict], tokenizer) -> dict[str, int]:
+    prompts = [s["prompt"] for s in states.values()]
+    prompt_tokens = [len(ids) for ids in tokenizer(prompts)["input_ids"]] if prompts else []
+    output = [s["tokens"] for s in states.values()]
+    # KV-cache token reads of one-at-a-time decoding: each step reads the prompt and what came before.
+    kv_reads = sum((o - 1) * p + (o - 1) * o // 2 for p, o in zip(prompt_tokens, output, strict=True) if o > 1)
+    return {
+        "requests": len(states),
+        "prompt_tokens": sum(prompt_tokens),
+        "output_tokens": sum(output),
+        "kv_token_reads": kv_reads,
+    }
+
+
+def compare(ref: dict[tuple, dict], other: dict[tuple, dict]) -> dict:
+    keys = [k for k in ref if k in other]
+    same = [k for k in keys if ref[k]["text"] == other[k]["text"]]
+    diffs = [
+        abs(a - b)
+        for k in same
+        for a, b in zip(ref[k]["logprobs"], other[k]["logprobs"], strict=False)
+        if a is not None and b is not None
+    ]
+    return {
+        "compared": len(keys),
+        "missing": len(ref) - len(keys),
+        "identical": len(same),
+        "identical_share": len(same) / len(keys) if keys else None,
+        "max_logprob_diff_identical": max(diffs) if diffs else None,
+    }
+
+
+def metric_diff(ref: list[dict], other: list[dict]) -> dict:
+    def table(records):
+        return {
+            (r["run"].split(",model=")[0], r["metric"], r["split"], r["perturbation"]): r["value"]
+            for r in records
+            if r["count"] and r["value"] is not None and any(w in r["metric"] for w in SCORE_WORDS)
+        }
+
+    a, b = table(ref), table(other)
+    diffs = {k: abs(a[k] - b[k]) for k in a if k in b}
+    worst = max(diffs.items(), key=lambda kv: kv[1], default=(None, 0.0))
+    return {
+        "metrics_compared": len(diffs),
+        "max_diff_points": 100 * worst[1],
+        "worst_metric": "/".join(str(x) for x in worst[0]) if worst[0] else None,
+    }
+
+
+# -------------------------------------------------------------------------------------- efficiency
+def efficiency(row: dict, counts: dict, ceilings: dict | None, params: int, weight_bytes: int, kv_bytes_token: int,
+               heavy: str) -> dict:  # fmt: skip
+    wall = row["wall_s"]
+    stats = row.get("server_stats") or {}
+    busy = stats.get("busy_seconds") or row["helm_s"]  # A and B: no busy counter, their HELM time
+    eff = {
+        "prompt_tok_per_s": counts["prompt_tokens"] / row["helm_s"],
+        "output_tok_per_s": counts["output_tokens"] / row["helm_s"],
+        "busy_s": busy,
+    }
+    if not ceilings:
+        return eff
+    if heavy == "prefill":
+        computed = counts["prompt_tokens"] - int(stats.get("shared_prefix_tokens") or 0)
+        eff["mfu"] = 2 * params * computed / busy / (ceilings["bf16_matmul_tflops"] * 1e12)
+        eff["mfu_all_prompt_tokens"] = (
+            2 * params * counts["prompt_tokens"] / busy / (ceilings["bf16_matmul_tflops"] * 1e12)
+        )
+    else:
+        steps = stats.get("decode_steps") or counts["output_tokens"]  # one-at-a-time: a step per token
+        moved = steps * weight_bytes + counts["kv_token_reads"] * kv_bytes_token
+        eff["bandwidth_share"] = moved / busy / (ceilings["copy_bandwidth_tb_s"] * 1e12)
+    eff["wall_s"] = wall
+    return eff
+
+
+def model_shape(model_dir: Path) -> tuple[int, int, int]:
+    """(parameters, bytes of weights, KV-cache bytes per token) from the config and safetensors headers."""
+    config = json.loads((model_dir / "config.json").read_text())
+    params = runner.count_parameters(model_dir) or 0
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16")
+    elem = 4 if "32" in dtype else 2
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    kv = 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim * elem
+    return params, params * elem, kv
+
+
+# ---------------------------------------------------------------------------------------------- main
+def fmt(value, spec: str, empty: str = "–") -> str:
+    return empty if value is None else format(value, spec)
+
+
+def render(results: dict) -> str:
+    lines = [
+        "| model | suite | mode | budget (GB) | wall (s) | speed-up vs A | prompt tok/s | output tok/s | MFU | "
+        "bandwidth share | peak GPU memory (GB) | same predictions as A | worst metric diff vs A (points) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results["rows"]:
+        e = r.get("efficiency", {})
+        agree = r.get("vs_A") or {}
+        share = agree.get("identical_share")
+        same = "" if share is None else f"{share:.1%} ({agree['identical']}/{agree['compared']})"
+        lines.append(
+            f"| {r['model']} | {r['suite']} | {r['mode']} | {fmt(r.get('budget'), 'g')} | {r['wall_s']:.1f} | "
+            f"{fmt(r.get('speedup_vs_A'), '.1f')}{'×' if r.get('speedup_vs_A') else ''} | "
+            f"{fmt(e.get('prompt_tok_per_s'), ',.0f')} | {fmt(e.get('output_tok_per_s'), ',.0f')} | "
+            f"{fmt(e.get('mfu'), '.0%')} | {fmt(e.get('bandwidth_share'), '.1%')} | "
+            f"{fmt(r.get('peak_gpu_gb'), '.1f')} | "
+            f"{same} | "
+            f"{fmt((r.get('metrics_vs_A') or {}).get('max_diff_points'), '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_prepare":
+        print(json.dumps(child_prepare(argv[1], argv[2], argv[3], argv[4] == "1")))
+        return 0
+    if argv and argv[0] == "_decode":
+        print(json.dumps(child_decode_bench(argv[1], int(argv[2]), int(argv[3]), float(argv[4]))))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="1b", help="tiny, 1b or 7b (benchmarks/engine_speed.py's shapes)")
+    p.add_argument("--suites", nargs="+", default=["prefill-mc", "generation"])
+    p.add_argument("--modes", nargs="+", default=["ours", "A", "B"], help="in the order to run them")
+    p.add_argument("--budgets", nargs="+", type=float, default=[24.0], help="track budgets (GB) for ours")
+    p.add_argument("--instances", nargs="*", default=[], help="SUITE=N instances per run entry")
+    p.add_argument("--threads", type=int, default=64, help="HELM threads for ours")
+    p.add_argument("--baseline-threads", type=int, default=4, help="HELM threads for A and B (HELM's default)")
+    p.add_argument("--fp32-check", nargs="*", default=None, help="SUITE=N for a tiny fp32 model through A, B, ours")
+    p.add_argument("--decode-bench", type=int, nargs=2, metavar=("ROWS", "TOKENS"), help="decode micro-benchmark")
+    p.add_argument("--deadline-s", type=float, default=3600.0, help="stop starting runs past this (from start)")
+    p.add_argument("--out", default="var/helm-speed")
+    p.add_argument("--model", help="use this model folder instead of building one")
+    args = p.parse_args(argv)
+
+    started = time.monotonic()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    counts_per_suite = dict(item.split("=") for item in args.instances)
+    results: dict[str, Any] = {"command": "python -m benchmarks.helm_speed " + " ".join(argv), "rows": []}
+    results["hardware"] = vars(runner.detect_hardware())
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        (out / "table.md").write_text(render(results) + "\n")
+
+    def left() -> float:
+        return args.deadline_s - (time.monotonic() - started)
+
+    model_dir = Path(args.model).resolve() if args.model else out / f"llama-{args.size}"
+    if not args.model:
+        prep = _child(["_prepare", args.size, str(model_dir), "bfloat16", "1"], timeout=max(left(), 60))
+        results["ceilings"] = prep.get("ceilings")
+        results["build_seconds"] = prep["build_seconds"]
+        print(json.dumps({"prepared": prep}), flush=True)
+    save()
+    if args.decode_bench:
+        try:
+            bench = _child(["_decode", str(model_dir), *map(str, args.decode_bench), "24"], timeout=max(left(), 60))
+            results["decode_bench"] = {args.size: bench}
+            print(json.dumps({"decode_bench": bench}), flush=True)
+        except Exception as e:
+            results["decode_bench_error"] = str(e)[-2000:]
+        save()
+
+    ran_any = run_matrix(args, model_dir, args.size, "bfloat16", counts_per_suite, args.budgets, results, save, left)
+    if args.fp32_check is not None and left() > 60:
+        tiny = out / "llama-tiny-fp32"
+        _child(["_prepare", "tiny", str(tiny), "float32", "0"], timeout=max(left(), 60))
+        counts = dict(item.split("=") for item in args.fp32_check)
+        run_matrix(args, tiny, "tiny-fp32", "float32", counts, [args.budgets[0]], results, save, left, fp32=True)
+    save()
+    print(render(results), flush=True)
+    return 0 if ran_any else 1
+
+
+def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budgets: list[float], results: dict,
+               save, left, fp32: bool = False) -> bool:  # fmt: skip
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    params, weight_bytes, kv_token = model_shape(model_dir)
+    ceilings = results.get("ceilings")
+    ran = False
+    for suite_name in args.suites if not fp32 else list(counts):
+        suite = suite_variant(suite_name, int(counts[suite_name]) if suite_name in counts else None)
+        heavy = "prefill" if suite_name.startswith("prefill") else "decode"
+        plan = []
+        for mode in args.modes:
+            if mode == "ours":
+                plan += [("ours", b) for b in budgets]
+            else:
+                plan.append((mode, None))
+        states: dict[str, dict] = {}
+        rows: list[dict] = []
+        for mode, budget in plan:
+            if left() < 30:
+                results.setdefault("skipped", []).append(f"{label} {suite_name} {mode} {budget or ''}: out of time")
+                continue
+            tag = f"{label}-{suite_name}-{mode}{'' if budget is None else f'-{budget:g}'}"
+            run_out = Path(args.out).resolve() / tag
+            limit = max(left() - 10, 20)
+            print(f"== {tag} (time left {left():.0f} s)", flush=True)
+            try:
+                with MemoryPoll() as poll:
+                    if mode == "A":
+                        row = run_stock(model_dir, suite, run_out, limit, args.baseline_threads)
+                    elif mode == "B":
+                        cmd = [sys.executable, "-m", "benchmarks.baseline_server", "--model", str(model_dir)]
+                        cmd += ["--port", "{port}", "--dtype", dtype]
+                        row = run_engine(
+                            model_dir, suite, run_out, limit, args.baseline_threads, budget or 0, dtype, cmd
+                        )
+                    else:
+                        row = run_engine(model_dir, suite, run_out, limit, args.threads, budget, dtype)
+            except Exception as e:  # one failed mode must not lose the others
+                results.setdefault("errors", []).append(f"{tag}: {type(e).__name__}: {str(e)[:500]}")
+                print(f"!! {tag} failed: {e}", flush=True)
+                save()
+                continue
+            ran = True
+            st = request_states(row.pop("runs_dir"))
+            states[f"{mode}{budget or ''}"] = st
+            row_counts = token_counts(st, tokenizer)
+            record = {
+                "model": label,
+                "suite": suite_name,
+                "mode": mode,
+                "budget": budget,
+                "instances_per_entry": suite.default_instances,
+                "wall_s": row["wall_s"],
+                "helm_s": row["helm_s"],
+                "counts": row_counts,
+                "failed_runs": row["failed_runs"],
+                "peak_gpu_gb": poll.peak_gb,
+                "server_stats": row.get("server_stats"),
+                "efficiency": efficiency(row, row_counts, ceilings, params, weight_bytes, kv_token, heavy),
+                "_records": row["records"],
+            }
+            if record["server_stats"] and record["server_stats"].get("peak_gpu_memory_bytes"):
+                record["torch_peak_gb"] = record["server_stats"]["peak_gpu_memory_bytes"] / 1024**3
+            if "A" in states and mode != "A":
+                record["vs_A"] = compare(states["A"], st)
+                a_row = next(r for r in rows if r["mode"] == "A")
+                record["metrics_vs_A"] = metric_diff(a_row["_records"], record["_records"])
+            if "B" in states and mode != "B":
+                record["vs_B"] = compare(states["B"], st)
+            rows.append(record)
+            for r in rows:
+                a = next((x for x in rows if x["mode"] == "A"), None)
+                if a and r is not a:
+                    r["speedup_vs_A"] = a["wall_s"] / r["wall_s"]
+                    if "vs_A" not in r and r["mode"] != "A":
+                        key = r["mode"] + (str(r["budget"]) if r["budget"] else "")
+                        r["vs_A"] = compare(states["A"], states[key])
+                        r["metrics_vs_A"] = metric_diff(a["_records"], r["_records"])
+            results["rows"] = [x for x in results["rows"] if not (x["model"] == label and x["suite"] == suite_name)]
+            results["rows"] += [{k: v for k, v in x.items() if k != "_records"} for x in rows]
+            summary = {k: record.get(k) for k in ("wall_s", "peak_gpu_gb", "torch_peak_gb", "efficiency", "vs_A")}
+            print(json.dumps({tag: summary}, default=str), flush=True)
+            save()
+    return ran
+
+
+if __name__ == "__main__":
+    sys.exit(main())
