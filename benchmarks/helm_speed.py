@@ -120,7 +120,58 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
         "none" if static is None else ("graphs" if static.use_graphs and not static.graph_failed else "eager")
     )
     result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
+    if torch.cuda.is_available() and static is not None:
+        from torch.profiler import ProfilerActivity, profile
+
+        batch = [Row(prompt_ids=tok(p)["input_ids"], max_new_tokens=8) for p in prompts]
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            generators["static"].generate(batch)
+            torch.cuda.synchronize()
+        result["profile_static_8_tokens"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14)
+    del loaded, generators, static
+    result["fp32_equality"] = fp32_equality("cuda" if torch.cuda.is_available() else "cpu")
     return result
+
+
+def fp32_equality(device: str) -> dict:
+    """A tiny fp32 Llama through the batched server path (static cache and graphs on a GPU) against
+    one-at-a-time greedy `generate` and a plain forward's logprobs."""
+    import tempfile
+
+    import torch
+
+    from benchmarks.engine_speed import FEW_SHOT
+    from evaluation.engine.loading import load_model
+    from evaluation.engine.server.generation import BatchGenerator, Row
+    from evaluation.engine.tiny import build_tiny_model
+
+    prompts = ["The quick brown fox", "Question: What is 2 plus 3? Answer:", "A", FEW_SHOT[:300] + "Q:"]
+    prompts += [FEW_SHOT + "Question: What is 1 plus 1?", FEW_SHOT + "Question: When?"]
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        loaded = load_model(build_tiny_model(Path(tmp) / "llama", "llama"), device=device, dtype="float32")
+        model, tok = loaded.model, loaded.tokenizer
+        for max_new in (1, 24):
+            rows = [Row(prompt_ids=tok(p)["input_ids"], max_new_tokens=max_new) for p in prompts]
+            gen = BatchGenerator(model, tok)
+            gen.generate(rows)
+            same, worst = 0, 0.0
+            for row in rows:
+                ids = torch.tensor([row.prompt_ids], device=model.device)
+                ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new,
+                                     pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()  # fmt: skip
+                eos = tok.eos_token_id
+                ref = ref[: ref.index(eos)] if eos in ref else ref
+                same += row.tokens == ref
+                full = torch.tensor([row.prompt_ids + row.tokens], device=model.device)
+                lp = torch.log_softmax(model(full).logits[0].float(), -1)
+                n = len(row.prompt_ids)
+                expected = [lp[n - 1 + i, t].item() for i, t in enumerate(row.tokens)]
+                worst = max([worst] + [abs(a - b) for a, b in zip(row.logprobs, expected, strict=True)])
+            mode = "none" if gen.static is None else ("graphs" if gen.static.use_graphs else "eager")
+            report[f"max_new={max_new}"] = {"identical": f"{same}/{len(rows)}", "max_logprob_diff": worst,
+                                            "static_decode": mode}  # fmt: skip
+    return report
 
 
 # ----------------------------------------------------------------------------------- GPU memory poll
@@ -271,8 +322,19 @@ def compare(ref: dict[tuple, dict], other: dict[tuple, dict]) -> dict:
         for a, b in zip(ref[k]["logprobs"], other[k]["logprobs"], strict=False)
         if a is not None and b is not None
     ]
+
+    def leading(a: str | None, b: str | None) -> float:
+        a, b = a or "", b or ""
+        if a == b:
+            return 1.0
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        return n / max(len(a), len(b), 1)
+
     return {
         "compared": len(keys),
+        "mean_leading_agreement": sum(leading(ref[k]["text"], other[k]["text"]) for k in keys) / len(keys)
+        if keys
+        else None,
         "missing": len(ref) - len(keys),
         "identical": len(same),
         "identical_share": len(same) / len(keys) if keys else None,
@@ -494,21 +556,20 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
             }
             if record["server_stats"] and record["server_stats"].get("peak_gpu_memory_bytes"):
                 record["torch_peak_gb"] = record["server_stats"]["peak_gpu_memory_bytes"] / 1024**3
-            if "A" in states and mode != "A":
-                record["vs_A"] = compare(states["A"], st)
-                a_row = next(r for r in rows if r["mode"] == "A")
-                record["metrics_vs_A"] = metric_diff(a_row["_records"], record["_records"])
-            if "B" in states and mode != "B":
-                record["vs_B"] = compare(states["B"], st)
             rows.append(record)
-            for r in rows:
-                a = next((x for x in rows if x["mode"] == "A"), None)
-                if a and r is not a:
-                    r["speedup_vs_A"] = a["wall_s"] / r["wall_s"]
-                    if "vs_A" not in r and r["mode"] != "A":
-                        key = r["mode"] + (str(r["budget"]) if r["budget"] else "")
-                        r["vs_A"] = compare(states["A"], states[key])
-                        r["metrics_vs_A"] = metric_diff(a["_records"], r["_records"])
+            # Agreement with A (and with B, whose logprobs are not temperature-warped like A's) for every row so far.
+            for ref_mode in ("A", "B"):
+                ref = next((x for x in rows if x["mode"] == ref_mode), None)
+                if ref is None:
+                    continue
+                for r in rows:
+                    if r is ref:
+                        continue
+                    key = r["mode"] + (str(r["budget"]) if r["budget"] else "")
+                    r[f"vs_{ref_mode}"] = compare(states[ref_mode], states[key])
+                    if ref_mode == "A":
+                        r["speedup_vs_A"] = ref["wall_s"] / r["wall_s"]
+                        r["metrics_vs_A"] = metric_diff(ref["_records"], r["_records"])
             results["rows"] = [x for x in results["rows"] if not (x["model"] == label and x["suite"] == suite_name)]
             results["rows"] += [{k: v for k, v in x.items() if k != "_records"} for x in rows]
             summary = {k: record.get(k) for k in ("wall_s", "peak_gpu_gb", "torch_peak_gb", "efficiency", "vs_A")}
