@@ -55,17 +55,33 @@ def _validate_full(root: Path, names: list[str], rules: Rules) -> ValidatedModel
     config = read_json(root, "config.json", max_bytes=rules.max_json_bytes)
     archs = config.get("architectures")
     if not (isinstance(archs, list) and len(archs) == 1 and isinstance(archs[0], str)):
-        raise ValidationFailed("config.json", "must list exactly one architecture in `architectures`.", 'Write e.g. "architectures": ["LlamaForCausalLM"], as save_pretrained does.')
+        raise ValidationFailed(
+            "config.json",
+            "must list exactly one architecture in `architectures`.",
+            'Write e.g. "architectures": ["LlamaForCausalLM"], as save_pretrained does.',
+        )
     arch = archs[0]
     allowed = rules.allowed_architectures
     if arch not in allowed:
-        raise ValidationFailed("config.json", f"names architecture {arch!r}, which is not on the allow-list.", f"Fine-tune an allowed base model (architectures: {', '.join(sorted(allowed)) or 'none'}).")
+        raise ValidationFailed(
+            "config.json",
+            f"names architecture {arch!r}, which is not on the allow-list.",
+            f"Fine-tune an allowed base model (architectures: {', '.join(sorted(allowed)) or 'none'}).",
+        )
     declared = rules.base(rules.declared_base)
     if declared is not None and declared.architecture != arch:
-        raise ValidationFailed("config.json", f"names architecture {arch!r}, but the declared base {declared.name} is a {declared.architecture}.", "Declare the base model you really fine-tuned.")
+        raise ValidationFailed(
+            "config.json",
+            f"names architecture {arch!r}, but the declared base {declared.name} is a {declared.architecture}.",
+            "Declare the base model you really fine-tuned.",
+        )
     model_config, shapes, tied = expected_shapes(root)
     if arch not in _classes_for(model_config):
-        raise ValidationFailed("config.json", f"names {arch!r} but its model_type {getattr(model_config, 'model_type', '?')!r} builds a different model.", "Use the config.json that save_pretrained wrote.")
+        raise ValidationFailed(
+            "config.json",
+            f"names {arch!r} but its model_type {getattr(model_config, 'model_type', '?')!r} builds a different model.",
+            "Use the config.json that save_pretrained wrote.",
+        )
     tensors = read_weights(root, rules, names)
     check_full_shapes(tensors, shapes, tied, arch)
     vocab_size = getattr(model_config, "vocab_size", None)
@@ -91,15 +107,27 @@ def _validate_adapter(root: Path, names: list[str], rules: Rules) -> ValidatedMo
     r, rank_pattern = adapter_checks.check_adapter_config(cfg)
     base = adapter_checks.find_base(cfg, rules)
     if base.architecture not in rules.allowed_architectures:
-        raise ValidationFailed(adapter_checks.ADAPTER_CONFIG, f"targets {base.name}, whose architecture is not allowed.", "Choose an allowed base.")
+        raise ValidationFailed(
+            adapter_checks.ADAPTER_CONFIG,
+            f"targets {base.name}, whose architecture is not allowed.",
+            "Choose an allowed base.",
+        )
     if not (root / adapter_checks.ADAPTER_WEIGHTS).is_file():
-        raise ValidationFailed(adapter_checks.ADAPTER_WEIGHTS, "is missing.", "Save the adapter with `model.save_pretrained(out)` (PEFT writes safetensors by default).")
+        raise ValidationFailed(
+            adapter_checks.ADAPTER_WEIGHTS,
+            "is missing.",
+            "Save the adapter with `model.save_pretrained(out)` (PEFT writes safetensors by default).",
+        )
     tensors = read_header(root / adapter_checks.ADAPTER_WEIGHTS, max_header_bytes=rules.max_header_bytes)
     from evaluation.validation.safetensors_header import WEIGHT_DTYPES
 
     bad = next((t for t in tensors.values() if t.dtype not in WEIGHT_DTYPES), None)
     if bad is not None:
-        raise ValidationFailed(adapter_checks.ADAPTER_WEIGHTS, f"stores {bad.name!r} as {bad.dtype}; weights must be float32, float16 or bfloat16.", "Save the adapter in a float dtype.")
+        raise ValidationFailed(
+            adapter_checks.ADAPTER_WEIGHTS,
+            f"stores {bad.name!r} as {bad.dtype}; weights must be float32, float16 or bfloat16.",
+            "Save the adapter in a float dtype.",
+        )
     shapes = adapter_checks.base_shapes(base)
     adapter_checks.check_adapter_shapes(tensors, shapes, r, rank_pattern, base)
     if has_tokenizer(root):

@@ -17,7 +17,11 @@ PREFIX = "base_model.model."
 def find_base(adapter_config: dict, rules: Rules) -> BaseInfo:
     reference = adapter_config.get("base_model_name_or_path")
     if not isinstance(reference, str) or not reference.strip():
-        raise ValidationFailed(ADAPTER_CONFIG, "does not name its base model (base_model_name_or_path).", "Set base_model_name_or_path to the allow-list name of the base you trained on.")
+        raise ValidationFailed(
+            ADAPTER_CONFIG,
+            "does not name its base model (base_model_name_or_path).",
+            "Set base_model_name_or_path to the allow-list name of the base you trained on.",
+        )
     base = next((b for b in rules.bases if b.matches(reference)), None)
     if base is None:
         allowed = ", ".join(sorted(b.name for b in rules.bases)) or "none"
@@ -37,35 +41,58 @@ def find_base(adapter_config: dict, rules: Rules) -> BaseInfo:
 
 def check_adapter_config(adapter_config: dict) -> tuple[int, dict]:
     if str(adapter_config.get("peft_type", "")).upper() != "LORA":
-        raise ValidationFailed(ADAPTER_CONFIG, f"has peft_type {adapter_config.get('peft_type')!r}; only LoRA adapters are accepted.", "Train a LoRA adapter with PEFT, or merge it and submit full weights.")
+        raise ValidationFailed(
+            ADAPTER_CONFIG,
+            f"has peft_type {adapter_config.get('peft_type')!r}; only LoRA adapters are accepted.",
+            "Train a LoRA adapter with PEFT, or merge it and submit full weights.",
+        )
     task = adapter_config.get("task_type")
     if task not in (None, "CAUSAL_LM"):
-        raise ValidationFailed(ADAPTER_CONFIG, f"has task_type {task!r}; only CAUSAL_LM adapters are accepted.", "Create the adapter with task_type=CAUSAL_LM.")
+        raise ValidationFailed(
+            ADAPTER_CONFIG,
+            f"has task_type {task!r}; only CAUSAL_LM adapters are accepted.",
+            "Create the adapter with task_type=CAUSAL_LM.",
+        )
     r = adapter_config.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
         raise ValidationFailed(ADAPTER_CONFIG, f"has an invalid rank r={r!r}.", "Save the adapter again with PEFT.")
     rank_pattern = adapter_config.get("rank_pattern") or {}
     if not isinstance(rank_pattern, dict):
-        raise ValidationFailed(ADAPTER_CONFIG, "has a rank_pattern that is not a map.", "Save the adapter again with PEFT.")
+        raise ValidationFailed(
+            ADAPTER_CONFIG, "has a rank_pattern that is not a map.", "Save the adapter again with PEFT."
+        )
     return r, rank_pattern
 
 
 def base_shapes(base: BaseInfo) -> dict[str, tuple[int, ...]]:
     folder = Path(base.weights_path) if base.weights_path else None
     if folder is None or not (folder / "config.json").is_file():
-        raise ValidatorUnavailable(f"The files of base model {base.name} are not available to the validator ({base.weights_path or 'no path set'}).")
+        raise ValidatorUnavailable(
+            f"The files of base model {base.name} are not available to the validator ({base.weights_path or 'no path set'})."
+        )
     _config, shapes, _tied = expected_shapes(folder, shown=f"{base.name} config.json")
     return shapes
 
 
-def check_adapter_shapes(tensors: dict[str, TensorInfo], shapes: dict[str, tuple[int, ...]], r: int, rank_pattern: dict, base: BaseInfo) -> None:
+def check_adapter_shapes(
+    tensors: dict[str, TensorInfo], shapes: dict[str, tuple[int, ...]], r: int, rank_pattern: dict, base: BaseInfo
+) -> None:
     ranks: dict[str, int] = {}
     fix = f"Train the adapter on {base.name} itself, unchanged, and save it with PEFT."
     for name, info in tensors.items():
         if not name.startswith(PREFIX):
-            raise ValidationFailed(name, "is not a PEFT adapter tensor (names start with base_model.model.).", "Save the adapter with PEFT's save_pretrained.")
+            raise ValidationFailed(
+                name,
+                "is not a PEFT adapter tensor (names start with base_model.model.).",
+                "Save the adapter with PEFT's save_pretrained.",
+            )
         inner = name[len(PREFIX) :]
-        for marker, kind in ((".lora_A.", "A"), (".lora_B.", "B"), (".lora_embedding_A", "eA"), (".lora_embedding_B", "eB")):
+        for marker, kind in (  # noqa: B007 (kind is used after the break)
+            (".lora_A.", "A"),
+            (".lora_B.", "B"),
+            (".lora_embedding_A", "eA"),
+            (".lora_embedding_B", "eB"),
+        ):
             if marker in inner:
                 module = inner.split(marker)[0]
                 break
@@ -74,7 +101,9 @@ def check_adapter_shapes(tensors: dict[str, TensorInfo], shapes: dict[str, tuple
             if inner not in shapes:
                 raise ValidationFailed(name, f"has no counterpart in {base.name}.", fix)
             if info.shape != shapes[inner]:
-                raise ValidationFailed(name, f"has shape {list(info.shape)} but {base.name} has {list(shapes[inner])}.", fix)
+                raise ValidationFailed(
+                    name, f"has shape {list(info.shape)} but {base.name} has {list(shapes[inner])}.", fix
+                )
             continue
         target = module + ".weight"
         if target not in shapes:
@@ -101,6 +130,12 @@ def check_adapter_shapes(tensors: dict[str, TensorInfo], shapes: dict[str, tuple
             raise ValidationFailed(name, f"has rank {rank}, but its pair has rank {ranks[module]}.", fix)
         wanted = next((v for k, v in rank_pattern.items() if module.endswith(k)), r)
         if rank != wanted:
-            raise ValidationFailed(name, f"has rank {rank} but adapter_config.json says r={wanted}.", "Save the adapter again with PEFT so its config matches its weights.")
+            raise ValidationFailed(
+                name,
+                f"has rank {rank} but adapter_config.json says r={wanted}.",
+                "Save the adapter again with PEFT so its config matches its weights.",
+            )
     if not ranks:
-        raise ValidationFailed(ADAPTER_WEIGHTS, "holds no LoRA tensors.", "Save the trained adapter with PEFT's save_pretrained.")
+        raise ValidationFailed(
+            ADAPTER_WEIGHTS, "holds no LoRA tensors.", "Save the trained adapter with PEFT's save_pretrained."
+        )

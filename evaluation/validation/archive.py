@@ -72,7 +72,11 @@ def _zip_members(zf: zipfile.ZipFile) -> Iterator[_Member]:
             raise ValidationFailed(info.filename, "is encrypted.", "Upload an archive without a password.")
         if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
             what = "a symbolic link" if kind == stat.S_IFLNK else "not a regular file"
-            raise ValidationFailed(info.filename, f"is {what}; only regular files are accepted.", "Copy the real file into the folder instead of linking it.")
+            raise ValidationFailed(
+                info.filename,
+                f"is {what}; only regular files are accepted.",
+                "Copy the real file into the folder instead of linking it.",
+            )
         yield _Member(
             name=info.filename,
             is_dir=info.is_dir(),
@@ -86,9 +90,15 @@ def _tar_members(tf: tarfile.TarFile) -> Iterator[_Member]:
     for info in tf:
         if info.issym() or info.islnk():
             kind = "a symbolic link" if info.issym() else "a hard link"
-            raise ValidationFailed(info.name, f"is {kind} (to {info.linkname!r}); only regular files are accepted.", "Copy the real file into the folder instead of linking it (`tar --dereference`).")
+            raise ValidationFailed(
+                info.name,
+                f"is {kind} (to {info.linkname!r}); only regular files are accepted.",
+                "Copy the real file into the folder instead of linking it (`tar --dereference`).",
+            )
         if info.ischr() or info.isblk() or info.isfifo() or info.isdev():
-            raise ValidationFailed(info.name, "is a device or pipe; only regular files are accepted.", "Remove it from the archive.")
+            raise ValidationFailed(
+                info.name, "is a device or pipe; only regular files are accepted.", "Remove it from the archive."
+            )
         if not (info.isreg() or info.isdir()):
             raise ValidationFailed(info.name, "is not a regular file or folder.", "Remove it from the archive.")
         yield _Member(
@@ -134,13 +144,17 @@ def safe_extract(archive: Path, dest: Path, rules: Rules) -> list[str]:
             try:
                 container = zipfile.ZipFile(archive)
             except zipfile.BadZipFile as exc:
-                raise ValidationFailed(archive.name, f"is not a readable zip file ({exc}).", "Create the archive again and re-upload it.")
+                raise ValidationFailed(
+                    archive.name, f"is not a readable zip file ({exc}).", "Create the archive again and re-upload it."
+                )
             members = _zip_members(container)
         else:
             try:
                 container = tarfile.open(archive, "r|gz" if fmt == "tar.gz" else "r|")
             except tarfile.TarError as exc:
-                raise ValidationFailed(archive.name, f"is not a readable tar file ({exc}).", "Create the archive again and re-upload it.")
+                raise ValidationFailed(
+                    archive.name, f"is not a readable tar file ({exc}).", "Create the archive again and re-upload it."
+                )
             members = _tar_members(container)
         with container:
             try:
@@ -156,13 +170,21 @@ def safe_extract(archive: Path, dest: Path, rules: Rules) -> list[str]:
                         os.close(_open_dir_fd(root_fd, parts))
                         continue
                     if len(written_files) >= rules.max_files:
-                        raise ValidationFailed(archive.name, f"holds more than {rules.max_files} files.", "Upload only the model files (config, tokenizer, safetensors shards).")
+                        raise ValidationFailed(
+                            archive.name,
+                            f"holds more than {rules.max_files} files.",
+                            "Upload only the model files (config, tokenizer, safetensors shards).",
+                        )
                     total = _write_member(root_fd, parts, member, total, archive_size, rules)
                     written_files.append(name)
             except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
                 if isinstance(exc, ValidationFailed):
                     raise
-                raise ValidationFailed(archive.name, f"could not be read to the end ({type(exc).__name__}: {exc}).", "The archive is damaged or truncated: create it again and re-upload it.")
+                raise ValidationFailed(
+                    archive.name,
+                    f"could not be read to the end ({type(exc).__name__}: {exc}).",
+                    "The archive is damaged or truncated: create it again and re-upload it.",
+                )
     finally:
         os.close(root_fd)
     if not written_files:
@@ -185,12 +207,20 @@ def _write_member(root_fd: int, parts: list[str], member: _Member, total: int, a
                 written += len(piece)
                 total += len(piece)
                 if total > rules.max_total_bytes:
-                    raise ValidationFailed(name, f"takes the archive past {rules.max_total_bytes / 1024**3:.1f} GiB uncompressed.", "Upload only the model files; this looks like a compression bomb or a wrong folder.")
+                    raise ValidationFailed(
+                        name,
+                        f"takes the archive past {rules.max_total_bytes / 1024**3:.1f} GiB uncompressed.",
+                        "Upload only the model files; this looks like a compression bomb or a wrong folder.",
+                    )
                 if written > rules.ratio_min_bytes:
                     # zip: per member; tar.gz: the whole stream against the archive's size.
                     base = member.compressed if member.compressed is not None else archive_size
                     if base and (written if member.compressed is not None else total) / base > rules.max_ratio:
-                        raise ValidationFailed(name, f"expands more than {rules.max_ratio:.0f}× its compressed size.", "Weights do not compress like that: this looks like a compression bomb. Upload the real model files.")
+                        raise ValidationFailed(
+                            name,
+                            f"expands more than {rules.max_ratio:.0f}× its compressed size.",
+                            "Weights do not compress like that: this looks like a compression bomb. Upload the real model files.",
+                        )
                 out.write(piece)
         return total
     finally:

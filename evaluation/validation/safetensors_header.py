@@ -42,14 +42,20 @@ def read_header(path: Path, *, max_header_bytes: int, display: str | None = None
             raise ValidationFailed(shown, "is too short to be a safetensors file.", convert)
         (n,) = struct.unpack("<Q", head)
         if n > max_header_bytes:
-            raise ValidationFailed(shown, f"declares a {n:,}-byte header, above the {max_header_bytes:,}-byte limit.", convert)
+            raise ValidationFailed(
+                shown, f"declares a {n:,}-byte header, above the {max_header_bytes:,}-byte limit.", convert
+            )
         if 8 + n > size:
-            raise ValidationFailed(shown, "is truncated: its header runs past the end of the file.", "Upload the complete file.")
+            raise ValidationFailed(
+                shown, "is truncated: its header runs past the end of the file.", "Upload the complete file."
+            )
         raw = fh.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValidationFailed(shown, "does not start with a JSON safetensors header (is it really safetensors?).", convert)
+        raise ValidationFailed(
+            shown, "does not start with a JSON safetensors header (is it really safetensors?).", convert
+        )
     if not isinstance(header, dict):
         raise ValidationFailed(shown, "has a header that is not a JSON object.", convert)
     buffer = size - 8 - n
@@ -65,7 +71,9 @@ def read_header(path: Path, *, max_header_bytes: int, display: str | None = None
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype not in DTYPE_BYTES:
             raise ValidationFailed(shown, f"gives tensor {name!r} the unknown dtype {str(dtype)[:40]!r}.", convert)
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise ValidationFailed(shown, f"gives tensor {name!r} an invalid shape {str(shape)[:60]}.", convert)
         if (
             not isinstance(offsets, list)
@@ -73,10 +81,16 @@ def read_header(path: Path, *, max_header_bytes: int, display: str | None = None
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] <= buffer
         ):
-            raise ValidationFailed(shown, f"gives tensor {name!r} data offsets outside the file.", "Upload the complete file; " + convert)
+            raise ValidationFailed(
+                shown, f"gives tensor {name!r} data offsets outside the file.", "Upload the complete file; " + convert
+            )
         info = TensorInfo(name, dtype, tuple(shape))
         if offsets[1] - offsets[0] != info.numel * DTYPE_BYTES[dtype]:
-            raise ValidationFailed(shown, f"says tensor {name!r} is {dtype}{list(shape)} but stores {offsets[1] - offsets[0]:,} bytes for it.", convert)
+            raise ValidationFailed(
+                shown,
+                f"says tensor {name!r} is {dtype}{list(shape)} but stores {offsets[1] - offsets[0]:,} bytes for it.",
+                convert,
+            )
         spans.append((offsets[0], offsets[1], name))
         tensors[name] = info
     spans.sort()

@@ -29,7 +29,9 @@ def check_tokenizer(root: Path, *, vocab_size: int | None) -> int:
             tok = AutoTokenizer.from_pretrained(str(root), local_files_only=True, trust_remote_code=False)
             ids = tok("Question: What is 2 plus 3? Answer:")["input_ids"]
     except Exception as exc:
-        raise ValidationFailed("tokenizer", f"could not be loaded offline ({type(exc).__name__}: {str(exc)[:300]}).", FIX)
+        raise ValidationFailed(
+            "tokenizer", f"could not be loaded offline ({type(exc).__name__}: {str(exc)[:300]}).", FIX
+        )
     if not ids:
         raise ValidationFailed("tokenizer", "turns text into no tokens at all.", FIX)
     size = len(tok)

@@ -13,10 +13,14 @@ from evaluation.validation.rules import Rules
 from evaluation.validation.safetensors_header import WEIGHT_DTYPES, TensorInfo, read_header
 
 INDEX = "model.safetensors.index.json"
-RESAVE = "Save the model again with `save_pretrained(out, safe_serialization=True)` from the same transformers model class."
+RESAVE = (
+    "Save the model again with `save_pretrained(out, safe_serialization=True)` from the same transformers model class."
+)
 
 
-def expected_shapes(config_dir: Path, shown: str = "config.json") -> tuple[object, dict[str, tuple[int, ...]], set[str]]:
+def expected_shapes(
+    config_dir: Path, shown: str = "config.json"
+) -> tuple[object, dict[str, tuple[int, ...]], set[str]]:
     """Build the model on the meta device (no memory, no code from the folder) and list its tensors.
 
     Returns the config, the state-dict shapes and the names that may be left out because they are
@@ -34,7 +38,11 @@ def expected_shapes(config_dir: Path, shown: str = "config.json") -> tuple[objec
                 model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except Exception as exc:  # transformers raises many types for a bad config
         logging.getLogger(__name__).info("config rejected: %r", exc)
-        raise ValidationFailed(shown, f"cannot be turned into a model by transformers ({type(exc).__name__}: {str(exc)[:300]}).", "Use the config.json that save_pretrained wrote for your model.")
+        raise ValidationFailed(
+            shown,
+            f"cannot be turned into a model by transformers ({type(exc).__name__}: {str(exc)[:300]}).",
+            "Use the config.json that save_pretrained wrote for your model.",
+        )
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     tied_keys = getattr(model, "_tied_weights_keys", None) or []
     tied = set(tied_keys.keys() if isinstance(tied_keys, dict) else tied_keys)
@@ -60,7 +68,11 @@ def read_weights(root: Path, rules: Rules, names: list[str], *, prefix: str = "m
             raise ValidationFailed(INDEX, "is not a valid safetensors index (a weight_map of tensor → file).", RESAVE)
         missing_files = sorted(set(index_map.values()) - set(shard_files))
         if missing_files:
-            raise ValidationFailed(missing_files[0], f"is listed in {INDEX} but is not in the upload.", "Include every shard listed in the index.")
+            raise ValidationFailed(
+                missing_files[0],
+                f"is listed in {INDEX} but is not in the upload.",
+                "Include every shard listed in the index.",
+            )
         shard_files = sorted(set(index_map.values()))
     tensors: dict[str, TensorInfo] = {}
     for shard in shard_files:
@@ -70,7 +82,11 @@ def read_weights(root: Path, rules: Rules, names: list[str], *, prefix: str = "m
             if index_map is not None and index_map.get(name) != shard:
                 raise ValidationFailed(shard, f"holds tensor {name!r}, which {INDEX} places elsewhere.", RESAVE)
             if info.dtype not in WEIGHT_DTYPES:
-                raise ValidationFailed(shard, f"stores tensor {name!r} as {info.dtype}; weights must be float32, float16 or bfloat16.", "Dequantize the model (merge QLoRA into bf16 weights) and save it again.")
+                raise ValidationFailed(
+                    shard,
+                    f"stores tensor {name!r} as {info.dtype}; weights must be float32, float16 or bfloat16.",
+                    "Dequantize the model (merge QLoRA into bf16 weights) and save it again.",
+                )
             tensors[name] = info
     if index_map is not None:
         absent = sorted(set(index_map) - set(tensors))
@@ -79,7 +95,9 @@ def read_weights(root: Path, rules: Rules, names: list[str], *, prefix: str = "m
     return tensors
 
 
-def check_full_shapes(tensors: dict[str, TensorInfo], shapes: dict[str, tuple[int, ...]], tied: set[str], architecture: str) -> None:
+def check_full_shapes(
+    tensors: dict[str, TensorInfo], shapes: dict[str, tuple[int, ...]], tied: set[str], architecture: str
+) -> None:
     for name, info in tensors.items():
         if name not in shapes:
             raise ValidationFailed(name, f"is not a tensor of {architecture} as config.json describes it.", RESAVE)
