@@ -1,6 +1,6 @@
 """Validation of an uploaded model, with no Django: archive in, validated model folder or one message out.
 
-Nothing here unpickles, imports from the upload, or passes trust_remote_code=True: config and
+Nothing here unpickles, imports from the upload, or trusts remote code: config and
 tokenizer are read as data, weights only through their safetensors headers, and the expected
 shapes come from transformers' own classes built on the meta device.
 """
