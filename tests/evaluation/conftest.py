@@ -25,7 +25,9 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
     model.save_pretrained(sharded, safe_serialization=True, max_shard_size="200KB")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(base / name, sharded / name)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    )
     adapter = root / "adapter"
     peft_model.save_pretrained(adapter)
     cfg = json.loads((adapter / "adapter_config.json").read_text())
@@ -59,7 +61,9 @@ def challenge(db):
 
 @pytest.fixture
 def track(challenge):
-    return TrackFactory(challenge=challenge, slug="4090", name="RTX 4090", gpu_memory_gb=24, max_upload_bytes=50 * 1024**2)
+    return TrackFactory(
+        challenge=challenge, slug="4090", name="RTX 4090", gpu_memory_gb=24, max_upload_bytes=50 * 1024**2
+    )
 
 
 @pytest.fixture
@@ -86,3 +90,14 @@ def outsider(challenge):
 @pytest.fixture
 def loner(db):
     return UserFactory()
+
+
+@pytest.fixture(autouse=True)
+def _eager_celery():
+    """Tasks sent by the code under test run in-process (the worker tests of the pipeline use a real one)."""
+    from portal.celery import app
+
+    old = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = old

@@ -357,7 +357,9 @@ def test_broken_tokenizer_is_rejected(sandbox, model_dirs):
 
 def test_architecture_not_on_allow_list_is_rejected(sandbox, model_dirs):
     folder = model(sandbox, model_dirs, "gpt2")
-    reject(sandbox, tar_folder(folder, sandbox["work"] / "t.tar.gz"), "'GPT2LMHeadModel', which is not on the allow-list")
+    reject(
+        sandbox, tar_folder(folder, sandbox["work"] / "t.tar.gz"), "'GPT2LMHeadModel', which is not on the allow-list"
+    )
 
 
 def test_architecture_renamed_but_model_type_differs_is_rejected(sandbox, model_dirs):
@@ -374,7 +376,12 @@ def test_unknown_model_type_is_rejected(sandbox, model_dirs):
 
 def test_model_too_big_for_the_track_is_rejected(sandbox, model_dirs):
     rules = Rules(**{**sandbox["rules"].__dict__, "memory_budget_gb": 0.5})
-    reject(sandbox, tar_folder(model(sandbox, model_dirs), sandbox["work"] / "t.tar.gz"), "above this track's 0.5 GB", rules)
+    reject(
+        sandbox,
+        tar_folder(model(sandbox, model_dirs), sandbox["work"] / "t.tar.gz"),
+        "above this track's 0.5 GB",
+        rules,
+    )
 
 
 # --- adapters ----------------------------------------------------------------------------------
@@ -408,8 +415,15 @@ def test_adapter_as_pickle_is_rejected(sandbox, model_dirs):
 
 def test_adapter_declared_on_another_base_is_rejected(sandbox, model_dirs):
     other = BaseInfo("tiny-llama-2", "LlamaForCausalLM", 144_960, str(model_dirs["full"]))
-    rules = Rules(**{**sandbox["rules"].__dict__, "bases": (*sandbox["rules"].bases, other), "declared_base": "tiny-llama-2"})
-    reject(sandbox, tar_folder(model(sandbox, model_dirs, "adapter"), sandbox["work"] / "t.tar.gz"), "declares tiny-llama-2", rules)
+    rules = Rules(
+        **{**sandbox["rules"].__dict__, "bases": (*sandbox["rules"].bases, other), "declared_base": "tiny-llama-2"}
+    )
+    reject(
+        sandbox,
+        tar_folder(model(sandbox, model_dirs, "adapter"), sandbox["work"] / "t.tar.gz"),
+        "declares tiny-llama-2",
+        rules,
+    )
 
 
 def test_validation_code_never_trusts_remote_code_nor_unpickles():
