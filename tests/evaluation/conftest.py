@@ -101,3 +101,8 @@ def _eager_celery():
     app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
     yield
     app.conf.task_always_eager, app.conf.task_eager_propagates = old
+
+
+@pytest.fixture
+def live(live_server):
+    return live_server
