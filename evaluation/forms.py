@@ -27,6 +27,7 @@ class SubmissionForm(forms.Form):
         super().__init__(*args, **kwargs)
         if challenge is not None:
             self.fields["track"].queryset = Track.objects.filter(challenge=challenge, finalized_at__isnull=True)
+            self.fields["base_model"].label_from_instance = lambda b: f"{b} ({b.name}, {b.licence})"
             self.fields["track"].label_from_instance = lambda t: (
                 f"{t.name} (≤ {t.finetune_hours_limit:g} GPU-hours, {t.gpu_memory_gb} GB)"
             )
