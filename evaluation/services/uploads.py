@@ -282,18 +282,28 @@ def _append_locked(upload: Upload, stream: BinaryIO, content_length: int, checks
         appender.rollback()
         return AppendResult(upload, 0, False)
     # Bytes of an interrupted body without a checksum are kept: tus lets the client resume after them.
+    # Terminated or expired while this body streamed in: its row and bytes are gone, so is this request's work.
+    if not Upload.objects.filter(pk=upload.pk, offset=upload.offset).exists():
+        appender.rollback()
+        raise Gone("This upload was cancelled while the chunk was arriving.")
+    old_offset = upload.offset
     upload.storage_state = appender.commit()
     upload.offset += received
     upload.sha256_state = hasher.serialize()
     upload.updated_at = timezone.now()
     complete = upload.offset == upload.length
     with transaction.atomic():
-        fields = ["offset", "sha256_state", "storage_state", "updated_at"]
+        values = {
+            "offset": upload.offset,
+            "sha256_state": upload.sha256_state,
+            "storage_state": upload.storage_state,
+            "updated_at": upload.updated_at,
+        }
         if complete:
-            upload.sha256 = hasher.finalize()
-            upload.finished_at = upload.updated_at
-            fields += ["sha256", "finished_at"]
-        upload.save(update_fields=fields)
+            upload.sha256 = values["sha256"] = hasher.finalize()
+            upload.finished_at = values["finished_at"] = upload.updated_at
+        if not Upload.objects.filter(pk=upload.pk, offset=old_offset).update(**values):
+            raise Gone("This upload was cancelled while the chunk was arriving.")
         if complete:
             _upload_complete(upload)
     if interrupted:

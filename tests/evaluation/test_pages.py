@@ -11,15 +11,29 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def submission(team, track, base_model, member):
     s = SubmissionFactory(team=team, track=track, base_model=base_model, created_by=member)
-    submission_transition(submission_id=s.pk, to=Submission.Status.VALIDATING, reason="Upload complete.", update={"sha256": "ab" * 32, "size_bytes": 1234})
-    submission_transition(submission_id=s.pk, to=Submission.Status.FAILED, failure_kind="user", reason="config.json: has auto_map. Delete it.")
+    submission_transition(
+        submission_id=s.pk,
+        to=Submission.Status.VALIDATING,
+        reason="Upload complete.",
+        update={"sha256": "ab" * 32, "size_bytes": 1234},
+    )
+    submission_transition(
+        submission_id=s.pk,
+        to=Submission.Status.FAILED,
+        failure_kind="user",
+        reason="config.json: has auto_map. Delete it.",
+    )
     return s
 
 
 def test_new_submission_form_creates_and_goes_to_upload(client, member, track, base_model):
     client.force_login(member)
     page = client.get(reverse("submission_new"))
-    assert page.status_code == 200 and "tiny-llama" in page.content.decode() and "3 of 3 left today" in page.content.decode()
+    assert (
+        page.status_code == 200
+        and "tiny-llama" in page.content.decode()
+        and "3 of 3 left today" in page.content.decode()
+    )
     r = client.post(reverse("submission_new"), {
         "track": track.pk, "base_model": base_model.pk, "datasets": "dolly (CC BY-SA)", "finetune_gpu_hours": "20.5",
         "recipe_url": "https://github.com/x/y/commit/abc", "notes": "",
@@ -76,7 +90,9 @@ def test_status_partial_for_htmx_polling(client, member, submission):
     assert "hx-trigger" not in html  # failed is final: polling stops
 
 
-def test_list_page_query_count_does_not_grow_with_submissions(client, member, team, track, base_model, django_assert_max_num_queries):
+def test_list_page_query_count_does_not_grow_with_submissions(
+    client, member, team, track, base_model, django_assert_max_num_queries
+):
     client.force_login(member)
     for _ in range(5):
         SubmissionFactory(team=team, track=track, base_model=base_model, created_by=member)
