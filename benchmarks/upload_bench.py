@@ -82,13 +82,14 @@ def setup_django(env: dict[str, str]):
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    from datetime import timedelta
+
     from django.contrib.auth import get_user_model
     from django.contrib.sessions.backends.db import SessionStore
+    from django.utils import timezone
 
     from evaluation.models import BaseModel
     from portal.models import Challenge, Membership, Team, Track
-    from django.utils import timezone
-    from datetime import timedelta
 
     now = timezone.now()
     user = get_user_model().objects.create_user("bench", "bench@example.org", "bench-password")
@@ -97,7 +98,9 @@ def setup_django(env: dict[str, str]):
         submission_deadline=now + timedelta(days=1), winners_notified_at=now + timedelta(days=2),
         presentation_at=now + timedelta(days=3), daily_submission_quota=10,
     )  # fmt: skip
-    track = Track.objects.create(challenge=challenge, slug="a100", name="A100", gpu_model="A100", gpu_memory_gb=80, max_upload_bytes=64 * 1024**3)
+    track = Track.objects.create(
+        challenge=challenge, slug="a100", name="A100", gpu_model="A100", gpu_memory_gb=80, max_upload_bytes=64 * 1024**3
+    )
     team = Team.objects.create(challenge=challenge, name="Bench team", slug="bench-team", captain=user)
     Membership.objects.create(team=team, user=user, challenge=challenge)
     BaseModel.objects.create(name="bench-base", architecture="LlamaForCausalLM", parameter_count=1, licence="mit")
@@ -175,7 +178,13 @@ def main() -> None:
             except OSError:
                 time.sleep(0.1)
         headers = {"Cookie": f"sessionid={session_key}; csrftoken={'b' * 32}", "X-CSRFToken": "b" * 32}
-        metadata = {"track": track.slug, "base_model": "bench-base", "datasets": "bench", "finetune_gpu_hours": "1", "recipe_url": "https://example.org/r"}
+        metadata = {
+            "track": track.slug,
+            "base_model": "bench-base",
+            "datasets": "bench",
+            "finetune_gpu_hours": "1",
+            "recipe_url": "https://example.org/r",
+        }
         client = tus_client.TusClient(endpoint, headers=headers)
         # Warm the worker (imports) before measuring memory, as a long-running server would be.
         warm = work / "warm.bin"
