@@ -18,3 +18,5 @@ STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.Static
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False
 SECURE_HSTS_SECONDS = 0
+# pytest-django's live_server wraps the app in a media handler that needs a string here.
+MEDIA_URL = "/_test_media_not_served/"

@@ -8,4 +8,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("", include("portal.pages_urls")),
+    path("api/v1/uploads/", include("evaluation.uploads_urls")),
+    path("submissions/", include("evaluation.urls")),
 ]
