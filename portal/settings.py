@@ -219,3 +219,36 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# The API (portal/api/): sessions and personal tokens, one error format, pagination, throttling per scope.
+REST_FRAMEWORK.update(
+    {
+        "DEFAULT_AUTHENTICATION_CLASSES": [
+            "portal.api.authentication.ApiTokenAuthentication",
+            "rest_framework.authentication.SessionAuthentication",
+        ],
+        "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+        "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.ApiPagination",
+        "EXCEPTION_HANDLER": "portal.api.errors.api_exception_handler",
+        "DEFAULT_THROTTLE_CLASSES": ["portal.api.throttling.AnonThrottle", "portal.api.throttling.UserThrottle"],
+        "DEFAULT_THROTTLE_RATES": {
+            "anon": env_str("API_THROTTLE_ANON", "120/min"),
+            "user": env_str("API_THROTTLE_USER", "1200/min"),
+            "submission": env_str("API_THROTTLE_SUBMISSION", "30/hour"),
+        },
+    }
+)
+SPECTACULAR_SETTINGS.update(
+    {
+        "SCHEMA_PATH_PREFIX": "/api/v1",
+        "COMPONENT_SPLIT_REQUEST": True,
+        "POSTPROCESSING_HOOKS": [
+            "drf_spectacular.hooks.postprocess_schema_enums",
+            "portal.api.schema.add_error_responses",
+        ],
+        # Vendored in static/vendor/ (no CDN, no sidecar package).
+        "SWAGGER_UI_DIST": STATIC_URL + "vendor/swagger-ui",
+        "SWAGGER_UI_FAVICON_HREF": STATIC_URL + "vendor/swagger-ui/favicon-32x32.png",
+        "REDOC_DIST": STATIC_URL + "vendor/redoc",
+    }
+)
