@@ -116,3 +116,10 @@ class IsTeamCaptain(BasePermission):
 
     def has_object_permission(self, request, view, obj) -> bool:
         return can_manage_team(request.user, obj)
+
+
+def public_name(profile: Profile | None) -> str:
+    """The name shown to people outside the team: never the e-mail address that Profile.name falls back to."""
+    if profile is None:
+        return "A participant"
+    return profile.display_name or f"Participant {profile.user_id}"
