@@ -220,6 +220,18 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
 
+# Submissions and resumable uploads (evaluation/).
+UPLOAD_EXPIRY_HOURS = env_int("UPLOAD_EXPIRY_HOURS", 24)
+UPLOAD_DEADLINE_GRACE_HOURS = env_int("UPLOAD_DEADLINE_GRACE_HOURS", 3)
+UPLOAD_LEASE_SECONDS = env_int("UPLOAD_LEASE_SECONDS", 120)
+SUBMISSION_FILES_ROOT = env_str("SUBMISSION_FILES_ROOT")  # default: MEDIA_ROOT/submissions
+SUBMISSION_MAX_FILES = env_int("SUBMISSION_MAX_FILES", 1000)
+CELERY_BEAT_SCHEDULE["evaluation-uploads-expire"] = {
+    "task": "evaluation.uploads_expire",
+    "schedule": timedelta(minutes=env_int("UPLOAD_EXPIRE_EVERY_MINUTES", 15)),
+    "options": {"queue": "cpu"},
+}
+
 # The API (portal/api/): sessions and personal tokens, one error format, pagination, throttling per scope.
 REST_FRAMEWORK.update(
     {
