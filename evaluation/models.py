@@ -176,7 +176,9 @@ class SuiteResult(models.Model):
     engine_version = models.CharField(max_length=50, blank=True)
     helm_version = models.CharField(max_length=50, blank=True)
     schema_version = models.CharField(max_length=20, blank=True)
-    raw_output_path = models.CharField(max_length=500, blank=True, help_text="Storage name of the archived HELM output.")
+    raw_output_path = models.CharField(
+        max_length=500, blank=True, help_text="Storage name of the archived HELM output."
+    )
     document = models.JSONField(default=dict, blank=True, help_text="The result document minus its records.")
     finished_at = models.DateTimeField(default=timezone.now)
 

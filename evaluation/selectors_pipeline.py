@@ -54,7 +54,9 @@ def scored_results_for_track(track_id: int) -> list[dict]:
             "efficiency": result["efficiency"],
         }
         result_owner[result["id"]] = (submission_id, result["role"])
-    for record in MetricRecord.objects.filter(suite_result_id__in=result_owner).values("suite_result_id", *RECORD_FIELDS):
+    for record in MetricRecord.objects.filter(suite_result_id__in=result_owner).values(
+        "suite_result_id", *RECORD_FIELDS
+    ):
         submission_id, role = result_owner[record.pop("suite_result_id")]
         suites[submission_id][role]["records"].append(record)
 
@@ -155,9 +157,7 @@ def evaluation_queue_overview() -> dict:
         for track in Track.objects.select_related("challenge").order_by("challenge", "order", "id")
     ]
     failures = (
-        Submission.objects.filter(status=S.FAILED)
-        .select_related("team", "track")
-        .order_by("-status_changed_at")[:25]
+        Submission.objects.filter(status=S.FAILED).select_related("team", "track").order_by("-status_changed_at")[:25]
     )
     running = (
         EvaluationJob.objects.filter(state=J.RUNNING)

@@ -8,4 +8,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("", include("portal.pages_urls")),
+    path("", include("evaluation.pipeline_urls")),
 ]

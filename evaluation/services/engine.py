@@ -126,7 +126,11 @@ def outcome_from_document(document: dict, output_dir: Path | None = None) -> Sui
             records[tuple(record[k] for k in RECORD_KEY)] = record
     light = {k: v for k, v in document.items() if k not in ("records", "runs")}
     return SuiteOutcome(
-        suite=str(document.get("suite", {}).get("name") if isinstance(document.get("suite"), dict) else document.get("suite", "")),
+        suite=str(
+            document.get("suite", {}).get("name")
+            if isinstance(document.get("suite"), dict)
+            else document.get("suite", "")
+        ),
         records=list(records.values()),
         runs=runs,
         efficiency=document.get("efficiency") or {},

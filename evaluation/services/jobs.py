@@ -12,8 +12,8 @@ import logging
 import shutil
 import threading
 import time
-from datetime import timedelta
 from collections import deque
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -355,7 +355,9 @@ def evaluation_reap_stale_jobs(*, batch: int | None = None) -> dict[str, int]:
             job.worker_lost_count += 1
             if job.worker_lost_count >= settings.EVALUATION_MAX_WORKER_LOSSES:
                 _fail_locked(
-                    job, reason=WORKER_LOST_REASON.format(count=job.worker_lost_count), failure_kind=Submission.FailureKind.USER
+                    job,
+                    reason=WORKER_LOST_REASON.format(count=job.worker_lost_count),
+                    failure_kind=Submission.FailureKind.USER,
                 )
                 counts["failed"] += 1
             else:

@@ -55,9 +55,7 @@ def _mail_when_finished(submission_id: int, from_status: str, to_status: str) ->
 def submission_notify(*, submission_id: int) -> int:
     """E-mail the team that its submission was scored or failed. Returns the number of recipients."""
     submission = Submission.objects.select_related("team", "track").get(pk=submission_id)
-    recipients = list(
-        submission.team.memberships.exclude(user__email="").values_list("user__email", flat=True)
-    )
+    recipients = list(submission.team.memberships.exclude(user__email="").values_list("user__email", flat=True))
     if not recipients or submission.status not in (S.SCORED, S.FAILED):
         return 0
     url = settings.SITE_URL.rstrip("/") + reverse("submission_progress", args=[submission.pk])

@@ -60,7 +60,11 @@ def _revoke(task_id: str) -> None:
 
 def _stop_job_locked(submission_id: int, new_state: str) -> str:
     """Mark the submission's current job as ended; returns the task id to revoke if it ran."""
-    job = EvaluationJob.objects.select_for_update().filter(submission_id=submission_id, state__in=[J.PENDING, J.RUNNING]).first()
+    job = (
+        EvaluationJob.objects.select_for_update()
+        .filter(submission_id=submission_id, state__in=[J.PENDING, J.RUNNING])
+        .first()
+    )
     if job is None:
         return ""
     task_id = job.task_id if job.state == J.RUNNING else ""
@@ -74,7 +78,9 @@ def submission_cancel(*, submission_id: int, actor, reason: str = "") -> Submiss
     with transaction.atomic():
         submission = Submission.objects.select_for_update().get(pk=submission_id)
         if submission.status not in (S.QUEUED, S.RUNNING):
-            raise Conflict(f"Only a queued or running submission can be cancelled; #{submission_id} is {submission.status}.")
+            raise Conflict(
+                f"Only a queued or running submission can be cancelled; #{submission_id} is {submission.status}."
+            )
         task_id = _stop_job_locked(submission_id, J.CANCELLED)
         submission = submission_transition(
             submission_id=submission_id, to=S.CANCELLED, reason=reason or "Cancelled.", actor=actor
@@ -89,7 +95,9 @@ def submission_rerun(*, submission_id: int, actor, reason: str = "") -> Submissi
     with transaction.atomic():
         submission = Submission.objects.select_for_update().get(pk=submission_id)
         if submission.status not in (S.SCORED, S.FAILED, S.CANCELLED):
-            raise Conflict(f"Only a scored, failed or cancelled submission can be rerun; #{submission_id} is {submission.status}.")
+            raise Conflict(
+                f"Only a scored, failed or cancelled submission can be rerun; #{submission_id} is {submission.status}."
+            )
         if not submission.model_dir:
             raise ServiceError(f"Submission #{submission_id} has no validated model to evaluate.")
         _stop_job_locked(submission_id, J.CANCELLED)
@@ -119,7 +127,9 @@ def submission_requeue(*, submission_id: int, actor, reason: str = "") -> Submis
                 job.save(update_fields=["retry_at"])
             evaluation_enqueue(submission_id=submission_id)
         else:
-            raise Conflict(f"Only a queued or running submission can be requeued; #{submission_id} is {submission.status}.")
+            raise Conflict(
+                f"Only a queued or running submission can be requeued; #{submission_id} is {submission.status}."
+            )
         submission.refresh_from_db()
         audit(actor=actor, action="submission.requeue", submission=submission, reason=reason)
     return submission

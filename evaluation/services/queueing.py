@@ -184,7 +184,9 @@ def evaluation_claim_next(*, track_id: int, task_id: str, hostname: str) -> Eval
             job.retry_at = None
             job.error = ""
             job.save()
-            submission_transition(submission_id=submission.pk, to=S.RUNNING, reason=f"Evaluation started on {hostname}.")
+            submission_transition(
+                submission_id=submission.pk, to=S.RUNNING, reason=f"Evaluation started on {hostname}."
+            )
             return job
     return None
 
@@ -216,7 +218,9 @@ def queue_estimates(track_id: int, queue_name: str) -> dict[int, dict]:
     order = queue_order(track_id)
     duration = recent_job_duration_s(track_id)
     running = list(
-        EvaluationJob.objects.filter(submission__track_id=track_id, state=J.RUNNING).values_list("started_at", flat=True)
+        EvaluationJob.objects.filter(submission__track_id=track_id, state=J.RUNNING).values_list(
+            "started_at", flat=True
+        )
     )
     slots = max(1, alive_worker_count(queue_name), len(running))
     estimates: dict[int, dict] = {}
