@@ -237,3 +237,5 @@ CELERY_BEAT_SCHEDULE["evaluation-reap-stale-jobs"] = {
     "schedule": env_int("EVALUATION_REAP_EVERY_SECONDS", 60),
     "options": {"queue": "cpu"},
 }
+EVALUATION_HELM_THREADS = env_int("EVALUATION_HELM_THREADS", 16)
+EVALUATION_HEALTH_TIMEOUT_SECONDS = env_int("EVALUATION_HEALTH_TIMEOUT_SECONDS", 300)

@@ -8,8 +8,11 @@ turns its result document into the plain shapes the services store.
 from __future__ import annotations
 
 import logging
+import signal
 import tarfile
+import threading
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,34 +73,20 @@ def evaluation_suites() -> list[tuple[str, str]]:
 
 
 def suite_time_limit_s(suite: str) -> int | None:
-    """The suite's own time limit, if the engine declares one."""
+    """The suite's own time limit (the engine enforces it on helm-run)."""
+    from evaluation.engine.suites import UnknownSuite, get_suite
+
     try:
-        from evaluation.engine import suites as engine_suites
-    except ImportError:
+        return int(get_suite(suite).time_limit_s)
+    except UnknownSuite:
         return None
-    for getter in ("get_suite", "suite_by_name"):
-        fn = getattr(engine_suites, getter, None)
-        if fn is None:
-            continue
-        try:
-            suite_obj = fn(suite)
-        except Exception:
-            return None
-        for attr in ("time_limit_s", "time_limit_seconds", "timeout_s"):
-            value = getattr(suite_obj, attr, None)
-            if value:
-                return int(value)
-    return None
 
 
 def _normalise_record(raw: dict) -> dict:
-    record = {key: (raw.get(key) or "") for key in RECORD_KEY}
-    record["run"] = str(raw.get("run") or raw.get("run_name") or "")
-    record["metric"] = str(raw.get("metric") or raw.get("name") or "")
-    if raw.get("perturbation") and isinstance(raw["perturbation"], dict):
-        record["perturbation"] = raw["perturbation"].get("name", "")
+    """An engine Record with its key parts as strings: None (unperturbed, no split) is stored as ""."""
+    record = {key: str(raw.get(key) or "") for key in RECORD_KEY}
     record["scenario"] = str(raw.get("scenario") or "")
-    value = raw.get("value", raw.get("mean"))
+    value = raw.get("value")
     record["value"] = float(value) if value is not None else None
     record["count"] = int(raw.get("count") or 0)
     return record
@@ -109,14 +98,7 @@ def outcome_from_document(document: dict, output_dir: Path | None = None) -> Sui
     records_raw = list(document.get("records") or [])
     runs = []
     for run in runs_raw:
-        runs.append(
-            {
-                "name": run.get("name") or run.get("run") or "",
-                "scenario": run.get("scenario", ""),
-                "status": run.get("status", "ok"),
-                "error": run.get("error", ""),
-            }
-        )
+        runs.append(dict(run))
         records_raw.extend(run.get("records") or [])
     # Collapse duplicates by natural key so the upsert never sees one key twice.
     records: dict[tuple, dict] = {}
@@ -143,6 +125,52 @@ def outcome_from_document(document: dict, output_dir: Path | None = None) -> Sui
     )
 
 
+@contextmanager
+def _interruptible(stop_signal: int):
+    """Let another thread (the heartbeat) or a revoke (SIGTERM in a prefork child) stop the engine.
+
+    The engine runs helm-run and the model server as subprocesses and stops them in its `finally`
+    blocks, so raising in the main thread is a clean stop. Only possible in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_stopped(signum, frame):
+        raise EvaluationStopped()
+
+    signals = [stop_signal]
+    try:
+        from billiard.process import current_process
+
+        if "PoolWorker" in current_process().name:  # prefork child: SIGTERM is a revoke
+            signals.append(signal.SIGTERM)
+    except ImportError:
+        pass
+    previous = {sig: signal.signal(sig, raise_stopped) for sig in signals}
+    _engine_running.set()
+    try:
+        yield
+    finally:
+        _engine_running.clear()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+STOP_SIGNAL = signal.SIGUSR1
+_engine_running = threading.Event()
+
+
+def interrupt_main_thread() -> None:
+    """Called by the heartbeat thread when the job was cancelled or taken over.
+
+    Only while the engine runs under `_interruptible`; otherwise the main thread notices on its own
+    (every store checks that the job is still its own).
+    """
+    if _engine_running.is_set():
+        signal.pthread_kill(threading.main_thread().ident, STOP_SIGNAL)
+
+
 def engine_run_suite(
     *,
     model_dir: Path,
@@ -150,7 +178,6 @@ def engine_run_suite(
     memory_gb: float,
     out_dir: Path,
     on_progress: Callable[[dict], None],
-    should_stop: Callable[[], bool],
     base_model_dir: Path | None = None,
 ) -> SuiteOutcome:
     """Run one suite on one model through the engine; classify every failure once."""
@@ -158,30 +185,31 @@ def engine_run_suite(
     from evaluation.engine import runner
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {
-        "model_dir": Path(model_dir),
-        "suite": suite,
-        "track_memory_gb": memory_gb,
-        "out_dir": out_dir,
-        "on_progress": on_progress,
-    }
-    if base_model_dir:
-        kwargs["base_model_dir"] = Path(base_model_dir)
     try:
-        document = runner.evaluate(**kwargs, should_stop=should_stop)
-    except TypeError as exc:
-        if "should_stop" not in str(exc):
-            raise EngineInfraError(f"The evaluation engine could not be called: {exc}")
-        document = runner.evaluate(**kwargs)
-    except EvaluationStopped:
-        raise
+        with _interruptible(STOP_SIGNAL):
+            document = runner.evaluate(
+                model_dir=Path(model_dir),
+                suite=suite,
+                track_memory_gb=memory_gb,
+                out_dir=out_dir,
+                adapter_base=Path(base_model_dir) if base_model_dir else None,
+                threads=settings.EVALUATION_HELM_THREADS,
+                health_timeout_s=settings.EVALUATION_HEALTH_TIMEOUT_SECONDS,
+                on_progress=on_progress,
+            )
     except engine_errors.UserError as exc:
-        raise EngineUserError(exc.message, getattr(exc, "log_tail", ""))
+        raise EngineUserError(exc.message, exc.log_tail)
     except engine_errors.EngineError as exc:
-        raise EngineInfraError(exc.message, getattr(exc, "log_tail", ""))
-    if should_stop():
-        raise EvaluationStopped()
-    return outcome_from_document(document, out_dir)
+        raise EngineInfraError(exc.message, exc.log_tail)
+    except OSError as exc:  # disk full, a missing interpreter: ours, not the team's
+        raise EngineInfraError(f"{type(exc).__name__}: {exc}")
+    data = document.to_dict() if hasattr(document, "to_dict") else dict(document)
+    return outcome_from_document(data, out_dir)
+
+
+def engine_log_paths(out_dir: Path) -> list[Path]:
+    """The files whose tail the live view shows, newest activity last."""
+    return [out_dir / "server.log", out_dir / "helm.log"]
 
 
 def archive_output(output_dir: Path, archive_path: Path) -> Path:

@@ -29,8 +29,10 @@ from evaluation.services.engine import (
     EvaluationStopped,
     SuiteOutcome,
     archive_output,
+    engine_log_paths,
     engine_run_suite,
     evaluation_suites,
+    interrupt_main_thread,
 )
 from evaluation.services.queueing import evaluation_claim_next
 from evaluation.services.transitions import submission_transition
@@ -111,18 +113,40 @@ class JobHeartbeat(threading.Thread):
         self.hostname = hostname
         self.interval = settings.EVALUATION_HEARTBEAT_SECONDS
         self.progress: dict = {}
-        self.log = deque(maxlen=40)
+        self.log_paths: list[Path] = []
+        self.suite_started = time.monotonic()
         self.stop_requested = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
 
-    def update(self, progress: dict) -> None:
+    def start_suite(self, *, role: str, suite: str, log_paths: list[Path]) -> None:
         with self._lock:
-            lines = progress.pop("log_lines", None) or []
-            if progress.get("log_line"):
-                lines.append(progress.pop("log_line"))
-            self.log.extend(str(line).rstrip()[:500] for line in lines)
-            self.progress.update(progress)
+            self.progress = {"suite_role": role, "suite": suite, "runs_done": 0, "current_run": None}
+            self.log_paths = log_paths
+            self.suite_started = time.monotonic()
+
+    def update(self, event: dict) -> None:
+        with self._lock:
+            for key in ("runs_done", "runs_total", "current_run", "instances", "requests"):
+                if key in event:
+                    self.progress[key] = event[key]
+            self.progress["event"] = event.get("event")
+            done, total = self.progress.get("runs_done") or 0, self.progress.get("runs_total")
+            elapsed = time.monotonic() - self.suite_started
+            self.progress["suite_elapsed_s"] = round(elapsed, 1)
+            if total and done:
+                # Remaining runs of this suite at the pace so far (later suites are not counted).
+                self.progress["eta_s"] = round(elapsed / done * (total - done), 1)
+
+    def _log_tail(self) -> str:
+        lines: list[str] = []
+        for path in self.log_paths:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as handle:
+                    lines.extend(line.rstrip()[:300] for line in deque(handle, maxlen=25))
+            except OSError:
+                continue
+        return "\n".join(lines[-40:])
 
     def run(self) -> None:
         try:
@@ -138,14 +162,16 @@ class JobHeartbeat(threading.Thread):
     def beat(self) -> None:
         with self._lock:
             progress = dict(self.progress)
-            log_tail = "\n".join(self.log)
+        log_tail = self._log_tail()
         now = timezone.now()
         alive = EvaluationJob.objects.filter(pk=self.job_id, task_id=self.task_id, state=J.RUNNING).update(
             heartbeat_at=now, progress=progress, log_tail=log_tail
         )
         still_running = Submission.objects.filter(pk=self.submission_id, status=S.RUNNING).exists()
-        if not alive or not still_running:
+        if (not alive or not still_running) and not self.stop_requested.is_set():
             self.stop_requested.set()
+            logger.info("Job %s was cancelled or taken over; stopping the engine.", self.job_id)
+            interrupt_main_thread()
         WorkerHeartbeat.objects.filter(hostname=self.hostname).update(last_seen_at=now, current_job_id=self.job_id)
 
     def stop(self) -> None:
@@ -179,32 +205,25 @@ def evaluation_run(*, job_id: int, task_id: str, hostname: str) -> None:
     heartbeat = JobHeartbeat(job_id=job.pk, submission_id=submission.pk, task_id=task_id, hostname=hostname)
     heartbeat.start()
     WorkerHeartbeat.objects.filter(hostname=hostname).update(current_job=job, last_seen_at=timezone.now())
-    started = time.monotonic()
     try:
         done_roles = set(SuiteResult.objects.filter(job=job).values_list("role", flat=True))
         suites = evaluation_suites()
         for role, suite in suites:
             if role in done_roles:
                 continue  # finished before this job came back: not redone
-            heartbeat.update({"suite_role": role, "suite": suite, "runs_done": 0, "current_run": ""})
-
-            def on_progress(event: dict, role=role) -> None:
-                event = dict(event)
-                event["suite_role"] = role
-                event.setdefault("elapsed_s", round(time.monotonic() - started, 1))
-                heartbeat.update(event)
-                if heartbeat.stop_requested.is_set():
-                    raise EvaluationStopped()
-
+            out_dir = _work_dir(job, role)
+            shutil.rmtree(out_dir, ignore_errors=True)  # leftovers of an attempt that died
+            heartbeat.start_suite(role=role, suite=suite, log_paths=engine_log_paths(out_dir))
             outcome = engine_run_suite(
                 model_dir=_model_dir(submission),
                 suite=suite,
                 memory_gb=float(submission.track.gpu_memory_gb),
-                out_dir=_work_dir(job, role),
-                on_progress=on_progress,
-                should_stop=heartbeat.stop_requested.is_set,
+                out_dir=out_dir,
+                on_progress=heartbeat.update,
                 base_model_dir=_base_model_dir(submission),
             )
+            if heartbeat.stop_requested.is_set():
+                raise EvaluationStopped()
             _store_suite_result(job_id=job.pk, task_id=task_id, role=role, suite=suite, outcome=outcome)
         _finish_scored(job_id=job.pk, task_id=task_id, roles=[role for role, _ in suites])
     except EvaluationStopped:
