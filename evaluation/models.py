@@ -1,5 +1,7 @@
 """A submission's life: the base-model allow-list, submissions and their status history."""
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -91,7 +93,14 @@ class Submission(models.Model):
 
     @property
     def counts_toward_quota(self) -> bool:
-        return self.failure_kind != self.FailureKind.INFRA and self.status != self.Status.UPLOADING
+        """Mirrors `evaluation.services.submissions.quota_counted_q`.
+
+        An upload in progress holds its slot (or parallel creations could overshoot the quota);
+        an infrastructure failure and an upload cancelled or expired before it finished free it.
+        """
+        if self.failure_kind == self.FailureKind.INFRA:
+            return False
+        return not (self.status == self.Status.CANCELLED and not self.sha256)
 
 
 class SubmissionEvent(models.Model):
@@ -232,3 +241,53 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.hostname
+
+
+class UploadQuerySet(models.QuerySet):
+    def unfinished(self):
+        return self.filter(finished_at__isnull=True)
+
+    def expired(self, now=None):
+        return self.unfinished().filter(expires_at__lte=now or timezone.now())
+
+
+class Upload(models.Model):
+    """One tus upload: where its bytes are, how many arrived, and the SHA-256 state so far.
+
+    The hash state is the serialized internal state of a `rehashes.PySha256`, so any web process
+    can continue the digest where the previous request stopped without re-reading the bytes.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    submission = models.ForeignKey(Submission, on_delete=models.CASCADE, related_name="uploads")
+    length = models.BigIntegerField(help_text="Upload-Length: the total size in bytes.")
+    offset = models.BigIntegerField(default=0, help_text="Bytes received and stored so far.")
+    filename = models.CharField(max_length=300, blank=True)
+    storage_name = models.CharField(max_length=500, help_text="Name of the bytes in the default storage.")
+    storage_state = models.JSONField(default=dict, blank=True, help_text="Backend bookkeeping (S3 multipart ids).")
+    metadata = models.JSONField(default=dict, blank=True, help_text="Decoded Upload-Metadata.")
+    sha256_state = models.BinaryField(null=True, blank=True, editable=False)
+    sha256 = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # A lease instead of a long transaction: one PATCH at a time writes to an upload.
+    locked_until = models.DateTimeField(null=True, blank=True)
+
+    objects = UploadQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"upload {self.pk} of submission #{self.submission_id} ({self.offset}/{self.length})"
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def progress(self) -> float:
+        return self.offset / self.length if self.length else 1.0

@@ -239,3 +239,14 @@ CELERY_BEAT_SCHEDULE["evaluation-reap-stale-jobs"] = {
 }
 EVALUATION_HELM_THREADS = env_int("EVALUATION_HELM_THREADS", 16)
 EVALUATION_HEALTH_TIMEOUT_SECONDS = env_int("EVALUATION_HEALTH_TIMEOUT_SECONDS", 300)
+# Submissions and resumable uploads (evaluation/).
+UPLOAD_EXPIRY_HOURS = env_int("UPLOAD_EXPIRY_HOURS", 24)
+UPLOAD_DEADLINE_GRACE_HOURS = env_int("UPLOAD_DEADLINE_GRACE_HOURS", 3)
+UPLOAD_LEASE_SECONDS = env_int("UPLOAD_LEASE_SECONDS", 120)
+SUBMISSION_FILES_ROOT = env_str("SUBMISSION_FILES_ROOT")  # default: MEDIA_ROOT/submissions
+SUBMISSION_MAX_FILES = env_int("SUBMISSION_MAX_FILES", 1000)
+CELERY_BEAT_SCHEDULE["evaluation-uploads-expire"] = {
+    "task": "evaluation.uploads_expire",
+    "schedule": timedelta(minutes=env_int("UPLOAD_EXPIRE_EVERY_MINUTES", 15)),
+    "options": {"queue": "cpu"},
+}

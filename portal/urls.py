@@ -9,4 +9,6 @@ urlpatterns = [
     path("accounts/", include("allauth.urls")),
     path("", include("portal.pages_urls")),
     path("", include("evaluation.pipeline_urls")),
+    path("api/v1/uploads/", include("evaluation.uploads_urls")),
+    path("submissions/", include("evaluation.urls")),
 ]

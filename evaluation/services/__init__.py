@@ -1,6 +1,25 @@
+from evaluation.services.submissions import (
+    Quota,
+    QuotaExceeded,
+    SubmissionsClosed,
+    submission_create,
+    submission_final_entry,
+    submission_quota,
+    submission_set_final,
+)
 from evaluation.services.transitions import ALLOWED_TRANSITIONS, submission_transition
 
-__all__ = ["ALLOWED_TRANSITIONS", "submission_transition"]
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "Quota",
+    "QuotaExceeded",
+    "SubmissionsClosed",
+    "submission_create",
+    "submission_final_entry",
+    "submission_quota",
+    "submission_set_final",
+    "submission_transition",
+]
 
 # The evaluation pipeline (issue 5); importing these registers its transition listeners.
 from evaluation.services import notifications as _notifications  # noqa: E402,F401
