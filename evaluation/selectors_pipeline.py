@@ -15,6 +15,7 @@ from evaluation.services.queueing import queue_estimates
 S = Submission.Status
 J = EvaluationJob.State
 
+NULLABLE_KEY_FIELDS = ("split", "sub_split", "perturbation", "computed_on")
 RECORD_FIELDS = ("run", "scenario", "metric", "split", "sub_split", "perturbation", "computed_on", "value", "count")
 
 
@@ -58,6 +59,8 @@ def scored_results_for_track(track_id: int) -> list[dict]:
         "suite_result_id", *RECORD_FIELDS
     ):
         submission_id, role = result_owner[record.pop("suite_result_id")]
+        for key in NULLABLE_KEY_FIELDS:  # stored as "" for the unique key; the engine's None again
+            record[key] = record[key] or None
         suites[submission_id][role]["records"].append(record)
 
     finals = {s["team_id"]: s["id"] for s in submissions if s["is_final"]}
