@@ -1,0 +1,52 @@
+"""Reads of the leaderboard: stored standings, and the adapter to the stored evaluation results."""
+
+from typing import Any
+
+from django.db.models import Count, F, Q, QuerySet
+
+from portal.models import Profile, Team
+
+from .models import StandingsSnapshot
+
+
+def track_scored_results(track_id: int) -> list[dict[str, Any]]:
+    """ADAPTER to the evaluation app's stored results — the one place that wiring happens.
+
+    Returns, for every scored submission of the track, {"submission_id", "team_id",
+    "suites": {"open": result, "hidden": result}}, a result being the engine's result-document
+    subset (runs, records, efficiency) that leaderboard.scoring reads.
+    """
+    from evaluation.selectors import scored_results_for_track  # defined by the pipeline
+
+    return scored_results_for_track(track_id)
+
+
+def student_eligible_team_ids(team_ids) -> set[int]:
+    """Teams whose every member is a verified student (the challenge's rule for student awards)."""
+    verified = Q(memberships__user__profile__student_status=Profile.StudentStatus.VERIFIED)
+    return set(
+        Team.objects.filter(pk__in=list(team_ids))
+        .annotate(
+            members=Count("memberships", distinct=True), students=Count("memberships", filter=verified, distinct=True)
+        )
+        .filter(members__gt=0, members=F("students"))
+        .values_list("pk", flat=True)
+    )
+
+
+def standings_current_snapshot(track_id: int) -> StandingsSnapshot | None:
+    return StandingsSnapshot.objects.current().filter(track_id=track_id).first()
+
+
+def standings_current_for_track(track_id: int, *, entries_only: bool = True) -> QuerySet:
+    """The current standings of a track, ranked first (team entries), then by final score."""
+    from .models import Standing
+
+    qs = Standing.objects.filter(snapshot__track_id=track_id, snapshot__is_current=True).select_related("team")
+    if entries_only:
+        qs = qs.filter(is_team_entry=True)
+    return qs.order_by(F("rank").asc(nulls_last=True), F("final_score").desc(nulls_last=True), "id")
+
+
+def standings_history_for_track(track_id: int) -> QuerySet:
+    return StandingsSnapshot.objects.filter(track_id=track_id).order_by("-computed_at", "-id")
