@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.http import FileResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -358,7 +358,9 @@ class OrganizerProfileListApi(GenericAPIView):
     serializer_class = s.ProfileReviewOutputSerializer
 
     @extend_schema(
-        parameters=[OpenApiParameter("student_status", str, enum=[c for c, _ in Profile.StudentStatus.choices])],
+        operation_id="organizer_profiles_list",
+        parameters=[s.ProfileReviewQuerySerializer],
+        responses=s.ProfileReviewOutputSerializer(many=True),
         summary="Profiles with student evidence (organizers)",
     )
     def get(self, request: Request) -> Response:

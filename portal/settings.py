@@ -281,5 +281,10 @@ SPECTACULAR_SETTINGS.update(
         "SWAGGER_UI_DIST": STATIC_URL + "vendor/swagger-ui",
         "SWAGGER_UI_FAVICON_HREF": STATIC_URL + "vendor/swagger-ui/favicon-32x32.png",
         "REDOC_DIST": STATIC_URL + "vendor/redoc",
+        "ENUM_NAME_OVERRIDES": {
+            "SubmissionStatusEnum": "evaluation.models.Submission.Status",
+            "InvitationStatusEnum": "portal.models.Invitation.Status",
+            "StudentStatusEnum": "portal.models.Profile.StudentStatus",
+        },
     }
 )

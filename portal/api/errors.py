@@ -10,6 +10,7 @@ import logging
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -88,7 +89,11 @@ def _to_drf(exc: Exception) -> Exception:
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ServiceError):
         fields = {exc.field: [exc.message]} if exc.field else {}
-        return Response(error_body(exc.code, exc.message, fields), status=exc.status_code)
+        response = Response(error_body(exc.code, exc.message, fields), status=exc.status_code)
+        resets_at = getattr(exc, "resets_at", None)  # a quota: tell clients when to come back
+        if resets_at is not None:
+            response["Retry-After"] = str(max(1, int((resets_at - timezone.now()).total_seconds())))
+        return response
     exc = _to_drf(exc)
     response = drf_exception_handler(exc, context)
     if response is None:

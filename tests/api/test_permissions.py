@@ -18,8 +18,8 @@ pytestmark = pytest.mark.django_db
 A, O, M, C, Z = ROLES  # noqa: E741 (anonymous, outsider from another team, member, captain, organizer)
 
 
-def _all(status: int) -> dict[str, int]:
-    return dict.fromkeys(ROLES, status)
+def _all(status: int, **overrides: int) -> dict[str, int]:
+    return {**dict.fromkeys(ROLES, status), **overrides}
 
 
 def _auth(status: int, **overrides: int) -> dict[str, int]:
@@ -29,6 +29,17 @@ def _auth(status: int, **overrides: int) -> dict[str, int]:
 
 def _organizer_only(status: int) -> dict[str, int]:
     return {A: 401, O: 403, M: 403, C: 403, Z: status}
+
+
+TUS = {"Tus-Resumable": "1.0.0"}
+TEAM_A_ONLY = {A: 401, O: 404, M: 200, C: 200, Z: 200}
+SUBMISSION = {
+    "track": "4090",
+    "base_model": "tiny-llama",
+    "datasets": "offline arithmetic (CC-BY-4.0)",
+    "finetune_gpu_hours": 1.5,
+    "recipe_url": "https://example.org/recipe/commit/abc",
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class Row:
     # Sentinels this call may show to anyone: whoever holds an invitation token was sent it, so naming the
     # address it was sent to ("log in with that address") tells them nothing new.
     holder_sees: tuple[str, ...] = field(default_factory=tuple)
+    headers: dict = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -121,7 +133,64 @@ ROWS: list[Row] = [
     ),
     Row("api-invitation-accept", "POST", "invitations/{link_token}/accept/", _auth(409, organizer=200), note="(link)"),
     Row("api-invitation-decline", "POST", "invitations/{link_token}/decline/", _auth(200), note="(link)"),
+    # Submissions.
+    Row("api-submission-list", "GET", "submissions/", _auth(200)),
+    Row("api-submission-list", "POST", "submissions/", _auth(201, organizer=403), body=SUBMISSION),
+    Row("api-submission-quota", "GET", "submissions/quota/", _auth(200, organizer=404)),
+    Row("api-submission-detail", "GET", "submissions/{scored_a}/", TEAM_A_ONLY),
+    Row("api-submission-detail", "GET", "submissions/{running_a}/", TEAM_A_ONLY, note="(hidden suite running)"),
+    Row("api-submission-detail", "GET", "submissions/{scored_b}/", {A: 401, O: 200, M: 404, C: 404, Z: 200}),
+    Row("api-submission-cancel", "POST", "submissions/{running_a}/cancel/", TEAM_A_ONLY),
+    Row("api-submission-final", "POST", "submissions/{scored_a}/final/", TEAM_A_ONLY),
+    Row("api-submission-analysis", "GET", "submissions/{scored_a}/analysis/", _all(200)),
+    Row("api-submission-analysis", "GET", "submissions/{running_a}/analysis/", _all(404), note="(not scored)"),
+    # tus uploads (evaluation.uploads_views): a team's own unfinished upload.
+    Row("tus-uploads", "OPTIONS", "uploads/", _all(204)),
+    Row(
+        "tus-uploads",
+        "POST",
+        "uploads/",
+        {A: 401, O: 404, M: 201, C: 201, Z: 403},
+        headers={**TUS, "Upload-Length": "10", "Upload-Metadata": "submission {uploading_a_b64}"},
+    ),
+    Row("tus-upload", "HEAD", "uploads/{upload_a}/", {A: 401, O: 404, M: 200, C: 200, Z: 404}, headers=TUS),
+    Row("tus-upload", "DELETE", "uploads/{upload_a}/", {A: 401, O: 404, M: 204, C: 204, Z: 404}, headers=TUS),
+    # Leaderboards (public; hidden-suite results not revealed in this world).
+    Row("api-leaderboard", "GET", "leaderboards/{track}/", _all(200)),
+    Row(
+        "api-leaderboard",
+        "GET",
+        "leaderboards/{track}/?ordering=-hidden_score",
+        _all(400, organizer=200),
+        note="(hidden sort)",
+    ),
+    Row("api-leaderboard-pareto", "GET", "leaderboards/{track}/pareto/", _all(200)),
+    Row("api-leaderboard-awards", "GET", "leaderboards/{track}/awards/", _all(200)),
     # Organizers.
+    Row("api-organizer-rerun", "POST", "organizer/submissions/{scored_a}/rerun/", _organizer_only(200)),
+    Row("api-organizer-cancel", "POST", "organizer/submissions/{running_a}/cancel/", _organizer_only(200)),
+    Row(
+        "api-organizer-disqualify",
+        "POST",
+        "organizer/submissions/{scored_b}/disqualify/",
+        _organizer_only(200),
+        body={"reason": "Used generated data."},
+    ),
+    Row(
+        "api-organizer-priority",
+        "POST",
+        "organizer/submissions/{running_a}/priority/",
+        _organizer_only(200),
+        body={"priority": 5},
+    ),
+    Row("api-organizer-finalize", "POST", "organizer/tracks/{track}/finalize/", _organizer_only(200)),
+    Row(
+        "api-organizer-reproduction",
+        "POST",
+        "organizer/submissions/{scored_a}/reproduction/",
+        _organizer_only(200),
+        body={"status": "verified"},
+    ),
     Row("api-organizer-profiles", "GET", "organizer/profiles/", _organizer_only(200)),
     Row(
         "api-organizer-student-review",
@@ -176,8 +245,9 @@ def call(world: World, role: str, row: Row):
     path = "/api/v1/" + row.path.format(**values)
     client = world.client(role)
     body = _fill(row.body, values) if row.body is not None else None
+    headers = {f"HTTP_{k.upper().replace('-', '_')}": _fill(v, values) for k, v in row.headers.items()}
     method = getattr(client, row.method.lower())
-    return method(path, body, format="json") if body is not None else method(path)
+    return method(path, body, format="json", **headers) if body is not None else method(path, **headers)
 
 
 def assert_no_leak(world: World, role: str, text: str, where: str, exempt: tuple[str, ...] = ()) -> None:
@@ -215,7 +285,6 @@ def test_every_api_endpoint_is_in_the_matrix():
     assert not missing, f"Add rows to the permission matrix for: {sorted(missing)}"
 
 
-# Served by the uploads app's own tus view (its own permission tests).
 EXEMPT: set[str] = set()
 
 
@@ -231,3 +300,46 @@ def test_public_team_view_hides_contacts_and_private_sections():
     assert private["pending_invitations"] == []  # members do not manage invitations
     captain = world.client(C).get(f"/api/v1/teams/{world.team.slug}/").json()
     assert [i["email"] for i in captain["pending_invitations"]] == ["invitee.sentinel@elsewhere.example"]
+
+
+def test_sentinels_are_really_there_for_those_allowed():
+    """The leak checks above mean something only if the allowed roles do see each private value."""
+    world = build_world()
+    v = world.extra["path_values"]
+    seen: dict[str, str] = {}
+    for role, path in [
+        (Z, f"/api/v1/submissions/{v['running_a']}/"),
+        (Z, f"/api/v1/submissions/{v['scored_a']}/analysis/"),
+        (Z, f"/api/v1/submissions/{v['scored_b']}/"),
+        (Z, f"/api/v1/leaderboards/{world.track.slug}/"),
+        (C, f"/api/v1/teams/{world.team.slug}/"),
+        (M, f"/api/v1/profiles/{world.users['member'].profile.pk}/evidence/"),
+    ]:
+        response = world.client(role).get(path)
+        assert response.status_code == 200, path
+        seen[path] = _body_text(response)
+    everything = "\n".join(seen.values())
+    from tests.api import world as w
+
+    for sentinel in (
+        w.HIDDEN_RUN,
+        w.HIDDEN_LOG,
+        w.HIDDEN_SCENARIO,
+        str(w.HIDDEN_SCORE),
+        str(w.FINAL_SCORE),
+        w.TEAM_A_NOTES,
+        w.TEAM_A_RECIPE,
+        w.TEAM_B_NOTES,
+        w.INVITEE_EMAIL,
+        w.MEMBER_EMAIL,
+        w.EVIDENCE_BYTES.decode(),
+    ):
+        assert sentinel in everything, sentinel
+
+
+def test_participants_see_hidden_progress_redacted():
+    world = build_world()
+    body = world.client(M).get(f"/api/v1/submissions/{world.extra['path_values']['running_a']}/").json()
+    assert body["progress"]["hidden_redacted"] is True
+    assert body["progress"]["current_run"] is None and body["log_tail"] == ""
+    assert body["progress"]["runs_done"] == 3 and body["progress"]["runs_total"] == 9
