@@ -44,6 +44,9 @@ class ApiError(Exception):
                 str(error.get("message") or response.reason),
                 error.get("fields") or {},
             )
+        text = response.text.strip() if response.headers.get("Content-Type", "").startswith("text/plain") else ""
+        if text and len(text) < 500:
+            return cls(response.status_code, "http_error", text)
         hints = {
             401: "Not logged in: set LLMEC_TOKEN or run `llmec login`.",
             403: "Not allowed.",

@@ -70,8 +70,6 @@ def cmd_submit(args) -> int:
             "datasets": "\n".join(args.datasets or []),
             "notes": args.notes or "",
         }
-        if args.kind:
-            payload["kind"] = args.kind
         created = client.post("submissions/", payload)
         submission_id = created["id"]
         print(f"Created submission #{submission_id} on track {args.track}.", flush=True)
@@ -136,9 +134,10 @@ def cmd_status(args) -> int:
         if not rows:
             print("No submissions yet.")
             return EXIT_OK
-        print(f"{'ID':>6}  {'TRACK':<8} {'STATUS':<13} {'FINAL':>7}  {'CREATED':<20} BASE")
+        print(f"{'ID':>6}  {'TRACK':<8} {'STATUS':<13} {'SCORE':>7}  {'CREATED':<20} BASE")
         for row in rows:
-            final_score = (row.get("scores") or {}).get("final")
+            scores = row.get("scores") or {}
+            final_score = scores.get("final") if scores.get("final") is not None else scores.get("open_score")
             print(
                 f"{row['id']:>6}  {row.get('track', ''):<8} {row.get('status', ''):<13} "
                 f"{'—' if final_score is None else f'{final_score:.4f}':>7}  "
@@ -175,28 +174,27 @@ def cmd_cancel(args) -> int:
 def cmd_leaderboard(args) -> int:
     client = _client(args)
     page = client.get(f"leaderboards/{args.track}/", page_size=args.limit, ordering=args.sort)
-    rows = page.get("results", []) if isinstance(page, dict) else page
-    status = " (provisional)" if isinstance(page, dict) and page.get("provisional") else ""
-    print(f"Leaderboard {args.track}{status}")
+    rows = page.get("results", [])
+    hidden = page.get("hidden_visible")
+    state = "provisional" if page.get("provisional") else "final"
+    print(f"Leaderboard {args.track} ({state}; {'final scores' if hidden else 'open suite only until revealed'})")
     if not rows:
         print("No scored entries yet.")
         return EXIT_OK
-    header = f"{'#':>3}  {'TEAM':<24} {'FINAL':>7} " + " ".join(
-        f"{a[:5].upper():>6}" for a in ("accuracy", "robustness", "fairness", "bias", "efficiency")
-    )
-    print(header)
+    aspects = ("accuracy", "robustness", "fairness", "bias", "efficiency")
+    print(f"{'#':>3}  {'TEAM':<24} {'SCORE':>7} " + " ".join(f"{a[:6].upper():>6}" for a in aspects) + "  BASE")
     for row in rows:
-        aspects = row.get("aspects") or row
-        cells = " ".join(
-            f"{'—' if aspects.get(a) is None else f'{aspects[a]:.3f}':>6}"
-            for a in ("accuracy", "robustness", "fairness", "bias", "efficiency")
-        )
-        final_score = row.get("final_score", row.get("final"))
-        badge = " 🎓" if row.get("student_eligible") else ""
+        suite = (row.get("hidden") if hidden and row.get("hidden") else None) or row.get("open") or {}
+        score = row.get("final_score") if hidden else row.get("open_score")
+        cells = " ".join(f"{'—' if suite.get(a) is None else f'{suite[a]:.3f}':>6}" for a in aspects)
+        place = row.get("rank") or row.get("position")
+        badge = "  (student-eligible)" if row.get("student_eligible") else ""
         print(
-            f"{row.get('rank', ''):>3}  {str(row.get('team', ''))[:24]:<24} "
-            f"{'—' if final_score is None else f'{final_score:.4f}':>7} {cells}{badge}"
+            f"{place:>3}  {row['team']['name'][:24]:<24} {'—' if score is None else f'{score:.4f}':>7} {cells}"
+            f"  {row.get('base_model', '')}{badge}"
         )
+    if page.get("next"):
+        print(f"… {page['count'] - len(rows)} more (use --limit).")
     return EXIT_OK
 
 
@@ -230,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--recipe", required=True, help="URL of the training recipe (repository and commit)")
     submit.add_argument("--datasets", nargs="*", help="datasets used, with their licences")
     submit.add_argument("--notes", help="free text for the organizers")
-    submit.add_argument("--kind", choices=["full", "adapter"], help="default: guessed by the server")
     _follow_options(submit)
     submit.set_defaults(func=cmd_submit)
 

@@ -23,27 +23,42 @@ def describe(submission: dict) -> str:
             parts.append(f"estimated start {queue['estimated_start']}")
     progress = submission.get("progress") or {}
     if status == "running" and progress:
+        if progress.get("suite_role"):
+            parts.append(f"{progress['suite_role']} suite")
         if progress.get("runs_total"):
-            parts.append(f"{progress.get('runs_done', 0)}/{progress['runs_total']} runs")
-        if progress.get("current_scenario"):
-            parts.append(f"now: {progress['current_scenario']}")
-        if progress.get("eta_seconds") is not None:
-            parts.append(f"about {int(progress['eta_seconds']) // 60} min left")
+            parts.append(f"{progress.get('runs_done') or 0}/{progress['runs_total']} runs")
+        if progress.get("current_run"):
+            parts.append(f"now: {progress['current_run']}")
+        if progress.get("eta_s") is not None:
+            parts.append(f"about {max(1, round(progress['eta_s'] / 60))} min left")
     if submission.get("status_reason") and status in TERMINAL | {"validating"}:
         parts.append(submission["status_reason"])
     return " · ".join(parts)
 
 
 def format_scores(submission: dict) -> str:
+    """The five aspect scores per suite, and the final score (once hidden results are visible)."""
     scores = submission.get("scores") or {}
     if not scores:
-        return "No scores yet."
-    lines = [f"  {name:<11} {_number(scores.get(name))}" for name in ASPECTS]
-    lines.append(f"  {'final':<11} {_number(scores.get('final'))}")
-    if scores.get("rank"):
-        lines.append(f"  {'rank':<11} {scores['rank']}")
+        return "  Scored; the track's standings are being recomputed (try `llmec status ID` in a minute)."
+    suites = [("open", scores.get("open") or {})]
+    if scores.get("hidden"):
+        suites.append(("hidden", scores["hidden"]))
+    lines = [f"  {'aspect':<11} " + " ".join(f"{name:>8}" for name, _ in suites)]
+    for aspect in ASPECTS:
+        lines.append(f"  {aspect:<11} " + " ".join(f"{_number(values.get(aspect)):>8}" for _, values in suites))
+    lines.append(
+        f"  {'suite score':<11} {_number(scores.get('open_score')):>8}"
+        + (f" {_number(scores.get('hidden_score')):>8}" if scores.get("hidden") else "")
+    )
+    if scores.get("final") is not None:
+        lines.append(
+            f"  final score {_number(scores['final'])}" + (f"  (rank {scores['rank']})" if scores.get("rank") else "")
+        )
+    else:
+        lines.append("  final score — (hidden-suite results are not revealed yet)")
     if scores.get("provisional"):
-        lines.append("  (provisional: hidden-suite results are not public yet)")
+        lines.append("  Provisional until the organizers finalize the track.")
     return "\n".join(lines)
 
 

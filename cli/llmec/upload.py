@@ -72,7 +72,7 @@ def _error_from(error: Exception) -> ApiError:
         fake = requests.Response()
         fake.status_code = status
         fake._content = content if isinstance(content, bytes) else str(content).encode()
-        fake.headers["Content-Type"] = "application/json"
+        fake.headers["Content-Type"] = "application/json" if fake._content.lstrip().startswith(b"{") else "text/plain"
         return ApiError.from_response(fake)
     return ApiError(status, "upload_failed", f"The upload failed: {error}")
 
