@@ -67,7 +67,9 @@ def _wait(predicate, timeout: float = 120, what: str = "") -> None:
 
 
 @pytest.fixture
-def setup(tmp_path):
+def setup(tmp_path, monkeypatch):
+    # kombu's filesystem broker writes its `control/` folder in the working directory: keep it out of the repo.
+    monkeypatch.chdir(tmp_path)
     challenge = ChallengeFactory(daily_submission_quota=5)
     track = TrackFactory(challenge=challenge, slug="4090", name="RTX 4090", gpu_memory_gb=24)
     BaseModel.objects.create(
