@@ -159,7 +159,9 @@ def test_cli_errors_are_one_clear_line(live_server, tmp_path, setup):
 
 
 @pytest.mark.worker
-@pytest.mark.skip(reason="FOR THE LEAD: needs the pipeline's Celery worker fixture; see the module docstring.")
+@pytest.mark.skip(
+    reason="FOR THE LEAD: wire the Celery worker fixture of h/pipeline tests/evaluation/test_pipeline_worker.py here."
+)
 def test_submit_follows_to_scored_with_a_worker(live_server, tmp_path, setup):
     cli = Cli(live_server.url, setup["token"], tmp_path)
     result = cli.run(
