@@ -14,8 +14,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): requirements.txt | $(PY)
+$(STAMP): requirements.txt cli/pyproject.toml | $(PY)
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -e ./cli
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from evaluation.admin_pipeline import SUBMISSION_ORGANIZER_ACTIONS
 from evaluation.models import BaseModel, Submission, SubmissionEvent, Upload
 
 
@@ -50,10 +51,12 @@ class SubmissionAdmin(admin.ModelAdmin):
     )
     list_filter = ("track", "status", "failure_kind", "kind")
     search_fields = ("team__name", "sha256")
+    # Rerun, cancel, requeue, priority, disqualify: each through a service that writes the audit trail.
+    actions = SUBMISSION_ORGANIZER_ACTIONS
     # Status changes go through submission_transition (the pipeline's admin actions), never this form.
     readonly_fields = (
         "status", "status_reason", "status_changed_at", "failure_kind", "size_bytes", "sha256", "archive_name",
-        "archive_path", "model_dir", "parameter_count", "estimated_memory_gb", "created_at", "created_by",
+        "archive_path", "model_dir", "parameter_count", "estimated_memory_gb", "created_at", "created_by", "priority",
     )  # fmt: skip
     inlines = [UploadInline, SubmissionEventInline]
 

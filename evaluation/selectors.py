@@ -48,3 +48,12 @@ def current_team(*, user) -> tuple[Challenge | None, Team | None]:
     if challenge is None or not user.is_authenticated:
         return challenge, None
     return challenge, team_for_user(user=user, challenge=challenge)
+
+
+# The evaluation pipeline (issue 5).
+from evaluation.selectors_pipeline import (  # noqa: E402,F401
+    evaluation_queue_overview,
+    latest_job_for_submission,
+    scored_results_for_track,
+    submission_progress,
+)

@@ -179,6 +179,10 @@ def submission_set_final(*, user, team: Team, track: Track, submission_id: int |
         object_id=str(submission_id or ""),
         object_repr=f"{team} {track.slug}: {'#' + str(submission_id) if submission_id else 'default'}"[:200],
     )
+    # The team's entry changed: its track's standings must follow (after commit).
+    from evaluation.services.notifications import standings_recompute_schedule
+
+    transaction.on_commit(lambda: standings_recompute_schedule(track_id=track.pk))
     return chosen or submission_final_entry(team=team, track=track)
 
 
