@@ -112,7 +112,9 @@ class Workers:
         self.tmp = tmp
         self.started: list[subprocess.Popen] = []
 
-    def start(self, track, *, suites: str = "open=offline-smoke", name: str = "pipeline-test@host", **env) -> subprocess.Popen:
+    def start(
+        self, track, *, suites: str = "open=offline-smoke", name: str = "pipeline-test@host", **env
+    ) -> subprocess.Popen:
         environ = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "portal.test_settings",
@@ -132,14 +134,17 @@ class Workers:
         log = open(self.tmp / f"worker-{len(self.started)}.log", "wb")
         command = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", f"cpu,{track.queue_name}"]
         command += ["-P", "prefork", "-c", "1", "-n", name, "--without-gossip", "--without-mingle", "-l", "INFO"]
-        process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         self.started.append(process)
         return process
 
     def logs(self) -> str:
         return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}" for path in sorted(self.tmp.glob("worker-*.log"))
+            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+            for path in sorted(self.tmp.glob("worker-*.log"))
         )
 
     def kill_all(self) -> None:
@@ -207,8 +212,10 @@ def test_worker_killed_mid_job_is_redelivered_and_scored_exactly_once(workers, t
     first = workers.start(track, suites=BOTH_SUITES)
     # Kill it while the hidden suite runs, after the open suite's results are stored.
     wait_for(
-        lambda: SuiteResult.objects.filter(job__submission=submission, role="open").exists()
-        and EvaluationJob.objects.filter(submission=submission, progress__suite_role="hidden").exists(),
+        lambda: (
+            SuiteResult.objects.filter(job__submission=submission, role="open").exists()
+            and EvaluationJob.objects.filter(submission=submission, progress__suite_role="hidden").exists()
+        ),
         workers,
         what="the hidden suite to start",
     )
@@ -246,14 +253,27 @@ def test_cancel_while_running_revokes_and_stores_nothing(workers, tiny_model):
     )
     job = EvaluationJob.objects.get(submission=submission)
     assert not SuiteResult.objects.filter(job=job).exists()
-    submission_cancel(submission_id=submission.pk, actor=UserFactory(is_staff=True), reason="Cancelled by the organizers.")
+    submission_cancel(
+        submission_id=submission.pk, actor=UserFactory(is_staff=True), reason="Cancelled by the organizers."
+    )
 
     def engine_stopped() -> bool:
         # Only the pool process is left under the worker: the model server and helm-run are gone.
-        return len(psutil.Process(worker.pid).children(recursive=True)) <= 1
+        alive = [p for p in psutil.Process(worker.pid).children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        return len(alive) <= 1
 
-    wait_for(engine_stopped, workers, timeout=60, what="the engine to stop")
-    wait_for(lambda: WorkerHeartbeat.objects.filter(current_job__isnull=True).exists(), workers, timeout=30, what="idle")
+    def tree() -> str:
+        return "\n".join(
+            f"{p.pid} {p.status()} {p.name()}" for p in psutil.Process(worker.pid).children(recursive=True)
+        )
+
+    try:
+        wait_for(engine_stopped, workers, timeout=60, what="the engine to stop")
+    except pytest.fail.Exception:
+        raise AssertionError(tree())
+    wait_for(
+        lambda: WorkerHeartbeat.objects.filter(current_job__isnull=True).exists(), workers, timeout=30, what="idle"
+    )
     time.sleep(3)  # long enough for a surviving run to have stored something
     submission.refresh_from_db()
     job.refresh_from_db()
