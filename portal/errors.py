@@ -7,7 +7,9 @@ class ServiceError(Exception):
     status_code = 400
     code = "invalid"
 
-    def __init__(self, message: str, *, code: str | None = None, status_code: int | None = None, field: str | None = None):
+    def __init__(
+        self, message: str, *, code: str | None = None, status_code: int | None = None, field: str | None = None
+    ):
         super().__init__(message)
         self.message = message
         if code:

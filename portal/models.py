@@ -27,8 +27,12 @@ class Challenge(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(unique=True)
     tagline = models.CharField(max_length=300, blank=True)
-    description = models.TextField(blank=True, help_text="Shown on the home page. Plain text; blank lines separate paragraphs.")
-    rules = models.TextField(blank=True, help_text="The rules as participants read them. Plain text; blank lines separate paragraphs.")
+    description = models.TextField(
+        blank=True, help_text="Shown on the home page. Plain text; blank lines separate paragraphs."
+    )
+    rules = models.TextField(
+        blank=True, help_text="The rules as participants read them. Plain text; blank lines separate paragraphs."
+    )
     timezone = models.CharField(
         max_length=64,
         default=AOE_TIMEZONE,
@@ -46,7 +50,9 @@ class Challenge(models.Model):
     scoring_mode = models.CharField(max_length=16, choices=ScoringMode.choices, default=ScoringMode.WIN_RATE)
     open_weight = models.FloatField(default=1 / 3, help_text="Weight of the open suite in the final score.")
     hidden_weight = models.FloatField(default=2 / 3, help_text="Weight of the hidden suite in the final score.")
-    hidden_revealed_at = models.DateTimeField(null=True, blank=True, help_text="When hidden-suite results became public.")
+    hidden_revealed_at = models.DateTimeField(
+        null=True, blank=True, help_text="When hidden-suite results became public."
+    )
     is_active = models.BooleanField(default=True)
 
     objects = ChallengeQuerySet.as_manager()
@@ -177,12 +183,38 @@ class Profile(models.Model):
         return self.student_status == self.StudentStatus.VERIFIED
 
 
+class TeamQuerySet(models.QuerySet):
+    def with_eligibility(self) -> "TeamQuerySet":
+        """Annotate member_count, verified_count and student_eligible in one query for many teams.
+
+        The rule itself is portal.selectors.team_student_eligibility; this is its set-wise twin and a
+        test keeps the two in agreement.
+        """
+        verified = Profile.StudentStatus.VERIFIED
+        return self.annotate(
+            member_count=models.Count("memberships", distinct=True),
+            verified_count=models.Count(
+                "memberships",
+                filter=models.Q(memberships__user__profile__student_status=verified),
+                distinct=True,
+            ),
+        ).annotate(
+            student_eligible=models.Case(
+                models.When(member_count__gt=0, verified_count=models.F("member_count"), then=models.Value(True)),
+                default=models.Value(False),
+                output_field=models.BooleanField(),
+            )
+        )
+
+
 class Team(models.Model):
     challenge = models.ForeignKey(Challenge, on_delete=models.CASCADE, related_name="teams")
     name = models.CharField(max_length=80)
     slug = models.SlugField(max_length=90)
     captain = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="captained_teams")
     created_at = models.DateTimeField(default=timezone.now)
+
+    objects = TeamQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
