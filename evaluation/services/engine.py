@@ -39,8 +39,12 @@ class EngineInfraError(Exception):
         self.log_tail = log_tail
 
 
-class EvaluationStopped(Exception):
-    """The job was cancelled or taken over while it ran; nothing more may be stored."""
+class EvaluationStopped(BaseException):
+    """The job was cancelled or taken over while it ran; nothing more may be stored.
+
+    A BaseException, like KeyboardInterrupt, so that no broad `except Exception` in the engine or in
+    HELM's callbacks swallows it; their `finally` blocks still stop the subprocesses.
+    """
 
 
 RECORD_KEY = ("run", "metric", "split", "sub_split", "perturbation", "computed_on")
@@ -137,6 +141,10 @@ def _interruptible(stop_signal: int):
         return
 
     def raise_stopped(signum, frame):
+        # Once only: a second signal (revoke and heartbeat both fire) must not break the engine's cleanup.
+        if _stopping.is_set():
+            return
+        _stopping.set()
         raise EvaluationStopped()
 
     signals = [stop_signal]
@@ -148,6 +156,7 @@ def _interruptible(stop_signal: int):
     except ImportError:
         pass
     previous = {sig: signal.signal(sig, raise_stopped) for sig in signals}
+    _stopping.clear()
     _engine_running.set()
     try:
         yield
@@ -159,6 +168,7 @@ def _interruptible(stop_signal: int):
 
 STOP_SIGNAL = signal.SIGUSR1
 _engine_running = threading.Event()
+_stopping = threading.Event()
 
 
 def interrupt_main_thread() -> None:
@@ -167,7 +177,7 @@ def interrupt_main_thread() -> None:
     Only while the engine runs under `_interruptible`; otherwise the main thread notices on its own
     (every store checks that the job is still its own).
     """
-    if _engine_running.is_set():
+    if _engine_running.is_set() and not _stopping.is_set():
         signal.pthread_kill(threading.main_thread().ident, STOP_SIGNAL)
 
 

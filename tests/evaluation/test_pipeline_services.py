@@ -54,8 +54,17 @@ def _doc(value: float = 0.5, runs: int = 2) -> dict:
             for i, n in enumerate(names)
         ],
         "records": [
-            {"run": n, "scenario": f"s{i}", "metric": "exact_match", "split": "test", "sub_split": None,
-             "perturbation": p, "computed_on": c, "value": value, "count": 6}
+            {
+                "run": n,
+                "scenario": f"s{i}",
+                "metric": "exact_match",
+                "split": "test",
+                "sub_split": None,
+                "perturbation": p,
+                "computed_on": c,
+                "value": value,
+                "count": 6,
+            }
             for i, n in enumerate(names)
             for p, c in ((None, None), ("robustness", "worst"))
         ],  # fmt: skip
@@ -67,7 +76,9 @@ def _doc(value: float = 0.5, runs: int = 2) -> dict:
 def _claim_and_finish(track, task_id: str) -> Submission:
     job = evaluation_claim_next(track_id=track.pk, task_id=task_id, hostname="w@test")
     assert job is not None
-    _store_suite_result(job_id=job.pk, task_id=task_id, role="open", suite="offline-smoke", outcome=outcome_from_document(_doc()))
+    _store_suite_result(
+        job_id=job.pk, task_id=task_id, role="open", suite="offline-smoke", outcome=outcome_from_document(_doc())
+    )
     _finish_scored(job_id=job.pk, task_id=task_id, roles=["open"])
     return Submission.objects.get(pk=job.submission_id)
 
@@ -89,7 +100,9 @@ def test_round_robin_teams_take_turns_and_priority_goes_first(settings):
     started = [_claim_and_finish(track, f"task-{i}") for i in range(2)]
     assert [s.pk for s in started] == [a[0].pk, b[0].pk]
     # An organizer bumps A's last one: it jumps ahead of the round.
-    submission_set_priority(submission_id=a[2].pk, priority=5, actor=UserFactory(is_staff=True), reason="hardware check")
+    submission_set_priority(
+        submission_id=a[2].pk, priority=5, actor=UserFactory(is_staff=True), reason="hardware check"
+    )
     assert queue_order(track.pk)[0].submission_id == a[2].pk
     order_after = [_claim_and_finish(track, f"task-x{i}").pk for i in range(4)]
     assert order_after == [a[2].pk, c[0].pk, b[1].pk, a[1].pk]
@@ -212,7 +225,9 @@ def test_results_are_upserted_never_duplicated_and_shaped_for_scoring():
     outcome = outcome_from_document(_doc(0.25))
     _store_suite_result(job_id=job.pk, task_id="t", role="open", suite="offline-smoke", outcome=outcome)
     # A repeated store (redelivered job) with new values updates in place.
-    _store_suite_result(job_id=job.pk, task_id="t", role="open", suite="offline-smoke", outcome=outcome_from_document(_doc(0.75)))
+    _store_suite_result(
+        job_id=job.pk, task_id="t", role="open", suite="offline-smoke", outcome=outcome_from_document(_doc(0.75))
+    )
     assert MetricRecord.objects.filter(suite_result__job=job).count() == 4
     assert set(MetricRecord.objects.values_list("value", flat=True)) == {0.75}
     _store_suite_result(job_id=job.pk, task_id="t", role="hidden", suite="offline-smoke", outcome=outcome)
@@ -265,7 +280,9 @@ def test_organizer_actions_go_through_transitions_and_the_audit_trail():
     submission.refresh_from_db()
     assert submission.status == S.DISQUALIFIED and submission.status_reason == "Trained on the hidden test set."
     actions = list(
-        AuditEvent.objects.filter(object_id=str(submission.pk)).order_by("created_at", "id").values_list("action", flat=True)
+        AuditEvent.objects.filter(object_id=str(submission.pk))
+        .order_by("created_at", "id")
+        .values_list("action", flat=True)
     )
     assert actions == ["submission.requeue", "submission.cancel", "submission.rerun", "submission.disqualify"]
     history = list(submission.events.values_list("to_status", flat=True))
