@@ -80,18 +80,6 @@ def evaluation_reap_stale_jobs() -> dict:
     return reap()
 
 
-@shared_task(
-    name="evaluation.tasks.standings_recompute",
-    autoretry_for=(OperationalError,),
-    retry_backoff=True,
-    max_retries=5,
-)
-def standings_recompute(track_id: int) -> None:
-    from evaluation.services.notifications import standings_recompute as recompute
-
-    recompute(track_id=track_id)
-
-
 @shared_task(name="evaluation.tasks.submission_notify", autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
 def submission_notify(submission_id: int) -> int:
     from evaluation.services import submission_notify as notify

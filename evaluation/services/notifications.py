@@ -15,33 +15,15 @@ logger = logging.getLogger(__name__)
 S = Submission.Status
 
 
-def standings_recompute_schedule(*, track_id: int) -> None:
+def standings_recompute_schedule(*, track_id: int, trigger: str = "") -> None:
     """Ask for the track's standings to be recomputed (one task on the cpu queue).
 
-    Call this after commit whenever an entry of the track changes: scored, disqualified, rerun,
-    or a team choosing another final entry.
+    Transitions into or out of SCORED are picked up by leaderboard.listeners; call this for the
+    other changes of an entry, e.g. a team choosing another final entry.
     """
-    from evaluation.tasks import standings_recompute as standings_recompute_task
+    from leaderboard.tasks import standings_recompute_task
 
-    standings_recompute_task.delay(track_id=track_id)
-
-
-def standings_recompute(*, track_id: int) -> None:
-    """Run the leaderboard's recompute if it is installed (issue 5 §4 lives in leaderboard/)."""
-    try:
-        from leaderboard.services import standings_recompute_for_track
-    except ImportError:
-        # PLACEHOLDER until h/scoring is merged: the lead wires leaderboard.services here.
-        logger.warning("Standings of track %s not recomputed: leaderboard.services is not installed.", track_id)
-        return
-    standings_recompute_for_track(track_id)
-
-
-@on_transition
-def _standings_when_entry_changes(submission_id: int, from_status: str, to_status: str) -> None:
-    if to_status in (S.SCORED, S.DISQUALIFIED) or from_status == S.SCORED:
-        track_id = Submission.objects.values_list("track_id", flat=True).get(pk=submission_id)
-        standings_recompute_schedule(track_id=track_id)
+    standings_recompute_task.delay(track_id, trigger)
 
 
 @on_transition

@@ -21,26 +21,10 @@ J = EvaluationJob.State
 
 
 def audit(*, actor, action: str, submission: Submission, reason: str = "", data: dict | None = None) -> None:
-    """Write one audit event. The one place to redirect once portal's audit helper is merged."""
-    try:
-        from portal.services import audit_log  # type: ignore[attr-defined]
-    except ImportError:
-        audit_log = None
-    if audit_log is not None:
-        audit_log(actor=actor, action=action, obj=submission, team=submission.team, reason=reason, data=data or {})
-        return
-    from portal.models import AuditEvent
+    """Write one audit event about a submission through portal's audit trail."""
+    from portal.services.audit import audit_record
 
-    AuditEvent.objects.create(
-        actor=actor,
-        action=action,
-        team_id=submission.team_id,
-        object_type="submission",
-        object_id=str(submission.pk),
-        object_repr=str(submission)[:200],
-        reason=reason,
-        data=data or {},
-    )
+    audit_record(actor=actor, action=action, obj=submission, team=submission.team, reason=reason, data=data or {})
 
 
 def _revoke(task_id: str) -> None:

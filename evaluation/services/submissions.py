@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from evaluation.models import BaseModel, Submission, SubmissionEvent
 from portal.errors import NotFound, PermissionDenied, ServiceError
-from portal.models import AuditEvent, Challenge, Membership, Team, Track
+from portal.models import Challenge, Membership, Team, Track
+from portal.services.audit import audit_record
 
 S = Submission.Status
 
@@ -138,14 +139,7 @@ def submission_create(
     SubmissionEvent.objects.create(
         submission=submission, from_status="", to_status=S.UPLOADING, reason="Submission created.", actor=user
     )
-    AuditEvent.objects.create(
-        actor=user,
-        action="submission.create",
-        team=team,
-        object_type="submission",
-        object_id=str(submission.pk),
-        object_repr=str(submission)[:200],
-    )
+    audit_record(actor=user, action="submission.create", team=team, obj=submission)
     return submission
 
 
@@ -171,18 +165,17 @@ def submission_set_final(*, user, team: Team, track: Track, submission_id: int |
     if chosen is not None and not chosen.is_final:
         chosen.is_final = True
         chosen.save(update_fields=["is_final"])
-    AuditEvent.objects.create(
+    audit_record(
         actor=user,
         action="submission.set_final",
         team=team,
-        object_type="submission",
-        object_id=str(submission_id or ""),
-        object_repr=f"{team} {track.slug}: {'#' + str(submission_id) if submission_id else 'default'}"[:200],
+        obj=chosen,
+        data={"track": track.slug, "submission_id": submission_id},
     )
     # The team's entry changed: its track's standings must follow (after commit).
     from evaluation.services.notifications import standings_recompute_schedule
 
-    transaction.on_commit(lambda: standings_recompute_schedule(track_id=track.pk))
+    transaction.on_commit(lambda: standings_recompute_schedule(track_id=track.pk, trigger="final entry changed"))
     return chosen or submission_final_entry(team=team, track=track)
 
 

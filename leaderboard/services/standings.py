@@ -8,7 +8,8 @@ from django.utils import timezone
 
 from evaluation.models import Submission
 from portal.errors import Conflict, NotFound
-from portal.models import AuditEvent, Prize, Track
+from portal.models import Prize, Track
+from portal.services.audit import audit_record
 
 from .. import selectors
 from ..models import ASPECT_NAMES, SUITES, Reproduction, Standing, StandingsSnapshot, TrackScoringSettings
@@ -176,12 +177,10 @@ def standings_finalize_track(*, track_id: int, actor) -> StandingsSnapshot:
     snapshot.save(update_fields=["is_frozen", "frozen_at"])
     track.finalized_at, track.finalized_by = now, actor
     track.save(update_fields=["finalized_at", "finalized_by"])
-    AuditEvent.objects.create(
+    audit_record(
         actor=actor,
         action="track.finalize",
-        object_type="track",
-        object_id=str(track.pk),
-        object_repr=str(track)[:200],
+        obj=track,
         data={"snapshot_id": snapshot.pk, "awards": snapshot.awards.get("awards", [])},
     )
     return snapshot
@@ -208,13 +207,11 @@ def reproduction_record(*, submission_id: int, status: str, notes: str = "", act
             "recorded_at": timezone.now(),
         },
     )
-    AuditEvent.objects.create(
+    audit_record(
         actor=actor,
         action="reproduction.record",
-        team_id=submission.team_id,
-        object_type="submission",
-        object_id=str(submission.pk),
-        object_repr=str(submission)[:200],
+        team=submission.team,
+        obj=submission,
         reason=notes,
         data={"status": status},
     )

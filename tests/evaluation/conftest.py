@@ -93,14 +93,33 @@ def loner(db):
 
 
 @pytest.fixture(autouse=True)
-def _eager_celery():
+def _eager_celery(request):
     """Tasks sent by the code under test run in-process (the worker tests of the pipeline use a real one)."""
     from portal.celery import app
 
+    if request.node.get_closest_marker("worker"):
+        yield
+        return
     old = app.conf.task_always_eager, app.conf.task_eager_propagates
     app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
     yield
     app.conf.task_always_eager, app.conf.task_eager_propagates = old
+
+
+@pytest.fixture(autouse=True)
+def gpu_messages(request, monkeypatch):
+    """Messages for the GPU queues, recorded instead of evaluated in-process.
+
+    Evaluating belongs to a GPU worker: the pipeline's service tests call its service directly and
+    its worker tests run a real worker, so an eager evaluation here would only run HELM by surprise.
+    """
+    from evaluation.tasks import submission_evaluate
+
+    if request.node.get_closest_marker("worker"):
+        return None  # a real worker takes them
+    sent: list[dict] = []
+    monkeypatch.setattr(submission_evaluate, "apply_async", lambda *args, **kwargs: sent.append(kwargs))
+    return sent
 
 
 @pytest.fixture

@@ -185,7 +185,7 @@ def test_worker_evaluates_a_real_submission_end_to_end(workers, tiny_model):
     job = EvaluationJob.objects.get(submission=submission)
     assert job.state == J.DONE and job.attempts == 1 and job.worker_lost_count == 0
     assert job.engine_version and job.helm_version == "0.5.16"
-    assert job.progress["runs_total"] == 2 and job.progress["runs_done"] == 2
+    assert job.progress["runs_total"] == 2 and job.progress["runs_done"] == 2, job.progress
     results = {r.role: r for r in SuiteResult.objects.filter(job=job)}
     assert set(results) == {"open", "hidden"}
     for result in results.values():

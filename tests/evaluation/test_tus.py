@@ -232,7 +232,7 @@ def test_expire_task_is_scheduled_on_the_cpu_queue():
 
 
 def test_completed_upload_is_validated_and_queued(
-    client_for, member, submission, model_dirs, tmp_path, django_capture_on_commit_callbacks
+    client_for, member, submission, model_dirs, tmp_path, django_capture_on_commit_callbacks, gpu_messages
 ):
     from tests.evaluation.archive_tools import tar_folder
 
@@ -246,6 +246,8 @@ def test_completed_upload_is_validated_and_queued(
     assert Path(submission.model_dir, "model.safetensors").is_file()
     assert Path(submission.model_dir).is_relative_to(Path(settings.MEDIA_ROOT) / "submissions" / str(submission.pk))
     assert [e.to_status for e in submission.events.all()] == ["validating", "queued"]
+    # One "slot on this track" message went to the track's GPU queue.
+    assert [m["queue"] for m in gpu_messages] == [submission.track.queue_name]
 
 
 def test_bad_upload_fails_as_the_teams_error(client_for, member, submission, django_capture_on_commit_callbacks):
