@@ -219,3 +219,34 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# Evaluation pipeline (issue 5). Suites a track runs, in role order: "open=NAME,hidden=NAME" or "NAME,NAME".
+EVALUATION_SUITES = env_list("EVALUATION_SUITES", ["offline-open", "offline-hidden"])
+EVALUATION_HEARTBEAT_SECONDS = env_int("EVALUATION_HEARTBEAT_SECONDS", 15)
+# A running job whose heartbeat is older than this is presumed dead and reaped.
+EVALUATION_STALE_AFTER_SECONDS = env_int("EVALUATION_STALE_AFTER_SECONDS", 300)
+EVALUATION_REAP_BATCH = env_int("EVALUATION_REAP_BATCH", 50)
+# A submission that kills its worker this many times fails instead of coming back again.
+EVALUATION_MAX_WORKER_LOSSES = env_int("EVALUATION_MAX_WORKER_LOSSES", 2)
+EVALUATION_MAX_INFRA_ATTEMPTS = env_int("EVALUATION_MAX_INFRA_ATTEMPTS", 3)
+EVALUATION_RETRY_BACKOFF_SECONDS = env_int("EVALUATION_RETRY_BACKOFF_SECONDS", 60)
+# Where workers unpack HELM's output before archiving it into storage.
+EVALUATION_WORK_DIR = env_str("EVALUATION_WORK_DIR", str(VAR_DIR / "evaluation-work"))
+CELERY_BEAT_SCHEDULE["evaluation-reap-stale-jobs"] = {
+    "task": "evaluation.tasks.evaluation_reap_stale_jobs",
+    "schedule": env_int("EVALUATION_REAP_EVERY_SECONDS", 60),
+    "options": {"queue": "cpu"},
+}
+EVALUATION_HELM_THREADS = env_int("EVALUATION_HELM_THREADS", 16)
+EVALUATION_HEALTH_TIMEOUT_SECONDS = env_int("EVALUATION_HEALTH_TIMEOUT_SECONDS", 300)
+# Submissions and resumable uploads (evaluation/).
+UPLOAD_EXPIRY_HOURS = env_int("UPLOAD_EXPIRY_HOURS", 24)
+UPLOAD_DEADLINE_GRACE_HOURS = env_int("UPLOAD_DEADLINE_GRACE_HOURS", 3)
+UPLOAD_LEASE_SECONDS = env_int("UPLOAD_LEASE_SECONDS", 120)
+SUBMISSION_FILES_ROOT = env_str("SUBMISSION_FILES_ROOT")  # default: MEDIA_ROOT/submissions
+SUBMISSION_MAX_FILES = env_int("SUBMISSION_MAX_FILES", 1000)
+CELERY_BEAT_SCHEDULE["evaluation-uploads-expire"] = {
+    "task": "evaluation.uploads_expire",
+    "schedule": timedelta(minutes=env_int("UPLOAD_EXPIRE_EVERY_MINUTES", 15)),
+    "options": {"queue": "cpu"},
+}

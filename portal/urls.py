@@ -8,4 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("", include("portal.pages_urls")),
+    path("", include("evaluation.pipeline_urls")),
+    path("api/v1/uploads/", include("evaluation.uploads_urls")),
+    path("submissions/", include("evaluation.urls")),
 ]

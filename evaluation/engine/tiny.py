@@ -22,7 +22,9 @@ DEFAULT_CORPUS = [
 ] * 20
 
 
-def train_tokenizer(out_dir: Path, corpus: list[str] | None = None, vocab_size: int = 512, model_max_length: int = 2048):
+def train_tokenizer(
+    out_dir: Path, corpus: list[str] | None = None, vocab_size: int = 512, model_max_length: int = 2048
+):
     """Train a byte-level BPE tokenizer and save it in Hugging Face layout."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -1,0 +1,212 @@
+"""Load a submission for serving: full weights or a LoRA adapter merged into its base.
+
+Safetensors only, no remote code, nothing downloaded. The memory a model needs is estimated from
+the safetensors headers before any weight is read, so a model that cannot fit its track's budget
+fails in a second with a plain message instead of after minutes of loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evaluation.engine.errors import ModelLoadError, ModelTooLarge
+
+log = logging.getLogger(__name__)
+
+GiB = 1024**3
+# Activations and the KV cache of at least a few sequences must fit next to the weights.
+RUNTIME_HEADROOM = 0.05
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    device: str
+    dtype: str
+    parameters: int
+    name: str
+    estimated_bytes: int
+    budget_bytes: int | None
+    max_positions: int | None
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file (tensor names, dtypes and shapes), without reading weights."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ModelLoadError(f"{path.name} is not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > 100 * 1024 * 1024:
+            raise ModelLoadError(f"{path.name} is not a valid safetensors file (header of {length} bytes)")
+        try:
+            header = json.loads(f.read(length))
+        except ValueError as e:
+            raise ModelLoadError(f"{path.name} is not a valid safetensors file: {e}")
+    header.pop("__metadata__", None)
+    return header
+
+
+def estimate_weight_bytes(folders: list[Path], dtype_bytes: int) -> tuple[int, int]:
+    """(bytes once loaded in the serving dtype, parameter count) over every safetensors file in `folders`."""
+    total = 0
+    params = 0
+    for folder in folders:
+        for file in sorted(folder.glob("*.safetensors")):
+            for info in read_safetensors_header(file).values():
+                numel = 1
+                for dim in info.get("shape", []):
+                    numel *= int(dim)
+                params += numel
+                kind = info.get("dtype", "F32")
+                total += numel * (dtype_bytes if kind in FLOAT_DTYPES else DTYPE_BYTES.get(kind, 4))
+    return total, params
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return dtype
+
+
+def _check_safetensors_only(folder: Path, what: str) -> None:
+    if not folder.is_dir():
+        raise ModelLoadError(f"{what} folder {folder} does not exist")
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        hint = f" (found {', '.join(pickles[:3])}; pickled weights are refused)" if pickles else ""
+        raise ModelLoadError(f"no .safetensors weights in the {what} folder{hint}")
+
+
+def budget_message(needed: int, budget: int, track_name: str | None) -> str:
+    track = f"track {track_name}" if track_name else "track"
+    return f"needs {needed / GiB:.1f} GB, {track} allows {budget / GiB:g} GB"
+
+
+def _max_positions(config: Any) -> int | None:
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _from_pretrained(folder: Path, torch_dtype: Any, device: str) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype,
+        "trust_remote_code": False,
+        "local_files_only": True,
+        "use_safetensors": True,
+    }
+    if device != "cpu":
+        try:
+            import accelerate  # noqa: F401
+
+            kwargs["device_map"] = {"": device}
+        except ImportError:
+            pass
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", **kwargs)
+    except (ValueError, ImportError) as e:
+        # An architecture without SDPA support still serves with its default attention.
+        if "sdpa" not in str(e).lower() and "attn_implementation" not in str(e):
+            raise
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    if "device_map" not in kwargs:
+        model = model.to(device)
+    return model
+
+
+def load_model(
+    model_dir: str | Path,
+    *,
+    adapter_base: str | Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    memory_budget_gb: float | None = None,
+    track_name: str | None = None,
+) -> LoadedModel:
+    """Load weights (merging a LoRA adapter into `adapter_base` when the folder holds one) for inference.
+
+    Raises ModelTooLarge when the estimate exceeds the budget, ModelLoadError for anything wrong with
+    the files. On CUDA the budget is also enforced by the caching allocator from here on.
+    """
+    import torch
+
+    model_dir = Path(model_dir)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    torch_dtype = getattr(torch, dtype)
+    is_adapter = (model_dir / "adapter_config.json").exists()
+    if is_adapter and adapter_base is None:
+        raise ModelLoadError("the folder holds a LoRA adapter but no base model was given (--adapter-base)")
+    base_dir = Path(adapter_base) if is_adapter else model_dir
+    _check_safetensors_only(base_dir, "base model" if is_adapter else "model")
+    if is_adapter and not (model_dir / "adapter_model.safetensors").exists():
+        raise ModelLoadError("the adapter must be saved as adapter_model.safetensors")
+
+    weight_bytes, _ = estimate_weight_bytes([base_dir] + ([model_dir] if is_adapter else []), torch_dtype.itemsize)
+    needed = int(weight_bytes * (1 + RUNTIME_HEADROOM))
+    budget = int(memory_budget_gb * GiB) if memory_budget_gb else None
+    if budget is not None and needed > budget:
+        raise ModelTooLarge(budget_message(needed, budget, track_name))
+    if budget is not None and device.startswith("cuda"):
+        index = torch.device(device).index or 0
+        total = torch.cuda.get_device_properties(index).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), index)
+        torch.cuda.reset_peak_memory_stats(index)
+
+    from transformers import AutoTokenizer
+
+    try:
+        model = _from_pretrained(base_dir, torch_dtype, device)
+        if is_adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(model_dir), is_trainable=False).merge_and_unload()
+        tokenizer_dir = model_dir if (model_dir / "tokenizer_config.json").exists() else base_dir
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False, local_files_only=True)
+    except torch.cuda.OutOfMemoryError:
+        raise ModelTooLarge(
+            budget_message(needed, budget or 0, track_name) + " (ran out of memory while loading)"
+            if budget
+            else "ran out of GPU memory while loading"
+        )
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise ModelLoadError(f"could not load the model: {type(e).__name__}: {e}")
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        parameters=sum(p.numel() for p in model.parameters()),
+        name=model_dir.name,
+        estimated_bytes=needed,
+        budget_bytes=budget,
+        max_positions=_max_positions(model.config),
+    )

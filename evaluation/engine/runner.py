@@ -1,0 +1,730 @@
+"""Run one evaluation: start the model server, point HELM's HTTP client at it, run `helm-run`,
+collect every run's stats into a result document.
+
+Nothing here imports Django. The only inputs are paths, a suite and a track budget; the output is a
+`ResultDocument` (also written to `<out>/result.json`). Whole-job failures raise an `EngineError`
+subclass (after writing a document with status "failed"); a single failed HELM run is reported in
+the document while the other runs still count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from evaluation.engine import errors
+from evaluation.engine.nltk_data import nltk_data_dir
+from evaluation.engine.result import Efficiency, Hardware, Record, ResultDocument, RunResult
+from evaluation.engine.suites import Suite, SuiteEntry, entry_for_run, get_suite
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEPLOYMENT = "challenge/submission"
+LOG_TAIL_LINES = 60
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+# ------------------------------------------------------------------------------------------ server
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(deque(f, maxlen=lines))
+    except FileNotFoundError:
+        return ""
+
+
+def _http_json(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read().decode() or "{}")
+
+
+def _load_failure(log_text: str) -> errors.EngineError | None:
+    """The server reports a load failure as one JSON line `{"error": {type, kind, message}}`."""
+    for line in reversed(log_text.splitlines()):
+        line = line.strip()
+        if not (line.startswith("{") and '"error"' in line):
+            continue
+        try:
+            info = json.loads(line)["error"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        cls = getattr(errors, str(info.get("type")), None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.EngineError)):
+            cls = errors.UserError if info.get("kind") == "user" else errors.InfraError
+        return cls(str(info.get("message", "model server failed")), log_tail=log_text)
+    return None
+
+
+@dataclass
+class ServerProcess:
+    """The model server in its own process bound to 127.0.0.1, with its log in a file."""
+
+    command: list[str]
+    port: int
+    log_path: Path
+    env: dict[str, str] | None = None
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    stopped_at: float = 0.0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.started_at = time.monotonic()
+        self.process = subprocess.Popen(
+            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        log.close()
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                text = tail(self.log_path)
+                failure = _load_failure(text)
+                if failure is not None:
+                    raise failure
+                raise errors.ServerCrashed(
+                    f"the model server exited with code {self.process.returncode} before it became healthy",
+                    log_tail=text,
+                )
+            try:
+                _http_json(f"{self.base_url}/health", timeout=2.0)
+                return
+            except (urllib.error.URLError, OSError, ValueError):
+                time.sleep(0.25)
+        raise errors.ServerUnhealthy(
+            f"the model server did not become healthy within {timeout_s:.0f} s", log_tail=tail(self.log_path)
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stats(self) -> dict[str, Any]:
+        try:
+            return _http_json(f"{self.base_url}/stats")
+        except (urllib.error.URLError, OSError, ValueError):
+            return {}
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            _kill_group(self.process, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                _kill_group(self.process, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        self.stopped_at = time.monotonic()
+
+
+def _kill_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def server_command(
+    model_dir: Path, port: int, track_memory_gb: float, adapter_base: Path | None, device: str, dtype: str
+) -> list[str]:
+    cmd = [sys.executable, "-m", "evaluation.engine.server", "--model", str(model_dir)]
+    if adapter_base is not None:
+        cmd += ["--adapter-base", str(adapter_base)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--track-memory-gb", str(track_memory_gb)]
+    return cmd + ["--device", device, "--dtype", dtype]
+
+
+# ---------------------------------------------------------------------------------------- prod_env
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):  # AddedToken serialised
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def model_facts(model_dir: Path, adapter_base: Path | None) -> dict[str, Any]:
+    """Special tokens and context length, read from the model's files (no weights loaded)."""
+    folders = [model_dir] + ([adapter_base] if adapter_base else [])
+    tok: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    for folder in folders:
+        tok = tok or {**_read_json(folder / "special_tokens_map.json"), **_read_json(folder / "tokenizer_config.json")}
+        config = config or _read_json(folder / "config.json")
+    eos = _token_text(tok.get("eos_token")) or "</s>"
+    bos = _token_text(tok.get("bos_token")) or eos
+    max_len = config.get("max_position_embeddings") or config.get("n_positions") or 2048
+    model_max = tok.get("model_max_length")
+    if isinstance(model_max, int) and 0 < model_max < max_len:
+        max_len = model_max
+    return {"eos_token": eos, "bos_token": bos, "max_sequence_length": int(max_len)}
+
+
+def write_prod_env(prod_env: Path, base_url: str, facts: dict[str, Any]) -> Path:
+    """A per-job HELM config dir: the deployment `challenge/submission` served over HTTP by our server."""
+    prod_env.mkdir(parents=True, exist_ok=True)
+    max_len = facts["max_sequence_length"]
+    deployments = {
+        "model_deployments": [
+            {
+                "name": DEPLOYMENT,
+                "model_name": DEPLOYMENT,
+                "tokenizer_name": DEPLOYMENT,
+                "max_sequence_length": max_len,
+                "client_spec": {
+                    "class_name": "helm.clients.http_model_client.HTTPModelClient",
+                    "args": {"base_url": base_url, "timeout": 3000},
+                },
+            }
+        ]
+    }
+    tokenizers = {
+        "tokenizer_configs": [
+            {
+                "name": DEPLOYMENT,
+                "tokenizer_spec": {
+                    "class_name": "helm.tokenizers.http_model_tokenizer.HTTPModelTokenizer",
+                    "args": {"base_url": base_url},
+                },
+                "end_of_text_token": facts["eos_token"],
+                "prefix_token": facts["bos_token"],
+            }
+        ]
+    }
+    metadata = {
+        "models": [
+            {
+                "name": DEPLOYMENT,
+                "display_name": "Challenge submission",
+                "description": "The submission under evaluation, served by the challenge engine",
+                "creator_organization_name": "Challenge",
+                "access": "open",
+                "tags": ["TEXT_MODEL_TAG", "FULL_FUNCTIONALITY_TEXT_MODEL_TAG"],
+            }
+        ]
+    }
+    # JSON is valid YAML, and needs no YAML writer here.
+    (prod_env / "model_deployments.yaml").write_text(json.dumps(deployments, indent=2))
+    (prod_env / "tokenizer_configs.yaml").write_text(json.dumps(tokenizers, indent=2))
+    (prod_env / "model_metadata.yaml").write_text(json.dumps(metadata, indent=2))
+    return prod_env
+
+
+def write_conf(path: Path, entries: Sequence[SuiteEntry], max_eval_instances: int | None) -> Path:
+    """A HELM run-entries conf. Per-entry counts go through HELM's `max_eval_instances` expander."""
+    lines = []
+    for entry in entries:
+        description = entry.description
+        n = entry.instances
+        if max_eval_instances is not None:
+            n = min(n, max_eval_instances) if n is not None else max_eval_instances
+        if n is not None:
+            description += f"{',' if ':' in description else ':'}max_eval_instances={n}"
+        lines.append(f"  {{description: {json.dumps(description)}, priority: 1}}")
+    path.write_text("entries: [\n" + ",\n".join(lines) + "\n]\n")
+    return path
+
+
+# ---------------------------------------------------------------------------------------- progress
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+)\s(?P<rest>.*)$")
+_RUNS_TOTAL = re.compile(r"(\d+) entries produced (\d+) run specs")
+_RUN_START = re.compile(r"^Running (?P<name>\S+) \{$")
+_RUN_ERROR = re.compile(r"^Error when running (?P<name>\S+):")
+_EVAL_INSTANCES = re.compile(r"(\d+)/(\d+) eval instances")
+_REQUESTS = re.compile(r"^(\d+) requests$")
+_PROCESSED = re.compile(r"^Processed (\d+) requests$")
+_CLOSE = re.compile(r"^\} \[(?P<seconds>[\d.]+)(?P<unit>m?s)\]")
+
+
+@dataclass
+class RunTrace:
+    name: str
+    status: str = "running"
+    error: str | None = None
+    wall_seconds: float | None = None
+    eval_instances: int | None = None
+    requests: int | None = None
+
+
+@dataclass
+class HelmProgress:
+    """Follows helm-run's hierarchical log and reports progress through a callback."""
+
+    on_progress: ProgressCallback | None = None
+    hidden: bool = False
+    runs_total: int | None = None
+    runs: dict[str, RunTrace] = field(default_factory=dict)
+    current: str | None = None
+    _current_indent: int = -1
+    _started: float = 0.0
+    _error_run: str | None = None
+    _error_lines: list[str] = field(default_factory=list)
+
+    @property
+    def runs_done(self) -> int:
+        return sum(1 for r in self.runs.values() if r.status != "running")
+
+    def feed(self, line: str) -> None:
+        line = line.rstrip("\n")
+        match = _LOG_LINE.match(line)
+        if match is None:
+            if self._error_run is not None and line.strip():
+                self._error_lines.append(line.strip())
+            return
+        self._finish_error()
+        rest = match.group("rest")
+        indent = len(rest) - len(rest.lstrip(" "))
+        message = rest.strip()
+        if m := _RUNS_TOTAL.search(message):
+            self.runs_total = int(m.group(2))
+            self._emit("planned")
+        elif m := _RUN_START.match(message):
+            self.current = m.group("name")
+            self._current_indent = indent
+            self._started = time.monotonic()
+            self.runs[self.current] = RunTrace(self.current)
+            self._emit("run_started")
+        elif m := _RUN_ERROR.match(message):
+            name = m.group("name")
+            trace = self.runs.setdefault(name, RunTrace(name))
+            trace.status = "failed"
+            if trace.wall_seconds is None and self._started:
+                trace.wall_seconds = round(time.monotonic() - self._started, 3)
+            self._error_run = name
+            self._error_lines = []
+            self._emit("run_failed")
+        elif self.current and (m := _CLOSE.match(message)) and indent == self._current_indent:
+            trace = self.runs[self.current]
+            seconds = float(m.group("seconds")) * (0.001 if m.group("unit") == "ms" else 1)
+            trace.wall_seconds = round(seconds, 3)
+            if trace.status == "running":
+                trace.status = "succeeded"
+                self._emit("run_finished")
+            self.current = None
+        elif self.current and (m := _EVAL_INSTANCES.search(message)):
+            self.runs[self.current].eval_instances = int(m.group(1))
+            self._emit("instances")
+        elif self.current and (m := _REQUESTS.match(message)):
+            self.runs[self.current].requests = int(m.group(1))
+            self._emit("requests")
+        elif self.current and _PROCESSED.match(message):
+            self._emit("requests_done")
+
+    def close(self) -> None:
+        self._finish_error()
+
+    def _finish_error(self) -> None:
+        if self._error_run is None:
+            return
+        # The last line of HELM's traceback names the exception and its message.
+        lines = [ln for ln in self._error_lines if ln]
+        self.runs[self._error_run].error = lines[-1] if lines else "run failed"
+        self._error_run = None
+        self._error_lines = []
+
+    def _emit(self, event: str) -> None:
+        if self.on_progress is None:
+            return
+        current = self.runs.get(self.current) if self.current else None
+        payload = {
+            "event": event,
+            "runs_done": self.runs_done,
+            "runs_total": self.runs_total,
+            "current_run": None if self.hidden else self.current,
+            "instances": current.eval_instances if current else None,
+            "requests": current.requests if current else None,
+        }
+        try:
+            self.on_progress(payload)
+        except Exception:  # a broken observer must not break the evaluation
+            pass
+
+
+# -------------------------------------------------------------------------------------------- helm
+def helm_command(
+    conf: Path,
+    suite_id: str,
+    output: Path,
+    prod_env: Path,
+    threads: int,
+    default_instances: int,
+    plugins: Sequence[str],
+) -> list[str]:
+    cmd = [sys.executable, "-m", "helm.benchmark.run", "--conf-paths", str(conf), "--suite", suite_id]
+    cmd += ["-m", str(default_instances), "-o", str(output), "--local-path", str(prod_env), "-n", str(threads)]
+    cmd += ["--models-to-run", DEPLOYMENT, "--disable-cache"]
+    if plugins:
+        cmd += ["--plugins", *plugins]
+    return cmd
+
+
+def helm_env(base_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["NLTK_DATA"] = str(nltk_data_dir())
+    env["HELM_HTTP_MODEL_BASE_URL"] = base_url
+    env["PYTHONUNBUFFERED"] = "1"
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        env.setdefault(key, "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def run_helm(
+    cmd: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    log_path: Path,
+    time_limit_s: float,
+    progress: HelmProgress,
+) -> int:
+    """Run helm-run, streaming its log into `progress`; kill it past `time_limit_s` (HelmTimeout)."""
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
+        timed_out = threading.Event()
+
+        def on_timeout() -> None:
+            timed_out.set()
+            _kill_group(process, signal.SIGKILL)
+
+        timer = threading.Timer(time_limit_s, on_timeout)
+        timer.daemon = True
+        timer.start()
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                log.write(line)
+                progress.feed(line)
+            returncode = process.wait()
+        finally:
+            timer.cancel()
+            if process.poll() is None:
+                _kill_group(process, signal.SIGKILL)
+                process.wait()
+            progress.close()
+    if timed_out.is_set():
+        raise errors.HelmTimeout(
+            f"helm-run ran past the suite's time limit of {time_limit_s:.0f} s", log_tail=tail(log_path)
+        )
+    return returncode
+
+
+# ------------------------------------------------------------------------------------------- stats
+def parse_stats(stats: list[dict[str, Any]], *, run: str, scenario: str) -> list[Record]:
+    """HELM's stats.json entries as flat records (value = HELM's mean, None when count is 0)."""
+    records = []
+    for stat in stats:
+        name = stat.get("name", {})
+        perturbation = name.get("perturbation") or {}
+        mean = stat.get("mean")
+        if mean is None and stat.get("count"):
+            mean = stat.get("sum", 0) / stat["count"]
+        if isinstance(mean, float) and not math.isfinite(mean):
+            mean = None
+        records.append(
+            Record(
+                run=run,
+                scenario=scenario,
+                metric=name.get("name", ""),
+                split=name.get("split"),
+                sub_split=name.get("sub_split"),
+                perturbation=perturbation.get("name"),
+                computed_on=perturbation.get("computed_on"),
+                value=mean,
+                count=int(stat.get("count", 0)),
+            )
+        )
+    return records
+
+
+def read_stats_file(path: Path, *, run: str, scenario: str) -> list[Record]:
+    return parse_stats(json.loads(path.read_text()), run=run, scenario=scenario)
+
+
+def _instances(records: list[Record]) -> int | None:
+    for r in records:
+        if r.metric == "num_instances" and r.perturbation is None and r.split in ("test", None):
+            return int(r.value) if r.value is not None else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------- hardware
+def detect_hardware() -> Hardware:
+    hw = Hardware(
+        cpu=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        python_version=platform.python_version(),
+        platform=platform.platform(),
+    )
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    hw.cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        hw.torch_version = torch.__version__
+        hw.cuda_version = torch.version.cuda
+        if torch.cuda.is_available():
+            hw.gpu_count = torch.cuda.device_count()
+            props = torch.cuda.get_device_properties(0)
+            hw.gpu_name = props.name
+            hw.gpu_memory_bytes = int(props.total_memory)
+    except Exception:  # torch missing or CUDA broken: report what we know
+        pass
+    return hw
+
+
+def count_parameters(model_dir: Path, adapter_base: Path | None = None) -> int | None:
+    """Parameters in the safetensors files (adapter plus base), from their headers only."""
+    total = 0
+    found = False
+    for folder in [model_dir] + ([adapter_base] if adapter_base else []):
+        for path in sorted(Path(folder).glob("*.safetensors")):
+            with open(path, "rb") as f:
+                header_len = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(header_len))
+            for key, info in header.items():
+                if key == "__metadata__":
+                    continue
+                found = True
+                total += math.prod(info.get("shape", [])) if info.get("shape") else 1
+    return total if found else None
+
+
+def _helm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crfm-helm")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _pick(stats: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if stats.get(key) is not None:
+            return stats[key]
+    return None
+
+
+def efficiency_from(
+    server_stats: dict[str, Any], *, wall: float, helm: float, device_seconds: float, params: int | None
+) -> Efficiency:
+    latency = server_stats.get("latency") if isinstance(server_stats.get("latency"), dict) else {}
+    output_tokens = int(_pick(server_stats, "output_tokens", "generated_tokens", "completion_tokens") or 0)
+    busy = _pick(server_stats, "busy_seconds", "busy_s")
+    device = str(_pick(server_stats, "device") or "cpu")
+    return Efficiency(
+        wall_seconds=round(wall, 3),
+        helm_seconds=round(helm, 3),
+        gpu_seconds=round(device_seconds, 3),
+        device=device,
+        output_tokens=output_tokens,
+        prompt_tokens=int(_pick(server_stats, "prompt_tokens", "input_tokens") or 0),
+        # Throughput over the time HELM was evaluating, as a participant experiences it.
+        output_tokens_per_second=round(output_tokens / helm, 3) if helm > 0 else 0.0,
+        request_count=int(_pick(server_stats, "requests", "request_count", "process_requests") or 0),
+        latency_mean_s=_pick(server_stats, "latency_mean_s") or latency.get("mean_s") or latency.get("mean"),
+        latency_p95_s=_pick(server_stats, "latency_p95_s") or latency.get("p95_s") or latency.get("p95"),
+        busy_seconds=busy,
+        peak_gpu_memory_bytes=_pick(server_stats, "peak_gpu_memory_bytes", "peak_memory_bytes"),
+        parameter_count=_pick(server_stats, "parameter_count", "parameters") or params,
+    )
+
+
+# ---------------------------------------------------------------------------------------- evaluate
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def evaluate(
+    *,
+    model_dir: str | Path,
+    suite: str | Suite,
+    track_memory_gb: float,
+    out_dir: str | Path,
+    adapter_base: str | Path | None = None,
+    threads: int = 16,
+    time_limit_s: float | None = None,
+    max_eval_instances: int | None = None,
+    on_progress: ProgressCallback | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    health_timeout_s: float = 300.0,
+    server_cmd: list[str] | None = None,
+    helm_suite_id: str = "eval",
+) -> ResultDocument:
+    """Evaluate one submission on one suite; return (and write to `<out>/result.json`) the document.
+
+    `server_cmd` replaces the model server command (its port is then `{port}` in the arguments);
+    the benchmarks use it to compare servers.
+    """
+    suite_obj = suite if isinstance(suite, Suite) else get_suite(suite)
+    model_path = Path(model_dir).resolve()
+    base_path = Path(adapter_base).resolve() if adapter_base else None
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    limit = float(time_limit_s or suite_obj.time_limit_s)
+    doc = ResultDocument(
+        suite=suite_obj.name,
+        track_memory_gb=float(track_memory_gb),
+        helm_version=_helm_version(),
+        started_at=_now(),
+        model={"path": str(model_path), "adapter_base": str(base_path) if base_path else None},
+        hardware=detect_hardware(),
+    )
+    started = time.monotonic()
+    port = free_port()
+    command = (
+        [part.replace("{port}", str(port)) for part in server_cmd]
+        if server_cmd
+        else server_command(model_path, port, track_memory_gb, base_path, device, dtype)
+    )
+    server = ServerProcess(command, port, out / "server.log", env=helm_env(f"http://127.0.0.1:{port}"))
+    progress = HelmProgress(on_progress=on_progress, hidden=suite_obj.hidden)
+    helm_seconds = 0.0
+    server_stats: dict[str, Any] = {}
+    try:
+        _emit(on_progress, {"event": "server_starting"})
+        server.start()
+        server.wait_healthy(health_timeout_s)
+        _emit(on_progress, {"event": "server_ready"})
+        prod_env = write_prod_env(out / "prod_env", server.base_url, model_facts(model_path, base_path))
+        conf = write_conf(out / "run_entries.conf", suite_obj.entries, max_eval_instances)
+        default_n = min(suite_obj.default_instances, max_eval_instances or suite_obj.default_instances)
+        cmd = helm_command(conf, helm_suite_id, out / "helm", prod_env, threads, default_n, suite_obj.plugins)
+        helm_started = time.monotonic()
+        try:
+            returncode = run_helm(
+                cmd, env=helm_env(server.base_url), cwd=out, log_path=out / "helm.log", time_limit_s=limit,
+                progress=progress,
+            )  # fmt: skip
+        finally:
+            helm_seconds = time.monotonic() - helm_started
+            server_stats = server.stats()
+        server_died = not server.alive()
+        _collect_runs(doc, suite_obj, progress, out / "helm" / "runs" / helm_suite_id)
+        succeeded = [r for r in doc.runs if r.status == "succeeded"]
+        if server_died and len(succeeded) < len(doc.runs):
+            raise errors.ServerCrashed("the model server crashed during the evaluation", log_tail=tail(server.log_path))
+        if not succeeded:
+            log_tail = tail(out / "helm.log")
+            last = next((ln for ln in reversed(log_tail.splitlines()) if ln.strip()), "")
+            raise errors.HelmFailed(
+                f"helm-run finished with code {returncode} and no successful run: {last.strip()[:300]}",
+                log_tail=log_tail,
+            )
+        doc.status = "succeeded" if len(succeeded) == len(doc.runs) else "partial"
+        for run in doc.runs:
+            if run.status == "failed":
+                doc.errors.append({"type": "RunFailed", "kind": "run", "message": run.error or "", "run": run.name})
+    except errors.EngineError as exc:
+        doc.status = "failed"
+        doc.errors.append(exc.to_dict())
+        raise
+    finally:
+        server.stop()
+        wall = time.monotonic() - started
+        device_seconds = (server.stopped_at or time.monotonic()) - (server.started_at or started)
+        doc.efficiency = efficiency_from(
+            server_stats,
+            wall=wall,
+            helm=helm_seconds,
+            device_seconds=device_seconds,
+            params=count_parameters(model_path, base_path),
+        )
+        doc.finished_at = _now()
+        (out / "result.json").write_text(doc.to_json())
+        _emit(on_progress, {"event": "finished", "status": doc.status})
+    return doc
+
+
+def _emit(on_progress: ProgressCallback | None, payload: dict[str, Any]) -> None:
+    if on_progress is not None:
+        try:
+            on_progress(payload)
+        except Exception:
+            pass
+
+
+def _collect_runs(doc: ResultDocument, suite: Suite, progress: HelmProgress, runs_dir: Path) -> None:
+    """One RunResult per run HELM attempted or wrote; records from every stats.json."""
+    names = list(progress.runs)
+    if runs_dir.is_dir():
+        names += [p.name for p in sorted(runs_dir.iterdir()) if (p / "stats.json").is_file() and p.name not in names]
+    for name in names:
+        trace = progress.runs.get(name, RunTrace(name))
+        entry = entry_for_run(suite, name)
+        scenario = entry.scenario if entry else name.split(":", 1)[0]
+        stats_path = runs_dir / name / "stats.json"
+        records: list[Record] = []
+        status = trace.status
+        error = trace.error
+        if status != "failed" and stats_path.is_file():
+            records = read_stats_file(stats_path, run=name, scenario=scenario)
+            status = "succeeded"
+        elif status != "failed":
+            status, error = "failed", error or "HELM wrote no stats for this run"
+        doc.records.extend(records)
+        doc.runs.append(
+            RunResult(
+                name=name,
+                scenario=scenario,
+                main_metric=suite.main_metric(scenario),
+                status=status,
+                error=error,
+                wall_seconds=trace.wall_seconds,
+                instances=_instances(records),
+                ranked=entry.ranked if entry else True,
+            )
+        )

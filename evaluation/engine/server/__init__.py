@@ -1,0 +1,123 @@
+"""The model server: a submission behind the HTTP API that HELM's HTTPModelClient speaks.
+
+`python -m evaluation.engine.server --model DIR --port P --track-memory-gb G` (see `main`), or
+`serve(...)` in-process (tests). Loading errors exit non-zero after one JSON line on stderr:
+{"error": {"type", "kind", "message"}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+from evaluation.engine.errors import EngineError, ModelLoadError
+
+log = logging.getLogger("evaluation.engine.server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evaluation.engine.server", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="model folder (full weights, or a LoRA adapter)")
+    p.add_argument("--adapter-base", help="base model folder when --model holds a LoRA adapter")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080, help="0 picks a free port (printed on stdout)")
+    p.add_argument("--track-memory-gb", type=float, default=None, help="GPU memory budget of the track")
+    p.add_argument("--track-name", default=None, help="track name for messages, e.g. 4090")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--max-batch-size", type=int, default=None)
+    p.add_argument("--max-batch-tokens", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="default sampling seed when a request has none")
+    p.add_argument("--no-prefix-sharing", action="store_true", help="prefill shared few-shot prefixes per row")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def create_service(args: argparse.Namespace):
+    """Load the model and build the service (raises EngineError subclasses on failure)."""
+    from evaluation.engine.loading import load_model
+    from evaluation.engine.server.app import ModelService
+    from evaluation.engine.server.batching import default_limits
+
+    loaded = load_model(
+        args.model,
+        adapter_base=args.adapter_base,
+        device=args.device,
+        dtype=args.dtype,
+        memory_budget_gb=args.track_memory_gb,
+        track_name=args.track_name,
+    )
+    limits = default_limits(loaded.model, loaded.device, loaded.budget_bytes)
+    if args.max_batch_size:
+        limits.max_batch_size = args.max_batch_size
+    if args.max_batch_tokens:
+        limits.max_batch_tokens = args.max_batch_tokens
+    service = ModelService(loaded, limits, seed=args.seed, prefix_sharing=not args.no_prefix_sharing)
+    service.warm_up()
+    return service
+
+
+def serve(argv: list[str]):
+    """Load and start serving in background threads; returns the (started) HTTP server.
+
+    The caller stops it with `server.shutdown(); server.service.stop()`.
+    """
+    from evaluation.engine.server.app import EngineHTTPServer
+
+    args = build_parser().parse_args(argv)
+    service = create_service(args)
+    server = EngineHTTPServer((args.host, args.port), service)
+    service.start()
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    return server
+
+
+def _report(error: EngineError) -> None:
+    payload = {"type": type(error).__name__, "kind": error.kind, "message": error.message}
+    sys.stderr.flush()
+    print(json.dumps({"error": payload}), file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        service = create_service(args)
+    except EngineError as e:
+        _report(e)
+        return 2
+    except Exception as e:  # anything else while loading is still the weights' fault as far as we can tell
+        log.exception("loading failed")
+        _report(ModelLoadError(f"{type(e).__name__}: {e}"))
+        return 2
+
+    from evaluation.engine.server.app import EngineHTTPServer
+
+    try:
+        server = EngineHTTPServer((args.host, args.port), service)
+    except OSError as e:
+        _report(EngineError(f"cannot listen on {args.host}:{args.port}: {e}"))
+        return 3
+    service.start()
+    host, port = server.server_address[:2]
+    print(json.dumps({"status": "ready", "url": f"http://{host}:{port}", **service.health()}), flush=True)
+
+    def stop(signum, frame):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        service.stop()
+    return 0

@@ -1,0 +1,204 @@
+"""Dynamic batching: HTTP threads hand rows to one model thread, which gathers whatever arrived
+together, orders it by length and runs it in as few forward passes as memory allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from evaluation.engine.server.generation import BatchGenerator, Row
+from evaluation.engine.server.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Limits:
+    max_batch_size: int = 32
+    # Padded (prompt + new) tokens of one batch: bounds the KV cache and activations.
+    max_batch_tokens: int = 16384
+    # Padded prompt tokens of one batch whose every position's logits are kept (echo_prompt).
+    max_echo_tokens: int = 4096
+
+
+@dataclass
+class Work:
+    rows: list[Row]
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def _cost(rows: list[Row]) -> int:
+    width = max(len(r.prompt_ids) for r in rows)
+    new = max(max(r.max_new_tokens, 1) for r in rows)
+    return len(rows) * (width + new)
+
+
+def plan_batches(rows: list[Row], limits: Limits) -> list[list[Row]]:
+    """Split rows into batches: same kind together (scoring, single token, generation), sorted by
+    prompt length so that little padding is wasted, each within the size and token limits."""
+    groups: dict[tuple[bool, bool], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row.echo, row.needs_decode), []).append(row)
+    batches: list[list[Row]] = []
+    for (echo, _), group in sorted(groups.items()):
+        group.sort(key=lambda r: len(r.prompt_ids))
+        current: list[Row] = []
+        for row in group:
+            candidate = current + [row]
+            too_many = len(candidate) > limits.max_batch_size
+            if echo:
+                too_big = len(candidate) * max(len(r.prompt_ids) for r in candidate) > limits.max_echo_tokens
+            else:
+                too_big = _cost(candidate) > limits.max_batch_tokens
+            if current and (too_many or too_big):
+                batches.append(current)
+                current = [row]
+            else:
+                current = candidate
+        if current:
+            batches.append(current)
+    return batches
+
+
+class Scheduler:
+    """Owns the model thread. `submit` blocks the calling HTTP thread until its rows are done."""
+
+    def __init__(
+        self,
+        generator: BatchGenerator,
+        stats: Stats,
+        limits: Limits,
+        *,
+        gather_seconds: float = 0.002,
+        max_wait_seconds: float = 0.02,
+        out_of_memory_message: str = "the model ran out of GPU memory on a single request",
+    ):
+        self.generator = generator
+        self.stats = stats
+        self.limits = limits
+        self.gather_seconds = gather_seconds
+        self.max_wait_seconds = max_wait_seconds
+        self.out_of_memory_message = out_of_memory_message
+        self._queue: queue.Queue[Work | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="model", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def submit(self, rows: list[Row]) -> None:
+        work = Work(rows)
+        self._queue.put(work)
+        work.done.wait()
+
+    def _gather(self, first: Work) -> tuple[list[Work], bool]:
+        """Collect requests arriving right after `first`: HELM's threads send theirs within milliseconds."""
+        items = [first]
+        deadline = time.monotonic() + self.max_wait_seconds
+        while time.monotonic() < deadline:
+            try:
+                item = self._queue.get(timeout=self.gather_seconds)
+            except queue.Empty:
+                break
+            if item is None:
+                return items, True
+            items.append(item)
+        return items, False
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            items, stopping = self._gather(first)
+            try:
+                self.run([row for item in items for row in item.rows])
+            except Exception as e:  # the model thread must survive anything one batch does
+                log.exception("batch failed")
+                for item in items:
+                    for row in item.rows:
+                        if not row.finished:
+                            row.error, row.finished, row.finish_reason = f"internal error: {e}", True, "error"
+            finally:
+                for item in items:
+                    item.done.set()
+            if stopping:
+                return
+
+    def run(self, rows: list[Row]) -> None:
+        for batch in plan_batches(rows, self.limits):
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[Row]) -> None:
+        started = time.perf_counter()
+        try:
+            self.generator.generate(batch)
+        except torch.cuda.OutOfMemoryError:
+            self._after_out_of_memory(batch)
+            return
+        except Exception as e:  # one bad batch fails its own requests, not the server
+            log.exception("batch of %d rows failed", len(batch))
+            for row in batch:
+                row.error, row.finished, row.finish_reason = f"internal error: {type(e).__name__}: {e}", True, "error"
+            return
+        self.stats.record_batch(
+            rows=len(batch), seconds=time.perf_counter() - started, shared_prefix=self.generator.last_shared_prefix
+        )
+
+    def _after_out_of_memory(self, batch: list[Row]) -> None:
+        # The budget is enforced by the allocator, so a batch that does not fit is split, and the
+        # limits shrink so later batches do not hit the wall again.
+        torch.cuda.empty_cache()
+        self.stats.add("out_of_memory_splits")
+        for row in batch:
+            row.reset()
+        if len(batch) == 1:
+            batch[0].error = self.out_of_memory_message
+            batch[0].finished, batch[0].finish_reason = True, "out_of_memory"
+            return
+        cost = _cost(batch)
+        self.limits.max_batch_tokens = max(256, min(self.limits.max_batch_tokens, cost // 2))
+        self.limits.max_echo_tokens = max(256, self.limits.max_echo_tokens // 2)
+        self.limits.max_batch_size = max(1, min(self.limits.max_batch_size, len(batch) // 2))
+        log.warning("out of memory on %d rows; limits now %s", len(batch), self.limits)
+        half = len(batch) // 2
+        self._run_batch(batch[:half])
+        self._run_batch(batch[half:])
+
+
+def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
+    """Batch limits from the memory left next to the weights (GPU) or modest fixed ones (CPU)."""
+    if not device.startswith("cuda"):
+        return Limits(max_batch_size=32, max_batch_tokens=16384, max_echo_tokens=8192)
+    cfg = model.config
+    elem = next(model.parameters()).element_size()
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 4096)
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 32)
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 32)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    intermediate = getattr(cfg, "intermediate_size", None) or 4 * hidden
+    vocab = getattr(cfg, "vocab_size", 32000)
+    index = torch.device(device).index or 0
+    limit = budget_bytes or torch.cuda.get_device_properties(index).total_memory
+    free = max(limit - torch.cuda.memory_allocated(index), 256 * 1024**2)
+    kv_per_token = 2 * layers * kv_heads * head_dim * elem
+    # Transient activations of one layer per token (residual, attention, MLP) with some slack.
+    act_per_token = (6 * hidden + 3 * intermediate) * elem
+    tokens = int(0.6 * free / (kv_per_token + act_per_token))
+    echo_tokens = int(0.2 * free / (vocab * (elem + 4)))
+    return Limits(
+        max_batch_size=256,
+        max_batch_tokens=max(1024, min(tokens, 1 << 20)),
+        max_echo_tokens=max(512, min(echo_tokens, 1 << 18)),
+    )

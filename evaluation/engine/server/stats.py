@@ -1,0 +1,87 @@
+"""Counters the server keeps for the runner's efficiency report (read once at the end via GET /stats)."""
+
+from __future__ import annotations
+
+import resource
+import threading
+from dataclasses import dataclass, field
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, int(-(-q * len(ordered) // 100)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+@dataclass
+class Stats:
+    device: str = "cpu"
+    requests: int = 0
+    failed_requests: int = 0
+    non_finite: int = 0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    truncated_prompts: int = 0
+    batches: int = 0
+    batch_rows: int = 0
+    max_batch_rows: int = 0
+    shared_prefix_tokens: int = 0
+    out_of_memory_splits: int = 0
+    busy_seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record_request(self, *, latency: float, prompt_tokens: int, output_tokens: int, ok: bool) -> None:
+        with self.lock:
+            self.requests += 1
+            self.failed_requests += 0 if ok else 1
+            self.prompt_tokens += prompt_tokens
+            self.output_tokens += output_tokens
+            self.latencies.append(latency)
+
+    def record_batch(self, *, rows: int, seconds: float, shared_prefix: int) -> None:
+        with self.lock:
+            self.batches += 1
+            self.batch_rows += rows
+            self.max_batch_rows = max(self.max_batch_rows, rows)
+            self.busy_seconds += seconds
+            # Tokens whose prefill was skipped because the batch shared them.
+            self.shared_prefix_tokens += shared_prefix * max(rows - 1, 0)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self.lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def snapshot(self) -> dict:
+        import torch
+
+        with self.lock:
+            latencies = list(self.latencies)
+            data = {
+                "requests": self.requests,
+                "failed_requests": self.failed_requests,
+                "non_finite_outputs": self.non_finite,
+                "prompt_tokens": self.prompt_tokens,
+                "output_tokens": self.output_tokens,
+                "truncated_prompts": self.truncated_prompts,
+                "batches": self.batches,
+                "mean_batch_rows": self.batch_rows / self.batches if self.batches else 0.0,
+                "max_batch_rows": self.max_batch_rows,
+                "shared_prefix_tokens": self.shared_prefix_tokens,
+                "out_of_memory_splits": self.out_of_memory_splits,
+                "busy_seconds": round(self.busy_seconds, 6),
+            }
+        data["latency_seconds"] = {
+            "count": len(latencies),
+            "mean": sum(latencies) / len(latencies) if latencies else 0.0,
+            "p50": percentile(latencies, 50) if latencies else 0.0,
+            "p95": percentile(latencies, 95) if latencies else 0.0,
+            "max": max(latencies) if latencies else 0.0,
+        }
+        on_gpu = self.device.startswith("cuda") and torch.cuda.is_available()
+        data["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device)) if on_gpu else None
+        data["peak_gpu_memory_reserved_bytes"] = int(torch.cuda.max_memory_reserved(self.device)) if on_gpu else None
+        # ru_maxrss is in kilobytes on Linux.
+        data["peak_host_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return data
