@@ -250,3 +250,10 @@ CELERY_BEAT_SCHEDULE["evaluation-uploads-expire"] = {
     "schedule": timedelta(minutes=env_int("UPLOAD_EXPIRE_EVERY_MINUTES", 15)),
     "options": {"queue": "cpu"},
 }
+
+# Leaderboard (issue 6): plotly.js is served from the installed `plotly` package, not committed.
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "leaderboard.staticfinders.PlotlyFinder",
+]

@@ -11,4 +11,5 @@ urlpatterns = [
     path("", include("evaluation.pipeline_urls")),
     path("api/v1/uploads/", include("evaluation.uploads_urls")),
     path("submissions/", include("evaluation.urls")),
+    path("leaderboard/", include("leaderboard.urls")),
 ]

@@ -12,7 +12,7 @@ from portal.models import AuditEvent, Prize, Track
 
 from .. import selectors
 from ..models import ASPECT_NAMES, SUITES, Reproduction, Standing, StandingsSnapshot, TrackScoringSettings
-from ..ranking import awards, rank_entries
+from ..ranking import awards, rank_entries, sort_key
 from ..scoring import ScoringConfig, mark_team_entries, score_track
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,18 @@ def _prize_rows(track: Track) -> list[dict[str, Any]]:
         {"kind": p.kind, "place": p.place, "amount_usd": p.amount_usd, "count": p.count}
         for p in Prize.objects.filter(track=track)
     ]
+
+
+def _open_ranks(ranked: list[dict[str, Any]], scores: dict[int, dict[str, Any]]) -> dict[int, int]:
+    """Ranks of the ranked team entries by open-suite score alone (then earlier submission, then id):
+    what the public board shows before the hidden results are revealed."""
+    rows = []
+    for row in ranked:
+        if row["rank"] is None:
+            continue
+        open_score = (scores[row["submission_id"]]["suites"].get("open") or {}).get("score")
+        rows.append({**row, "final_score": open_score, "hidden_score": None})
+    return {r["submission_id"]: i + 1 for i, r in enumerate(sorted(rows, key=sort_key))}
 
 
 @transaction.atomic
@@ -120,6 +132,7 @@ def standings_recompute_for_track(track_id: int, *, trigger: str = "") -> Standi
         ]
     )
     award_result = awards(ranked, _prize_rows(track))
+    open_ranks = _open_ranks(ranked, scores)
 
     StandingsSnapshot.objects.filter(track=track, is_current=True).update(is_current=False)
     snapshot = StandingsSnapshot.objects.create(
@@ -148,6 +161,7 @@ def standings_recompute_for_track(track_id: int, *, trigger: str = "") -> Standi
                 is_team_entry=row["is_team_entry"],
                 rank=row["rank"],
                 rank_if_entry=row["rank_if_entry"],
+                open_rank=open_ranks.get(sid),
                 final_score=score["final_score"],
                 open_score=(suites.get("open") or {}).get("score"),
                 hidden_score=row["hidden_score"],
