@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from portal.errors import PermissionDenied, ServiceError
 
-from . import selectors, services
+from . import caching, selectors, services
 from .selectors import Viewer
 
 
@@ -78,13 +78,19 @@ def index(request: HttpRequest) -> HttpResponse:
 @handle_errors
 def board(request: HttpRequest, slug: str) -> HttpResponse:
     track, viewer = _context(request, slug)
+    key = caching.answer_key("page", request, track, viewer)
+    cached = caching.get(key)
+    if cached is not None:
+        return HttpResponse(cached)
     data = _board(request, track, viewer)
     context = {"board": data, "track": track, "viewer": viewer, "prizes": selectors.prize_table(track)}
     if request.headers.get("HX-Request") == "true":
-        return render(request, "leaderboard/partials/board_table.html", context)
-    pareto = selectors.pareto_data(track=track, viewer=viewer)
-    context["pareto"] = pareto
-    return render(request, "leaderboard/board.html", context)
+        response = render(request, "leaderboard/partials/board_table.html", context)
+    else:
+        context["pareto"] = selectors.pareto_data(track=track, viewer=viewer)
+        response = render(request, "leaderboard/board.html", context)
+    caching.put(key, response.content)
+    return response
 
 
 def _row_json(row: dict) -> dict:
@@ -98,8 +104,12 @@ def _row_json(row: dict) -> dict:
 @handle_errors
 def board_json(request: HttpRequest, slug: str) -> JsonResponse:
     track, viewer = _context(request, slug)
+    key = caching.answer_key("json", request, track, viewer)
+    cached = caching.get(key)
+    if cached is not None:
+        return HttpResponse(cached, content_type="application/json")
     data = _board(request, track, viewer, breakdown=request.GET.get("breakdown") in ("1", "true"))
-    return JsonResponse(
+    response = JsonResponse(
         {
             "track": track.slug,
             "provisional": not track.is_finalized,
@@ -114,6 +124,8 @@ def board_json(request: HttpRequest, slug: str) -> JsonResponse:
             "awards": data.awards,
         }
     )
+    caching.put(key, response.content)
+    return response
 
 
 @require_GET
@@ -128,9 +140,15 @@ def pareto_page(request: HttpRequest, slug: str) -> HttpResponse:
 @handle_errors
 def pareto_json(request: HttpRequest, slug: str) -> JsonResponse:
     track, viewer = _context(request, slug)
-    return JsonResponse(
+    key = caching.answer_key("pareto", request, track, viewer)
+    cached = caching.get(key)
+    if cached is not None:
+        return HttpResponse(cached, content_type="application/json")
+    response = JsonResponse(
         selectors.pareto_data(track=track, viewer=viewer, x=request.GET.get("x", ""), y=request.GET.get("y", ""))
     )
+    caching.put(key, response.content)
+    return response
 
 
 @require_GET

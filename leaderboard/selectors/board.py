@@ -57,7 +57,14 @@ def current_challenge() -> Challenge:
 
 def track_get(*, slug: str, challenge: Challenge | None = None) -> Track:
     challenge = challenge or current_challenge()
-    track = Track.objects.select_related("challenge").filter(challenge=challenge, slug=slug).first()
+    # The current snapshot's id comes with the track in one query: it keys the answer cache.
+    current = StandingsSnapshot.objects.filter(track=OuterRef("pk"), is_current=True).values("pk")[:1]
+    track = (
+        Track.objects.select_related("challenge")
+        .annotate(current_snapshot_id=Subquery(current))
+        .filter(challenge=challenge, slug=slug)
+        .first()
+    )
     if track is None:
         raise NotFound(f"There is no track {slug!r}.")
     return track

@@ -89,3 +89,13 @@ def reveal(track):
     challenge = track.challenge
     challenge.hidden_revealed_at = timezone.now()
     challenge.save(update_fields=["hidden_revealed_at"])
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    """Cached answers are keyed by snapshot id, and SQLite reuses ids after a test's rollback."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
