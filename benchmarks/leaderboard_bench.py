@@ -81,9 +81,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--port", type=int, default=8799)
     parser.add_argument("--warmup", type=int, default=20, help="Unmeasured requests per URL first.")
+    parser.add_argument("--cold", action="store_true", help="No cache: every answer rendered from the database.")
     args = parser.parse_args()
 
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "benchmarks.bench_settings", "DEBUG": "0"}
+    env["LEADERBOARD_BENCH_COLD"] = "1" if args.cold else "0"
     print("Data:", dataset())
     urls = [
         "/bench/trivial/",
@@ -124,7 +126,10 @@ def main() -> None:
     if errors:
         raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[:3]}")
     base = percentile(results[urls[0]], 95)
-    print(f"{len(jobs)} requests in {wall:.1f}s, concurrency {args.concurrency}, gunicorn workers {args.workers}")
+    print(
+        f"{len(jobs)} requests in {wall:.1f}s, concurrency {args.concurrency}, gunicorn workers {args.workers}"
+        f"{', no cache (cold)' if args.cold else ''}"
+    )
     print(f"{'URL':58} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'p95/trivial':>12}")
     for url in urls:
         values = results[url]

@@ -11,6 +11,7 @@ import hashlib
 
 from django.contrib.messages import get_messages
 from django.core.cache import cache
+from django.db import transaction
 from django.http import HttpRequest
 
 from portal.models import Track
@@ -18,6 +19,32 @@ from portal.models import Track
 from .selectors import Viewer
 
 CACHE_SECONDS = 300
+# How long a web process may keep using a track's state (its challenge, and which snapshot is
+# current) without asking the database. Writers delete it on commit, which is immediate with a
+# shared cache (Redis) and bounded by this with per-process memory caches.
+STATE_SECONDS = 5
+
+
+def _state_key(slug: str) -> str:
+    return f"leaderboard:track-state:{slug}"
+
+
+def track_state(slug: str, load):
+    """The track (with challenge and current_snapshot_id) from the cache, or `load()` it."""
+    key = _state_key(slug)
+    track = cache.get(key)
+    if track is None:
+        track = load()
+        cache.set(key, track, STATE_SECONDS)
+    return track
+
+
+def forget_track_state(*slugs: str) -> None:
+    """Now (so this process sees its own write) and again after commit (so that a request that read
+    the old state in between does not keep it)."""
+    keys = [_state_key(s) for s in slugs]
+    cache.delete_many(keys)
+    transaction.on_commit(lambda: cache.delete_many(keys))
 
 
 def answer_key(kind: str, request: HttpRequest, track: Track, viewer: Viewer) -> str | None:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("<slug:slug>/export.csv", views.export, {"fmt": "csv"}, name="export_csv"),
     path("<slug:slug>/export.json", views.export, {"fmt": "json"}, name="export_json"),
     path("<slug:slug>/submissions/<int:submission_id>/", views.analysis, name="analysis"),
+    path("<slug:slug>/submissions/<int:submission_id>/breakdown/", views.breakdown, name="breakdown"),
     path("<slug:slug>/reveal/", views.reveal, name="reveal"),
     path("<slug:slug>/finalize/", views.finalize, name="finalize"),
     path("<slug:slug>/reproductions/<int:submission_id>/", views.reproduction, name="reproduction"),

@@ -46,7 +46,10 @@ def _int(value, default: int) -> int:
 
 def _context(request: HttpRequest, slug: str):
     """The track, and what this viewer may see. Staff can preview the public view with ?view=public."""
-    track = selectors.track_get(slug=slug)
+    if request.user.is_staff:  # organizers always read the database
+        track = selectors.track_get(slug=slug)
+    else:
+        track = caching.track_state(slug, lambda: selectors.track_get(slug=slug))
     viewer = selectors.viewer_for(request.user, track.challenge, preview_public=request.GET.get("view") == "public")
     return track, viewer
 
@@ -82,12 +85,20 @@ def board(request: HttpRequest, slug: str) -> HttpResponse:
     cached = caching.get(key)
     if cached is not None:
         return HttpResponse(cached)
-    data = _board(request, track, viewer)
+    data = _board(request, track, viewer, breakdown=False)
     context = {"board": data, "track": track, "viewer": viewer, "prizes": selectors.prize_table(track)}
     if request.headers.get("HX-Request") == "true":
         response = render(request, "leaderboard/partials/board_table.html", context)
     else:
-        context["pareto"] = selectors.pareto_data(track=track, viewer=viewer)
+        # The plot's points come from pareto.json (cached on its own), not from this page.
+        x_options, y_options = selectors.pareto_axes(viewer)
+        context["pareto"] = {
+            "x": "eval_gpu_seconds",
+            "y": next(iter(y_options)),
+            "x_options": x_options,
+            "y_options": y_options,
+            "lazy": True,
+        }
         response = render(request, "leaderboard/board.html", context)
     caching.put(key, response.content)
     return response
@@ -225,3 +236,12 @@ def reproduction(request: HttpRequest, slug: str, submission_id: int) -> HttpRes
     )
     messages.success(request, f"Reproduction of #{submission_id} recorded; the standings are being recomputed.")
     return redirect("leaderboard:board", slug=slug)
+
+
+@require_GET
+@handle_errors
+def breakdown(request: HttpRequest, slug: str, submission_id: int) -> HttpResponse:
+    """One row's per-scenario breakdown, loaded when the row is expanded."""
+    track, viewer = _context(request, slug)
+    row = selectors.standing_breakdown(track=track, viewer=viewer, submission_id=submission_id)
+    return render(request, "leaderboard/partials/breakdown.html", {"row": row, "track": track})

@@ -56,15 +56,16 @@ def current_challenge() -> Challenge:
 
 
 def track_get(*, slug: str, challenge: Challenge | None = None) -> Track:
-    challenge = challenge or current_challenge()
-    # The current snapshot's id comes with the track in one query: it keys the answer cache.
+    """A track of the current challenge (or of `challenge`), with its challenge and the id of its
+    current snapshot (`current_snapshot_id`, which keys the answer cache), in one query."""
     current = StandingsSnapshot.objects.filter(track=OuterRef("pk"), is_current=True).values("pk")[:1]
-    track = (
-        Track.objects.select_related("challenge")
-        .annotate(current_snapshot_id=Subquery(current))
-        .filter(challenge=challenge, slug=slug)
-        .first()
-    )
+    qs = Track.objects.select_related("challenge").annotate(current_snapshot_id=Subquery(current))
+    if challenge is not None:
+        qs = qs.filter(challenge=challenge)
+    else:
+        active = Challenge.objects.filter(is_active=True).order_by("-starts_at").values("pk")[:1]
+        qs = qs.filter(challenge=Subquery(active))
+    track = qs.filter(slug=slug).first()
     if track is None:
         raise NotFound(f"There is no track {slug!r}.")
     return track
@@ -332,3 +333,22 @@ def awards_for_snapshot(snapshot: StandingsSnapshot | None, *, viewer: Viewer) -
 
 def prize_table(track: Track) -> list[Prize]:
     return list(Prize.objects.filter(track=track).order_by("kind", "place", "-amount_usd"))
+
+
+def standing_breakdown(*, track: Track, viewer: Viewer, submission_id: int) -> dict[str, Any]:
+    """The breakdown of one ranked team entry of the current snapshot, as the board row shows it."""
+    rank_field = "rank" if viewer.hidden_visible else "open_rank"
+    standing = (
+        Standing.objects.select_related("team")
+        .filter(
+            snapshot__track=track,
+            snapshot__is_current=True,
+            submission_id=submission_id,
+            is_team_entry=True,
+            **{f"{rank_field}__isnull": False},
+        )
+        .first()
+    )
+    if standing is None:
+        raise NotFound("No such entry on this leaderboard.")
+    return standing_row(standing, track=track, viewer=viewer, suite="open")

@@ -11,6 +11,7 @@ from portal.errors import Conflict, NotFound
 from portal.models import AuditEvent, Prize, Track
 
 from .. import selectors
+from ..caching import forget_track_state
 from ..models import ASPECT_NAMES, SUITES, Reproduction, Standing, StandingsSnapshot, TrackScoringSettings
 from ..ranking import awards, rank_entries, sort_key
 from ..scoring import ScoringConfig, mark_team_entries, score_track
@@ -174,6 +175,7 @@ def standings_recompute_for_track(track_id: int, *, trigger: str = "") -> Standi
             )
         )
     Standing.objects.bulk_create(rows, batch_size=1000)
+    forget_track_state(track.slug)
     logger.info("Standings of track %s recomputed: %d submissions (%s)", track.slug, len(rows), trigger)
     return snapshot
 
@@ -190,6 +192,7 @@ def standings_finalize_track(*, track_id: int, actor) -> StandingsSnapshot:
     snapshot.save(update_fields=["is_frozen", "frozen_at"])
     track.finalized_at, track.finalized_by = now, actor
     track.save(update_fields=["finalized_at", "finalized_by"])
+    forget_track_state(track.slug)
     AuditEvent.objects.create(
         actor=actor,
         action="track.finalize",

@@ -4,7 +4,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal.errors import Conflict, NotFound
-from portal.models import AuditEvent, Challenge
+from portal.models import AuditEvent, Challenge, Track
+
+from ..caching import forget_track_state
 
 
 @transaction.atomic
@@ -19,6 +21,7 @@ def hidden_results_reveal(*, challenge_id: int, actor) -> Challenge:
         raise Conflict("The hidden-suite results are already public.")
     challenge.hidden_revealed_at = timezone.now()
     challenge.save(update_fields=["hidden_revealed_at"])
+    forget_track_state(*Track.objects.filter(challenge=challenge).values_list("slug", flat=True))
     AuditEvent.objects.create(
         actor=actor,
         action="challenge.reveal_hidden",

@@ -4,10 +4,11 @@
   "use strict";
   var plot = document.getElementById("pareto-plot");
   var dataEl = document.getElementById("pareto-data");
-  if (!plot || !dataEl || typeof Plotly === "undefined") return;
+  if (!plot || typeof Plotly === "undefined") return;
   var controls = document.querySelector(".pareto-controls");
   var highlight = parseInt(plot.dataset.highlight || "", 10);
-  var state = JSON.parse(dataEl.textContent);
+  // Embedded by the page, or (on the board, to keep it light) fetched from pareto.json.
+  var state = dataEl ? JSON.parse(dataEl.textContent) : null;
 
   var fmt = function (v) {
     if (v === null || v === undefined) return "—";
@@ -62,6 +63,12 @@
     Plotly.react(plot, [entries, front], layout, {responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d"]});
     plot.dataset.points = String(pts.length);
     plot.dataset.frontier = String(frontier.length);
+    if (!plot.dataset.rendered) {
+      plot.on("plotly_click", function (ev) {
+        var p = ev.points && ev.points[0];
+        if (p && p.customdata) window.location.href = p.customdata;
+      });
+    }
     plot.dataset.rendered = "1";
   }
 
@@ -76,10 +83,7 @@
   }
 
   ["pareto-x", "pareto-y"].forEach(function (id) { document.getElementById(id).addEventListener("change", reload); });
-  ["pareto-logx", "pareto-logy"].forEach(function (id) { document.getElementById(id).addEventListener("change", render); });
-  render();
-  plot.on("plotly_click", function (ev) {
-    var p = ev.points && ev.points[0];
-    if (p && p.customdata) window.location.href = p.customdata;
-  });
+  ["pareto-logx", "pareto-logy"].forEach(function (id) { document.getElementById(id).addEventListener("change", function () { if (state) render(); }); });
+  if (state) render(); else reload();
+
 })();

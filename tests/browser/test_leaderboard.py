@@ -107,7 +107,7 @@ def test_sort_the_board(browser, live_server, board):
     page.wait_for_url("**student=1**")
     page.wait_for_function("document.querySelectorAll('tr.board-row').length === 3")
     page.click("tr.board-row .expand")
-    page.wait_for_selector(".breakdown-row.show .breakdown-table")
+    page.wait_for_selector(".breakdown-row.show .breakdown-table")  # loaded on expand
     assert "mmlu" in page.inner_text(".breakdown-row.show")
 
     phone = page_for(browser, 390, 844)

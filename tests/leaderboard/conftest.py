@@ -86,9 +86,9 @@ def organizer(db):
 
 
 def reveal(track):
-    challenge = track.challenge
-    challenge.hidden_revealed_at = timezone.now()
-    challenge.save(update_fields=["hidden_revealed_at"])
+    from leaderboard.services import hidden_results_reveal
+
+    hidden_results_reveal(challenge_id=track.challenge_id, actor=None)
 
 
 @pytest.fixture(autouse=True)

@@ -248,3 +248,32 @@ def test_pages_answer_without_standings_and_for_unknown_tracks(client, build):
     assert client.get(reverse("leaderboard:board_json", args=["nope"])).json()["error"]["code"] == "not_found"
     assert client.get(reverse("leaderboard:index")).status_code == 200
     assert client.get(reverse("leaderboard:pareto", args=[build.track.slug])).status_code == 200
+
+
+def test_cached_public_answers_follow_each_new_snapshot_reveal_and_finalize(client, build, organizer):
+    a = build.team("Alpha")
+    build.entry(a, 0.5, 0.5)
+    build.recompute()
+    assert teams(board_json(client, build.track)) == [(1, "Alpha")]
+    page = client.get(reverse("leaderboard:board", args=[build.track.slug])).content.decode()
+    assert "Bravo" not in page
+    build.entry(build.team("Bravo"), 0.9, 0.9)
+    build.recompute()  # a new snapshot: the cached answers are not reused
+    assert teams(board_json(client, build.track)) == [(1, "Bravo"), (2, "Alpha")]
+    assert "Bravo" in client.get(reverse("leaderboard:board", args=[build.track.slug])).content.decode()
+    reveal(build.track)
+    assert "final_score" in board_json(client, build.track)["results"][0]
+    standings_finalize_track(track_id=build.track.pk, actor=organizer)
+    assert board_json(client, build.track)["provisional"] is False
+
+
+def test_a_rows_breakdown_is_loaded_on_demand_without_hidden_scenarios(client, build, organizer):
+    a = build.team("Alpha")
+    sub = build.entry(a, 0.5, 0.5)
+    build.recompute()
+    url = reverse("leaderboard:breakdown", args=[build.track.slug, sub.pk])
+    public = client.get(url).content.decode()
+    assert "mmlu" in public and "samsum" not in public
+    client.force_login(organizer)
+    assert "samsum" in client.get(url).content.decode()
+    assert client.get(reverse("leaderboard:breakdown", args=[build.track.slug, 999999])).status_code == 404
