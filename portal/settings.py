@@ -290,3 +290,10 @@ SPECTACULAR_SETTINGS.update(
         },
     }
 )
+
+# Leaderboard (issue 6): plotly.js is served from the installed `plotly` package, not committed.
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "leaderboard.staticfinders.PlotlyFinder",
+]

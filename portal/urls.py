@@ -13,6 +13,7 @@ urlpatterns = [
     path("submissions/", include("evaluation.urls")),
     path("api/v1/", include("portal.api.urls")),
     path("profile/tokens/", include("portal.api.page_urls")),
+    path("leaderboard/", include("leaderboard.urls")),
 ]
 
 # JSON in the API's error format for /api/ paths; Django's own pages elsewhere.
