@@ -24,7 +24,7 @@ install: $(STAMP)
 demo: install
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
-	DEBUG=1 $(PY) manage.py seed_demo_submissions
+	DEBUG=1 $(PY) manage.py seed_demo_story
 	DEBUG=1 $(PY) manage.py run_demo
 
 test: install

@@ -6,32 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.test import Client
 from django.urls import reverse
 
 from tests.leaderboard.conftest import Builder, _empty_cache, build, organizer  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-# Playwright's sync API runs an event loop in this thread; the ORM calls here are plain and ordered.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-# The portal never serves media (MEDIA_URL = None), but the live server, created once per session,
-# wraps a media handler that needs a string. Set before that server exists.
-if not settings.MEDIA_URL:
-    settings.MEDIA_URL = "/media-not-served/"
 
 SHOTS = os.environ.get("LEADERBOARD_SCREENSHOTS")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -11,23 +11,13 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def page(live, client, member, monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still synchronous.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+def page(browser, live, client, member):
     client.force_login(member)
     session = client.cookies[settings.SESSION_COOKIE_NAME].value
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        context = browser.new_context(base_url=live.url)
-        context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live.url}])
-        page = context.new_page()
-        yield page
-        browser.close()
+    context = browser.new_context(base_url=live.url)
+    context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live.url}])
+    yield context.new_page()
+    context.close()
 
 
 def test_upload_an_archive_and_watch_it_validate(page, team, track, base_model, member, model_dirs, tmp_path):
