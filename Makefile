@@ -14,8 +14,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): requirements.txt | $(PY)
+$(STAMP): requirements.txt cli/pyproject.toml | $(PY)
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -e ./cli
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +24,7 @@ install: $(STAMP)
 demo: install
 	DEBUG=1 $(PY) manage.py migrate --noinput
 	DEBUG=1 $(PY) manage.py seed_demo
+	DEBUG=1 $(PY) manage.py seed_demo_story
 	DEBUG=1 $(PY) manage.py run_demo
 
 test: install

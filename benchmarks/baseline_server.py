@@ -63,11 +63,12 @@ def make_handler(model, tokenizer, device):
                 )
                 new_ids = out.sequences[0, prompt_len:].tolist()
                 logprobs = [
-                    torch.log_softmax(score[0].float(), -1)[tok].item() for score, tok in zip(out.scores, new_ids)
+                    torch.log_softmax(score[0].float(), -1)[tok].item()
+                    for score, tok in zip(out.scores, new_ids, strict=True)
                 ]
             else:
                 new_ids, logprobs = [], []
-            tokens = [{"text": tokenizer.decode([t]), "logprob": lp} for t, lp in zip(new_ids, logprobs)]
+            tokens = [{"text": tokenizer.decode([t]), "logprob": lp} for t, lp in zip(new_ids, logprobs, strict=True)]
             text = tokenizer.decode(new_ids)
             if data.get("echo_prompt"):
                 logits = model(**enc).logits[0].float().log_softmax(-1)

@@ -70,6 +70,8 @@ class Standing(models.Model):
     is_team_entry = models.BooleanField(default=False)
     rank = models.PositiveIntegerField(null=True, blank=True, help_text="Team entries only.")
     rank_if_entry = models.PositiveIntegerField(null=True, blank=True)
+    # The public rank while hidden results are not revealed: ranking by the final score would leak them.
+    open_rank = models.PositiveIntegerField(null=True, blank=True, help_text="Rank by open-suite score alone.")
     final_score = models.FloatField(null=True, blank=True)
     open_score = models.FloatField(null=True, blank=True)
     hidden_score = models.FloatField(null=True, blank=True)
@@ -99,7 +101,11 @@ class Standing(models.Model):
 
     class Meta:
         ordering = ["snapshot", "rank", "-final_score", "id"]
-        indexes = [models.Index(fields=["snapshot", "rank"]), models.Index(fields=["snapshot", "-final_score"])]
+        indexes = [
+            models.Index(fields=["snapshot", "rank"]),
+            models.Index(fields=["snapshot", "open_rank"]),
+            models.Index(fields=["snapshot", "-final_score"]),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["snapshot", "submission"], name="standing_unique_submission"),
         ]

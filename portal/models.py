@@ -312,3 +312,7 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.object_repr}"
+
+
+# Personal API tokens live beside the API plumbing; imported here so they belong to this app.
+from portal.api.models import ApiToken  # noqa: E402,F401

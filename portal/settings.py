@@ -221,3 +221,79 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# Evaluation pipeline (issue 5). Suites a track runs, in role order: "open=NAME,hidden=NAME" or "NAME,NAME".
+EVALUATION_SUITES = env_list("EVALUATION_SUITES", ["offline-open", "offline-hidden"])
+EVALUATION_HEARTBEAT_SECONDS = env_int("EVALUATION_HEARTBEAT_SECONDS", 15)
+# A running job whose heartbeat is older than this is presumed dead and reaped.
+EVALUATION_STALE_AFTER_SECONDS = env_int("EVALUATION_STALE_AFTER_SECONDS", 300)
+EVALUATION_REAP_BATCH = env_int("EVALUATION_REAP_BATCH", 50)
+# A submission that kills its worker this many times fails instead of coming back again.
+EVALUATION_MAX_WORKER_LOSSES = env_int("EVALUATION_MAX_WORKER_LOSSES", 2)
+EVALUATION_MAX_INFRA_ATTEMPTS = env_int("EVALUATION_MAX_INFRA_ATTEMPTS", 3)
+EVALUATION_RETRY_BACKOFF_SECONDS = env_int("EVALUATION_RETRY_BACKOFF_SECONDS", 60)
+# Where workers unpack HELM's output before archiving it into storage.
+EVALUATION_WORK_DIR = env_str("EVALUATION_WORK_DIR", str(VAR_DIR / "evaluation-work"))
+CELERY_BEAT_SCHEDULE["evaluation-reap-stale-jobs"] = {
+    "task": "evaluation.tasks.evaluation_reap_stale_jobs",
+    "schedule": env_int("EVALUATION_REAP_EVERY_SECONDS", 60),
+    "options": {"queue": "cpu"},
+}
+EVALUATION_HELM_THREADS = env_int("EVALUATION_HELM_THREADS", 16)
+EVALUATION_HEALTH_TIMEOUT_SECONDS = env_int("EVALUATION_HEALTH_TIMEOUT_SECONDS", 300)
+# Submissions and resumable uploads (evaluation/).
+UPLOAD_EXPIRY_HOURS = env_int("UPLOAD_EXPIRY_HOURS", 24)
+UPLOAD_DEADLINE_GRACE_HOURS = env_int("UPLOAD_DEADLINE_GRACE_HOURS", 3)
+UPLOAD_LEASE_SECONDS = env_int("UPLOAD_LEASE_SECONDS", 120)
+SUBMISSION_FILES_ROOT = env_str("SUBMISSION_FILES_ROOT")  # default: MEDIA_ROOT/submissions
+SUBMISSION_MAX_FILES = env_int("SUBMISSION_MAX_FILES", 1000)
+CELERY_BEAT_SCHEDULE["evaluation-uploads-expire"] = {
+    "task": "evaluation.uploads_expire",
+    "schedule": timedelta(minutes=env_int("UPLOAD_EXPIRE_EVERY_MINUTES", 15)),
+    "options": {"queue": "cpu"},
+}
+
+# The API (portal/api/): sessions and personal tokens, one error format, pagination, throttling per scope.
+REST_FRAMEWORK.update(
+    {
+        "DEFAULT_AUTHENTICATION_CLASSES": [
+            "portal.api.authentication.ApiTokenAuthentication",
+            "rest_framework.authentication.SessionAuthentication",
+        ],
+        "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+        "DEFAULT_PAGINATION_CLASS": "portal.api.pagination.ApiPagination",
+        "EXCEPTION_HANDLER": "portal.api.errors.api_exception_handler",
+        "DEFAULT_THROTTLE_CLASSES": ["portal.api.throttling.AnonThrottle", "portal.api.throttling.UserThrottle"],
+        "DEFAULT_THROTTLE_RATES": {
+            "anon": env_str("API_THROTTLE_ANON", "120/min"),
+            "user": env_str("API_THROTTLE_USER", "1200/min"),
+            "submission": env_str("API_THROTTLE_SUBMISSION", "30/hour"),
+        },
+    }
+)
+SPECTACULAR_SETTINGS.update(
+    {
+        "SCHEMA_PATH_PREFIX": "/api/v1",
+        "COMPONENT_SPLIT_REQUEST": True,
+        "POSTPROCESSING_HOOKS": [
+            "drf_spectacular.hooks.postprocess_schema_enums",
+            "portal.api.schema.add_error_responses",
+        ],
+        # Vendored in static/vendor/ (no CDN, no sidecar package).
+        "SWAGGER_UI_DIST": STATIC_URL + "vendor/swagger-ui",
+        "SWAGGER_UI_FAVICON_HREF": STATIC_URL + "vendor/swagger-ui/favicon-32x32.png",
+        "REDOC_DIST": STATIC_URL + "vendor/redoc",
+        "ENUM_NAME_OVERRIDES": {
+            "SubmissionStatusEnum": "evaluation.models.Submission.Status",
+            "InvitationStatusEnum": "portal.models.Invitation.Status",
+            "StudentStatusEnum": "portal.models.Profile.StudentStatus",
+        },
+    }
+)
+
+# Leaderboard (issue 6): plotly.js is served from the installed `plotly` package, not committed.
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "leaderboard.staticfinders.PlotlyFinder",
+]

@@ -18,3 +18,10 @@ STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.Static
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False
 SECURE_HSTS_SECONDS = 0
+# pytest-django's live_server wraps the app in a media handler that needs a string here.
+MEDIA_URL = "/_test_media_not_served/"
+
+# A separate Celery worker process (tests/evaluation/test_pipeline_worker.py) must see the test
+# database, so SQLite tests use a file rather than memory.
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # noqa: F405
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(os.environ["PORTAL_VAR_DIR"], "test-db.sqlite3")}  # noqa: F405

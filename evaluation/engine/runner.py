@@ -100,7 +100,12 @@ class ServerProcess:
         log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
 
@@ -145,6 +150,21 @@ class ServerProcess:
                 _kill_group(self.process, signal.SIGKILL)
                 self.process.wait(timeout=10)
         self.stopped_at = time.monotonic()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the process that started us dies.
+
+    A Celery worker killed from outside (OOM killer, SIGKILL) must not leave a model server holding
+    the GPU or a helm-run writing results. Linux only; elsewhere a no-op. (The signal follows the
+    thread that forked, so start these processes from the thread that waits for them.)
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _kill_group(process: subprocess.Popen, sig: int) -> None:
@@ -464,6 +484,7 @@ def run_helm(
             errors="replace",
             bufsize=1,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         timed_out = threading.Event()
 

@@ -8,11 +8,13 @@ from django.utils import timezone
 
 from evaluation.models import Submission
 from portal.errors import Conflict, NotFound
-from portal.models import AuditEvent, Prize, Track
+from portal.models import Prize, Track
+from portal.services.audit import audit_record
 
 from .. import selectors
+from ..caching import forget_track_state
 from ..models import ASPECT_NAMES, SUITES, Reproduction, Standing, StandingsSnapshot, TrackScoringSettings
-from ..ranking import awards, rank_entries
+from ..ranking import awards, rank_entries, sort_key
 from ..scoring import ScoringConfig, mark_team_entries, score_track
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,18 @@ def _prize_rows(track: Track) -> list[dict[str, Any]]:
         {"kind": p.kind, "place": p.place, "amount_usd": p.amount_usd, "count": p.count}
         for p in Prize.objects.filter(track=track)
     ]
+
+
+def _open_ranks(ranked: list[dict[str, Any]], scores: dict[int, dict[str, Any]]) -> dict[int, int]:
+    """Ranks of the ranked team entries by open-suite score alone (then earlier submission, then id):
+    what the public board shows before the hidden results are revealed."""
+    rows = []
+    for row in ranked:
+        if row["rank"] is None:
+            continue
+        open_score = (scores[row["submission_id"]]["suites"].get("open") or {}).get("score")
+        rows.append({**row, "final_score": open_score, "hidden_score": None})
+    return {r["submission_id"]: i + 1 for i, r in enumerate(sorted(rows, key=sort_key))}
 
 
 @transaction.atomic
@@ -120,6 +134,7 @@ def standings_recompute_for_track(track_id: int, *, trigger: str = "") -> Standi
         ]
     )
     award_result = awards(ranked, _prize_rows(track))
+    open_ranks = _open_ranks(ranked, scores)
 
     StandingsSnapshot.objects.filter(track=track, is_current=True).update(is_current=False)
     snapshot = StandingsSnapshot.objects.create(
@@ -148,6 +163,7 @@ def standings_recompute_for_track(track_id: int, *, trigger: str = "") -> Standi
                 is_team_entry=row["is_team_entry"],
                 rank=row["rank"],
                 rank_if_entry=row["rank_if_entry"],
+                open_rank=open_ranks.get(sid),
                 final_score=score["final_score"],
                 open_score=(suites.get("open") or {}).get("score"),
                 hidden_score=row["hidden_score"],
@@ -160,6 +176,7 @@ def standings_recompute_for_track(track_id: int, *, trigger: str = "") -> Standi
             )
         )
     Standing.objects.bulk_create(rows, batch_size=1000)
+    forget_track_state(track.slug)
     logger.info("Standings of track %s recomputed: %d submissions (%s)", track.slug, len(rows), trigger)
     return snapshot
 
@@ -176,12 +193,11 @@ def standings_finalize_track(*, track_id: int, actor) -> StandingsSnapshot:
     snapshot.save(update_fields=["is_frozen", "frozen_at"])
     track.finalized_at, track.finalized_by = now, actor
     track.save(update_fields=["finalized_at", "finalized_by"])
-    AuditEvent.objects.create(
+    forget_track_state(track.slug)
+    audit_record(
         actor=actor,
         action="track.finalize",
-        object_type="track",
-        object_id=str(track.pk),
-        object_repr=str(track)[:200],
+        obj=track,
         data={"snapshot_id": snapshot.pk, "awards": snapshot.awards.get("awards", [])},
     )
     return snapshot
@@ -208,13 +224,11 @@ def reproduction_record(*, submission_id: int, status: str, notes: str = "", act
             "recorded_at": timezone.now(),
         },
     )
-    AuditEvent.objects.create(
+    audit_record(
         actor=actor,
         action="reproduction.record",
-        team_id=submission.team_id,
-        object_type="submission",
-        object_id=str(submission.pk),
-        object_repr=str(submission)[:200],
+        team=submission.team,
+        obj=submission,
         reason=notes,
         data={"status": status},
     )

@@ -95,6 +95,10 @@ def team_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "show_team_submissions": show_private,
     }
     if show_private:
+        # The evaluation app owns submissions; the team page shows its section.
+        from evaluation.views import team_submissions_context
+
+        context.update(team_submissions_context(team))
         context.update(
             eligibility=selectors.team_student_eligibility(team),
             pending_invitations=selectors.team_pending_invitations(team) if can_manage else [],

@@ -6,7 +6,7 @@ from django.db.models import F, QuerySet
 
 from portal.models import Team
 
-from .models import StandingsSnapshot
+from ..models import StandingsSnapshot
 
 
 def track_scored_results(track_id: int) -> list[dict[str, Any]]:
@@ -37,7 +37,7 @@ def standings_current_snapshot(track_id: int) -> StandingsSnapshot | None:
 
 def standings_current_for_track(track_id: int, *, entries_only: bool = True) -> QuerySet:
     """The current standings of a track, ranked first (team entries), then by final score."""
-    from .models import Standing
+    from ..models import Standing
 
     qs = Standing.objects.filter(snapshot__track_id=track_id, snapshot__is_current=True).select_related("team")
     if entries_only:
@@ -47,3 +47,51 @@ def standings_current_for_track(track_id: int, *, entries_only: bool = True) -> 
 
 def standings_history_for_track(track_id: int) -> QuerySet:
     return StandingsSnapshot.objects.filter(track_id=track_id).order_by("-computed_at", "-id")
+
+
+from .analysis import scenario_table, submission_analysis  # noqa: E402
+from .board import (  # noqa: E402
+    Board,
+    Viewer,
+    awards_for_snapshot,
+    board_rows_queryset,
+    current_challenge,
+    disqualified_for_track,
+    leaderboard_board,
+    prize_table,
+    snapshot_current,
+    standing_breakdown,
+    standing_row,
+    track_get,
+    tracks_with_leaders,
+    viewer_for,
+)
+from .exports import standings_export  # noqa: E402
+from .pareto import pareto_axes, pareto_data  # noqa: E402
+
+__all__ = [
+    "Board",
+    "Viewer",
+    "awards_for_snapshot",
+    "board_rows_queryset",
+    "current_challenge",
+    "disqualified_for_track",
+    "leaderboard_board",
+    "pareto_axes",
+    "pareto_data",
+    "prize_table",
+    "scenario_table",
+    "snapshot_current",
+    "standing_breakdown",
+    "standing_row",
+    "standings_current_for_track",
+    "standings_current_snapshot",
+    "standings_export",
+    "standings_history_for_track",
+    "student_eligible_team_ids",
+    "submission_analysis",
+    "track_get",
+    "track_scored_results",
+    "tracks_with_leaders",
+    "viewer_for",
+]

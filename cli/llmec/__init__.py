@@ -1,0 +1,3 @@
+"""The LLM Efficiency Challenge command line."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from llmec.cli import main
+
+sys.exit(main())

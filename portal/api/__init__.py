@@ -1,0 +1,1 @@
+"""Plumbing shared by every app's `apis.py`: errors, authentication, pagination, throttling, schema."""

@@ -1,0 +1,304 @@
+"""A real Celery worker, started as a subprocess on the test database, evaluating a real tiny model
+through the real engine and helm-run (suite offline-smoke).
+
+Redis (db 3, or REDIS_URL_FOR_TESTS) is the broker when it answers; otherwise kombu's filesystem
+transport, on which the kill test is skipped (that transport cannot redeliver). Every worker and
+everything it started is killed when its test ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import connection
+
+from evaluation.models import EvaluationJob, MetricRecord, Submission, SuiteResult, WorkerHeartbeat
+from evaluation.services import submission_cancel, submission_quota
+from tests.evaluation.pipeline_factories import PipelineSubmissionFactory, queued
+from tests.factories import TrackFactory, UserFactory
+
+pytestmark = [pytest.mark.worker, pytest.mark.helm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+S = Submission.Status
+J = EvaluationJob.State
+REPO = Path(__file__).resolve().parents[2]
+BOTH_SUITES = "open=offline-smoke,hidden=offline-smoke"
+
+
+def _redis_url() -> str | None:
+    url = os.environ.get("REDIS_URL_FOR_TESTS") or "redis://127.0.0.1:6379/3"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        client.ping()
+        return url
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from evaluation.engine.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("pipeline-tiny"), "llama", seed=0)
+
+
+@pytest.fixture
+def broker_url():
+    """Point this process's Celery app at the broker the worker will use; start from an empty queue."""
+    from portal.celery import app
+
+    url = _redis_url()
+    if url:
+        import redis
+
+        redis.Redis.from_url(url).flushdb()
+    else:
+        url = "filesystem://"
+    previous = (app.conf.broker_url, app.conf.broker_transport_options)
+    app.conf.broker_url = url
+    if url.startswith("redis"):
+        app.conf.broker_transport_options = {"visibility_timeout": 3600}
+    _forget_connections(app)
+    yield url
+    _forget_connections(app)
+    app.conf.broker_url, app.conf.broker_transport_options = previous
+
+
+def _forget_connections(app) -> None:
+    from kombu import pools
+
+    pools.reset()
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+def _database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
+    return f"postgres://{db.get('USER') or 'postgres'}@{host}:{port}/{db['NAME']}"
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL the worker and everything it started (the model server and helm-run run in their own sessions)."""
+    try:
+        parent = psutil.Process(process.pid)
+        family = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        family = []
+    for proc in family:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(family, timeout=15)
+    process.wait(timeout=15)
+
+
+class Workers:
+    def __init__(self, broker: str, tmp: Path):
+        self.broker = broker
+        self.tmp = tmp
+        self.started: list[subprocess.Popen] = []
+
+    def start(
+        self, track, *, suites: str = "open=offline-smoke", name: str = "pipeline-test@host", **env
+    ) -> subprocess.Popen:
+        environ = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "portal.test_settings",
+            "DATABASE_URL": _database_url(),
+            "CELERY_BROKER_URL": self.broker,
+            "MEDIA_ROOT": settings.MEDIA_ROOT,
+            "EVALUATION_SUITES": suites,
+            "EVALUATION_HEARTBEAT_SECONDS": "1",
+            "EVALUATION_WORK_DIR": str(self.tmp / "work"),
+            "EVALUATION_HELM_THREADS": "2",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(REPO),
+            **{key: str(value) for key, value in env.items()},
+        }
+        log = open(self.tmp / f"worker-{len(self.started)}.log", "wb")
+        command = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", f"cpu,{track.queue_name}"]
+        command += ["-P", "prefork", "-c", "1", "-n", name, "--without-gossip", "--without-mingle", "-l", "INFO"]
+        process = subprocess.Popen(
+            command, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self.started.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
+            for path in sorted(self.tmp.glob("worker-*.log"))
+        )
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            _kill_tree(process)
+
+
+@pytest.fixture
+def workers(broker_url, tmp_path, transactional_db):
+    pool = Workers(broker_url, tmp_path)
+    yield pool
+    pool.kill_all()
+    assert all(p.poll() is not None for p in pool.started)
+
+
+def wait_for(condition, workers: Workers, *, timeout: float = 240, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}\n{workers.logs()}")
+
+
+def _submission(track, tiny_model) -> Submission:
+    return queued(PipelineSubmissionFactory(track=track, model_dir=str(tiny_model)))
+
+
+def test_worker_evaluates_a_real_submission_end_to_end(workers, tiny_model):
+    track = TrackFactory(slug="e2e")
+    submission = _submission(track, tiny_model)
+    workers.start(track, suites=BOTH_SUITES)
+    wait_for(lambda: Submission.objects.get(pk=submission.pk).status in (S.SCORED, S.FAILED), workers, what="scored")
+    submission.refresh_from_db()
+    assert submission.status == S.SCORED, (submission.status_reason, workers.logs())
+
+    job = EvaluationJob.objects.get(submission=submission)
+    assert job.state == J.DONE and job.attempts == 1 and job.worker_lost_count == 0
+    assert job.engine_version and job.helm_version == "0.5.16"
+    assert job.progress["runs_total"] == 2 and job.progress["runs_done"] == 2, job.progress
+    results = {r.role: r for r in SuiteResult.objects.filter(job=job)}
+    assert set(results) == {"open", "hidden"}
+    for result in results.values():
+        assert [run["status"] for run in result.runs] == ["succeeded", "succeeded"]
+        assert result.efficiency["wall_seconds"] > 0 and result.efficiency["output_tokens"] > 0
+        assert default_storage.exists(result.raw_output_path)
+        records = MetricRecord.objects.filter(suite_result=result)
+        # The five aspects' raw material is there: unperturbed accuracy, worst-case robustness and
+        # fairness, and bias metrics on generated text.
+        assert records.filter(metric="exact_match", perturbation="", split="test").exists()
+        assert records.filter(perturbation="robustness", computed_on="worst").exists()
+        assert records.filter(perturbation="fairness", computed_on="worst").exists()
+        assert records.filter(metric__startswith="bias_metric:").exists()
+    assert results["open"].records.count() == results["hidden"].records.count()
+    worker = WorkerHeartbeat.objects.get(hostname="pipeline-test@host")
+    assert track.queue_name in worker.queues.split(",") and worker.current_job is None
+
+
+def test_worker_killed_mid_job_is_redelivered_and_scored_exactly_once(workers, tiny_model, broker_url):
+    if not broker_url.startswith("redis"):
+        pytest.skip("redelivery after a killed worker needs the Redis broker")
+    track = TrackFactory(slug="kill")
+    submission = _submission(track, tiny_model)
+    first = workers.start(track, suites=BOTH_SUITES)
+    # Kill it while the hidden suite runs, after the open suite's results are stored.
+    wait_for(
+        lambda: (
+            SuiteResult.objects.filter(job__submission=submission, role="open").exists()
+            and EvaluationJob.objects.filter(submission=submission, progress__suite_role="hidden").exists()
+        ),
+        workers,
+        what="the hidden suite to start",
+    )
+    open_result = SuiteResult.objects.get(job__submission=submission, role="open")
+    open_records = sorted(MetricRecord.objects.filter(suite_result=open_result).values_list("id", flat=True))
+    _kill_tree(first)
+    assert Submission.objects.get(pk=submission.pk).status == S.RUNNING
+
+    # The same worker comes back; the broker hands it the unacknowledged message again.
+    workers.start(track, suites=BOTH_SUITES, CELERY_VISIBILITY_TIMEOUT=2)
+    wait_for(lambda: Submission.objects.get(pk=submission.pk).status in (S.SCORED, S.FAILED), workers, what="scored")
+    submission.refresh_from_db()
+    assert submission.status == S.SCORED, (submission.status_reason, workers.logs())
+    job = EvaluationJob.objects.get(submission=submission)  # one job, not two
+    assert job.worker_lost_count == 1 and job.attempts == 2
+    results = SuiteResult.objects.filter(job=job)
+    assert sorted(results.values_list("role", flat=True)) == ["hidden", "open"]
+    # The open suite was not redone: same row, same records.
+    reloaded = results.get(role="open")
+    assert reloaded.pk == open_result.pk and reloaded.finished_at == open_result.finished_at
+    assert sorted(MetricRecord.objects.filter(suite_result=reloaded).values_list("id", flat=True)) == open_records
+    assert MetricRecord.objects.filter(suite_result__job=job).count() == 2 * len(open_records)
+    # A scored event once in the history.
+    assert submission.events.filter(to_status=S.SCORED).count() == 1
+
+
+def test_cancel_while_running_revokes_and_stores_nothing(workers, tiny_model):
+    track = TrackFactory(slug="cancel")
+    submission = _submission(track, tiny_model)
+    worker = workers.start(track, suites=BOTH_SUITES)
+    wait_for(
+        lambda: EvaluationJob.objects.filter(submission=submission, state=J.RUNNING, progress__runs_total=2).exists(),
+        workers,
+        what="helm-run to start",
+    )
+    job = EvaluationJob.objects.get(submission=submission)
+    assert not SuiteResult.objects.filter(job=job).exists()
+    submission_cancel(
+        submission_id=submission.pk, actor=UserFactory(is_staff=True), reason="Cancelled by the organizers."
+    )
+
+    def engine_stopped() -> bool:
+        # Only the pool process is left under the worker: the model server and helm-run are gone.
+        alive = [p for p in psutil.Process(worker.pid).children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        return len(alive) <= 1
+
+    def tree() -> str:
+        return "\n".join(
+            f"{p.pid} {p.status()} {p.name()}" for p in psutil.Process(worker.pid).children(recursive=True)
+        )
+
+    try:
+        wait_for(engine_stopped, workers, timeout=60, what="the engine to stop")
+    except pytest.fail.Exception:
+        raise AssertionError(tree())
+    wait_for(
+        lambda: WorkerHeartbeat.objects.filter(current_job__isnull=True).exists(), workers, timeout=30, what="idle"
+    )
+    time.sleep(3)  # long enough for a surviving run to have stored something
+    submission.refresh_from_db()
+    job.refresh_from_db()
+    assert submission.status == S.CANCELLED and job.state == J.CANCELLED
+    assert not SuiteResult.objects.filter(job=job).exists()
+    assert not MetricRecord.objects.filter(suite_result__job=job).exists()
+
+
+def test_infrastructure_failure_is_retried_then_failed_without_using_quota(workers, tiny_model):
+    track = TrackFactory(slug="infra")
+    submission = _submission(track, tiny_model)
+    used = submission_quota(team=submission.team, track=track).used
+    # The model server is given no time to become healthy: the engine's ServerUnhealthy (ours).
+    workers.start(
+        track,
+        EVALUATION_HEALTH_TIMEOUT_SECONDS=0,
+        EVALUATION_MAX_INFRA_ATTEMPTS=2,
+        EVALUATION_RETRY_BACKOFF_SECONDS=1,
+    )
+    wait_for(lambda: Submission.objects.get(pk=submission.pk).status == S.FAILED, workers, timeout=120, what="failed")
+    submission.refresh_from_db()
+    assert submission.failure_kind == Submission.FailureKind.INFRA
+    assert "did not become healthy" in submission.status_reason
+    job = EvaluationJob.objects.get(submission=submission)
+    assert job.attempts == 2
+    statuses = list(submission.events.values_list("to_status", flat=True))
+    assert statuses[-4:] == [S.RUNNING, S.QUEUED, S.RUNNING, S.FAILED]
+    assert submission_quota(team=submission.team, track=track).used == used - 1
