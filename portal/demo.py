@@ -119,7 +119,8 @@ def demo_dates(*, announced: bool, now: datetime | None = None) -> dict[str, dat
     return {key: when + shift for key, when in dates.items()}
 
 
-def _user(email: str, password: str, *, name: str = "", staff: bool = False):
+def demo_user(email: str, password: str, *, name: str = "", staff: bool = False):
+    """A demo account that can log in at once (its e-mail address is verified)."""
     User = get_user_model()
     user = User.objects.filter(email__iexact=email).first()
     if user is None:
@@ -162,11 +163,11 @@ def seed_demo(*, announced_dates: bool = False) -> dict:
             + [Prize(track=track, kind=Prize.Kind.STUDENT, amount_usd=STUDENT_AWARD[0], count=STUDENT_AWARD[1])]
         )
 
-    organizer = _user(ORGANIZER_EMAIL, ORGANIZER_PASSWORD, name="Challenge organizers", staff=True)
+    organizer = demo_user(ORGANIZER_EMAIL, ORGANIZER_PASSWORD, name="Challenge organizers", staff=True)
     people = {}
     to_verify = []
     for name, email, affiliation, country, status in PEOPLE:
-        user = _user(email, PARTICIPANT_PASSWORD, name=name)
+        user = demo_user(email, PARTICIPANT_PASSWORD, name=name)
         profile = user.profile
         profile.affiliation, profile.country = affiliation, country
         if status != "not_student" and not profile.student_evidence:

@@ -22,6 +22,17 @@ def score(value, digits: int = 3) -> str:
 
 
 @register.filter
+def drop(value, digits: int = 3) -> str:
+    """How much a metric falls under a perturbation, as a signed change: −0.067, +0.010, or 0.000."""
+    if _missing(value):
+        return DASH
+    rounded = round(float(value), int(digits))
+    if rounded == 0:
+        return f"{0:.{int(digits)}f}"
+    return f"{'−' if rounded > 0 else '+'}{abs(rounded):.{int(digits)}f}"
+
+
+@register.filter
 def number(value, digits: int = 1) -> str:
     if _missing(value):
         return DASH

@@ -277,3 +277,10 @@ def test_a_rows_breakdown_is_loaded_on_demand_without_hidden_scenarios(client, b
     client.force_login(organizer)
     assert "samsum" in client.get(url).content.decode()
     assert client.get(reverse("leaderboard:breakdown", args=[build.track.slug, 999999])).status_code == 404
+
+
+def test_a_perturbation_drop_reads_as_a_signed_change_never_minus_zero():
+    from leaderboard.templatetags.leaderboard_format import drop
+
+    assert drop(0.0) == "0.000" and drop(-0.0) == "0.000" and drop(-0.00001) == "0.000"
+    assert drop(0.067) == "−0.067" and drop(-0.01) == "+0.010" and drop(None) == "—"

@@ -10,24 +10,20 @@ import io
 import tempfile
 from pathlib import Path
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils.text import slugify
 
 from evaluation.models import BaseModel, Submission
 from leaderboard.demo_story import finetune_tiny, pack
+from portal.demo import demo_user
 from portal.models import Challenge, Membership, Team, Track
 
 STORY_BASE_MODEL = "tiny-llama-demo"
 
 
 def _team(challenge: Challenge, name: str, email: str) -> Team:
-    User = get_user_model()
-    user, created = User.objects.get_or_create(username=email.split("@")[0], defaults={"email": email})
-    if created:
-        user.set_password("demo-password")
-        user.save()
+    user = demo_user(email, "demo-password", name=f"Captain of {name}")
     team = Team.objects.filter(challenge=challenge, slug=slugify(name)).first()
     if team is None:
         try:  # the portal's service when it is there (it audits and checks the rules)
