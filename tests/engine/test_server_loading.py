@@ -149,3 +149,14 @@ def test_lora_adapter_is_merged_into_its_base(tiny_llama_dir, tmp_path, start_se
     assert not torch.allclose(merged_logits, base_logits, atol=1e-3), "the adapter must change the model"
     first = torch.log_softmax(merged_logits.float(), -1)[expected[0]].item()
     assert abs(body["tokens"][0]["logprob"] - first) < 1e-4
+
+
+def test_the_cuda_context_comes_off_the_track_budget():
+    from evaluation.engine.loading import CUDA_CONTEXT_ALLOWANCE_BYTES, allocator_fraction
+
+    GiB = 1024**3
+    total = 141 * GiB
+    # The allocator gets the budget less what the process holds outside it (1.5 GiB allowance).
+    assert allocator_fraction(24 * GiB, total=total) * total == pytest.approx(24 * GiB - CUDA_CONTEXT_ALLOWANCE_BYTES)
+    assert allocator_fraction(80 * GiB, total=40 * GiB, context_bytes=0) == 1.0
+    assert allocator_fraction(1 * GiB, total=total) == 0.0
