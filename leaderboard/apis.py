@@ -16,12 +16,14 @@ from leaderboard import selectors_api as sel
 from leaderboard import serializers as s
 from leaderboard.pareto import pareto_frontier
 from leaderboard.services import reproduction_record, standings_finalize_track
+from leaderboard.services.visibility import hidden_results_reveal
 from portal import permissions
 from portal.api.pagination import ApiPagination
 from portal.api.selectors import track_by_slug
 from portal.api.utils import parse, parse_query
 from portal.errors import NotFound, ServiceError
 from portal.models import Track
+from portal.selectors import challenge_current
 
 RANKING_RULE = (
     "Ranked within the track by final score (the geometric mean of the five aspect scores, open and hidden suites "
@@ -247,3 +249,21 @@ class OrganizerReproductionApi(APIView):
         data = parse(s.ReproductionInputSerializer, request)
         reproduction = reproduction_record(submission_id=submission_id, actor=request.user, **data)
         return Response(s.ReproductionOutputSerializer(reproduction).data)
+
+
+class OrganizerHiddenRevealApi(APIView):
+    permission_classes = [permissions.IsOrganizer]
+
+    @extend_schema(
+        request=None,
+        responses=s.RevealOutputSerializer,
+        summary="Reveal the hidden-suite results to everyone: hidden scores, final scores and ranks (organizers)",
+        description="Once only: a second call answers 409 `conflict`. Audited.",
+    )
+    def post(self, request: Request) -> Response:
+        current = challenge_current()
+        if current is None:
+            raise NotFound("No challenge is running.")
+        challenge = hidden_results_reveal(challenge_id=current.pk, actor=request.user)
+        body = {"challenge": challenge.slug, "hidden_revealed_at": challenge.hidden_revealed_at}
+        return Response(s.RevealOutputSerializer(body).data)

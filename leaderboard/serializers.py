@@ -127,3 +127,8 @@ class ReproductionOutputSerializer(serializers.Serializer):
     status = serializers.CharField()
     notes = serializers.CharField()
     recorded_at = serializers.DateTimeField()
+
+
+class RevealOutputSerializer(serializers.Serializer):
+    challenge = serializers.CharField(help_text="The challenge's slug.")
+    hidden_revealed_at = serializers.DateTimeField()
