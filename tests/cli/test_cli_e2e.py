@@ -155,7 +155,7 @@ def test_cli_errors_are_one_clear_line(live_server, tmp_path, setup):
     board = cli.run("leaderboard", "--track", "4090")
     assert board.returncode == 0 and "No scored entries yet." in board.stdout
     missing = cli.run("leaderboard", "--track", "h100")
-    assert missing.returncode == 2 and "No track 'h100'." in missing.stderr
+    assert missing.returncode == 2 and "There is no track 'h100'." in missing.stderr
 
 
 @pytest.mark.worker
