@@ -23,7 +23,10 @@ DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: Playwright's sync API keeps an asyncio loop running in this thread while it is open, and other
+# modules (tests/browser/test_leaderboard.py, tests/evaluation/test_browser.py) start their own; one left open for
+# the session made every later one fail ("using Playwright Sync API inside the asyncio loop").
+@pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
