@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from evaluation import selectors, services
 from evaluation import serializers as s
 from evaluation.models import Submission
-from leaderboard.selectors_api import submission_scores
+from leaderboard.selectors import submission_scores
 from portal import permissions
 from portal.api.throttling import AnonThrottle, SubmissionThrottle, UserThrottle
 from portal.api.utils import parse, parse_query

@@ -100,8 +100,14 @@ class ScoresOutputSerializer(serializers.Serializer):
     open_score = serializers.FloatField(allow_null=True)
     hidden_score = serializers.FloatField(allow_null=True, help_text="Null until revealed (organizers: always).")
     open = AspectsOutputSerializer(help_text="The five aspect scores on the open suite.")
-    hidden = AspectsOutputSerializer(allow_null=True, help_text="Null until revealed (organizers: always).")
-    rank = serializers.IntegerField(allow_null=True, help_text="The final rank: null until revealed.")
+    hidden = AspectsOutputSerializer(
+        allow_null=True, help_text="Null until revealed, except for the submission's own team and organizers."
+    )
+    rank = serializers.IntegerField(
+        allow_null=True,
+        help_text="The rank the board shows: the final rank once revealed (for a non-entry, the rank it would take "
+        "as its team's entry), before that the open-suite rank of a team entry.",
+    )
     is_team_entry = serializers.BooleanField()
     hidden_visible = serializers.BooleanField()
     provisional = serializers.BooleanField(help_text="True until an organizer finalizes the track.")

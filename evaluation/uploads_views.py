@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 from datetime import UTC
 from email.utils import format_datetime
@@ -26,6 +27,7 @@ from rest_framework.settings import api_settings
 from evaluation.models import Upload
 from evaluation.services import uploads as upload_services
 from evaluation.services.submissions import QuotaExceeded
+from portal.api.errors import error_body
 from portal.errors import PermissionDenied, ServiceError
 from portal.models import Track
 
@@ -35,12 +37,23 @@ TUS_VERSION = "1.0.0"
 EXTENSIONS = "creation,termination,checksum,expiration"
 
 
-def _response(status: int, message: str = "", **headers: str) -> HttpResponse:
-    response = HttpResponse(message, status=status, content_type="text/plain; charset=utf-8")
+def _response(status: int, **headers: str) -> HttpResponse:
+    response = HttpResponse(status=status)
     response["Tus-Resumable"] = TUS_VERSION
     response["Cache-Control"] = "no-store"
     for name, value in headers.items():
         response[name.replace("_", "-")] = value
+    return response
+
+
+def _fail(status: int, code: str, message: str, *, field: str | None = None, **headers: str) -> HttpResponse:
+    """An error in the API's one format. tus clients read only the status and headers; people and the CLI
+    read the message."""
+    response = _response(status, **headers)
+    response["Content-Type"] = "application/json"
+    response.content = json.dumps(
+        error_body(code, message, {field: [message]} if field else None), ensure_ascii=False
+    ).encode()
     return response
 
 
@@ -49,7 +62,7 @@ def _error(exc: ServiceError) -> HttpResponse:
     if isinstance(exc, QuotaExceeded):
         headers["Retry-After"] = str(max(1, int((exc.resets_at - timezone.now()).total_seconds())))
         headers["X-Quota-Resets-At"] = exc.resets_at.isoformat()
-    return _response(exc.status_code, exc.message, **headers)
+    return _fail(exc.status_code, exc.code, exc.message, field=exc.field, **headers)
 
 
 def _authenticate(request: HttpRequest):
@@ -61,7 +74,7 @@ def _authenticate(request: HttpRequest):
         except drf_exceptions.PermissionDenied as exc:  # failed CSRF check
             raise PermissionDenied(str(exc.detail))
         except drf_exceptions.AuthenticationFailed as exc:
-            raise ServiceError(str(exc.detail), status_code=401, code="unauthenticated")
+            raise ServiceError(str(exc.detail), status_code=401, code="authentication_failed")
         if result is not None:
             return result[0]
     return request.user
@@ -70,7 +83,7 @@ def _authenticate(request: HttpRequest):
 def _require_user(request: HttpRequest):
     user = _authenticate(request)
     if not user.is_authenticated:
-        raise ServiceError("Log in or send an API token to upload.", status_code=401, code="unauthenticated")
+        raise ServiceError("Log in or send an API token to upload.", status_code=401, code="not_authenticated")
     return user
 
 
@@ -81,7 +94,7 @@ def decode_metadata(header: str) -> dict[str, str]:
         try:
             metadata[key] = base64.b64decode(value, validate=True).decode("utf-8") if value else ""
         except (binascii.Error, UnicodeDecodeError):
-            raise ServiceError(f"Upload-Metadata value of {key!r} is not base64 UTF-8.")
+            raise ServiceError(f"Upload-Metadata value of {key!r} is not base64 UTF-8.", field="Upload-Metadata")
     return metadata
 
 
@@ -114,15 +127,17 @@ def uploads_collection(request: HttpRequest) -> HttpResponse:
                 Tus_Checksum_Algorithm=",".join(upload_services.CHECKSUM_ALGORITHMS),
             )
         if request.method != "POST":
-            return _response(405, "Use POST to create an upload.", Allow="OPTIONS, POST")
+            return _fail(405, "method_not_allowed", "Use POST to create an upload.", Allow="OPTIONS, POST")
         _check_version(request)
         user = _require_user(request)
         if "Upload-Defer-Length" in request.headers:
-            return _response(400, "Upload-Defer-Length is not supported; send Upload-Length.")
+            return _fail(
+                400, "invalid", "Upload-Defer-Length is not supported; send Upload-Length.", field="Upload-Defer-Length"
+            )
         try:
             length = int(request.headers.get("Upload-Length", ""))
         except ValueError:
-            return _response(400, "Send Upload-Length: the size of the archive in bytes.")
+            return _fail(400, "invalid", "Send Upload-Length: the size of the archive in bytes.", field="Upload-Length")
         metadata = decode_metadata(request.headers.get("Upload-Metadata", ""))
         upload = upload_services.upload_create(user=user, length=length, metadata=metadata)
         location = request.build_absolute_uri(reverse("tus-upload", args=[upload.pk]))
@@ -146,7 +161,7 @@ def upload_resource(request: HttpRequest, upload_id) -> HttpResponse:
         if request.method == "HEAD":
             upload = upload_services.upload_get_for_user(user=user, upload_id=upload_id)
             if not upload.finished and upload.expires_at <= timezone.now():
-                return _response(410)
+                return _fail(410, "gone", "This upload has expired; start a new one.")
             headers = {"Upload-Offset": str(upload.offset), "Upload-Length": str(upload.length)}
             if upload.metadata:
                 headers["Upload-Metadata"] = encode_metadata(upload.metadata)
@@ -156,14 +171,16 @@ def upload_resource(request: HttpRequest, upload_id) -> HttpResponse:
             return response
         if request.method == "PATCH":
             if request.content_type != "application/offset+octet-stream":
-                return _response(415, "Content-Type must be application/offset+octet-stream.")
+                return _fail(415, "unsupported_media_type", "Content-Type must be application/offset+octet-stream.")
             try:
                 offset = int(request.headers.get("Upload-Offset", ""))
                 content_length = (
                     int(request.headers["Content-Length"]) if request.headers.get("Content-Length") else None
                 )
             except ValueError:
-                return _response(400, "Upload-Offset and Content-Length must be integers.")
+                return _fail(
+                    400, "invalid", "Upload-Offset and Content-Length must be integers.", field="Upload-Offset"
+                )
             checksum = upload_services.parse_checksum(request.headers.get("Upload-Checksum"))
             result = upload_services.upload_append(
                 user=user,
@@ -180,6 +197,6 @@ def upload_resource(request: HttpRequest, upload_id) -> HttpResponse:
         if request.method == "DELETE":
             upload_services.upload_terminate(user=user, upload_id=upload_id)
             return _response(204)
-        return _response(405, "Use HEAD, PATCH or DELETE.", Allow="OPTIONS, HEAD, PATCH, DELETE")
+        return _fail(405, "method_not_allowed", "Use HEAD, PATCH or DELETE.", Allow="OPTIONS, HEAD, PATCH, DELETE")
     except ServiceError as exc:
         return _error(exc)

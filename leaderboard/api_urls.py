@@ -16,6 +16,7 @@ urlpatterns = [
         apis.OrganizerTrackFinalizeApi.as_view(),
         name="api-organizer-finalize",
     ),
+    path("organizer/challenge/reveal/", apis.OrganizerHiddenRevealApi.as_view(), name="api-organizer-reveal"),
     path(
         "organizer/submissions/<int:submission_id>/reproduction/",
         apis.OrganizerReproductionApi.as_view(),

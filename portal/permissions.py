@@ -2,7 +2,8 @@
 
 Organizers are staff users. A team's private data (members' e-mails, invitations, submissions, logs) is for
 its members and organizers; evidence files for their owner and organizers; hidden-suite scenario names,
-prompts and instances for organizers only, and hidden-suite scores for everyone only once revealed.
+prompts and instances for organizers only. Who sees hidden-suite scores and ranks is the leaderboard's rule
+(`leaderboard.selectors.viewer_for`), shared by its pages and the API.
 """
 
 from django.db.models import QuerySet
@@ -58,11 +59,6 @@ def can_view_evidence(user, profile: Profile) -> bool:
 def can_see_hidden_details(user) -> bool:
     """Hidden-suite scenario names, prompts and instances: never shown to participants."""
     return is_organizer(user)
-
-
-def can_see_hidden_scores(user, challenge: Challenge | None) -> bool:
-    """Hidden-suite aggregate scores: organizers always, everyone once an organizer revealed them."""
-    return is_organizer(user) or bool(challenge is not None and challenge.hidden_revealed)
 
 
 def teams_visible_privately(user, queryset: QuerySet[Team]) -> QuerySet[Team]:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from django.test.testcases import _MediaFilesHandler
 
+from tests.workers import Workers, celery_broker
+
 # Playwright's sync API runs an event loop in this thread; the ORM calls the tests make here are still synchronous.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
@@ -40,3 +42,19 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def broker_url():
+    """This process's Celery app sends to the broker real workers consume (Redis db of REDIS_URL_FOR_TESTS)."""
+    with celery_broker() as url:
+        yield url
+
+
+@pytest.fixture
+def workers(broker_url, tmp_path, transactional_db):
+    """Start real Celery workers with `workers.start(track, suites=…)`; all are killed when the test ends."""
+    pool = Workers(broker_url, tmp_path)
+    yield pool
+    pool.kill_all()
+    assert all(p.poll() is not None for p in pool.started)

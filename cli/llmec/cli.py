@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llmec import __version__, config
 from llmec.api import ApiError, Client
-from llmec.follow import describe, follow, format_scores
+from llmec.follow import await_scores, describe, follow, format_scores
 from llmec.pack import PackError, pack
 from llmec.upload import Progress, upload
 
@@ -115,6 +115,7 @@ def _follow_to_end(client: Client, submission_id: int, interval: float) -> int:
     print("Following the evaluation (Ctrl-C stops following; the evaluation goes on).", flush=True)
     try:
         final = follow(client, submission_id, interval=interval)
+        final = await_scores(client, final, interval=interval)
     except KeyboardInterrupt:
         print(f"\nStopped following. `llmec status {submission_id}` shows where it is.", file=sys.stderr)
         return EXIT_INTERRUPTED

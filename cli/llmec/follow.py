@@ -118,3 +118,22 @@ def follow(
         if max_polls is not None and polls >= max_polls:
             return submission
         sleep(interval)
+
+
+def await_scores(
+    client: Client,
+    submission: dict,
+    *,
+    interval: float = 5.0,
+    patience_s: float = 120.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict:
+    """A submission that just became "scored" gets its scores once the track's standings are recomputed
+    (a moment later, on the server's CPU worker): wait for them, at most `patience_s`."""
+    waited = 0.0
+    while submission.get("status") == "scored" and not submission.get("scores") and waited < patience_s:
+        step = max(0.2, min(interval, 5.0))
+        sleep(step)
+        waited += step
+        submission = client.get(f"submissions/{submission['id']}/")
+    return submission

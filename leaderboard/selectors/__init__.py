@@ -68,6 +68,7 @@ from .board import (  # noqa: E402
 )
 from .exports import standings_export  # noqa: E402
 from .pareto import pareto_axes, pareto_data  # noqa: E402
+from .scores import standing_scores, submission_scores, submission_track  # noqa: E402
 
 __all__ = [
     "Board",
@@ -84,12 +85,15 @@ __all__ = [
     "snapshot_current",
     "standing_breakdown",
     "standing_row",
+    "standing_scores",
     "standings_current_for_track",
     "standings_current_snapshot",
     "standings_export",
     "standings_history_for_track",
     "student_eligible_team_ids",
     "submission_analysis",
+    "submission_scores",
+    "submission_track",
     "track_get",
     "track_scored_results",
     "tracks_with_leaders",

@@ -87,7 +87,9 @@ def submission_analysis(*, track: Track, submission_id: int, viewer: Viewer) -> 
     data["row"]["is_team_entry"] = standing.is_team_entry
     suites = ["open", "hidden"] if hidden_numbers else ["open"]
     rank_field = "rank" if hidden_public else "open_rank"
-    fields = [f"{s}_{a}" for s in suites for a in ASPECT_NAMES] + ["eval_gpu_seconds"]
+    # Other teams' hidden-suite numbers, even as a median, stay out until the reveal.
+    compared = ["open", "hidden"] if hidden_public else ["open"]
+    fields = [f"{s}_{a}" for s in compared for a in ASPECT_NAMES] + ["eval_gpu_seconds"]
     field_rows = list(
         Standing.objects.filter(snapshot=snapshot, is_team_entry=True, **{f"{rank_field}__isnull": False}).values_list(
             *fields
@@ -98,7 +100,7 @@ def submission_analysis(*, track: Track, submission_id: int, viewer: Viewer) -> 
     for suite in suites:
         for aspect in ASPECT_NAMES:
             name = f"{suite}_{aspect}"
-            present = [v for v in columns[name] if v is not None]
+            present = [v for v in columns.get(name, []) if v is not None]
             comparison.append(
                 {
                     "suite": suite,
@@ -109,7 +111,9 @@ def submission_analysis(*, track: Track, submission_id: int, viewer: Viewer) -> 
                     "best": max(present) if present else None,
                     "frontier": _frontier_at(
                         list(zip(columns["eval_gpu_seconds"], columns[name], strict=True)), standing.eval_gpu_seconds
-                    ),
+                    )
+                    if name in columns
+                    else None,
                 }
             )
     data["comparison"] = comparison

@@ -149,6 +149,8 @@ def standing_row(
         "open_score": standing.open_score,
         "student_eligible": standing.student_eligible,
         "aspects": {a: standing.aspect(suite, a) for a in ASPECT_NAMES},
+        "open": {a: standing.aspect("open", a) for a in ASPECT_NAMES},
+        "hidden": {a: standing.aspect("hidden", a) for a in ASPECT_NAMES} if hidden else None,
         "base_model": standing.base_model_name,
         "submitted_at": standing.submitted_at,
         "analysis_url": analysis_url(track.slug, standing.submission_id),

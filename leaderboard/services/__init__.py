@@ -1,3 +1,4 @@
+from .eligibility import standings_recompute_for_teams
 from .standings import (
     reproduction_record,
     scoring_config_for_track,
@@ -11,5 +12,6 @@ __all__ = [
     "reproduction_record",
     "scoring_config_for_track",
     "standings_finalize_track",
+    "standings_recompute_for_teams",
     "standings_recompute_for_track",
 ]

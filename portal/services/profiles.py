@@ -9,9 +9,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from portal.errors import PermissionDenied, ServiceError
-from portal.models import Profile
+from portal.models import Membership, Profile
 from portal.services.audit import audit_record
 from portal.services.evidence import evidence_check
+from portal.services.standings import standings_refresh_eligibility
 
 Status = Profile.StudentStatus
 
@@ -39,6 +40,7 @@ def profile_update(
         profile.affiliation = affiliation.strip()
         profile.country = country.strip().upper()
         old_file = profile.student_evidence.name if profile.student_evidence else ""
+        was_verified = profile.student_status == Status.VERIFIED
         if not is_student:
             if profile.student_status != Status.NOT_STUDENT:
                 audit_record(actor=user, action="student.withdrawn", subject_user=user, obj=profile)
@@ -71,6 +73,9 @@ def profile_update(
                 code="evidence_missing",
             )
         profile.save()
+        if was_verified and profile.student_status != Status.VERIFIED:
+            team_ids = Membership.objects.filter(user=user).values_list("team_id", flat=True)
+            standings_refresh_eligibility(team_ids=list(team_ids), reason="student status withdrawn")
         if old_file and old_file != (profile.student_evidence.name or ""):
             storage = profile.student_evidence.storage
             transaction.on_commit(lambda: storage.delete(old_file))
@@ -84,6 +89,7 @@ def _review(*, actor: AbstractBaseUser, profile_ids: Iterable[int], verify: bool
     if not verify and not reason:
         raise ServiceError("Give the participant a reason for the rejection.", field="reason", code="reason_missing")
     reviewed = []
+    changed: list[int] = []  # users whose "verified student" changed: their teams' eligibility may have
     now = timezone.now()
     with transaction.atomic():
         profiles = list(Profile.objects.select_for_update().filter(pk__in=list(profile_ids)).order_by("pk"))
@@ -112,6 +118,13 @@ def _review(*, actor: AbstractBaseUser, profile_ids: Iterable[int], verify: bool
                 data={"from": previous, "to": profile.student_status},
             )
             reviewed.append(profile)
+            if (previous == Status.VERIFIED) != (profile.student_status == Status.VERIFIED):
+                changed.append(profile.user_id)
+        if changed:
+            team_ids = Membership.objects.filter(user_id__in=changed).values_list("team_id", flat=True)
+            standings_refresh_eligibility(
+                team_ids=list(team_ids), reason=f"student status {'verified' if verify else 'rejected'}"
+            )
     return reviewed
 
 

@@ -12,6 +12,7 @@ from django.utils.text import slugify
 from portal.errors import Conflict, NotFound, PermissionDenied, ServiceError
 from portal.models import Challenge, Invitation, Membership, Team
 from portal.services.audit import audit_record
+from portal.services.standings import standings_refresh_eligibility
 
 User = AbstractBaseUser
 
@@ -202,6 +203,7 @@ def invitation_accept(*, user: User, invitation: Invitation) -> Membership:
             invitation.responded_at = timezone.now()
             invitation.save(update_fields=["status", "responded_by", "responded_at"])
             audit_record(actor=user, action="team.member_joined", subject_user=user, team=team, obj=invitation)
+            standings_refresh_eligibility(team_ids=[team.pk], reason=f"team #{team.pk}: a member joined")
     except IntegrityError:
         raise Conflict("You are already in a team for this challenge.", code="already_in_team")
     return membership
@@ -251,6 +253,7 @@ def team_leave(*, user: User, team: Team) -> Team | None:
             return None
         membership.delete()
         audit_record(actor=user, action="team.member_left", subject_user=user, team=team, obj=team)
+        standings_refresh_eligibility(team_ids=[team.pk], reason=f"team #{team.pk}: a member left")
     return team
 
 
@@ -264,6 +267,7 @@ def team_member_remove(*, actor: User, team: Team, user: User, reason: str = "")
         membership = _membership_locked(team, user)
         membership.delete()
         audit_record(actor=actor, action="team.member_removed", subject_user=user, team=team, obj=team, reason=reason)
+        standings_refresh_eligibility(team_ids=[team.pk], reason=f"team #{team.pk}: a member was removed")
     return team
 
 

@@ -45,9 +45,17 @@
     return file ? {blob: file, name: file.name, type: file.type || "application/octet-stream"} : null;
   }
   function serverMessage(error) {
+    // The server answers errors in the API's one format: {"error": {"code", "message", "fields"}}.
     var response = error && error.originalResponse;
     var body = response && response.getBody && response.getBody();
-    return body || (error && error.message) || String(error);
+    if (body) {
+      try {
+        var parsed = JSON.parse(body);
+        if (parsed && parsed.error && parsed.error.message) return parsed.error.message;
+      } catch (ignored) { /* not JSON: show it as it is */ }
+      return body;
+    }
+    return (error && error.message) || String(error);
   }
 
   archiveInput.addEventListener("change", function () { if (archiveInput.files.length) folderInput.value = ""; startButton.disabled = !chosen(); });

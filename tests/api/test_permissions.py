@@ -184,6 +184,7 @@ ROWS: list[Row] = [
         body={"priority": 5},
     ),
     Row("api-organizer-finalize", "POST", "organizer/tracks/{track}/finalize/", _organizer_only(200)),
+    Row("api-organizer-reveal", "POST", "organizer/challenge/reveal/", _organizer_only(200)),
     Row(
         "api-organizer-reproduction",
         "POST",
@@ -264,7 +265,8 @@ def test_matrix(row: Row, role: str):
     text = _body_text(response)
     assert response.status_code == row.expect[role], f"{row.id} as {role}: {response.status_code} {text[:300]}"
     assert_no_leak(world, role, text, f"{row.id} as {role}", row.holder_sees)
-    if response.status_code >= 400 and response.get("Content-Type", "").startswith("application/json"):
+    if response.status_code >= 400 and row.method != "HEAD":  # answers to HEAD carry no body
+        assert response.get("Content-Type", "").startswith("application/json"), text[:300]
         assert set(response.json()) == {"error"}, text[:300]
 
 
@@ -343,3 +345,25 @@ def test_participants_see_hidden_progress_redacted():
     assert body["progress"]["hidden_redacted"] is True
     assert body["progress"]["current_run"] is None and body["log_tail"] == ""
     assert body["progress"]["runs_done"] == 3 and body["progress"]["runs_total"] == 9
+
+
+def test_reveal_twice_is_a_conflict_and_reveals_hidden_scores_to_everyone():
+    from tests.api import world as w
+
+    world = build_world()
+    path = f"/api/v1/leaderboards/{world.track.slug}/"
+    assert str(w.HIDDEN_SCORE) not in _body_text(world.client(A).get(path))
+    first = world.client(Z).post("/api/v1/organizer/challenge/reveal/")
+    assert first.status_code == 200
+    assert first.json()["challenge"] == world.challenge.slug and first.json()["hidden_revealed_at"]
+    world.challenge.refresh_from_db()
+    assert world.challenge.hidden_revealed
+    assert str(w.HIDDEN_SCORE) in _body_text(world.client(A).get(path))
+    again = world.client(Z).post("/api/v1/organizer/challenge/reveal/")
+    assert again.status_code == 409
+    assert again.json() == {
+        "error": {"code": "conflict", "message": "The hidden-suite results are already public.", "fields": {}}
+    }
+    from portal.models import AuditEvent
+
+    assert AuditEvent.objects.filter(action="challenge.reveal_hidden").count() == 1

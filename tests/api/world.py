@@ -170,6 +170,7 @@ def _add_submissions(world: World) -> None:
             team=submission.team,
             is_team_entry=True,
             rank=rank,
+            open_rank=rank,
             final_score=final,
             open_score=0.6 - rank / 10,
             hidden_score=HIDDEN_SCORE if rank == 1 else 0.2,

@@ -1,9 +1,8 @@
 """The `llmec` command line end to end against a live test server: a tiny real model is packed, uploaded
 through tus, validated, queued; the CLI follows it, and a second CLI call cancels it.
 
-Following all the way to "scored" needs a Celery worker evaluating on the track's queue; that part is
-`test_submit_follows_to_scored_with_a_worker` below, marked `worker` and skipped until the pipeline's worker
-fixture (tests/evaluation/test_pipeline_worker.py) is merged — FOR THE LEAD: wire it there.
+Following all the way to "scored" needs a real Celery worker (tests/workers.py) consuming the cpu queue and the
+track's GPU queue: `test_submit_follows_to_scored_with_a_worker`, marked `worker` and `helm`.
 """
 
 import os
@@ -14,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from evaluation.engine.tiny import build_tiny_model
 from evaluation.models import BaseModel, Submission
 from evaluation.services.validation import submission_validate
+from leaderboard.models import Standing
 from portal.api.services import api_token_create
 from tests.factories import ChallengeFactory, TeamFactory, TrackFactory, UserFactory
 
@@ -155,20 +156,33 @@ def test_cli_errors_are_one_clear_line(live_server, tmp_path, setup):
     board = cli.run("leaderboard", "--track", "4090")
     assert board.returncode == 0 and "No scored entries yet." in board.stdout
     missing = cli.run("leaderboard", "--track", "h100")
-    assert missing.returncode == 2 and "No track 'h100'." in missing.stderr
+    assert missing.returncode == 2 and "There is no track 'h100'." in missing.stderr
 
 
 @pytest.mark.worker
-@pytest.mark.skip(
-    reason="FOR THE LEAD: wire the Celery worker fixture of h/pipeline tests/evaluation/test_pipeline_worker.py here."
-)
-def test_submit_follows_to_scored_with_a_worker(live_server, tmp_path, setup):
+@pytest.mark.helm
+def test_submit_follows_to_scored_with_a_worker(live_server, tmp_path, setup, workers):
+    """`llmec submit` uploads; a real worker (cpu and the track's GPU queue) validates, evaluates through HELM
+    and recomputes the standings; the CLI follows it to "scored" and prints the aspect and final scores."""
+    challenge = setup["track"].challenge
+    challenge.hidden_revealed_at = timezone.now()  # so that the final score is public and printed
+    challenge.save(update_fields=["hidden_revealed_at"])
+    workers.start(setup["track"], suites="open=offline-smoke,hidden=offline-smoke", name="cli-e2e@host")
     cli = Cli(live_server.url, setup["token"], tmp_path)
     result = cli.run(
         "submit", "--track", "4090", "--model", str(setup["model"]), "--base", "tiny-llama",
-        "--hours", "0.1", "--recipe", "https://example.org/r", "--datasets", "x", "--interval", "1",
-        timeout=1800,
+        "--hours", "0.1", "--recipe", "https://example.org/r", "--datasets", "x", "--interval", "0.5",
+        timeout=110,
     )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    for aspect in ("accuracy", "robustness", "fairness", "bias", "efficiency", "final score"):
-        assert aspect in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr + workers.logs()
+    submission = Submission.objects.get()
+    assert submission.status == Submission.Status.SCORED
+    standing = Standing.objects.get(submission=submission, snapshot__is_current=True)
+    out = result.stdout
+    assert f"Created submission #{submission.pk} on track 4090." in out and "Uploaded." in out
+    assert f"#{submission.pk} running · hidden suite" in out and f"Scored. Submission #{submission.pk}:" in out
+    for aspect in ("accuracy", "robustness", "fairness", "bias", "efficiency"):
+        line = next(line for line in out.splitlines() if line.strip().startswith(aspect))
+        expected = [standing.aspect(suite, aspect) for suite in ("open", "hidden")]
+        assert line.split()[1:] == ["—" if v is None else f"{v:.4f}" for v in expected], line
+    assert f"final score {standing.final_score:.4f}  (rank 1)" in out

@@ -66,3 +66,18 @@ def test_cancel_deletes_the_upload(page, team, track, base_model, member, tmp_pa
     page.wait_for_url("**/submissions/", timeout=60_000)
     submission.refresh_from_db()
     assert submission.status == Submission.Status.CANCELLED and not submission.uploads.exists()
+
+
+def test_a_refused_upload_shows_the_servers_message(page, team, track, base_model, member, tmp_path):
+    """The server answers tus errors in the API's JSON format; the page shows its message, not the JSON."""
+    submission = SubmissionFactory(team=team, track=track, base_model=base_model, created_by=member)
+    track.max_upload_bytes = 1000
+    track.save(update_fields=["max_upload_bytes"])
+    big = tmp_path / "big.tar"
+    big.write_bytes(b"\0" * 5000)
+    page.goto(f"/submissions/{submission.pk}/upload/")
+    page.set_input_files("#archive-input", str(big))
+    page.click("#start-button")
+    page.wait_for_selector("#upload-error:not(.d-none)", timeout=60_000)
+    message = page.inner_text("#upload-error")
+    assert "at most" in message and "{" not in message and "too_large" not in message

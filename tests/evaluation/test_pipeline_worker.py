@@ -1,48 +1,28 @@
-"""A real Celery worker, started as a subprocess on the test database, evaluating a real tiny model
-through the real engine and helm-run (suite offline-smoke).
+"""A real Celery worker (tests/workers.py), started as a subprocess on the test database, evaluating a real
+tiny model through the real engine and helm-run (suite offline-smoke).
 
-Redis (db 3, or REDIS_URL_FOR_TESTS) is the broker when it answers; otherwise kombu's filesystem
-transport, on which the kill test is skipped (that transport cannot redeliver). Every worker and
-everything it started is killed when its test ends.
+On kombu's filesystem transport (no Redis answering) the kill test is skipped: that transport cannot redeliver.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import connection
 
 from evaluation.models import EvaluationJob, MetricRecord, Submission, SuiteResult, WorkerHeartbeat
 from evaluation.services import submission_cancel, submission_quota
 from tests.evaluation.pipeline_factories import PipelineSubmissionFactory, queued
 from tests.factories import TrackFactory, UserFactory
+from tests.workers import kill_tree, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.helm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 S = Submission.Status
 J = EvaluationJob.State
-REPO = Path(__file__).resolve().parents[2]
 BOTH_SUITES = "open=offline-smoke,hidden=offline-smoke"
-
-
-def _redis_url() -> str | None:
-    url = os.environ.get("REDIS_URL_FOR_TESTS") or "redis://127.0.0.1:6379/3"
-    try:
-        import redis
-
-        client = redis.Redis.from_url(url, socket_connect_timeout=1)
-        client.ping()
-        return url
-    except Exception:
-        return None
 
 
 @pytest.fixture(scope="session")
@@ -50,124 +30,6 @@ def tiny_model(tmp_path_factory) -> Path:
     from evaluation.engine.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("pipeline-tiny"), "llama", seed=0)
-
-
-@pytest.fixture
-def broker_url():
-    """Point this process's Celery app at the broker the worker will use; start from an empty queue."""
-    from portal.celery import app
-
-    url = _redis_url()
-    if url:
-        import redis
-
-        redis.Redis.from_url(url).flushdb()
-    else:
-        url = "filesystem://"
-    previous = (app.conf.broker_url, app.conf.broker_transport_options)
-    app.conf.broker_url = url
-    if url.startswith("redis"):
-        app.conf.broker_transport_options = {"visibility_timeout": 3600}
-    _forget_connections(app)
-    yield url
-    _forget_connections(app)
-    app.conf.broker_url, app.conf.broker_transport_options = previous
-
-
-def _forget_connections(app) -> None:
-    from kombu import pools
-
-    pools.reset()
-    app._pool = None
-    app.amqp._producer_pool = None
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    host, port = db.get("HOST") or "127.0.0.1", db.get("PORT") or 5432
-    return f"postgres://{db.get('USER') or 'postgres'}@{host}:{port}/{db['NAME']}"
-
-
-def _kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL the worker and everything it started (the model server and helm-run run in their own sessions)."""
-    try:
-        parent = psutil.Process(process.pid)
-        family = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        family = []
-    for proc in family:
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(family, timeout=15)
-    process.wait(timeout=15)
-
-
-class Workers:
-    def __init__(self, broker: str, tmp: Path):
-        self.broker = broker
-        self.tmp = tmp
-        self.started: list[subprocess.Popen] = []
-
-    def start(
-        self, track, *, suites: str = "open=offline-smoke", name: str = "pipeline-test@host", **env
-    ) -> subprocess.Popen:
-        environ = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "portal.test_settings",
-            "DATABASE_URL": _database_url(),
-            "CELERY_BROKER_URL": self.broker,
-            "MEDIA_ROOT": settings.MEDIA_ROOT,
-            "EVALUATION_SUITES": suites,
-            "EVALUATION_HEARTBEAT_SECONDS": "1",
-            "EVALUATION_WORK_DIR": str(self.tmp / "work"),
-            "EVALUATION_HELM_THREADS": "2",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": str(REPO),
-            **{key: str(value) for key, value in env.items()},
-        }
-        log = open(self.tmp / f"worker-{len(self.started)}.log", "wb")
-        command = [sys.executable, "-m", "celery", "-A", "portal", "worker", "-Q", f"cpu,{track.queue_name}"]
-        command += ["-P", "prefork", "-c", "1", "-n", name, "--without-gossip", "--without-mingle", "-l", "INFO"]
-        process = subprocess.Popen(
-            command, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-        self.started.append(process)
-        return process
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}"
-            for path in sorted(self.tmp.glob("worker-*.log"))
-        )
-
-    def kill_all(self) -> None:
-        for process in self.started:
-            _kill_tree(process)
-
-
-@pytest.fixture
-def workers(broker_url, tmp_path, transactional_db):
-    pool = Workers(broker_url, tmp_path)
-    yield pool
-    pool.kill_all()
-    assert all(p.poll() is not None for p in pool.started)
-
-
-def wait_for(condition, workers: Workers, *, timeout: float = 240, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what}\n{workers.logs()}")
 
 
 def _submission(track, tiny_model) -> Submission:
@@ -221,7 +83,7 @@ def test_worker_killed_mid_job_is_redelivered_and_scored_exactly_once(workers, t
     )
     open_result = SuiteResult.objects.get(job__submission=submission, role="open")
     open_records = sorted(MetricRecord.objects.filter(suite_result=open_result).values_list("id", flat=True))
-    _kill_tree(first)
+    kill_tree(first)
     assert Submission.objects.get(pk=submission.pk).status == S.RUNNING
 
     # The same worker comes back; the broker hands it the unacknowledged message again.

@@ -267,3 +267,44 @@ def test_creation_after_submission_create_uses_no_extra_quota(member, track, bas
     )
     assert create(client_for(member), s, 10).status_code == 201
     assert Submission.objects.count() == 1
+
+
+def test_errors_use_the_apis_one_format_with_tus_headers(client, client_for, member, submission, track):
+    """tus clients read only the status and headers; people, the page and the CLI read `error.message`."""
+
+    def error(r, status: int, code: str) -> dict:
+        assert r.status_code == status and r["Tus-Resumable"] == "1.0.0" and r["Cache-Control"] == "no-store"
+        assert r["Content-Type"] == "application/json"
+        if r.request["REQUEST_METHOD"] == "HEAD":  # answers to HEAD carry no body
+            return {"code": code}
+        body = r.json()
+        assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "fields"}
+        assert body["error"]["code"] == code and body["error"]["message"]
+        return body["error"]
+
+    assert (
+        "Log in" in error(client.post(URL, headers={**TUS, "Upload-Length": "10"}), 401, "not_authenticated")["message"]
+    )
+    c = client_for(member)
+    assert error(c.post(URL, headers={"Upload-Length": "10"}), 412, "tus_version")["message"] == (
+        "Send Tus-Resumable: 1.0.0."
+    )
+    assert error(c.post(URL, headers=TUS), 400, "invalid")["fields"].keys() == {"Upload-Length"}
+    assert error(c.get(URL, headers=TUS), 405, "method_not_allowed") and c.get(URL)["Allow"] == "OPTIONS, POST"
+    assert "at most" in error(create(c, submission, track.max_upload_bytes + 1), 413, "too_large")["message"]
+    location = create(c, submission, 1000)["Location"]
+    assert patch(c, location, 0, b"a" * 100).status_code == 204
+    mismatch = error(patch(c, location, 50, b"b" * 100), 409, "offset_mismatch")
+    assert mismatch["message"] == "Upload-Offset is 50 but the server has 100 bytes."
+    wrong_type = c.generic(
+        "PATCH", location, data=b"x", content_type="text/plain", headers={**TUS, "Upload-Offset": "100"}
+    )
+    error(wrong_type, 415, "unsupported_media_type")
+    assert error(patch(c, location, 100, b"c", **{"Upload-Checksum": checksum(b"d")}), 460, "checksum_mismatch")
+    Upload.objects.filter(pk=location.rstrip("/").rsplit("/", 1)[1]).update(expires_at=timezone.now())
+    assert error(c.head(location, headers=TUS), 410, "gone")
+    assert error(
+        client_for(member).delete("/api/v1/uploads/00000000-0000-0000-0000-000000000000/", headers=TUS),
+        404,
+        "not_found",
+    )
