@@ -7,7 +7,7 @@ service writes, an output serializer answers.
 
 from django.db.models import QuerySet
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
@@ -182,57 +182,43 @@ class SubmissionQuotaApi(APIView):
 
 
 class _OrganizerSubmissionApi(APIView):
-    permission_classes = [permissions.IsOrganizer]
+    """One organizer action on one submission: parse `input_serializer`, call `service`, answer the detail."""
 
-    def submission(self, submission_id: int) -> Submission:
+    permission_classes = [permissions.IsOrganizer]
+    input_serializer: type = s.ReasonInputSerializer
+    service = staticmethod(lambda **kwargs: None)
+
+    def post(self, request: Request, submission_id: int) -> Response:
         if not Submission.objects.filter(pk=submission_id).exists():
             raise NotFound("No such submission.")
-        return _submission(self.request, submission_id)
+        data = parse(self.input_serializer, request)
+        self.service(submission_id=submission_id, actor=request.user, **data)
+        return Response(_detail(request, _submission(request, submission_id)))
 
 
+def _organizer_schema(input_serializer: type, summary: str):
+    return extend_schema_view(
+        post=extend_schema(request=input_serializer, responses=s.SubmissionDetailOutputSerializer, summary=summary)
+    )
+
+
+@_organizer_schema(s.ReasonInputSerializer, "Evaluate a scored, failed or cancelled submission again (organizers)")
 class OrganizerSubmissionRerunApi(_OrganizerSubmissionApi):
-    @extend_schema(
-        request=s.ReasonInputSerializer,
-        responses=s.SubmissionDetailOutputSerializer,
-        summary="Evaluate a scored, failed or cancelled submission again (organizers)",
-    )
-    def post(self, request: Request, submission_id: int) -> Response:
-        data = parse(s.ReasonInputSerializer, request)
-        services.submission_rerun(submission_id=self.submission(submission_id).pk, actor=request.user, **data)
-        return Response(_detail(request, _submission(request, submission_id)))
+    service = staticmethod(services.submission_rerun)
 
 
+@_organizer_schema(s.ReasonInputSerializer, "Cancel any queued or running evaluation (organizers)")
 class OrganizerSubmissionCancelApi(_OrganizerSubmissionApi):
-    @extend_schema(
-        request=s.ReasonInputSerializer,
-        responses=s.SubmissionDetailOutputSerializer,
-        summary="Cancel any queued or running evaluation (organizers)",
-    )
-    def post(self, request: Request, submission_id: int) -> Response:
-        data = parse(s.ReasonInputSerializer, request)
-        services.submission_cancel(submission_id=self.submission(submission_id).pk, actor=request.user, **data)
-        return Response(_detail(request, _submission(request, submission_id)))
+    service = staticmethod(services.submission_cancel)
 
 
+@_organizer_schema(s.RequiredReasonInputSerializer, "Disqualify a submission with a reason the team reads (organizers)")
 class OrganizerSubmissionDisqualifyApi(_OrganizerSubmissionApi):
-    @extend_schema(
-        request=s.RequiredReasonInputSerializer,
-        responses=s.SubmissionDetailOutputSerializer,
-        summary="Disqualify a submission with a reason the team reads (organizers)",
-    )
-    def post(self, request: Request, submission_id: int) -> Response:
-        data = parse(s.RequiredReasonInputSerializer, request)
-        services.submission_disqualify(submission_id=self.submission(submission_id).pk, actor=request.user, **data)
-        return Response(_detail(request, _submission(request, submission_id)))
+    input_serializer = s.RequiredReasonInputSerializer
+    service = staticmethod(services.submission_disqualify)
 
 
+@_organizer_schema(s.PriorityInputSerializer, "Change a submission's priority within its queue (organizers)")
 class OrganizerSubmissionPriorityApi(_OrganizerSubmissionApi):
-    @extend_schema(
-        request=s.PriorityInputSerializer,
-        responses=s.SubmissionDetailOutputSerializer,
-        summary="Change a submission's priority within its queue (organizers)",
-    )
-    def post(self, request: Request, submission_id: int) -> Response:
-        data = parse(s.PriorityInputSerializer, request)
-        services.submission_set_priority(submission_id=self.submission(submission_id).pk, actor=request.user, **data)
-        return Response(_detail(request, _submission(request, submission_id)))
+    input_serializer = s.PriorityInputSerializer
+    service = staticmethod(services.submission_set_priority)
