@@ -382,6 +382,8 @@ def evaluation_reap_stale_jobs(*, batch: int | None = None) -> dict[str, int]:
             else:
                 requeue_locked(job, reason="The worker running it stopped responding; it was put back in the queue.")
                 counts["requeued"] += 1
+            # The silent worker is no longer running it (the queue page said so until it was gone).
+            WorkerHeartbeat.objects.filter(current_job_id=job_id).update(current_job=None)
     # Workers silent for a day are gone for good.
     WorkerHeartbeat.objects.filter(last_seen_at__lt=timezone.now() - timedelta(days=1)).delete()
     return counts

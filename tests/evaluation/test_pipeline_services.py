@@ -10,7 +10,7 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from evaluation.models import EvaluationJob, MetricRecord, Submission, SuiteResult
+from evaluation.models import EvaluationJob, MetricRecord, Submission, SuiteResult, WorkerHeartbeat
 from evaluation.selectors import scored_results_for_track
 from evaluation.services import (
     evaluation_reap_stale_jobs,
@@ -181,6 +181,17 @@ def test_stale_heartbeat_is_reaped_then_failed_after_the_second_loss(settings):
     EvaluationJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     assert evaluation_reap_stale_jobs() == {"requeued": 0, "failed": 1}
     assert Submission.objects.get(pk=submission.pk).status == S.FAILED
+
+
+def test_a_reaped_job_is_no_longer_shown_as_its_silent_workers_current_job(settings):
+    settings.EVALUATION_STALE_AFTER_SECONDS = 60
+    submission = queued(PipelineSubmissionFactory())
+    job = evaluation_claim_next(track_id=submission.track_id, task_id="t1", hostname="w1")
+    WorkerHeartbeat.objects.create(hostname="w1", queues="gpu-x", gpu="", last_seen_at=timezone.now(), current_job=job)
+    EvaluationJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+
+    evaluation_reap_stale_jobs()
+    assert WorkerHeartbeat.objects.get(hostname="w1").current_job is None
 
 
 def test_reaper_works_in_bounded_batches(settings):
