@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils.text import slugify
 
+from evaluation.engine.runner import count_parameters
 from evaluation.models import BaseModel, Submission
 from leaderboard.demo_story import finetune_tiny, pack
 from portal.demo import demo_user
@@ -93,7 +94,7 @@ class Command(BaseCommand):
                     continue
                 model_dir = Path(tmp) / f"model-{i}"
                 stats = finetune_tiny(model_dir, budget_seconds=budget, seed=i)
-                params = _parameter_count(model_dir)
+                params = count_parameters(model_dir)
                 BaseModel.objects.get_or_create(
                     name=STORY_BASE_MODEL,
                     defaults={
@@ -112,20 +113,3 @@ class Command(BaseCommand):
                     f"{stats['first_loss'] or 0:.2f} → {stats['last_loss'] or 0:.2f}; submission #{submission.pk} "
                     f"is {submission.get_status_display().lower()}"
                 )
-
-
-def _parameter_count(model_dir: Path) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
-        for name in f.keys():
-            total += _n(f.get_slice(name).get_shape())
-    return total
-
-
-def _n(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
