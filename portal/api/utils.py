@@ -31,7 +31,6 @@ def parse(serializer_class: type[serializers.Serializer], request: Request, *, p
 
 
 def parse_query(serializer_class: type[serializers.Serializer], request: Request) -> dict:
-    _refuse_nul_characters(request.query_params)
     serializer = serializer_class(data=request.query_params)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
