@@ -15,13 +15,16 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from django.core.files.storage import FileSystemStorage, Storage, storages
 
 S3_PART_BYTES = 8 * 1024 * 1024
 COPY_PIECE = 1024 * 1024
+WRITEBACK_STEP = 8 * 1024 * 1024
 
 
 class Appender:
@@ -36,6 +39,41 @@ class Appender:
 
     def rollback(self) -> None:
         raise NotImplementedError
+
+
+class OverlappedAppender(Appender):
+    """Writes on a helper thread while the request thread reads the next piece from the socket.
+
+    `write()` releases the GIL, so the disk write of one piece overlaps the socket read and the hash
+    of the next. At most `depth` pieces wait, so memory stays bounded; a write error surfaces on the
+    next `write` or on `commit`.
+    """
+
+    def __init__(self, inner: Appender, depth: int = 4):
+        self.inner, self.depth = inner, depth
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-write")
+        self.pending: deque = deque()
+
+    def write(self, piece: bytes) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self.inner.write, piece))
+
+    def _drain(self) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def commit(self) -> dict:
+        self._drain()
+        return self.inner.commit()
+
+    def rollback(self) -> None:
+        with contextlib.suppress(Exception):
+            self._drain()
+        self.inner.rollback()
 
 
 class ChunkStore:
@@ -61,9 +99,18 @@ class _LocalAppender(Appender):
         # Bytes past the recorded offset come from an interrupted request that was never recorded.
         self.fh.truncate(offset)
         self.fh.seek(offset)
+        self.unsynced = 0
 
     def write(self, piece: bytes) -> None:
         self.fh.write(piece)
+        self.unsynced += len(piece)
+        if self.unsynced >= WRITEBACK_STEP:
+            # Start the disk write of what is already written without waiting for it, so the fsync
+            # in commit() finds little left to do (otherwise the whole request's bytes wait for it).
+            self.fh.flush()
+            end = self.fh.tell()
+            os.posix_fadvise(self.fh.fileno(), end - self.unsynced, self.unsynced, os.POSIX_FADV_DONTNEED)
+            self.unsynced = 0
 
     def commit(self) -> dict:
         self.fh.flush()
