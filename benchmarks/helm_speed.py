@@ -273,11 +273,20 @@ def run_engine(model_dir: Path, suite, out: Path, time_limit: float, threads: in
     return {
         "wall_s": doc.efficiency.wall_seconds,
         "helm_s": doc.efficiency.helm_seconds,
+        "server_startup": server_startup(out / "server.log"),
         "runs_dir": str(out / "helm" / "runs" / "eval"),
         "records": [vars(r) for r in doc.records],
         "failed_runs": [r.name for r in doc.runs if r.status != "succeeded"],
         "server_stats": {k: v for k, v in stats.items() if k != "latencies"},
     }
+
+
+def server_startup(log_path: Path) -> dict | None:
+    """Seconds the engine's server took to load and warm up, from the line it prints when ready."""
+    for line in log_path.read_text(errors="replace").splitlines() if log_path.exists() else []:
+        if line.startswith("{") and '"status": "ready"' in line:
+            return json.loads(line).get("startup")
+    return None
 
 
 # ------------------------------------------------------------------------------ reading HELM's output
@@ -287,7 +296,8 @@ def request_states(runs_dir: str) -> dict[tuple, dict]:
     for path in sorted(Path(runs_dir).glob("*/scenario_state.json")):
         run = path.parent.name.split(",model=")[0]
         for rs in json.loads(path.read_text()).get("request_states", []):
-            key = (run, rs["instance"]["id"], rs.get("train_trial_index", 0), rs.get("reference_index"),
+            perturbation = (rs["instance"].get("perturbation") or {}).get("name")
+            key = (run, rs["instance"]["id"], perturbation, rs.get("train_trial_index", 0), rs.get("reference_index"),
                    rs.get("request_mode"))  # fmt: skip
             completion = ((rs.get("result") or {}).get("completions") or [{}])[0]
             states[key] = {
@@ -407,8 +417,9 @@ def fmt(value, spec: str, empty: str = "–") -> str:
 def render(results: dict) -> str:
     lines = [
         "| model | suite | mode | budget (GB) | wall (s) | speed-up vs A | prompt tok/s | output tok/s | MFU | "
-        "bandwidth share | peak GPU memory (GB) | same predictions as A | worst metric diff vs A (points) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "bandwidth share | peak GPU memory (GB) | same predictions as A | worst metric diff vs A (points) | "
+        "server load + warm-up (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["rows"]:
         e = r.get("efficiency", {})
@@ -422,7 +433,8 @@ def render(results: dict) -> str:
             f"{fmt(e.get('mfu'), '.0%')} | {fmt(e.get('bandwidth_share'), '.1%')} | "
             f"{fmt(r.get('peak_gpu_gb'), '.1f')} | "
             f"{same} | "
-            f"{fmt((r.get('metrics_vs_A') or {}).get('max_diff_points'), '.2f')} |"
+            f"{fmt((r.get('metrics_vs_A') or {}).get('max_diff_points'), '.2f')} | "
+            f"{'' if not r.get('server_startup') else '{load_s} + {warm_up_s}'.format(**r['server_startup'])} |"
         )
     return "\n".join(lines)
 
@@ -441,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=["ours", "A", "B"], help="in the order to run them")
     p.add_argument("--budgets", nargs="+", type=float, default=[24.0], help="track budgets (GB) for ours")
     p.add_argument("--instances", nargs="*", default=[], help="SUITE=N instances per run entry")
-    p.add_argument("--threads", type=int, default=64, help="HELM threads for ours")
+    p.add_argument("--threads", type=int, default=128, help="HELM threads for ours")
     p.add_argument("--baseline-threads", type=int, default=4, help="HELM threads for A and B (HELM's default)")
     p.add_argument("--fp32-check", nargs="*", default=None, help="SUITE=N for a tiny fp32 model through A, B, ours")
     p.add_argument("--decode-bench", type=int, nargs=2, metavar=("ROWS", "TOKENS"), help="decode micro-benchmark")
@@ -551,6 +563,7 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
                 "failed_runs": row["failed_runs"],
                 "peak_gpu_gb": poll.peak_gb,
                 "server_stats": row.get("server_stats"),
+                "server_startup": row.get("server_startup"),
                 "efficiency": efficiency(row, row_counts, ceilings, params, weight_bytes, kv_token, heavy),
                 "_records": row["records"],
             }

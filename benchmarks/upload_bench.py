@@ -247,8 +247,11 @@ def main() -> None:
         "server_worker_peak_rss_mib": round(sampler.worker_peak() / MIB, 1),
         "server_worker_idle_rss_mib": round(idle_rss / MIB, 1),
         "rounds": [
-            {"local_copy_mib_s": round(size / MIB / c, 1), "tus_upload_mib_s": round(size / MIB / u, 1),
-             "ratio": round(c / u, 3)}
+            {
+                "local_copy_mib_s": round(size / MIB / c, 1),
+                "tus_upload_mib_s": round(size / MIB / u, 1),
+                "ratio": round(c / u, 3),
+            }
             for c, u in rounds
         ],
         # Each round's upload is compared with the copy made just before it, in the same cache state.

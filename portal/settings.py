@@ -240,7 +240,7 @@ CELERY_BEAT_SCHEDULE["evaluation-reap-stale-jobs"] = {
     "schedule": env_int("EVALUATION_REAP_EVERY_SECONDS", 60),
     "options": {"queue": "cpu"},
 }
-EVALUATION_HELM_THREADS = env_int("EVALUATION_HELM_THREADS", 16)
+EVALUATION_HELM_THREADS = env_int("EVALUATION_HELM_THREADS", 128)
 EVALUATION_HEALTH_TIMEOUT_SECONDS = env_int("EVALUATION_HEALTH_TIMEOUT_SECONDS", 300)
 # Submissions and resumable uploads (evaluation/).
 UPLOAD_EXPIRY_HOURS = env_int("UPLOAD_EXPIRY_HOURS", 24)

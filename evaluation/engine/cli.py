@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--track-memory-gb", required=True, type=float, help="GPU memory budget of the track")
     ev.add_argument("--track-name", help="track name used in messages, e.g. 4090")
     ev.add_argument("--out", required=True, help="output folder: result.json, logs, HELM output")
-    ev.add_argument("--threads", type=int, default=16, help="HELM's concurrent requests (-n)")
+    ev.add_argument("--threads", type=int, default=128, help="HELM's concurrent requests (-n); the server batches them")
     ev.add_argument("--time-limit", type=float, help="seconds before helm-run is stopped (default: the suite's)")
     ev.add_argument("--max-eval-instances", type=int, help="cap the instances of every run")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -48,6 +48,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening_socket() -> socket.socket:
+    """A bound, listening socket for the model server to inherit (`--listen-fd`).
+
+    HELM can then start at the same time as the server: its first requests wait in the backlog
+    until the model is loaded, instead of being refused.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -86,6 +98,7 @@ class ServerProcess:
     port: int
     log_path: Path
     env: dict[str, str] | None = None
+    pass_fds: tuple[int, ...] = ()
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     stopped_at: float = 0.0
@@ -106,6 +119,7 @@ class ServerProcess:
             env=self.env,
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            pass_fds=self.pass_fds,
         )
         log.close()
 
@@ -182,6 +196,7 @@ def server_command(
     device: str,
     dtype: str,
     track_name: str | None = None,
+    listen_fd: int | None = None,
 ) -> list[str]:
     cmd = [sys.executable, "-m", "evaluation.engine.server", "--model", str(model_dir)]
     if adapter_base is not None:
@@ -189,6 +204,8 @@ def server_command(
     if track_name:
         cmd += ["--track-name", track_name]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--track-memory-gb", str(track_memory_gb)]
+    if listen_fd is not None:
+        cmd += ["--listen-fd", str(listen_fd)]
     return cmd + ["--device", device, "--dtype", dtype]
 
 
@@ -206,8 +223,15 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+# The config attributes the server reads its context length from (loading._max_positions), in order.
+CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
 def model_facts(model_dir: Path, adapter_base: Path | None) -> dict[str, Any]:
-    """Special tokens and context length, read from the model's files (no weights loaded)."""
+    """Special tokens, context length and tokenizer folder, read from the model's files (no weights).
+
+    The context length is the one the server will report, so HELM can start before the server is up.
+    """
     folders = [model_dir] + ([adapter_base] if adapter_base else [])
     tok: dict[str, Any] = {}
     config: dict[str, Any] = {}
@@ -216,11 +240,19 @@ def model_facts(model_dir: Path, adapter_base: Path | None) -> dict[str, Any]:
         config = config or _read_json(folder / "config.json")
     eos = _token_text(tok.get("eos_token")) or "</s>"
     bos = _token_text(tok.get("bos_token")) or eos
-    max_len = config.get("max_position_embeddings") or config.get("n_positions") or 2048
-    model_max = tok.get("model_max_length")
-    if isinstance(model_max, int) and 0 < model_max < max_len:
-        max_len = model_max
-    return {"eos_token": eos, "bos_token": bos, "max_sequence_length": int(max_len)}
+    max_len = next((v for v in (config.get(a) for a in CONTEXT_ATTRS) if isinstance(v, int) and v > 0), None)
+    if max_len is None:
+        model_max = tok.get("model_max_length")
+        max_len = model_max if isinstance(model_max, int) and 0 < model_max < 1_000_000 else 2048
+    # As the server loads it: the adapter's own tokenizer if it has one, else the base model's. None
+    # (HELM then asks the server) when there are no tokenizer files, e.g. behind a stand-in server.
+    tokenizer_dir = next((f for f in folders if (f / "tokenizer_config.json").exists()), None)
+    return {
+        "eos_token": eos,
+        "bos_token": bos,
+        "max_sequence_length": int(max_len),
+        "tokenizer_dir": str(tokenizer_dir) if tokenizer_dir else None,
+    }
 
 
 def write_prod_env(prod_env: Path, base_url: str, facts: dict[str, Any]) -> Path:
@@ -241,14 +273,22 @@ def write_prod_env(prod_env: Path, base_url: str, facts: dict[str, Any]) -> Path
             }
         ]
     }
+    # HELM tokenizes every prompt (context-window checks) and every completion (metrics). In its own
+    # process, with the submission's tokenizer files, as stock HELM does for local models, that costs
+    # no HTTP round trip and does not wait for the model server to load.
+    tokenizer_spec = (
+        {
+            "class_name": "helm.tokenizers.huggingface_tokenizer.HuggingFaceTokenizer",
+            "args": {"pretrained_model_name_or_path": facts["tokenizer_dir"], "trust_remote_code": False},
+        }
+        if facts.get("tokenizer_dir")
+        else {"class_name": "helm.tokenizers.http_model_tokenizer.HTTPModelTokenizer", "args": {"base_url": base_url}}
+    )
     tokenizers = {
         "tokenizer_configs": [
             {
                 "name": DEPLOYMENT,
-                "tokenizer_spec": {
-                    "class_name": "helm.tokenizers.http_model_tokenizer.HTTPModelTokenizer",
-                    "args": {"base_url": base_url},
-                },
+                "tokenizer_spec": tokenizer_spec,
                 "end_of_text_token": facts["eos_token"],
                 "prefix_token": facts["bos_token"],
             }
@@ -471,8 +511,10 @@ def run_helm(
     log_path: Path,
     time_limit_s: float,
     progress: HelmProgress,
+    kill_switch: threading.Event | None = None,
 ) -> int:
-    """Run helm-run, streaming its log into `progress`; kill it past `time_limit_s` (HelmTimeout)."""
+    """Run helm-run, streaming its log into `progress`; kill it past `time_limit_s` (HelmTimeout) or
+    when `kill_switch` is set (the model server failed under it)."""
     with open(log_path, "w", encoding="utf-8") as log:
         process = subprocess.Popen(
             cmd,
@@ -495,6 +537,17 @@ def run_helm(
         timer = threading.Timer(time_limit_s, on_timeout)
         timer.daemon = True
         timer.start()
+        done = threading.Event()
+        if kill_switch is not None:
+
+            def on_kill_switch() -> None:
+                while not done.is_set():
+                    # Unreaped (poll() is None), the process group id cannot have been reused.
+                    if kill_switch.wait(0.2) and process.poll() is None:
+                        _kill_group(process, signal.SIGKILL)
+                        return
+
+            threading.Thread(target=on_kill_switch, name="helm-kill-switch", daemon=True).start()
         try:
             assert process.stdout is not None
             for line in process.stdout:
@@ -503,6 +556,7 @@ def run_helm(
             returncode = process.wait()
         finally:
             timer.cancel()
+            done.set()
             if process.poll() is None:
                 _kill_group(process, signal.SIGKILL)
                 process.wait()
@@ -662,6 +716,44 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+class ServerWatch(threading.Thread):
+    """While helm-run runs beside a starting server: wait for its health, then keep watching it.
+
+    If the server fails to load, never becomes healthy, or dies, `failure` says why and the kill
+    switch stops helm-run, whose requests would otherwise wait on a server that will never answer.
+    """
+
+    def __init__(self, server: ServerProcess, timeout_s: float, on_ready: Callable[[], None]):
+        super().__init__(name="server-watch", daemon=True)
+        self.server, self.timeout_s, self.on_ready = server, timeout_s, on_ready
+        self.kill_switch = threading.Event()
+        self.ready = threading.Event()
+        self.finished = threading.Event()
+        self.failure: errors.EngineError | None = None
+
+    def run(self) -> None:
+        try:
+            self.server.wait_healthy(self.timeout_s)
+        except errors.EngineError as exc:
+            self.failure = exc
+            self.kill_switch.set()
+            return
+        self.ready.set()
+        self.on_ready()
+        while not self.finished.wait(0.5):
+            if not self.server.alive():
+                self.failure = errors.ServerCrashed(
+                    "the model server crashed during the evaluation", log_tail=tail(self.server.log_path)
+                )
+                self.kill_switch.set()
+                return
+
+    def stop(self) -> None:
+        self.finished.set()
+        if self.is_alive():
+            self.join(timeout=5)
+
+
 def evaluate(
     *,
     model_dir: str | Path,
@@ -669,7 +761,7 @@ def evaluate(
     track_memory_gb: float,
     out_dir: str | Path,
     adapter_base: str | Path | None = None,
-    threads: int = 16,
+    threads: int = 128,
     time_limit_s: float | None = None,
     max_eval_instances: int | None = None,
     on_progress: ProgressCallback | None = None,
@@ -701,25 +793,37 @@ def evaluate(
         hardware=detect_hardware(),
     )
     started = time.monotonic()
-    port = free_port()
+    # Our server inherits a listening socket, so helm-run starts at once, beside it; a replacement
+    # server (`server_cmd`, the benchmarks' baselines) binds its own port and is waited for first.
+    listener = listening_socket() if server_cmd is None else None
+    port = listener.getsockname()[1] if listener else free_port()
     command = (
         [part.replace("{port}", str(port)) for part in server_cmd]
         if server_cmd
-        else server_command(model_path, port, track_memory_gb, base_path, device, dtype, track_name)
+        else server_command(
+            model_path, port, track_memory_gb, base_path, device, dtype, track_name, listen_fd=listener.fileno()
+        )
     )
-    server = ServerProcess(command, port, out / "server.log", env=helm_env(f"http://127.0.0.1:{port}"))
+    server = ServerProcess(
+        command, port, out / "server.log", env=helm_env(f"http://127.0.0.1:{port}"),
+        pass_fds=(listener.fileno(),) if listener else (),
+    )  # fmt: skip
     progress = HelmProgress(on_progress=on_progress, hidden=suite_obj.hidden)
     helm_seconds = 0.0
     server_stats: dict[str, Any] = {}
+    watch = ServerWatch(server, health_timeout_s, on_ready=lambda: _emit(on_progress, {"event": "server_ready"}))
     try:
         _emit(on_progress, {"event": "server_starting"})
-        server.start()
-        server.wait_healthy(health_timeout_s)
-        _emit(on_progress, {"event": "server_ready"})
+        try:
+            server.start()
+        finally:
+            if listener is not None:
+                listener.close()  # the server holds its own copy
+        if listener is None:
+            server.wait_healthy(health_timeout_s)
+        watch.start()
         facts = model_facts(model_path, base_path)
-        if isinstance(server.health.get("max_positions"), int):
-            facts["max_sequence_length"] = server.health["max_positions"]
-        doc.model.update({k: server.health.get(k) for k in ("parameters", "device", "dtype", "max_positions")})
+        doc.model.update({"max_positions": facts["max_sequence_length"]})
         prod_env = write_prod_env(out / "prod_env", server.base_url, facts)
         conf = write_conf(out / "run_entries.conf", suite_obj.entries, max_eval_instances)
         staged = link_helm_data_cache(out / "helm", helm_data_cache or os.environ.get("HELM_DATA_CACHE"))
@@ -731,11 +835,17 @@ def evaluate(
         try:
             returncode = run_helm(
                 cmd, env=helm_env(server.base_url), cwd=out, log_path=out / "helm.log", time_limit_s=limit,
-                progress=progress,
+                progress=progress, kill_switch=watch.kill_switch,
             )  # fmt: skip
         finally:
             helm_seconds = time.monotonic() - helm_started
-            server_stats = server.stats()
+            watch.stop()
+            server_stats = server.stats() if watch.ready.is_set() else {}
+        if watch.failure is not None and not watch.ready.is_set():
+            raise watch.failure  # the model never served: its load error is the job's error
+        doc.model.update(
+            {k: server.health[k] for k in ("parameters", "device", "dtype", "max_positions") if k in server.health}
+        )
         server_died = not server.alive()
         _collect_runs(doc, suite_obj, progress, out / "helm" / "runs" / helm_suite_id)
         succeeded = [r for r in doc.runs if r.status == "succeeded"]

@@ -249,7 +249,9 @@ def _append_locked(upload: Upload, stream: BinaryIO, content_length: int, checks
     store = chunk_store()
     hasher = PySha256.deserialize(bytes(upload.sha256_state)) if upload.sha256_state else PySha256()
     chunk_hash = hashlib.new(checksum[0]) if checksum else None
-    appender = OverlappedAppender(store.appender(upload.storage_name, upload.storage_state, upload.offset, upload.length))
+    appender = OverlappedAppender(
+        store.appender(upload.storage_name, upload.storage_state, upload.offset, upload.length)
+    )
     received = 0
     interrupted = False
     last_renewal = timezone.now()

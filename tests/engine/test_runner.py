@@ -110,7 +110,20 @@ def test_prod_env_points_helm_at_the_server(tiny_llama_dir, tmp_path):
     deployment = yaml.safe_load((prod_env / "model_deployments.yaml").read_text())["model_deployments"][0]
     assert deployment["client_spec"]["args"]["base_url"] == "http://127.0.0.1:9"
     tokenizer = yaml.safe_load((prod_env / "tokenizer_configs.yaml").read_text())["tokenizer_configs"][0]
-    assert tokenizer["tokenizer_spec"]["args"]["base_url"] == "http://127.0.0.1:9"
+    # HELM tokenizes in its own process, from the submission's files, never trusting remote code.
+    assert tokenizer["tokenizer_spec"] == {
+        "class_name": "helm.tokenizers.huggingface_tokenizer.HuggingFaceTokenizer",
+        "args": {"pretrained_model_name_or_path": str(tiny_llama_dir), "trust_remote_code": False},
+    }
+
+
+def test_an_adapter_without_tokenizer_files_uses_its_bases(tmp_path, tiny_llama_dir):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    facts = model_facts(adapter, tiny_llama_dir)
+    assert facts["tokenizer_dir"] == str(tiny_llama_dir)
+    assert facts["max_sequence_length"] == 2048  # the base's config, as the server reports it
 
 
 def test_server_never_healthy_fails_with_its_log_tail(tmp_path):
@@ -183,3 +196,45 @@ def test_staged_helm_data_is_linked_into_the_job(tmp_path):
     assert link_helm_data_cache(tmp_path / "job" / "helm", tmp_path / "stage")
     assert (tmp_path / "job" / "helm" / "scenarios" / "mmlu").is_dir()
     assert not link_helm_data_cache(tmp_path / "job2", None)
+
+
+def test_the_kill_switch_stops_helm_run(tmp_path):
+    """What the server watch pulls when the model server fails under a running helm-run."""
+    import threading
+
+    from evaluation.engine.runner import run_helm
+
+    switch = threading.Event()
+    threading.Timer(0.3, switch.set).start()
+    code = run_helm(
+        [sys.executable, "-c", "import time; print('working', flush=True); time.sleep(120)"],
+        env=None, cwd=tmp_path, log_path=tmp_path / "helm.log", time_limit_s=300, progress=HelmProgress(),
+        kill_switch=switch,
+    )  # fmt: skip
+    assert code == -9
+    assert "working" in (tmp_path / "helm.log").read_text()
+
+
+def test_the_server_watch_reports_a_server_that_dies_after_serving(tmp_path):
+    from evaluation.engine.runner import ServerProcess, ServerWatch, free_port
+
+    port = free_port()
+    script = (
+        "import http.server, threading, sys, time\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(b'{}')\n"
+        f"s = http.server.HTTPServer(('127.0.0.1', {port}), H)\n"
+        "threading.Thread(target=s.serve_forever, daemon=True).start()\n"
+        "time.sleep(1.5); sys.exit(1)\n"
+    )
+    server = ServerProcess([sys.executable, "-c", script], port, tmp_path / "server.log")
+    ready = []
+    watch = ServerWatch(server, timeout_s=30, on_ready=lambda: ready.append(True))
+    server.start()
+    watch.start()
+    assert watch.kill_switch.wait(30)
+    watch.stop()
+    server.stop()
+    assert ready == [True]
+    assert isinstance(watch.failure, errors.ServerCrashed)

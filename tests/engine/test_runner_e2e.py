@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.engine import errors
 from evaluation.engine.result import ResultDocument, validate
 from evaluation.engine.runner import evaluate
 
@@ -91,3 +92,13 @@ def test_cli_list_suites_and_bad_suite():
         text=True,
     )
     assert proc.returncode == 64 and "unknown suite 'nope'" in proc.stderr
+
+
+def test_a_model_too_large_for_the_track_fails_the_job_while_helm_starts_beside_it(tiny_llama_dir, tmp_path):
+    """helm-run starts with the server; the server's load error, not HELM's waiting, ends the job."""
+    with pytest.raises(errors.ModelTooLarge, match="track 4090 allows"):
+        evaluate(model_dir=tiny_llama_dir, suite="offline-smoke", track_memory_gb=0.0001, out_dir=tmp_path,
+                 device="cpu", track_name="4090")  # fmt: skip
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["status"] == "failed" and doc["errors"][0]["type"] == "ModelTooLarge"
+    assert not list((tmp_path / "helm").glob("runs/*/*/stats.json"))  # HELM was stopped, not left to fail

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import math
+import socket
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -77,6 +78,7 @@ class ModelService:
         self.tokenizer = loaded.tokenizer
         self.seed = seed
         self.stats = Stats(device=loaded.device)
+        self.startup: dict[str, float] | None = None  # seconds to load and warm up, set by the launcher
         self.generator = BatchGenerator(loaded.model, loaded.tokenizer, prefix_sharing=prefix_sharing, decode=decode)
         message = "the model ran out of GPU memory on a single request"
         if loaded.budget_bytes:
@@ -107,6 +109,7 @@ class ModelService:
             "max_positions": self.loaded.max_positions,
             "estimated_bytes": self.loaded.estimated_bytes,
             "budget_bytes": self.loaded.budget_bytes,
+            "startup": self.startup,
         }
 
     def stats_snapshot(self) -> dict:
@@ -320,6 +323,15 @@ class EngineHTTPServer(ThreadingHTTPServer):
     # HELM runs with dozens of threads; do not refuse connections while the model is busy.
     request_queue_size = 512
 
-    def __init__(self, address: tuple[str, int], service: ModelService):
+    def __init__(self, address: tuple[str, int], service: ModelService, listen_fd: int | None = None):
         self.service = service
-        super().__init__(address, Handler)
+        if listen_fd is None:
+            super().__init__(address, Handler)
+            return
+        # A socket the runner bound and listens on before starting us: clients that connect while the
+        # model loads wait in its backlog instead of being refused.
+        super().__init__(address, Handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = socket.socket(fileno=listen_fd)
+        self.server_address = self.socket.getsockname()
+        self.server_name, self.server_port = self.server_address[:2]
