@@ -256,8 +256,9 @@ def run_stock(model_dir: Path, suite, out: Path, time_limit: float, threads: int
 
 
 def run_engine(model_dir: Path, suite, out: Path, time_limit: float, threads: int, budget: float, dtype: str,
-               server_cmd: list[str] | None = None) -> dict:  # fmt: skip
+               server_cmd: list[str] | None = None, standby: bool = False) -> dict:  # fmt: skip
     doc = runner.evaluate(
+        standby=standby,
         model_dir=model_dir,
         suite=suite,
         track_memory_gb=budget,
@@ -450,7 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="1b", help="tiny, 1b or 7b (benchmarks/engine_speed.py's shapes)")
     p.add_argument("--suites", nargs="+", default=["prefill-mc", "generation"])
-    p.add_argument("--modes", nargs="+", default=["ours", "A", "B"], help="in the order to run them")
+    p.add_argument(
+        "--modes", nargs="+", default=["ours", "A", "B"],
+        help="in the order to run them; 'warm' is ours taking over standbys (imports done) left by the run before",
+    )  # fmt: skip
     p.add_argument("--budgets", nargs="+", type=float, default=[24.0], help="track budgets (GB) for ours")
     p.add_argument("--instances", nargs="*", default=[], help="SUITE=N instances per run entry")
     p.add_argument("--threads", type=int, default=128, help="HELM threads for ours")
@@ -518,6 +522,8 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
         for mode in args.modes:
             if mode == "ours":
                 plan += [("ours", b) for b in budgets]
+            elif mode == "warm":
+                plan.append(("warm", budgets[0]))
             else:
                 plan.append((mode, None))
         states: dict[str, dict] = {}
@@ -541,7 +547,13 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
                             model_dir, suite, run_out, limit, args.baseline_threads, budget or 0, dtype, cmd
                         )
                     else:
-                        row = run_engine(model_dir, suite, run_out, limit, args.threads, budget, dtype)
+                        # "warm": as a GPU worker between evaluations, a standby server and helm-run
+                        # (imports done) wait; the previous engine run started them when it ended.
+                        row = run_engine(
+                            model_dir, suite, run_out, limit, args.threads, budget, dtype, standby=mode == "warm"
+                        )
+                        if "warm" in args.modes:
+                            runner.start_standbys()  # ready for the warm run, while the others run
             except Exception as e:  # one failed mode must not lose the others
                 results.setdefault("errors", []).append(f"{tag}: {type(e).__name__}: {str(e)[:500]}")
                 print(f"!! {tag} failed: {e}", flush=True)
@@ -592,4 +604,7 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    finally:
+        runner.discard_standbys()

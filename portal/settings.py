@@ -242,6 +242,9 @@ CELERY_BEAT_SCHEDULE["evaluation-reap-stale-jobs"] = {
 }
 EVALUATION_HELM_THREADS = env_int("EVALUATION_HELM_THREADS", 128)
 EVALUATION_HEALTH_TIMEOUT_SECONDS = env_int("EVALUATION_HEALTH_TIMEOUT_SECONDS", 300)
+# Keep a model server and a helm-run with their imports done waiting for the next evaluation
+# (saves 10-15 s of torch/transformers imports per evaluation on a GPU box; see docs/benchmarks.md).
+EVALUATION_STANDBY = env_bool("EVALUATION_STANDBY", True)
 # Submissions and resumable uploads (evaluation/).
 UPLOAD_EXPIRY_HOURS = env_int("UPLOAD_EXPIRY_HOURS", 24)
 UPLOAD_DEADLINE_GRACE_HOURS = env_int("UPLOAD_DEADLINE_GRACE_HOURS", 3)

@@ -123,6 +123,12 @@ class ServerProcess:
         )
         log.close()
 
+    def adopt(self, standby: Standby) -> None:
+        """Run the command in a standby that already imported what the server needs."""
+        self.started_at = time.monotonic()
+        standby.take_over(self.command, env=self.env, cwd=Path.cwd(), log=self.log_path)
+        self.process = standby.process
+
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -207,6 +213,80 @@ def server_command(
     if listen_fd is not None:
         cmd += ["--listen-fd", str(listen_fd)]
     return cmd + ["--device", device, "--dtype", dtype]
+
+
+# ---------------------------------------------------------------------------------------- standbys
+@dataclass
+class Standby:
+    """A started `python -m evaluation.engine.standby KIND` (imports done), not yet given its job."""
+
+    kind: str
+    process: subprocess.Popen
+    listener: socket.socket | None = None  # the server's: bound and listening before the server exists
+
+    def take_over(self, command: list[str], *, env: dict[str, str] | None, cwd: Path, log: Path | None) -> None:
+        """Make it run `command` (`[python, "-m", module, *argv]`) as a fresh process would."""
+        order = {"module": command[2], "argv": command[3:], "env": env or dict(os.environ), "cwd": str(cwd)}
+        order["log"] = str(log) if log else None
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(order) + "\n")
+        self.process.stdin.flush()
+
+    def discard(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()  # EOF: it exits
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            _kill_group(self.process, signal.SIGKILL)
+            self.process.wait()
+        if self.listener is not None:
+            self.listener.close()
+
+
+_standbys: dict[str, Standby] = {}
+
+
+def start_standbys() -> None:
+    """Start a standby model server and a standby helm-run unless one of each is waiting.
+
+    Call it from the thread that will run the next evaluation (the standbys die with it), when no
+    evaluation is running: their imports take CPU, not GPU.
+    """
+    env = helm_env("")
+    for kind in ("server", "helm"):
+        current = _standbys.get(kind)
+        if current is not None and current.process.poll() is None:
+            continue
+        listener = listening_socket() if kind == "server" else None
+        process = subprocess.Popen(
+            [sys.executable, "-m", "evaluation.engine.standby", kind],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE if kind == "helm" else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if kind == "helm" else subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            pass_fds=(listener.fileno(),) if listener else (),
+        )
+        _standbys[kind] = Standby(kind, process, listener)
+
+
+def take_standby(kind: str) -> Standby | None:
+    standby = _standbys.pop(kind, None)
+    if standby is not None and standby.process.poll() is not None:
+        standby.discard()
+        return None
+    return standby
+
+
+def discard_standbys() -> None:
+    while _standbys:
+        _standbys.popitem()[1].discard()
 
 
 # ---------------------------------------------------------------------------------------- prod_env
@@ -512,22 +592,27 @@ def run_helm(
     time_limit_s: float,
     progress: HelmProgress,
     kill_switch: threading.Event | None = None,
+    standby: Standby | None = None,
 ) -> int:
     """Run helm-run, streaming its log into `progress`; kill it past `time_limit_s` (HelmTimeout) or
     when `kill_switch` is set (the model server failed under it)."""
     with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        if standby is not None:
+            standby.take_over(cmd, env=env, cwd=cwd, log=None)
+            process = standby.process
+        else:
+            process = subprocess.Popen(
+                cmd,
+                cwd=cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                bufsize=1,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
         timed_out = threading.Event()
 
         def on_timeout() -> None:
@@ -772,11 +857,13 @@ def evaluate(
     helm_suite_id: str = "eval",
     track_name: str | None = None,
     helm_data_cache: str | Path | None = None,
+    standby: bool = False,
 ) -> ResultDocument:
     """Evaluate one submission on one suite; return (and write to `<out>/result.json`) the document.
 
     `server_cmd` replaces the model server command (its port is then `{port}` in the arguments);
-    the benchmarks use it to compare servers.
+    the benchmarks use it to compare servers. `standby`: take over processes that `start_standbys`
+    started (imports done) if they wait, and start the next ones when this evaluation ends.
     """
     suite_obj = suite if isinstance(suite, Suite) else get_suite(suite)
     model_path = Path(model_dir).resolve()
@@ -795,7 +882,9 @@ def evaluate(
     started = time.monotonic()
     # Our server inherits a listening socket, so helm-run starts at once, beside it; a replacement
     # server (`server_cmd`, the benchmarks' baselines) binds its own port and is waited for first.
-    listener = listening_socket() if server_cmd is None else None
+    server_standby = take_standby("server") if standby and server_cmd is None else None
+    helm_standby = take_standby("helm") if standby else None
+    listener = server_standby.listener if server_standby else listening_socket() if server_cmd is None else None
     port = listener.getsockname()[1] if listener else free_port()
     command = (
         [part.replace("{port}", str(port)) for part in server_cmd]
@@ -815,7 +904,10 @@ def evaluate(
     try:
         _emit(on_progress, {"event": "server_starting"})
         try:
-            server.start()
+            if server_standby is not None:
+                server.adopt(server_standby)
+            else:
+                server.start()
         finally:
             if listener is not None:
                 listener.close()  # the server holds its own copy
@@ -835,7 +927,7 @@ def evaluate(
         try:
             returncode = run_helm(
                 cmd, env=helm_env(server.base_url), cwd=out, log_path=out / "helm.log", time_limit_s=limit,
-                progress=progress, kill_switch=watch.kill_switch,
+                progress=progress, kill_switch=watch.kill_switch, standby=helm_standby,
             )  # fmt: skip
         finally:
             helm_seconds = time.monotonic() - helm_started
@@ -869,6 +961,8 @@ def evaluate(
     finally:
         server.stop()
         wall = time.monotonic() - started
+        if helm_standby is not None and helm_standby.process.poll() is None:
+            helm_standby.discard()  # taken but never told its job (the server failed first)
         device_seconds = (server.stopped_at or time.monotonic()) - (server.started_at or started)
         doc.efficiency = efficiency_from(
             {**server.health, **server_stats},
@@ -882,6 +976,8 @@ def evaluate(
         # The server's own counters (decode steps, batches, decode mode), for benchmarks; not the contract.
         (out / "server_stats.json").write_text(json.dumps(server_stats, indent=1, default=str))
         _emit(on_progress, {"event": "finished", "status": doc.status})
+        if standby:
+            start_standbys()
     return doc
 
 

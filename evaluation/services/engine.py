@@ -206,6 +206,7 @@ def engine_run_suite(
                 threads=settings.EVALUATION_HELM_THREADS,
                 health_timeout_s=settings.EVALUATION_HEALTH_TIMEOUT_SECONDS,
                 on_progress=on_progress,
+                standby=settings.EVALUATION_STANDBY,
             )
     except engine_errors.UserError as exc:
         raise EngineUserError(exc.message, exc.log_tail)

@@ -102,3 +102,30 @@ def test_a_model_too_large_for_the_track_fails_the_job_while_helm_starts_beside_
     doc = json.loads((tmp_path / "result.json").read_text())
     assert doc["status"] == "failed" and doc["errors"][0]["type"] == "ModelTooLarge"
     assert not list((tmp_path / "helm").glob("runs/*/*/stats.json"))  # HELM was stopped, not left to fail
+
+
+def test_standbys_take_over_the_next_evaluation_with_the_same_results(tiny_llama_dir, tmp_path):
+    from evaluation.engine import runner
+
+    try:
+        first = evaluate(model_dir=tiny_llama_dir, suite="offline-smoke", track_memory_gb=24, out_dir=tmp_path / "1",
+                         device="cpu", threads=4, standby=True)  # fmt: skip
+        waiting = {kind: s.process.pid for kind, s in runner._standbys.items()}
+        assert set(waiting) == {"server", "helm"}
+        second = evaluate(model_dir=tiny_llama_dir, suite="offline-smoke", track_memory_gb=24, out_dir=tmp_path / "2",
+                          device="cpu", threads=4, standby=True)  # fmt: skip
+        # The second evaluation's server and helm-run were those standbys; fresh ones now wait.
+        assert '"status": "ready"' in (tmp_path / "2" / "server.log").read_text()
+        assert {kind: s.process.pid for kind, s in runner._standbys.items()}.keys() == {"server", "helm"}
+        assert not set(waiting.values()) & {s.process.pid for s in runner._standbys.values()}
+        assert second.status == first.status == "succeeded"
+
+        def scores(doc):  # everything but measured times
+            return {
+                (r.run, r.metric, r.split, r.perturbation): r.value for r in doc.records if "runtime" not in r.metric
+            }
+
+        assert scores(second) == scores(first)
+    finally:
+        runner.discard_standbys()
+    assert not runner._standbys

@@ -1,0 +1,76 @@
+"""A process that has already imported what an evaluation process needs, waiting to become one.
+
+On a GPU box importing torch takes 4-6 s and transformers' Auto classes another 8-10 s (measured
+on the H200 box, docs/benchmarks.md): paid by every evaluation's model server, and by helm-run for
+its tokenizer. A GPU worker runs evaluations back to back, so the runner keeps one standby of each
+kind started between evaluations; an evaluation takes one over by writing one JSON line to its
+stdin: {"module", "argv", "env", "cwd", "log"}; the standby then runs `python -m module argv...`
+in its own process. It touches no GPU before that, so it holds no GPU memory while it waits. EOF
+on stdin (the runner discarded it) ends it.
+
+    python -m evaluation.engine.standby server|helm
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import runpy
+import sys
+
+PRELOAD = {
+    "server": (
+        "torch",
+        "transformers",
+        "transformers.models.auto.modeling_auto",
+        "transformers.models.auto.tokenization_auto",
+        "safetensors",
+        "evaluation.engine.loading",
+        "evaluation.engine.server.app",
+    ),
+    "helm": (
+        "helm.benchmark.run",
+        "transformers.models.auto.tokenization_auto",
+        "helm.tokenizers.huggingface_tokenizer",
+        "helm.benchmark.metrics.basic_metrics",
+    ),
+}
+
+
+def preload(kind: str) -> None:
+    for name in PRELOAD[kind]:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a module that fails here fails again, with its message, in the real run
+            pass
+
+
+def become(order: dict) -> None:
+    """Turn this process into `python -m order["module"] *order["argv"]`, as the runner would start it."""
+    os.environ.clear()
+    os.environ.update(order["env"])
+    os.chdir(order["cwd"])
+    if order.get("log"):
+        fd = os.open(order["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    sys.argv = [order["module"], *order["argv"]]
+    runpy.run_module(order["module"], run_name="__main__", alter_sys=True)
+
+
+def main() -> int:
+    kind = sys.argv[1]
+    preload(kind)
+    line = sys.stdin.readline()
+    if not line.strip():
+        return 0
+    become(json.loads(line))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
