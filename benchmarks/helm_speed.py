@@ -256,9 +256,10 @@ def run_stock(model_dir: Path, suite, out: Path, time_limit: float, threads: int
 
 
 def run_engine(model_dir: Path, suite, out: Path, time_limit: float, threads: int, budget: float, dtype: str,
-               server_cmd: list[str] | None = None, standby: bool = False) -> dict:  # fmt: skip
+               server_cmd: list[str] | None = None, standby: bool = False, helm_processes: int = 1) -> dict:  # fmt: skip
     doc = runner.evaluate(
         standby=standby,
+        helm_processes=helm_processes,
         model_dir=model_dir,
         suite=suite,
         track_memory_gb=budget,
@@ -457,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--budgets", nargs="+", type=float, default=[24.0], help="track budgets (GB) for ours")
     p.add_argument("--instances", nargs="*", default=[], help="SUITE=N instances per run entry")
-    p.add_argument("--threads", type=int, default=128, help="HELM threads for ours")
+    p.add_argument("--threads", type=int, default=128, help="HELM threads for ours (over all its helm-run processes)")
+    p.add_argument("--helm-processes", type=int, default=4, help="helm-run processes for ours, run entries split")
     p.add_argument("--baseline-threads", type=int, default=4, help="HELM threads for A and B (HELM's default)")
     p.add_argument("--fp32-check", nargs="*", default=None, help="SUITE=N for a tiny fp32 model through A, B, ours")
     p.add_argument("--decode-bench", type=int, nargs=2, metavar=("ROWS", "TOKENS"), help="decode micro-benchmark")
@@ -550,10 +552,11 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
                         # "warm": as a GPU worker between evaluations, a standby server and helm-run
                         # (imports done) wait; the previous engine run started them when it ended.
                         row = run_engine(
-                            model_dir, suite, run_out, limit, args.threads, budget, dtype, standby=mode == "warm"
-                        )
+                            model_dir, suite, run_out, limit, args.threads, budget, dtype, standby=mode == "warm",
+                            helm_processes=args.helm_processes,
+                        )  # fmt: skip
                         if "warm" in args.modes:
-                            runner.start_standbys()  # ready for the warm run, while the others run
+                            runner.start_standbys(args.helm_processes)  # ready for the warm run
             except Exception as e:  # one failed mode must not lose the others
                 results.setdefault("errors", []).append(f"{tag}: {type(e).__name__}: {str(e)[:500]}")
                 print(f"!! {tag} failed: {e}", flush=True)

@@ -245,6 +245,9 @@ EVALUATION_HEALTH_TIMEOUT_SECONDS = env_int("EVALUATION_HEALTH_TIMEOUT_SECONDS",
 # Keep a model server and a helm-run with their imports done waiting for the next evaluation
 # (saves 10-15 s of torch/transformers imports per evaluation on a GPU box; see docs/benchmarks.md).
 EVALUATION_STANDBY = env_bool("EVALUATION_STANDBY", True)
+# helm-run processes per evaluation, run entries split between them (HELM's own work is single-core);
+# 0: one per four CPU cores, at most four.
+EVALUATION_HELM_PROCESSES = env_int("EVALUATION_HELM_PROCESSES", 0)
 # Submissions and resumable uploads (evaluation/).
 UPLOAD_EXPIRY_HOURS = env_int("UPLOAD_EXPIRY_HOURS", 24)
 UPLOAD_DEADLINE_GRACE_HOURS = env_int("UPLOAD_DEADLINE_GRACE_HOURS", 3)

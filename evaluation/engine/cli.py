@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--track-name", help="track name used in messages, e.g. 4090")
     ev.add_argument("--out", required=True, help="output folder: result.json, logs, HELM output")
     ev.add_argument("--threads", type=int, default=128, help="HELM's concurrent requests (-n); the server batches them")
+    ev.add_argument(
+        "--helm-processes",
+        type=int,
+        default=4,
+        help="helm-run processes; the suite's run entries are split between them",
+    )
     ev.add_argument("--time-limit", type=float, help="seconds before helm-run is stopped (default: the suite's)")
     ev.add_argument("--max-eval-instances", type=int, help="cap the instances of every run")
     ev.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -76,6 +82,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             track_name=args.track_name,
             out_dir=args.out,
             threads=args.threads,
+            helm_processes=args.helm_processes,
             time_limit_s=args.time_limit,
             max_eval_instances=args.max_eval_instances,
             device=args.device,

@@ -223,6 +223,7 @@ class Standby:
     kind: str
     process: subprocess.Popen
     listener: socket.socket | None = None  # the server's: bound and listening before the server exists
+    told: bool = False
 
     def take_over(self, command: list[str], *, env: dict[str, str] | None, cwd: Path, log: Path | None) -> None:
         """Make it run `command` (`[python, "-m", module, *argv]`) as a fresh process would."""
@@ -231,6 +232,7 @@ class Standby:
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps(order) + "\n")
         self.process.stdin.flush()
+        self.told = True
 
     def discard(self) -> None:
         if self.process.stdin is not None:
@@ -247,17 +249,18 @@ class Standby:
 _standbys: dict[str, Standby] = {}
 
 
-def start_standbys() -> None:
-    """Start a standby model server and a standby helm-run unless one of each is waiting.
+def start_standbys(helm_processes: int = 1) -> None:
+    """Start a standby model server and `helm_processes` standby helm-runs unless they are waiting.
 
     Call it from the thread that will run the next evaluation (the standbys die with it), when no
     evaluation is running: their imports take CPU, not GPU.
     """
     env = helm_env("")
-    for kind in ("server", "helm"):
-        current = _standbys.get(kind)
+    for key in ["server", *(f"helm-{i}" for i in range(helm_processes))]:
+        current = _standbys.get(key)
         if current is not None and current.process.poll() is None:
             continue
+        kind = key.split("-")[0]
         listener = listening_socket() if kind == "server" else None
         process = subprocess.Popen(
             [sys.executable, "-m", "evaluation.engine.standby", kind],
@@ -273,11 +276,12 @@ def start_standbys() -> None:
             preexec_fn=_die_with_parent,
             pass_fds=(listener.fileno(),) if listener else (),
         )
-        _standbys[kind] = Standby(kind, process, listener)
+        _standbys[key] = Standby(kind, process, listener)
 
 
 def take_standby(kind: str) -> Standby | None:
-    standby = _standbys.pop(kind, None)
+    key = next((k for k in _standbys if k.split("-")[0] == kind), None)
+    standby = _standbys.pop(key, None) if key else None
     if standby is not None and standby.process.poll() is not None:
         standby.discard()
         return None
@@ -801,6 +805,81 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def shard_entries(entries: Sequence[SuiteEntry], shards: int, default_instances: int) -> list[list[SuiteEntry]]:
+    """Split a suite's run entries over `shards` helm-run processes, balanced by instances.
+
+    Entries of one scenario stay in one process, so no two processes prepare the same scenario's
+    data at once; the order within a shard is the suite's.
+    """
+    by_scenario: dict[str, list[SuiteEntry]] = {}
+    for entry in entries:
+        by_scenario.setdefault(entry.scenario, []).append(entry)
+    groups = sorted(by_scenario.values(), key=lambda g: -sum(e.instances or default_instances for e in g))
+    loads = [0] * max(1, min(shards, len(groups)))
+    chosen: list[set[int]] = [set() for _ in loads]
+    for group in groups:
+        i = loads.index(min(loads))
+        loads[i] += sum(e.instances or default_instances for e in group)
+        chosen[i].update(id(e) for e in group)
+    return [[e for e in entries if id(e) in ids] for ids in chosen if ids]
+
+
+class CombinedProgress:
+    """Several helm-run processes' progress as one: counts summed, events passed on under a lock."""
+
+    def __init__(self, on_progress: ProgressCallback | None, hidden: bool, shards: int):
+        self.on_progress = on_progress
+        self.lock = threading.Lock()
+        self.parts = [HelmProgress(on_progress=self._forward, hidden=hidden) for _ in range(shards)]
+
+    @property
+    def runs(self) -> dict[str, RunTrace]:
+        return {name: trace for part in self.parts for name, trace in part.runs.items()}
+
+    def _forward(self, payload: dict[str, Any]) -> None:
+        if self.on_progress is None:
+            return
+        with self.lock:
+            totals = [part.runs_total for part in self.parts]
+            payload = {
+                **payload,
+                "runs_done": sum(part.runs_done for part in self.parts),
+                "runs_total": sum(totals) if all(t is not None for t in totals) else None,
+            }
+            self.on_progress(payload)
+
+
+def run_helm_shards(commands: list[list[str]], *, env: dict[str, str], cwd: Path, log_paths: list[Path],
+                    time_limit_s: float, progress: CombinedProgress, kill_switch: threading.Event,
+                    standbys: list[Standby | None]) -> int:  # fmt: skip
+    """Run one helm-run per shard at once (threads wait on them); the first failure stops the others."""
+    codes: list[int] = [0] * len(commands)
+    failures: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            codes[i] = run_helm(
+                commands[i], env=env, cwd=cwd, log_path=log_paths[i], time_limit_s=time_limit_s,
+                progress=progress.parts[i], kill_switch=kill_switch, standby=standbys[i],
+            )  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other shards stopped
+            failures.append(exc)
+            kill_switch.set()
+
+    if len(commands) == 1:
+        one(0)
+    else:
+        # helm-run dies with the thread that started it (PR_SET_PDEATHSIG); each thread outlives its process.
+        threads = [threading.Thread(target=one, args=(i,), name=f"helm-{i}") for i in range(len(commands))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    if failures:
+        raise failures[0]
+    return max(codes, key=abs)
+
+
 class ServerWatch(threading.Thread):
     """While helm-run runs beside a starting server: wait for its health, then keep watching it.
 
@@ -858,6 +937,7 @@ def evaluate(
     track_name: str | None = None,
     helm_data_cache: str | Path | None = None,
     standby: bool = False,
+    helm_processes: int | None = None,
 ) -> ResultDocument:
     """Evaluate one submission on one suite; return (and write to `<out>/result.json`) the document.
 
@@ -882,8 +962,12 @@ def evaluate(
     started = time.monotonic()
     # Our server inherits a listening socket, so helm-run starts at once, beside it; a replacement
     # server (`server_cmd`, the benchmarks' baselines) binds its own port and is waited for first.
+    default_n = min(suite_obj.default_instances, max_eval_instances or suite_obj.default_instances)
+    if not helm_processes:
+        helm_processes = max(1, min(4, (os.cpu_count() or 1) // 4))
+    shards = shard_entries(suite_obj.entries, helm_processes, default_n)
     server_standby = take_standby("server") if standby and server_cmd is None else None
-    helm_standby = take_standby("helm") if standby else None
+    helm_standbys = [take_standby("helm") if standby else None for _ in shards]
     listener = server_standby.listener if server_standby else listening_socket() if server_cmd is None else None
     port = listener.getsockname()[1] if listener else free_port()
     command = (
@@ -897,7 +981,7 @@ def evaluate(
         command, port, out / "server.log", env=helm_env(f"http://127.0.0.1:{port}"),
         pass_fds=(listener.fileno(),) if listener else (),
     )  # fmt: skip
-    progress = HelmProgress(on_progress=on_progress, hidden=suite_obj.hidden)
+    progress = CombinedProgress(on_progress, suite_obj.hidden, len(shards))
     helm_seconds = 0.0
     server_stats: dict[str, Any] = {}
     watch = ServerWatch(server, health_timeout_s, on_ready=lambda: _emit(on_progress, {"event": "server_ready"}))
@@ -917,17 +1001,20 @@ def evaluate(
         facts = model_facts(model_path, base_path)
         doc.model.update({"max_positions": facts["max_sequence_length"]})
         prod_env = write_prod_env(out / "prod_env", server.base_url, facts)
-        conf = write_conf(out / "run_entries.conf", suite_obj.entries, max_eval_instances)
         staged = link_helm_data_cache(out / "helm", helm_data_cache or os.environ.get("HELM_DATA_CACHE"))
-        default_n = min(suite_obj.default_instances, max_eval_instances or suite_obj.default_instances)
-        cmd = helm_command(conf, helm_suite_id, out / "helm", prod_env, threads, default_n, suite_obj.plugins)
-        if staged:
-            cmd.append("--cache-instances")
+        commands, log_paths = [], []
+        for i, shard in enumerate(shards):
+            suffix = "" if i == 0 else f"-{i}"
+            conf = write_conf(out / f"run_entries{suffix}.conf", shard, max_eval_instances)
+            shard_threads = max(1, math.ceil(threads / len(shards)))
+            cmd = helm_command(conf, helm_suite_id, out / "helm", prod_env, shard_threads, default_n, suite_obj.plugins)
+            commands.append(cmd + (["--cache-instances"] if staged else []))
+            log_paths.append(out / f"helm{suffix}.log")
         helm_started = time.monotonic()
         try:
-            returncode = run_helm(
-                cmd, env=helm_env(server.base_url), cwd=out, log_path=out / "helm.log", time_limit_s=limit,
-                progress=progress, kill_switch=watch.kill_switch, standby=helm_standby,
+            returncode = run_helm_shards(
+                commands, env=helm_env(server.base_url), cwd=out, log_paths=log_paths, time_limit_s=limit,
+                progress=progress, kill_switch=watch.kill_switch, standbys=helm_standbys,
             )  # fmt: skip
         finally:
             helm_seconds = time.monotonic() - helm_started
@@ -961,8 +1048,9 @@ def evaluate(
     finally:
         server.stop()
         wall = time.monotonic() - started
-        if helm_standby is not None and helm_standby.process.poll() is None:
-            helm_standby.discard()  # taken but never told its job (the server failed first)
+        for helm_standby in helm_standbys:
+            if helm_standby is not None and not helm_standby.told:
+                helm_standby.discard()  # taken but never told its job (the server failed first)
         device_seconds = (server.stopped_at or time.monotonic()) - (server.started_at or started)
         doc.efficiency = efficiency_from(
             {**server.health, **server_stats},
@@ -977,7 +1065,7 @@ def evaluate(
         (out / "server_stats.json").write_text(json.dumps(server_stats, indent=1, default=str))
         _emit(on_progress, {"event": "finished", "status": doc.status})
         if standby:
-            start_standbys()
+            start_standbys(helm_processes=len(shards))
     return doc
 
 

@@ -207,6 +207,7 @@ def engine_run_suite(
                 health_timeout_s=settings.EVALUATION_HEALTH_TIMEOUT_SECONDS,
                 on_progress=on_progress,
                 standby=settings.EVALUATION_STANDBY,
+                helm_processes=settings.EVALUATION_HELM_PROCESSES,
             )
     except engine_errors.UserError as exc:
         raise EngineUserError(exc.message, exc.log_tail)

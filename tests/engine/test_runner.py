@@ -238,3 +238,23 @@ def test_the_server_watch_reports_a_server_that_dies_after_serving(tmp_path):
     server.stop()
     assert ready == [True]
     assert isinstance(watch.failure, errors.ServerCrashed)
+
+
+def test_run_entries_are_split_by_scenario_and_balanced_by_instances():
+    from evaluation.engine.runner import shard_entries
+
+    entries = [
+        SuiteEntry("mmlu:subject=a", "mmlu", 100),
+        SuiteEntry("gsm", "gsm", 300),
+        SuiteEntry("mmlu:subject=b", "mmlu", 100),
+        SuiteEntry("bbq", "bbq", 150),
+        SuiteEntry("tqa", "truthful_qa", 20),
+    ]
+    shards = shard_entries(entries, 3, default_instances=50)
+    assert [[e.description for e in shard] for shard in shards] == [
+        ["gsm"],
+        ["mmlu:subject=a", "mmlu:subject=b"],  # one scenario, one process: its data is prepared once
+        ["bbq", "tqa"],
+    ]
+    assert shard_entries(entries, 1, 50) == [entries]
+    assert len(shard_entries(entries[:2], 8, 50)) == 2  # never more processes than scenarios

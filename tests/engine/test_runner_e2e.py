@@ -111,12 +111,12 @@ def test_standbys_take_over_the_next_evaluation_with_the_same_results(tiny_llama
         first = evaluate(model_dir=tiny_llama_dir, suite="offline-smoke", track_memory_gb=24, out_dir=tmp_path / "1",
                          device="cpu", threads=4, standby=True)  # fmt: skip
         waiting = {kind: s.process.pid for kind, s in runner._standbys.items()}
-        assert set(waiting) == {"server", "helm"}
+        assert set(waiting) == {"server", "helm-0"}
         second = evaluate(model_dir=tiny_llama_dir, suite="offline-smoke", track_memory_gb=24, out_dir=tmp_path / "2",
                           device="cpu", threads=4, standby=True)  # fmt: skip
         # The second evaluation's server and helm-run were those standbys; fresh ones now wait.
         assert '"status": "ready"' in (tmp_path / "2" / "server.log").read_text()
-        assert {kind: s.process.pid for kind, s in runner._standbys.items()}.keys() == {"server", "helm"}
+        assert runner._standbys.keys() == {"server", "helm-0"}
         assert not set(waiting.values()) & {s.process.pid for s in runner._standbys.values()}
         assert second.status == first.status == "succeeded"
 
@@ -129,3 +129,20 @@ def test_standbys_take_over_the_next_evaluation_with_the_same_results(tiny_llama
     finally:
         runner.discard_standbys()
     assert not runner._standbys
+
+
+def test_run_entries_split_over_helm_processes_score_as_one_process(tiny_llama_dir, tmp_path):
+    def scores(doc):  # everything but measured times
+        return {(r.run, r.metric, r.split, r.perturbation): r.value for r in doc.records if "runtime" not in r.metric}
+
+    events = []
+    one = evaluate(model_dir=tiny_llama_dir, suite="offline-smoke", track_memory_gb=24, out_dir=tmp_path / "1",
+                   device="cpu", threads=4, helm_processes=1)  # fmt: skip
+    two = evaluate(model_dir=tiny_llama_dir, suite="offline-smoke", track_memory_gb=24, out_dir=tmp_path / "2",
+                   device="cpu", threads=4, helm_processes=2, on_progress=events.append)  # fmt: skip
+    assert (tmp_path / "2" / "helm-1.log").exists()  # two helm-run processes ran
+    assert two.status == one.status == "succeeded"
+    # Logprobs may move in the last float bits: other requests share the batches.
+    assert scores(two) == pytest.approx(scores(one), rel=1e-5, abs=1e-9)
+    finished = [e for e in events if e["event"] == "run_finished"]
+    assert [e["runs_done"] for e in finished] == [1, 2] and finished[-1]["runs_total"] == 2
