@@ -110,13 +110,18 @@ def format_gb(n_bytes: int) -> str:
 CUDA_CONTEXT_ALLOWANCE_BYTES = int(1.5 * GiB)
 
 
+def allocator_cap_bytes(budget: int, context_bytes: int = CUDA_CONTEXT_ALLOWANCE_BYTES) -> int:
+    """What the caching allocator may hold under a track budget: the budget less the CUDA context's share."""
+    return max(0, budget - context_bytes)
+
+
 def allocator_fraction(budget: int, *, total: int, context_bytes: int = CUDA_CONTEXT_ALLOWANCE_BYTES) -> float:
     """The share of the card the caching allocator may take so the whole process fits `budget`.
 
     A fixed allowance rather than a reading of the card's free memory: free memory also counts other
     processes on the card (a benchmark's parent holding a model made the cap collapse to 2.7 of 6 GiB).
     """
-    return max(0.0, min(1.0, (budget - context_bytes) / total))
+    return max(0.0, min(1.0, allocator_cap_bytes(budget, context_bytes) / total))
 
 
 def budget_message(needed: int, budget_gb: float, track_name: str | None) -> str:

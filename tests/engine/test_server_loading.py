@@ -160,3 +160,26 @@ def test_the_cuda_context_comes_off_the_track_budget():
     assert allocator_fraction(24 * GiB, total=total) * total == pytest.approx(24 * GiB - CUDA_CONTEXT_ALLOWANCE_BYTES)
     assert allocator_fraction(80 * GiB, total=40 * GiB, context_bytes=0) == 1.0
     assert allocator_fraction(1 * GiB, total=total) == 0.0
+
+
+def test_gpu_batch_limits_are_sized_for_the_allocator_cap_not_the_whole_budget(monkeypatch, tiny_llama_dir):
+    """On an H200 at 6 GB, limits sized for 6 GB under a 4.5 GB cap split 105 batches for lack of memory."""
+    import torch
+
+    from evaluation.engine.loading import CUDA_CONTEXT_ALLOWANCE_BYTES, load_model
+    from evaluation.engine.server.batching import default_limits
+
+    GiB = 1024**3
+    model = load_model(tiny_llama_dir, device="cpu").model
+    weights = 2 * GiB
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda index=None: weights)
+    budget = 6 * GiB
+    limits = default_limits(model, "cuda:0", budget)
+    cfg = model.config
+    elem = next(model.parameters()).element_size()
+    per_token = (
+        2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * elem
+    )
+    per_token += (6 * cfg.hidden_size + 3 * cfg.intermediate_size) * elem
+    free_under_cap = budget - CUDA_CONTEXT_ALLOWANCE_BYTES - weights
+    assert limits.max_batch_tokens == min(int(0.6 * free_under_cap / per_token), 1 << 20)

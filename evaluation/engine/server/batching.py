@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from evaluation.engine.loading import allocator_cap_bytes
 from evaluation.engine.server.generation import BatchGenerator, Row
 from evaluation.engine.server.stats import Stats
 
@@ -195,7 +196,9 @@ def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     intermediate = getattr(cfg, "intermediate_size", None) or 4 * hidden
     vocab = getattr(cfg, "vocab_size", 32000)
     index = torch.device(device).index or 0
-    limit = budget_bytes or torch.cuda.get_device_properties(index).total_memory
+    # Under a budget the allocator is capped below it (the CUDA context takes the rest): size batches
+    # for the cap, or every large batch runs out of memory and is split (seen on an H200 at 6 GB).
+    limit = allocator_cap_bytes(budget_bytes) if budget_bytes else torch.cuda.get_device_properties(index).total_memory
     free = max(limit - torch.cuda.memory_allocated(index), 256 * 1024**2)
     kv_per_token = 2 * layers * kv_heads * head_dim * elem
     # Transient activations of one layer per token (residual, attention, MLP) with some slack.
