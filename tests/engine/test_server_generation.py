@@ -135,3 +135,29 @@ def test_plan_sorts_by_length(loaded):
     (batch,) = plan_batches(rows, Limits())
     lengths = [len(r.prompt_ids) for r in batch]
     assert lengths == sorted(lengths)
+
+
+def test_rows_of_two_few_shot_prompts_interleaved_are_batched_by_prefix_and_share_it(loaded):
+    """As when several helm-run processes (or tasks) send at once: each batch gets one common prefix."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    heads = ["Questions about units, with answers. " * 4, "Questions about dates, with answers. " * 4]
+    prompts = [heads[i % 2] + f"Question {i}: what comes after {i}? Answer:" for i in range(24)]
+    rows = _rows(tokenizer, prompts, max_new_tokens=1)
+    plan = plan_batches(rows, Limits())
+    assert len(plan) == 2
+    for batch in plan:
+        assert len({tuple(r.prompt_ids[:16]) for r in batch}) == 1
+    stats = Stats()
+    generator = BatchGenerator(model, tokenizer)
+    Scheduler(generator, stats, Limits()).run(rows)
+    assert generator.last_shared_prefix >= 16  # the batch prefilled its common prefix once
+    for row in rows:
+        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, 1)
+
+
+def test_few_rows_with_a_common_head_are_not_split_off_into_small_batches(loaded):
+    tokenizer = loaded.tokenizer
+    prompts = [f"Prompt number {i} is unlike the others in every way, {i * 7}" for i in range(6)]
+    prompts += ["Shared head of three prompts, long enough to matter here: " + str(i) for i in range(3)]
+    (batch,) = plan_batches(_rows(tokenizer, prompts, max_new_tokens=1), Limits())
+    assert len(batch) == 9

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from evaluation.engine.loading import allocator_cap_bytes
-from evaluation.engine.server.generation import BatchGenerator, Row
+from evaluation.engine.server.generation import MIN_SHARED_PREFIX, BatchGenerator, Row
 from evaluation.engine.server.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -41,14 +41,31 @@ def _cost(rows: list[Row]) -> int:
     return len(rows) * (width + new)
 
 
+# Rows that begin with the same this-many tokens (a few-shot prompt's instructions and examples)
+# are batched together when there are at least MIN_PREFIX_GROUP of them: their batch then shares one
+# prefill of the common prefix. Several helm-run processes, or HELM runs of different tasks, send
+# interleaved requests whose prompts would otherwise be mixed by length and share nothing.
+MIN_PREFIX_GROUP = 8
+
+
 def plan_batches(rows: list[Row], limits: Limits) -> list[list[Row]]:
-    """Split rows into batches: same kind together (scoring, single token, generation), sorted by
-    prompt length so that little padding is wasted, each within the size and token limits."""
-    groups: dict[tuple[bool, bool], list[Row]] = {}
+    """Split rows into batches: same kind together (scoring, single token, generation), rows with a
+    common prompt head together, sorted by prompt length so that little padding is wasted, each
+    within the size and token limits."""
+    by_kind: dict[tuple[bool, bool], list[Row]] = {}
     for row in rows:
-        groups.setdefault((row.echo, row.needs_decode), []).append(row)
+        by_kind.setdefault((row.echo, row.needs_decode), []).append(row)
+    groups: list[tuple[bool, list[Row]]] = []
+    for (echo, _), kind_rows in sorted(by_kind.items(), key=lambda kv: kv[0]):
+        heads: dict[tuple[int, ...], list[Row]] = {}
+        for row in kind_rows:
+            heads.setdefault(tuple(row.prompt_ids[:MIN_SHARED_PREFIX]), []).append(row)
+        mixed = [row for head in heads.values() if len(head) < MIN_PREFIX_GROUP for row in head]
+        groups += [(echo, head) for head in heads.values() if len(head) >= MIN_PREFIX_GROUP]
+        if mixed:
+            groups.append((echo, mixed))
     batches: list[list[Row]] = []
-    for (echo, _), group in sorted(groups.items()):
+    for echo, group in groups:
         group.sort(key=lambda r: len(r.prompt_ids))
         current: list[Row] = []
         for row in group:
