@@ -1064,8 +1064,9 @@ def evaluate(
         # The server's own counters (decode steps, batches, decode mode), for benchmarks; not the contract.
         (out / "server_stats.json").write_text(json.dumps(server_stats, indent=1, default=str))
         _emit(on_progress, {"event": "finished", "status": doc.status})
-        if standby:
-            start_standbys(helm_processes=len(shards))
+    if standby:
+        # Only after an evaluation that ran: a failed or cancelled one may be a worker being stopped.
+        start_standbys(helm_processes=len(shards))
     return doc
 
 
