@@ -943,7 +943,7 @@ def evaluate(
 
     `server_cmd` replaces the model server command (its port is then `{port}` in the arguments);
     the benchmarks use it to compare servers. `standby`: take over processes that `start_standbys`
-    started (imports done) if they wait, and start the next ones when this evaluation ends.
+    started (imports done) if they wait, and start the next ones when this evaluation has run.
     """
     suite_obj = suite if isinstance(suite, Suite) else get_suite(suite)
     model_path = Path(model_dir).resolve()
