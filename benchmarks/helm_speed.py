@@ -14,6 +14,8 @@ Prints a markdown table and writes `results.json` and `table.md` to `--out` afte
 time, speed-up against A, tokens/s, MFU for prefill-heavy runs, share of memory bandwidth for
 decode-heavy runs (both against ceilings measured in the same invocation), peak GPU memory, and
 how far each mode's predictions agree with A's (read from every run's `scenario_state.json`).
+For the engine's modes `results.json` also holds the server's load and warm-up seconds and helm-run's
+time per phase (adapt, execute, metrics, whole runs), summed over its processes.
 `--fp32-check` adds a small fp32 model through A, B and ours: identical predictions, logprobs.
 The GPU work of this process (ceilings, model build, decode micro-benchmark) runs in child
 processes so that the memory each mode's own process holds is all the GPU holds while it runs.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -276,11 +279,42 @@ def run_engine(model_dir: Path, suite, out: Path, time_limit: float, threads: in
         "wall_s": doc.efficiency.wall_seconds,
         "helm_s": doc.efficiency.helm_seconds,
         "server_startup": server_startup(out / "server.log"),
+        "helm_phases": helm_phases(out),
         "runs_dir": str(out / "helm" / "runs" / "eval"),
         "records": [vars(r) for r in doc.records],
         "failed_runs": [r.name for r in doc.runs if r.status != "succeeded"],
         "server_stats": {k: v for k, v in stats.items() if k != "latencies"},
     }
+
+
+PHASES = {  # helm-run's log blocks, by what the time went to
+    "adapt": re.compile(r"Adapter\.adapt$"),
+    "execute": re.compile(r"^Executor\.execute$"),
+    "metrics": re.compile(r"^\d+ metrics$"),
+    "run": re.compile(r"^Running \S+$"),
+}
+
+
+def helm_phases(out: Path) -> dict[str, float]:
+    """Seconds per phase summed over every run of every helm-run log (prompts and the wait for the
+    server are "adapt"; requests "execute"; the rest of "run" is writing HELM's files)."""
+    totals = dict.fromkeys(PHASES, 0.0)
+    for log in sorted(out.glob("helm*.log")):
+        stack: list[str] = []
+        for line in log.read_text(errors="replace").splitlines():
+            m = runner._LOG_LINE.match(line)
+            if not m:
+                continue
+            message = m.group("rest").strip()
+            if message.endswith(" {"):
+                stack.append(message[:-2])
+            elif (c := runner._CLOSE.match(message)) and stack:
+                name = stack.pop()
+                seconds = float(c.group("seconds")) * (0.001 if c.group("unit") == "ms" else 1)
+                for phase, pattern in PHASES.items():
+                    if pattern.search(name):
+                        totals[phase] += seconds
+    return {k: round(v, 2) for k, v in totals.items()}
 
 
 def server_startup(log_path: Path) -> dict | None:
@@ -579,6 +613,7 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
                 "peak_gpu_gb": poll.peak_gb,
                 "server_stats": row.get("server_stats"),
                 "server_startup": row.get("server_startup"),
+                "helm_phases": row.get("helm_phases"),
                 "efficiency": efficiency(row, row_counts, ceilings, params, weight_bytes, kv_token, heavy),
                 "_records": row["records"],
             }
