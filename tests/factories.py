@@ -1,4 +1,4 @@
-"""factory_boy factories for the core models. Apps add their own beside their tests."""
+"""factory_boy factories for every app's tests: one definition of each model's test data."""
 
 from datetime import timedelta
 
@@ -6,6 +6,8 @@ import factory
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from evaluation.models import BaseModel, Submission
+from evaluation.services.transitions import submission_transition
 from portal.models import Challenge, Membership, Profile, Team, Track
 
 
@@ -85,3 +87,62 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     team = factory.SubFactory(TeamFactory)
     user = factory.SubFactory(UserFactory)
     challenge = factory.LazyAttribute(lambda m: m.team.challenge)
+
+
+class BaseModelFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = BaseModel
+        django_get_or_create = ("name",)
+
+    name = "tiny-llama"
+    display_name = "Tiny Llama (tests)"
+    architecture = "LlamaForCausalLM"
+    parameter_count = 144_960
+    licence = "apache-2.0"
+
+
+class SubmissionFactory(factory.django.DjangoModelFactory):
+    """A submission as created (uploading). Without a team, one is made in the track's challenge."""
+
+    class Meta:
+        model = Submission
+
+    track = factory.SubFactory(TrackFactory)
+    team = factory.SubFactory(TeamFactory, challenge=factory.SelfAttribute("..track.challenge"))
+    created_by = factory.SelfAttribute("team.captain")
+    base_model = factory.SubFactory(BaseModelFactory)
+    datasets = "databricks-dolly-15k (CC BY-SA 3.0)"
+    finetune_gpu_hours = 10.0
+    recipe_url = "https://example.org/recipe/commit/abc123"
+
+
+class ValidatedSubmissionFactory(SubmissionFactory):
+    """A submission whose archive passed validation; `queued()` moves it through the real transitions."""
+
+    datasets = "offline arithmetic train split (CC-BY-4.0)"
+    finetune_gpu_hours = 1.0
+    model_dir = "/nonexistent-model"
+    sha256 = "0" * 64
+
+
+class ScoredSubmissionFactory(SubmissionFactory):
+    """A submission created directly in the scored state (a fixture, not a status change)."""
+
+    base_model = factory.SubFactory(
+        BaseModelFactory,
+        name="tiny-gpt2",
+        display_name="",
+        architecture="GPT2LMHeadModel",
+        parameter_count=1_000_000,
+        licence="MIT",
+    )
+    datasets = "dolly (CC BY-SA 3.0)"
+    finetune_gpu_hours = 2.5
+    recipe_url = "https://example.org/recipe"
+    status = Submission.Status.SCORED
+    parameter_count = 1_000_000
+
+
+def queued(submission: Submission, reason: str = "Validated.") -> Submission:
+    submission_transition(submission_id=submission.pk, to=Submission.Status.VALIDATING, reason="Upload complete.")
+    return submission_transition(submission_id=submission.pk, to=Submission.Status.QUEUED, reason=reason)

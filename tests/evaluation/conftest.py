@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.evaluation.factories import BaseModelFactory
-from tests.factories import ChallengeFactory, MembershipFactory, TeamFactory, TrackFactory, UserFactory
+from tests.factories import (
+    BaseModelFactory,
+    ChallengeFactory,
+    MembershipFactory,
+    TeamFactory,
+    TrackFactory,
+    UserFactory,
+)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from django.conf import settings
 
 from evaluation.models import Submission
 from tests.evaluation.archive_tools import tar_folder
-from tests.evaluation.factories import SubmissionFactory
+from tests.factories import SubmissionFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -13,7 +13,7 @@ from tusclient import client as tus_client
 
 from evaluation.models import Submission, Upload
 from evaluation.services import QuotaExceeded, submission_create
-from tests.evaluation.factories import SubmissionFactory
+from tests.factories import SubmissionFactory
 
 CSRF = "a" * 32
 

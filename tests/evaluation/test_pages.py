@@ -3,7 +3,7 @@ from django.urls import reverse
 
 from evaluation.models import Submission
 from evaluation.services import submission_transition
-from tests.evaluation.factories import SubmissionFactory
+from tests.factories import SubmissionFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -33,8 +33,7 @@ from evaluation.services.jobs import (
 from evaluation.services.queueing import evaluation_claim_next, job_pending_get_or_create, queue_estimates, queue_order
 from portal.errors import Conflict, ServiceError
 from portal.models import AuditEvent
-from tests.evaluation.pipeline_factories import PipelineSubmissionFactory, queued
-from tests.factories import TeamFactory, TrackFactory, UserFactory
+from tests.factories import TeamFactory, TrackFactory, UserFactory, ValidatedSubmissionFactory, queued
 
 pytestmark = pytest.mark.django_db
 S = Submission.Status
@@ -88,9 +87,9 @@ def test_round_robin_teams_take_turns_and_priority_goes_first(settings):
     track = TrackFactory()
     teams = [TeamFactory(challenge=track.challenge) for _ in range(3)]
     # Team A queues three at once, then B two, then C one.
-    a = [queued(PipelineSubmissionFactory(track=track, team=teams[0])) for _ in range(3)]
-    b = [queued(PipelineSubmissionFactory(track=track, team=teams[1])) for _ in range(2)]
-    c = [queued(PipelineSubmissionFactory(track=track, team=teams[2]))]
+    a = [queued(ValidatedSubmissionFactory(track=track, team=teams[0])) for _ in range(3)]
+    b = [queued(ValidatedSubmissionFactory(track=track, team=teams[1])) for _ in range(2)]
+    c = [queued(ValidatedSubmissionFactory(track=track, team=teams[2]))]
     expected = [a[0], b[0], c[0], a[1], b[1], a[2]]
     assert [e.submission_id for e in queue_order(track.pk)] == [s.pk for s in expected]
     estimates = queue_estimates(track.pk, track.queue_name)
@@ -112,11 +111,11 @@ def test_round_robin_teams_take_turns_and_priority_goes_first(settings):
 def test_estimated_start_comes_from_recent_durations(settings):
     settings.EVALUATION_SUITES = ["open=offline-smoke"]
     track = TrackFactory()
-    done = _claim_and_finish(track, "t-done") if queued(PipelineSubmissionFactory(track=track)) else None
+    done = _claim_and_finish(track, "t-done") if queued(ValidatedSubmissionFactory(track=track)) else None
     EvaluationJob.objects.filter(submission=done).update(
         started_at=timezone.now() - timedelta(seconds=600), finished_at=timezone.now()
     )
-    waiting = [queued(PipelineSubmissionFactory(track=track)) for _ in range(2)]
+    waiting = [queued(ValidatedSubmissionFactory(track=track)) for _ in range(2)]
     estimates = queue_estimates(track.pk, track.queue_name)
     first, second = (estimates[s.pk]["estimated_start"] for s in waiting)
     # One slot, 600 s per job: the second waits one job longer than the first.
@@ -125,8 +124,8 @@ def test_estimated_start_comes_from_recent_durations(settings):
 
 def test_claim_skips_submissions_in_backoff_and_ones_taken(settings):
     track = TrackFactory()
-    s1 = queued(PipelineSubmissionFactory(track=track))
-    s2 = queued(PipelineSubmissionFactory(track=track))
+    s1 = queued(ValidatedSubmissionFactory(track=track))
+    s2 = queued(ValidatedSubmissionFactory(track=track))
     backoff = job_pending_get_or_create(s1.pk)
     EvaluationJob.objects.filter(pk=backoff.pk).update(retry_at=timezone.now() + timedelta(minutes=5))
     job = evaluation_claim_next(track_id=track.pk, task_id="t1", hostname="w")
@@ -138,7 +137,7 @@ def test_claim_skips_submissions_in_backoff_and_ones_taken(settings):
 
 def test_redelivered_message_resumes_once_then_kill_twice_fails(settings):
     settings.EVALUATION_MAX_WORKER_LOSSES = 2
-    submission = queued(PipelineSubmissionFactory())
+    submission = queued(ValidatedSubmissionFactory())
     job = _resume_or_claim(track_id=submission.track_id, task_id="same-task", hostname="w1", is_retry=False)
     assert job.state == J.RUNNING
     # The worker died; the broker redelivers the same message (same task id) to a restarted worker.
@@ -155,7 +154,7 @@ def test_redelivered_message_resumes_once_then_kill_twice_fails(settings):
 
 
 def test_celery_retry_of_the_same_task_is_not_a_lost_worker():
-    submission = queued(PipelineSubmissionFactory())
+    submission = queued(ValidatedSubmissionFactory())
     _resume_or_claim(track_id=submission.track_id, task_id="t", hostname="w1", is_retry=False)
     job = _resume_or_claim(track_id=submission.track_id, task_id="t", hostname="w1", is_retry=True)
     assert job.worker_lost_count == 0 and job.attempts == 2
@@ -163,8 +162,8 @@ def test_celery_retry_of_the_same_task_is_not_a_lost_worker():
 
 def test_stale_heartbeat_is_reaped_then_failed_after_the_second_loss(settings):
     settings.EVALUATION_STALE_AFTER_SECONDS = 60
-    submission = queued(PipelineSubmissionFactory())
-    fresh = queued(PipelineSubmissionFactory())
+    submission = queued(ValidatedSubmissionFactory())
+    fresh = queued(ValidatedSubmissionFactory())
     job = evaluation_claim_next(track_id=submission.track_id, task_id="t1", hostname="w1")
     other = evaluation_claim_next(track_id=fresh.track_id, task_id="t2", hostname="w2")
     EvaluationJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
@@ -185,7 +184,7 @@ def test_stale_heartbeat_is_reaped_then_failed_after_the_second_loss(settings):
 
 def test_a_reaped_job_is_no_longer_shown_as_its_silent_workers_current_job(settings):
     settings.EVALUATION_STALE_AFTER_SECONDS = 60
-    submission = queued(PipelineSubmissionFactory())
+    submission = queued(ValidatedSubmissionFactory())
     job = evaluation_claim_next(track_id=submission.track_id, task_id="t1", hostname="w1")
     WorkerHeartbeat.objects.create(hostname="w1", queues="gpu-x", gpu="", last_seen_at=timezone.now(), current_job=job)
     EvaluationJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
@@ -198,7 +197,7 @@ def test_reaper_works_in_bounded_batches(settings):
     settings.EVALUATION_STALE_AFTER_SECONDS = 60
     track = TrackFactory()
     for i in range(3):
-        queued(PipelineSubmissionFactory(track=track))
+        queued(ValidatedSubmissionFactory(track=track))
         evaluation_claim_next(track_id=track.pk, task_id=f"t{i}", hostname="w")
     EvaluationJob.objects.update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     assert evaluation_reap_stale_jobs(batch=2)["requeued"] == 2
@@ -208,7 +207,7 @@ def test_reaper_works_in_bounded_batches(settings):
 def test_infrastructure_failure_retries_with_backoff_then_fails_without_using_quota(settings):
     settings.EVALUATION_MAX_INFRA_ATTEMPTS = 2
     settings.EVALUATION_RETRY_BACKOFF_SECONDS = 30
-    submission = queued(PipelineSubmissionFactory())
+    submission = queued(ValidatedSubmissionFactory())
     team, track = submission.team, submission.track
     used_before = submission_quota(team=team, track=track).used
     job = evaluation_claim_next(track_id=track.pk, task_id="t1", hostname="w")
@@ -231,7 +230,7 @@ def test_infrastructure_failure_retries_with_backoff_then_fails_without_using_qu
 
 
 def test_results_are_upserted_never_duplicated_and_shaped_for_scoring():
-    submission = queued(PipelineSubmissionFactory(is_final=False))
+    submission = queued(ValidatedSubmissionFactory(is_final=False))
     job = evaluation_claim_next(track_id=submission.track_id, task_id="t", hostname="w")
     outcome = outcome_from_document(_doc(0.25))
     _store_suite_result(job_id=job.pk, task_id="t", role="open", suite="offline-smoke", outcome=outcome)
@@ -243,7 +242,7 @@ def test_results_are_upserted_never_duplicated_and_shaped_for_scoring():
     assert set(MetricRecord.objects.values_list("value", flat=True)) == {0.75}
     _store_suite_result(job_id=job.pk, task_id="t", role="hidden", suite="offline-smoke", outcome=outcome)
     _finish_scored(job_id=job.pk, task_id="t", roles=["open", "hidden"])
-    later = queued(PipelineSubmissionFactory(track=submission.track, team=submission.team))
+    later = queued(ValidatedSubmissionFactory(track=submission.track, team=submission.team))
     unscored = evaluation_claim_next(track_id=later.track_id, task_id="t2", hostname="w")
     assert unscored is not None
 
@@ -261,7 +260,7 @@ def test_results_are_upserted_never_duplicated_and_shaped_for_scoring():
 
 
 def test_store_refused_once_cancelled():
-    submission = queued(PipelineSubmissionFactory())
+    submission = queued(ValidatedSubmissionFactory())
     job = evaluation_claim_next(track_id=submission.track_id, task_id="t", hostname="w")
     submission_cancel(submission_id=submission.pk, actor=UserFactory(is_staff=True), reason="stop")
     from evaluation.services.engine import EvaluationStopped
@@ -275,7 +274,7 @@ def test_store_refused_once_cancelled():
 
 def test_organizer_actions_go_through_transitions_and_the_audit_trail():
     staff = UserFactory(is_staff=True)
-    submission = queued(PipelineSubmissionFactory())
+    submission = queued(ValidatedSubmissionFactory())
     job = evaluation_claim_next(track_id=submission.track_id, task_id="t", hostname="w")
     submission_requeue(submission_id=submission.pk, actor=staff, reason="move to another worker")
     job.refresh_from_db()
@@ -301,7 +300,7 @@ def test_organizer_actions_go_through_transitions_and_the_audit_trail():
 
 
 def test_team_is_mailed_when_scored_or_failed():
-    submission = queued(PipelineSubmissionFactory())
+    submission = queued(ValidatedSubmissionFactory())
     job = evaluation_claim_next(track_id=submission.track_id, task_id="t", hostname="w")
     from evaluation.services.jobs import _finish_failed
 

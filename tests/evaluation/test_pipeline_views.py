@@ -7,15 +7,14 @@ from django.urls import reverse
 
 from evaluation.models import EvaluationJob, WorkerHeartbeat
 from evaluation.services.queueing import evaluation_claim_next
-from tests.evaluation.pipeline_factories import PipelineSubmissionFactory, queued
-from tests.factories import MembershipFactory, UserFactory
+from tests.factories import MembershipFactory, UserFactory, ValidatedSubmissionFactory, queued
 
 pytestmark = pytest.mark.django_db
 HIDDEN_RUN = "offline:task=date_reasoning,shots=0,model=challenge_submission"
 
 
 def _running(role: str):
-    submission = queued(PipelineSubmissionFactory())
+    submission = queued(ValidatedSubmissionFactory())
     job = evaluation_claim_next(track_id=submission.track_id, task_id="t", hostname="gpu-box-1")
     EvaluationJob.objects.filter(pk=job.pk).update(
         progress={"suite_role": role, "runs_done": 1, "runs_total": 4, "current_run": HIDDEN_RUN, "eta_s": 90},
@@ -59,8 +58,8 @@ def test_other_teams_and_anonymous_cannot_see_progress(client):
 
 
 def test_waiting_team_sees_its_queue_position(client):
-    first = queued(PipelineSubmissionFactory())
-    second = queued(PipelineSubmissionFactory(track=first.track))
+    first = queued(ValidatedSubmissionFactory())
+    second = queued(ValidatedSubmissionFactory(track=first.track))
     client.force_login(second.team.captain)
     html = client.get(reverse("submission_progress", args=[second.pk])).content.decode()
     assert 'id="queue-position">2<' in html
@@ -68,7 +67,7 @@ def test_waiting_team_sees_its_queue_position(client):
 
 
 def test_member_cancels_a_queued_submission(client):
-    submission = queued(PipelineSubmissionFactory())
+    submission = queued(ValidatedSubmissionFactory())
     client.force_login(submission.team.captain)
     response = client.post(reverse("submission_cancel", args=[submission.pk]))
     assert response.status_code == 302

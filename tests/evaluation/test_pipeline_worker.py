@@ -15,8 +15,7 @@ from django.core.files.storage import default_storage
 
 from evaluation.models import EvaluationJob, MetricRecord, Submission, SuiteResult, WorkerHeartbeat
 from evaluation.services import submission_cancel, submission_quota
-from tests.evaluation.pipeline_factories import PipelineSubmissionFactory, queued
-from tests.factories import TrackFactory, UserFactory
+from tests.factories import TrackFactory, UserFactory, ValidatedSubmissionFactory, queued
 from tests.workers import kill_tree, wait_for
 
 pytestmark = [pytest.mark.worker, pytest.mark.helm, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -33,7 +32,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 def _submission(track, tiny_model) -> Submission:
-    return queued(PipelineSubmissionFactory(track=track, model_dir=str(tiny_model)))
+    return queued(ValidatedSubmissionFactory(track=track, model_dir=str(tiny_model)))
 
 
 def test_worker_evaluates_a_real_submission_end_to_end(workers, tiny_model):

@@ -15,7 +15,7 @@ from evaluation.services import (
 )
 from evaluation.services.submissions import quota_day
 from portal.errors import NotFound, PermissionDenied, ServiceError
-from tests.evaluation.factories import SubmissionFactory
+from tests.factories import SubmissionFactory
 
 S = Submission.Status
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from django.utils import timezone
 from evaluation.models import Submission, Upload
 from evaluation.services import submission_create
 from evaluation.services.uploads import uploads_expire
-from tests.evaluation.factories import SubmissionFactory
+from tests.factories import SubmissionFactory
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/uploads/"

@@ -9,10 +9,16 @@ from django.utils import timezone
 from leaderboard.seeding import store_results_bulk
 from leaderboard.services import standings_recompute_for_track
 from portal.models import Prize, Profile
-from tests.factories import MembershipFactory, ProfileFactory, TeamFactory, TrackFactory, UserFactory
+from tests.factories import (
+    MembershipFactory,
+    ProfileFactory,
+    ScoredSubmissionFactory,
+    TeamFactory,
+    TrackFactory,
+    UserFactory,
+)
 
 from .builders import result
-from .factories import ScoredSubmissionFactory
 
 OPEN_RUNS = ("mmlu:subject=anatomy", "gsm")
 HIDDEN_RUNS = ("samsum", "ethics:subset=justice")

@@ -15,10 +15,16 @@ from leaderboard.services import reproduction_record, standings_finalize_track, 
 from leaderboard.tasks import standings_recompute
 from portal.errors import Conflict
 from portal.models import Prize, Profile
-from tests.factories import MembershipFactory, ProfileFactory, TeamFactory, TrackFactory, UserFactory
+from tests.factories import (
+    MembershipFactory,
+    ProfileFactory,
+    ScoredSubmissionFactory,
+    TeamFactory,
+    TrackFactory,
+    UserFactory,
+)
 
 from .builders import ANAT, GSM, result, worked_example
-from .factories import ScoredSubmissionFactory
 
 pytestmark = pytest.mark.django_db
 
