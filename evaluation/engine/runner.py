@@ -960,14 +960,14 @@ def evaluate(
         hardware=detect_hardware(),
     )
     started = time.monotonic()
-    # Our server inherits a listening socket, so helm-run starts at once, beside it; a replacement
-    # server (`server_cmd`, the benchmarks' baselines) binds its own port and is waited for first.
     default_n = min(suite_obj.default_instances, max_eval_instances or suite_obj.default_instances)
     if not helm_processes:
         helm_processes = max(1, min(4, (os.cpu_count() or 1) // 4))
     shards = shard_entries(suite_obj.entries, helm_processes, default_n)
     server_standby = take_standby("server") if standby and server_cmd is None else None
     helm_standbys = [take_standby("helm") if standby else None for _ in shards]
+    # Our server inherits a listening socket, so helm-run starts at once, beside it; a replacement
+    # server (`server_cmd`, the benchmarks' baselines) binds its own port and is waited for first.
     listener = server_standby.listener if server_standby else listening_socket() if server_cmd is None else None
     port = listener.getsockname()[1] if listener else free_port()
     command = (
