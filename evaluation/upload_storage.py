@@ -104,7 +104,7 @@ class _LocalAppender(Appender):
     def write(self, piece: bytes) -> None:
         self.fh.write(piece)
         self.unsynced += len(piece)
-        if self.unsynced >= WRITEBACK_STEP:
+        if self.unsynced >= WRITEBACK_STEP and hasattr(os, "posix_fadvise"):  # not on macOS
             # Start the disk write of what is already written without waiting for it, so the fsync
             # in commit() finds little left to do (otherwise the whole request's bytes wait for it).
             self.fh.flush()
