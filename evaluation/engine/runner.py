@@ -866,15 +866,19 @@ def run_helm_shards(commands: list[list[str]], *, env: dict[str, str], cwd: Path
             failures.append(exc)
             kill_switch.set()
 
-    if len(commands) == 1:
-        one(0)
-    else:
-        # helm-run dies with the thread that started it (PR_SET_PDEATHSIG); each thread outlives its process.
-        threads = [threading.Thread(target=one, args=(i,), name=f"helm-{i}") for i in range(len(commands))]
-        for thread in threads:
-            thread.start()
+    # helm-run dies with the thread that started it (PR_SET_PDEATHSIG); each thread outlives its process.
+    threads = [threading.Thread(target=one, args=(i,), name=f"helm-{i}") for i in range(len(commands))]
+    for thread in threads:
+        thread.start()
+    try:
         for thread in threads:
             thread.join()
+    except BaseException:
+        # Interrupted while waiting (a cancelled job): the shards must not run on without us.
+        kill_switch.set()
+        for thread in threads:
+            thread.join()
+        raise
     if failures:
         raise failures[0]
     return max(codes, key=abs)

@@ -258,3 +258,38 @@ def test_run_entries_are_split_by_scenario_and_balanced_by_instances():
     ]
     assert shard_entries(entries, 1, 50) == [entries]
     assert len(shard_entries(entries[:2], 8, 50)) == 2  # never more processes than scenarios
+
+
+def test_an_interrupted_evaluation_stops_every_helm_run_shard(tmp_path):
+    """A cancelled job interrupts the thread waiting on the shards: none of them may run on."""
+    import os
+    import signal
+    import threading
+
+    import psutil
+
+    from evaluation.engine.runner import CombinedProgress, run_helm_shards
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(signum, frame):
+        raise Cancelled
+
+    script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+    logs = [tmp_path / "helm.log", tmp_path / "helm-1.log"]
+    pid_files = [tmp_path / "0.pid", tmp_path / "1.pid"]
+    previous = signal.signal(signal.SIGALRM, cancel)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        with pytest.raises(Cancelled):
+            run_helm_shards(
+                [[sys.executable, "-c", script, str(f)] for f in pid_files], env=dict(os.environ), cwd=tmp_path, log_paths=logs,
+                time_limit_s=300, progress=CombinedProgress(None, False, 2), kill_switch=threading.Event(),
+                standbys=[None, None],
+            )  # fmt: skip
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    pids = [int(f.read_text()) for f in pid_files]
+    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
