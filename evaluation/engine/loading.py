@@ -129,12 +129,22 @@ def budget_message(needed: int, budget_gb: float, track_name: str | None) -> str
     return f"needs {format_gb(needed)} GB, {track} allows {budget_gb:g} GB"
 
 
+# Config attributes that give a model's context length, in the order they are trusted.
+CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(config: dict[str, Any]) -> int | None:
+    """The context length a model's config.json declares (the runner reads it before the server loads)."""
+    return next((v for v in (config.get(a) for a in CONTEXT_ATTRS) if isinstance(v, int) and v > 0), None)
+
+
 def _max_positions(config: Any) -> int | None:
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return context_length({attr: getattr(config, attr, None) for attr in CONTEXT_ATTRS})
+
+
+def tokenizer_folder(model_dir: Path, base_dir: Path | None = None) -> Path | None:
+    """Where a submission's tokenizer is: an adapter's own if it has one, else its base model's."""
+    return next((f for f in (model_dir, base_dir) if f is not None and (f / "tokenizer_config.json").exists()), None)
 
 
 def _from_pretrained(folder: Path, torch_dtype: Any, device: str) -> Any:
@@ -212,7 +222,7 @@ def load_model(
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(model_dir), is_trainable=False).merge_and_unload()
-        tokenizer_dir = model_dir if (model_dir / "tokenizer_config.json").exists() else base_dir
+        tokenizer_dir = tokenizer_folder(model_dir, base_dir) or base_dir
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False, local_files_only=True)
     except torch.cuda.OutOfMemoryError:
         raise ModelTooLarge(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation.engine import errors
+from evaluation.engine.loading import context_length, tokenizer_folder
 from evaluation.engine.nltk_data import nltk_data_dir
 from evaluation.engine.result import Efficiency, Hardware, Record, ResultDocument, RunResult
 from evaluation.engine.suites import Suite, SuiteEntry, entry_for_run, get_suite
@@ -307,10 +308,6 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-# The config attributes the server reads its context length from (loading._max_positions), in order.
-CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
-
 def model_facts(model_dir: Path, adapter_base: Path | None) -> dict[str, Any]:
     """Special tokens, context length and tokenizer folder, read from the model's files (no weights).
 
@@ -324,13 +321,12 @@ def model_facts(model_dir: Path, adapter_base: Path | None) -> dict[str, Any]:
         config = config or _read_json(folder / "config.json")
     eos = _token_text(tok.get("eos_token")) or "</s>"
     bos = _token_text(tok.get("bos_token")) or eos
-    max_len = next((v for v in (config.get(a) for a in CONTEXT_ATTRS) if isinstance(v, int) and v > 0), None)
+    max_len = context_length(config)
     if max_len is None:
         model_max = tok.get("model_max_length")
         max_len = model_max if isinstance(model_max, int) and 0 < model_max < 1_000_000 else 2048
-    # As the server loads it: the adapter's own tokenizer if it has one, else the base model's. None
-    # (HELM then asks the server) when there are no tokenizer files, e.g. behind a stand-in server.
-    tokenizer_dir = next((f for f in folders if (f / "tokenizer_config.json").exists()), None)
+    # None (HELM then asks the server) when there are no tokenizer files, e.g. behind a stand-in server.
+    tokenizer_dir = tokenizer_folder(model_dir, adapter_base)
     return {
         "eos_token": eos,
         "bos_token": bos,
