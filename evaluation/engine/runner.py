@@ -113,13 +113,11 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.started_at = time.monotonic()
-        self.process = subprocess.Popen(
+        self.process = _spawn(
             self.command,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
             pass_fds=self.pass_fds,
         )
         log.close()
@@ -171,6 +169,11 @@ class ServerProcess:
                 _kill_group(self.process, signal.SIGKILL)
                 self.process.wait(timeout=10)
         self.stopped_at = time.monotonic()
+
+
+def _spawn(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
+    """Every process of an evaluation: in its own process group (killed as one), dying with us."""
+    return subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, **kwargs)
 
 
 def _die_with_parent() -> None:
@@ -263,7 +266,7 @@ def start_standbys(helm_processes: int = 1) -> None:
             continue
         kind = key.split("-")[0]
         listener = listening_socket() if kind == "server" else None
-        process = subprocess.Popen(
+        process = _spawn(
             [sys.executable, "-m", "evaluation.engine.standby", kind],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE if kind == "helm" else subprocess.DEVNULL,
@@ -273,8 +276,6 @@ def start_standbys(helm_processes: int = 1) -> None:
             bufsize=1,
             env=env,
             cwd=REPO_ROOT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
             pass_fds=(listener.fileno(),) if listener else (),
         )
         _standbys[key] = Standby(kind, process, listener)
@@ -601,7 +602,7 @@ def run_helm(
             standby.take_over(cmd, env=env, cwd=cwd, log=None)
             process = standby.process
         else:
-            process = subprocess.Popen(
+            process = _spawn(
                 cmd,
                 cwd=cwd,
                 env=env,
@@ -610,8 +611,6 @@ def run_helm(
                 text=True,
                 errors="replace",
                 bufsize=1,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         timed_out = threading.Event()
 
