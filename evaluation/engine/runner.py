@@ -250,49 +250,50 @@ class Standby:
             self.listener.close()
 
 
-_standbys: dict[str, Standby] = {}
+_standbys: list[Standby] = []
 
 
 def start_standbys(helm_processes: int = 1) -> None:
-    """Start a standby model server and `helm_processes` standby helm-runs unless they are waiting.
+    """Have a standby model server and `helm_processes` standby helm-runs waiting.
 
     Call it from the thread that will run the next evaluation (the standbys die with it), when no
     evaluation is running: their imports take CPU, not GPU.
     """
+    for standby in [s for s in _standbys if s.process.poll() is not None]:
+        _standbys.remove(standby)
+        standby.discard()
     env = helm_env("")
-    for key in ["server", *(f"helm-{i}" for i in range(helm_processes))]:
-        current = _standbys.get(key)
-        if current is not None and current.process.poll() is None:
-            continue
-        kind = key.split("-")[0]
-        listener = listening_socket() if kind == "server" else None
-        process = _spawn(
-            [sys.executable, "-m", "evaluation.engine.standby", kind],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE if kind == "helm" else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT if kind == "helm" else subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            env=env,
-            cwd=REPO_ROOT,
-            pass_fds=(listener.fileno(),) if listener else (),
-        )
-        _standbys[key] = Standby(kind, process, listener)
+    for kind, wanted in (("server", 1), ("helm", helm_processes)):
+        for _ in range(wanted - sum(s.kind == kind for s in _standbys)):
+            listener = listening_socket() if kind == "server" else None
+            process = _spawn(
+                [sys.executable, "-m", "evaluation.engine.standby", kind],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE if kind == "helm" else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if kind == "helm" else subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+                bufsize=1,
+                env=env,
+                cwd=REPO_ROOT,
+                pass_fds=(listener.fileno(),) if listener else (),
+            )
+            _standbys.append(Standby(kind, process, listener))
 
 
 def take_standby(kind: str) -> Standby | None:
-    key = next((k for k in _standbys if k.split("-")[0] == kind), None)
-    standby = _standbys.pop(key, None) if key else None
-    if standby is not None and standby.process.poll() is not None:
+    """A waiting standby of this kind that is still alive, now the caller's; None if there is none."""
+    while standby := next((s for s in _standbys if s.kind == kind), None):
+        _standbys.remove(standby)
+        if standby.process.poll() is None:
+            return standby
         standby.discard()
-        return None
-    return standby
+    return None
 
 
 def discard_standbys() -> None:
     while _standbys:
-        _standbys.popitem()[1].discard()
+        _standbys.pop().discard()
 
 
 # ---------------------------------------------------------------------------------------- prod_env
