@@ -852,6 +852,10 @@ def run_helm_shards(commands: list[list[str]], *, env: dict[str, str], cwd: Path
     codes: list[int] = [0] * len(commands)
     failures: list[BaseException] = []
 
+    # Python 3.11's Thread.join, interrupted by a signal handler's exception, marks a running thread
+    # as stopped, so a second join returns at once: wait on our own events instead.
+    finished = [threading.Event() for _ in commands]
+
     def one(i: int) -> None:
         try:
             codes[i] = run_helm(
@@ -861,19 +865,20 @@ def run_helm_shards(commands: list[list[str]], *, env: dict[str, str], cwd: Path
         except BaseException as exc:  # noqa: BLE001 - re-raised below, after the other shards stopped
             failures.append(exc)
             kill_switch.set()
+        finally:
+            finished[i].set()
 
     # helm-run dies with the thread that started it (PR_SET_PDEATHSIG); each thread outlives its process.
-    threads = [threading.Thread(target=one, args=(i,), name=f"helm-{i}") for i in range(len(commands))]
-    for thread in threads:
-        thread.start()
+    for i in range(len(commands)):
+        threading.Thread(target=one, args=(i,), name=f"helm-{i}").start()
     try:
-        for thread in threads:
-            thread.join()
+        for event in finished:
+            event.wait()
     except BaseException:
         # Interrupted while waiting (a cancelled job): the shards must not run on without us.
         kill_switch.set()
-        for thread in threads:
-            thread.join()
+        for event in finished:
+            event.wait()
         raise
     if failures:
         raise failures[0]

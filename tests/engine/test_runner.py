@@ -265,6 +265,7 @@ def test_an_interrupted_evaluation_stops_every_helm_run_shard(tmp_path):
     import os
     import signal
     import threading
+    import time
 
     import psutil
 
@@ -276,20 +277,37 @@ def test_an_interrupted_evaluation_stops_every_helm_run_shard(tmp_path):
     def cancel(signum, frame):
         raise Cancelled
 
-    script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+    script = "import os, sys, time; open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid())); os.rename(sys.argv[1] + '.tmp', sys.argv[1]); time.sleep(120)"
     logs = [tmp_path / "helm.log", tmp_path / "helm-1.log"]
     pid_files = [tmp_path / "0.pid", tmp_path / "1.pid"]
+
+    def cancel_once_both_run():
+        deadline = time.monotonic() + 60
+        while not all(f.exists() for f in pid_files) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGALRM)  # handled in the main thread, which waits on the shards
+
+    progress = CombinedProgress(None, False, 2)
+    wound_up = []
+    for part, delay in zip(progress.parts, (0.5, 0.0), strict=True):  # the first shard winds up slowly
+
+        def close(part=part, close=part.close, delay=delay):
+            time.sleep(delay)
+            close()
+            wound_up.append(part)
+
+        part.close = close
     previous = signal.signal(signal.SIGALRM, cancel)
-    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    threading.Thread(target=cancel_once_both_run, daemon=True).start()
     try:
         with pytest.raises(Cancelled):
             run_helm_shards(
                 [[sys.executable, "-c", script, str(f)] for f in pid_files], env=dict(os.environ), cwd=tmp_path, log_paths=logs,
-                time_limit_s=300, progress=CombinedProgress(None, False, 2), kill_switch=threading.Event(),
-                standbys=[None, None],
+                time_limit_s=300, progress=progress, kill_switch=threading.Event(), standbys=[None, None],
             )  # fmt: skip
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    # Every shard finished (its process killed and reaped) before the cancellation went on.
+    assert len(wound_up) == 2
     pids = [int(f.read_text()) for f in pid_files]
-    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert not [pid for pid in pids if psutil.pid_exists(pid)]
