@@ -177,9 +177,12 @@ def test_gpu_batch_limits_are_sized_for_the_allocator_cap_not_the_whole_budget(m
     limits = default_limits(model, "cuda:0", budget)
     cfg = model.config
     elem = next(model.parameters()).element_size()
-    per_token = (
+    kv_per_token = (
         2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * elem
     )
-    per_token += (6 * cfg.hidden_size + 3 * cfg.intermediate_size) * elem
+    per_token = kv_per_token + (6 * cfg.hidden_size + 3 * cfg.intermediate_size) * elem
     free_under_cap = budget - CUDA_CONTEXT_ALLOWANCE_BYTES - weights
-    assert limits.max_batch_tokens == min(int(0.6 * free_under_cap / per_token), 1 << 20)
+    # The store of few-shot prefixes is set aside first: room for four prefixes of ~600 tokens.
+    assert limits.prefix_store_bytes == min(free_under_cap // 5, 4 * 600 * kv_per_token)
+    free_for_batches = free_under_cap - limits.prefix_store_bytes
+    assert limits.max_batch_tokens == min(int(0.6 * free_for_batches / per_token), 1 << 20)

@@ -79,7 +79,13 @@ class ModelService:
         self.seed = seed
         self.stats = Stats(device=loaded.device)
         self.startup: dict[str, float] | None = None  # seconds to load and warm up, set by the launcher
-        self.generator = BatchGenerator(loaded.model, loaded.tokenizer, prefix_sharing=prefix_sharing, decode=decode)
+        self.generator = BatchGenerator(
+            loaded.model,
+            loaded.tokenizer,
+            prefix_sharing=prefix_sharing,
+            decode=decode,
+            prefix_store_bytes=limits.prefix_store_bytes,
+        )
         message = "the model ran out of GPU memory on a single request"
         if loaded.budget_bytes:
             message += f" within its budget of {loaded.budget_bytes / 1024**3:g} GB"

@@ -27,6 +27,8 @@ class Limits:
     max_batch_tokens: int = 16384
     # Padded prompt tokens of one batch whose every position's logits are kept (echo_prompt).
     max_echo_tokens: int = 4096
+    # Memory for the caches of few-shot prefixes kept from one batch to the next (PrefixStore).
+    prefix_store_bytes: int = 64 * 1024**2
 
 
 @dataclass
@@ -173,14 +175,14 @@ class Scheduler:
             rows=len(batch),
             seconds=time.perf_counter() - started,
             shared_prefix=self.generator.last_shared_prefix,
+            prefix_reused=self.generator.last_prefix_reused,
             decode_steps=self.generator.last_decode_steps,
         )
 
     def _after_out_of_memory(self, batch: list[Row]) -> None:
         # The budget is enforced by the allocator, so a batch that does not fit is split, and the
         # limits shrink so later batches do not hit the wall again.
-        if self.generator.static is not None:
-            self.generator.static.release()  # its fixed-size cache is rebuilt at the size of the next batch
+        self.generator.release_memory()
         torch.cuda.empty_cache()
         self.stats.add("out_of_memory_splits")
         for row in batch:
@@ -202,7 +204,7 @@ class Scheduler:
 def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     """Batch limits from the memory left next to the weights (GPU) or modest fixed ones (CPU)."""
     if not device.startswith("cuda"):
-        return Limits(max_batch_size=32, max_batch_tokens=16384, max_echo_tokens=8192)
+        return Limits(max_batch_size=32, max_batch_tokens=16384, max_echo_tokens=8192, prefix_store_bytes=64 * 1024**2)
     cfg = model.config
     elem = next(model.parameters()).element_size()
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 4096)
@@ -218,6 +220,11 @@ def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     limit = allocator_cap_bytes(budget_bytes) if budget_bytes else torch.cuda.get_device_properties(index).total_memory
     free = max(limit - torch.cuda.memory_allocated(index), 256 * 1024**2)
     kv_per_token = 2 * layers * kv_heads * head_dim * elem
+    # Room for the few-shot prefixes of about four runs at once (~600 tokens each), at most a fifth
+    # of what is free: several helm-run processes interleave their runs' requests, and a store too
+    # small for all their prefixes would drop each one just before it is needed again.
+    store = min(free // 5, 4 * 600 * kv_per_token)
+    free -= store
     # Transient activations of one layer per token (residual, attention, MLP) with some slack.
     act_per_token = (6 * hidden + 3 * intermediate) * elem
     tokens = int(0.6 * free / (kv_per_token + act_per_token))
@@ -226,4 +233,5 @@ def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
         max_batch_size=256,
         max_batch_tokens=max(1024, min(tokens, 1 << 20)),
         max_echo_tokens=max(512, min(echo_tokens, 1 << 18)),
+        prefix_store_bytes=store,
     )

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from evaluation.engine.server import static_decode
+from evaluation.engine.server.kv_cache import PrefixStore, expanded, map_cache
 from evaluation.engine.server.static_decode import StaticDecoder
 
 GREEDY_TEMPERATURE = 1e-5
@@ -67,26 +68,6 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
     return n
 
 
-def _map_cache(cache: Any, fn) -> None:
-    """Apply `fn` to every key and value tensor of a transformers cache (4.5x and 5.x layouts)."""
-    for inner in ("self_attention_cache", "cross_attention_cache"):
-        if hasattr(cache, inner):
-            _map_cache(getattr(cache, inner), fn)
-            return
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        for layer in layers:
-            if getattr(layer, "keys", None) is not None and isinstance(layer.keys, torch.Tensor):
-                layer.keys = fn(layer.keys)
-                layer.values = fn(layer.values)
-        return
-    if hasattr(cache, "key_cache"):
-        cache.key_cache = [fn(k) for k in cache.key_cache]
-        cache.value_cache = [fn(v) for v in cache.value_cache]
-        return
-    raise TypeError(f"unsupported cache type {type(cache).__name__}")
-
-
 class BatchGenerator:
     """Runs lists of rows through the model together. Not thread-safe: one worker thread owns it."""
 
@@ -98,6 +79,7 @@ class BatchGenerator:
         prefix_sharing: bool = True,
         min_shared_prefix: int = MIN_SHARED_PREFIX,
         decode: str = "auto",
+        prefix_store_bytes: int = 0,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -112,7 +94,10 @@ class BatchGenerator:
             if name in params:
                 self._keep_arg = name
                 break
+        # Few-shot prefixes kept across batches (0 bytes: each batch prefills its own).
+        self.prefixes = PrefixStore(prefix_store_bytes) if prefix_sharing and prefix_store_bytes > 0 else None
         self.last_shared_prefix = 0
+        self.last_prefix_reused = False
         self.last_decode_steps = 0
         self.static = self._static_decoder(decode)
         if self.device.type == "cuda":
@@ -163,22 +148,45 @@ class BatchGenerator:
         pos = mask.cumsum(-1) - 1 + offset
         return pos.masked_fill(mask == 0, 1)
 
+    def _shared_prefix(self, seqs: list[list[int]]) -> tuple[int, Any | None]:
+        """How many leading tokens the rows share and get prefilled once, with the stored one-row
+        cache of them when an earlier batch left one (else None: prefill them now)."""
+        if not self.prefix_sharing:
+            return 0, None
+        # Every row keeps at least one token of its own, whose logits choose its first output.
+        limit = min(common_prefix_length(seqs), min(len(s) for s in seqs) - 1)
+        found = self.prefixes.find(seqs[0][:limit]) if self.prefixes is not None else None
+        if found is not None:
+            length, cache = found
+            # Batches of one run share their few-shot prefix plus, now and then, a few tokens of
+            # their questions: a stored prefix slightly shorter than this batch's still serves, the
+            # tokens in between are prefilled with each row's own.
+            if len(seqs) == 1 or limit - length <= max(32, limit // 10):
+                return length, cache
+        if len(seqs) > 1 and limit >= self.min_shared_prefix:
+            return limit, None
+        return 0, None
+
+    def release_memory(self) -> None:
+        """Give back what is kept between batches (after running out of memory)."""
+        if self.static is not None:
+            self.static.release()  # its fixed-size cache is rebuilt at the size of the next batch
+        if self.prefixes is not None:
+            self.prefixes.clear()
+
     def _prefill(self, rows: list[Row], use_cache: bool, all_logits: bool):
         """Returns (logits of the last position in fp32, every position's logits or None, cache, mask, next positions)."""
         seqs = [r.prompt_ids for r in rows]
-        shared = 0
-        if self.prefix_sharing and len(rows) > 1 and not all_logits:
-            # Every row keeps at least one token of its own, whose logits choose its first output.
-            shared = min(common_prefix_length(seqs), min(len(s) for s in seqs) - 1)
-            if shared < self.min_shared_prefix:
-                shared = 0
-        self.last_shared_prefix = shared
+        shared, stored = (0, None) if all_logits else self._shared_prefix(seqs)
+        self.last_shared_prefix, self.last_prefix_reused = shared, stored is not None
         if shared:
-            prefix = torch.tensor([seqs[0][:shared]], dtype=torch.long, device=self.device)
-            out = self.model(input_ids=prefix, use_cache=True, **self._keep(1))
-            cache = out.past_key_values
             n = len(rows)
-            _map_cache(cache, lambda t: t.expand(n, *t.shape[1:]).contiguous())
+            if stored is None:
+                prefix = torch.tensor([seqs[0][:shared]], dtype=torch.long, device=self.device)
+                stored = self.model(input_ids=prefix, use_cache=True, **self._keep(1)).past_key_values
+                if self.prefixes is not None:
+                    self.prefixes.add(seqs[0][:shared], stored)
+            cache = expanded(stored, n)
             ids, suffix_mask = self._left_pad([s[shared:] for s in seqs])
             mask = torch.cat([torch.ones((n, shared), dtype=torch.long, device=self.device), suffix_mask], dim=1)
             positions = self._positions(suffix_mask, offset=shared)
@@ -297,7 +305,7 @@ class BatchGenerator:
             # Dropping finished rows from the cache costs a copy; only worth it once many are done.
             if len(unfinished) * 4 <= len(live) * 3:
                 index = torch.tensor(unfinished, device=self.device)
-                _map_cache(cache, lambda t, index=index: t.index_select(0, index))
+                map_cache(cache, lambda t, index=index: t.index_select(0, index))
                 mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
                 live = [live[i] for i in unfinished]
             mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=self.device)], dim=1)

@@ -27,6 +27,7 @@ class Stats:
     batch_rows: int = 0
     max_batch_rows: int = 0
     shared_prefix_tokens: int = 0
+    prefix_reuses: int = 0
     decode_steps: int = 0
     out_of_memory_splits: int = 0
     busy_seconds: float = 0.0
@@ -41,15 +42,19 @@ class Stats:
             self.output_tokens += output_tokens
             self.latencies.append(latency)
 
-    def record_batch(self, *, rows: int, seconds: float, shared_prefix: int, decode_steps: int = 0) -> None:
+    def record_batch(
+        self, *, rows: int, seconds: float, shared_prefix: int, prefix_reused: bool = False, decode_steps: int = 0
+    ) -> None:
         with self.lock:
             self.decode_steps += decode_steps
             self.batches += 1
             self.batch_rows += rows
             self.max_batch_rows = max(self.max_batch_rows, rows)
             self.busy_seconds += seconds
-            # Tokens whose prefill was skipped because the batch shared them.
-            self.shared_prefix_tokens += shared_prefix * max(rows - 1, 0)
+            # Tokens whose prefill was skipped because the batch shared them (all of them when an
+            # earlier batch's prefill of the prefix was reused).
+            self.shared_prefix_tokens += shared_prefix * (rows if prefix_reused else max(rows - 1, 0))
+            self.prefix_reuses += 1 if prefix_reused else 0
 
     def add(self, name: str, amount: int = 1) -> None:
         with self.lock:
@@ -71,6 +76,7 @@ class Stats:
                 "mean_batch_rows": self.batch_rows / self.batches if self.batches else 0.0,
                 "max_batch_rows": self.max_batch_rows,
                 "shared_prefix_tokens": self.shared_prefix_tokens,
+                "prefix_reuses": self.prefix_reuses,
                 "decode_steps": self.decode_steps,
                 "out_of_memory_splits": self.out_of_memory_splits,
                 "busy_seconds": round(self.busy_seconds, 6),

@@ -1,0 +1,106 @@
+"""Key/value caches of transformers models: walking their tensors, and keeping the caches of recent
+few-shot prefixes so later batches need not prefill them again.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+
+def map_cache(cache: Any, fn) -> None:
+    """Apply `fn` to every key and value tensor of a transformers cache (4.5x and 5.x layouts)."""
+    for inner in ("self_attention_cache", "cross_attention_cache"):
+        if hasattr(cache, inner):
+            map_cache(getattr(cache, inner), fn)
+            return
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            if getattr(layer, "keys", None) is not None and isinstance(layer.keys, torch.Tensor):
+                layer.keys = fn(layer.keys)
+                layer.values = fn(layer.values)
+        return
+    if hasattr(cache, "key_cache"):
+        cache.key_cache = [fn(k) for k in cache.key_cache]
+        cache.value_cache = [fn(v) for v in cache.value_cache]
+        return
+    raise TypeError(f"unsupported cache type {type(cache).__name__}")
+
+
+def cache_bytes(cache: Any) -> int:
+    sizes: list[int] = []
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        sizes.append(t.numel() * t.element_size())
+        return t
+
+    map_cache(cache, count)
+    return sum(sizes)
+
+
+def expanded(cache: Any, rows: int) -> Any:
+    """A new cache holding `rows` copies of a one-row cache, which stays as it was.
+
+    Only the cache's structure is copied before its tensors are replaced (the layer objects, or the
+    lists of the older layout): the model appends to the new one without touching the stored one.
+    """
+    new = copy.copy(cache)
+    if getattr(cache, "layers", None) is not None:
+        new.layers = [copy.copy(layer) for layer in cache.layers]
+    elif not hasattr(cache, "key_cache"):
+        raise TypeError(f"unsupported cache type {type(cache).__name__}")
+    if rows == 1:
+        map_cache(new, lambda t: t.clone())
+    else:
+        map_cache(new, lambda t: t.expand(rows, *t.shape[1:]).contiguous())
+    return new
+
+
+class PrefixStore:
+    """One-row caches of the prompt prefixes recent batches shared, least recently used dropped first.
+
+    HELM gives every instance of a run the same instructions and in-context examples, so the batches
+    of a run all begin with the same hundreds of tokens; several runs at once interleave a few such
+    prefixes. Reusing a stored prefix changes no result: it holds exactly what a fresh one-row
+    prefill of the same tokens computes.
+    """
+
+    def __init__(self, max_bytes: int, max_entries: int = 8):
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[int, ...], tuple[Any, int]] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def find(self, tokens: list[int]) -> tuple[int, Any] | None:
+        """The longest stored prefix of `tokens`: (its length, its one-row cache), or None."""
+        best: tuple[int, ...] | None = None
+        for key in self._entries:
+            n = len(key)
+            if n <= len(tokens) and (best is None or n > len(best)) and tuple(tokens[:n]) == key:
+                best = key
+        if best is None:
+            return None
+        self._entries.move_to_end(best)
+        return len(best), self._entries[best][0]
+
+    def add(self, tokens: list[int], cache: Any) -> None:
+        key = tuple(tokens)
+        size = cache_bytes(cache)
+        if key in self._entries or size > self.max_bytes:
+            return
+        while self._entries and (self.bytes + size > self.max_bytes or len(self._entries) >= self.max_entries):
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
+        self._entries[key] = (cache, size)
+        self.bytes += size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0

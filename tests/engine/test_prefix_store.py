@@ -1,0 +1,208 @@
+"""Few-shot prefixes kept from one batch to the next (fp32, CPU): reused, they change no result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evaluation.engine.server.batching import Limits, Scheduler
+from evaluation.engine.server.generation import BatchGenerator, Row
+from evaluation.engine.server.kv_cache import PrefixStore, cache_bytes, expanded, map_cache
+from evaluation.engine.server.stats import Stats
+from tests.engine.reference import FEW_SHOT, FEW_SHOT_PROMPTS, assert_close, greedy_reference, logprob_reference
+
+STORE_BYTES = 64 * 1024**2
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    from evaluation.engine.loading import load_model
+
+    return load_model(tiny_model_dir, device="cpu", dtype="float32")
+
+
+def _rows(tokenizer, prompts, **kwargs) -> list[Row]:
+    return [Row(prompt_ids=tokenizer(p)["input_ids"], **kwargs) for p in prompts]
+
+
+def _assert_like_reference(model, tokenizer, rows, max_new_tokens):
+    for row in rows:
+        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, max_new_tokens)
+        assert_close(row.logprobs, logprob_reference(model, row.prompt_ids, row.tokens)[1])
+
+
+def _forward_tokens(model, fn) -> list[int]:
+    """Run `fn`; the number of input tokens of each forward pass of `model` it made."""
+    seen: list[int] = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen.append(int(ids.numel()))
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 5])
+def test_a_later_batch_reuses_the_stored_prefix_and_its_results_do_not_change(loaded, max_new_tokens):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    first = _rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=max_new_tokens)
+    generator.generate(first)
+    assert not generator.last_prefix_reused and len(generator.prefixes) == 1
+    shared = generator.last_shared_prefix
+    assert shared >= 16
+
+    later = _rows(tokenizer, FEW_SHOT_PROMPTS[1:], max_new_tokens=max_new_tokens)
+    passes = _forward_tokens(model, lambda: generator.generate(later))
+    assert generator.last_prefix_reused and generator.last_shared_prefix == shared
+    # No pass over the prefix: the first pass holds only the rows' own (padded) tokens.
+    width = max(len(r.prompt_ids) for r in later) - shared
+    assert passes[0] == len(later) * width
+    _assert_like_reference(model, tokenizer, first + later, max_new_tokens)
+
+
+def test_a_single_request_reuses_a_stored_prefix(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=1))
+    (alone,) = _rows(tokenizer, FEW_SHOT_PROMPTS[2:], max_new_tokens=3)
+    generator.generate([alone])
+    assert generator.last_prefix_reused
+    _assert_like_reference(model, tokenizer, [alone], 3)
+
+
+def test_without_a_store_nothing_is_kept_and_a_single_request_shares_nothing(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer)
+    assert generator.prefixes is None
+    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=1))
+    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[2:], max_new_tokens=1))
+    assert generator.last_shared_prefix == 0 and not generator.last_prefix_reused
+
+
+def test_interleaved_runs_each_keep_their_prefix_and_later_batches_skip_every_prefill(loaded):
+    """Two runs (as from two helm-run processes) alternate; once each prefix is stored, no batch
+    prefills one again and the stats count every prompt token a batch skipped."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    heads = ["Questions about units, with answers. " * 4, "Questions about dates, with answers. " * 4]
+
+    def rows(start: int) -> list[Row]:
+        prompts = [heads[i % 2] + f"Question {i}: what comes after {i}? Answer:" for i in range(start, start + 16)]
+        return _rows(tokenizer, prompts, max_new_tokens=1)
+
+    stats = Stats()
+    scheduler = Scheduler(BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES), stats, Limits())
+    scheduler.run(rows(0))
+    assert (stats.batches, stats.prefix_reuses) == (2, 0)
+    later = rows(100)
+    skipped_before = stats.shared_prefix_tokens
+    scheduler.run(later)
+    assert (stats.batches, stats.prefix_reuses) == (4, 2)
+    shared = [len(tokenizer(h)["input_ids"]) for h in heads]
+    assert stats.shared_prefix_tokens - skipped_before >= 8 * min(shared) * 2 - 16
+    _assert_like_reference(model, tokenizer, later, 1)
+
+
+def test_a_prefix_only_a_little_shorter_than_the_batch_s_is_reused(loaded):
+    """A batch may share a few question tokens more than the stored few-shot prefix: it still serves."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    generator.generate(
+        _rows(tokenizer, [FEW_SHOT + "Question: Is it one? Answer:", FEW_SHOT + "Query?"], max_new_tokens=1)
+    )
+    stored = generator.last_shared_prefix
+    rows = _rows(
+        tokenizer,
+        [FEW_SHOT + "Question: Is it two? Answer:", FEW_SHOT + "Question: Is it ten? Answer:"],
+        max_new_tokens=2,
+    )
+    generator.generate(rows)
+    assert generator.last_prefix_reused and generator.last_shared_prefix == stored
+    _assert_like_reference(model, tokenizer, rows, 2)
+
+
+def test_the_stored_cache_is_left_as_it_was_by_the_batches_that_use_it(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=4))
+    (key,) = generator.prefixes._entries
+    stored = generator.prefixes.find(list(key))[1]
+    before: list[torch.Tensor] = []
+    map_cache(stored, lambda t: before.append(t.clone()) or t)
+    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=4))
+    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[2:], max_new_tokens=4))
+    after: list[torch.Tensor] = []
+    map_cache(stored, lambda t: after.append(t) or t)
+    assert len(after) == len(before) and all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert all(t.shape[0] == 1 and t.shape[-2] == len(key) for t in after)
+
+
+def test_expanded_copies_rows_and_keeps_the_one_row_cache(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    ids = torch.tensor([tokenizer(FEW_SHOT)["input_ids"]])
+    with torch.inference_mode():
+        cache = model(input_ids=ids, use_cache=True).past_key_values
+    three = expanded(cache, 3)
+    assert cache_bytes(three) == 3 * cache_bytes(cache)
+    shapes: list[tuple] = []
+    map_cache(three, lambda t: shapes.append(tuple(t.shape)) or t)
+    map_cache(cache, lambda t: shapes.append(tuple(t.shape)) or t)
+    half = len(shapes) // 2
+    assert all(a[0] == 3 and b[0] == 1 and a[1:] == b[1:] for a, b in zip(shapes[:half], shapes[half:], strict=True))
+
+
+class _Entry:
+    """A stand-in cache of the old layout whose size is `tokens` float32 values."""
+
+    def __init__(self, tokens: int):
+        self.key_cache = [torch.zeros(tokens)]
+        self.value_cache = [torch.zeros(0)]
+
+
+def test_store_finds_the_longest_stored_prefix_and_drops_the_least_recently_used():
+    store = PrefixStore(max_bytes=4 * 100, max_entries=3)
+    store.add([1, 2, 3], _Entry(30))
+    store.add([1, 2, 3, 4, 5], _Entry(30))
+    assert store.find([1, 2, 3, 4, 5, 6])[0] == 5
+    assert store.find([1, 2, 3, 9])[0] == 3
+    assert store.find([1, 2]) is None and store.find([7, 1, 2, 3]) is None
+    store.add([8, 8], _Entry(30))  # 90 of 100 values stored
+    store.add([9, 9], _Entry(30))  # no room: the least recently used entry, [1, 2, 3, 4, 5], goes
+    assert store.find([1, 2, 3, 4, 5, 6])[0] == 3
+    assert len(store) == 3 and store.bytes == 4 * 90
+    store.add([5], _Entry(101))  # larger than the whole store: not kept
+    assert store.find([5]) is None
+    store.clear()
+    assert len(store) == 0 and store.bytes == 0
+
+
+def test_running_out_of_memory_splits_the_batch_and_empties_the_store(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+
+    left_in_store = []
+
+    class Tight(BatchGenerator):
+        def generate(self, rows):
+            if len(rows) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super().generate(rows)
+
+        def release_memory(self):
+            super().release_memory()
+            left_in_store.append(len(self.prefixes))
+
+    generator = Tight(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=1))
+    assert len(generator.prefixes) == 1
+    stats = Stats()
+    limits = Limits()
+    rows = _rows(tokenizer, FEW_SHOT_PROMPTS + FEW_SHOT_PROMPTS[:1], max_new_tokens=2)
+    Scheduler(generator, stats, limits).run(rows)
+    assert stats.out_of_memory_splits == 1 and limits.max_batch_size == 2
+    assert left_in_store == [0]  # emptied before the halves ran
+    _assert_like_reference(model, tokenizer, rows, 2)
