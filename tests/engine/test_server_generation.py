@@ -161,3 +161,29 @@ def test_few_rows_with_a_common_head_are_not_split_off_into_small_batches(loaded
     prompts += ["Shared head of three prompts, long enough to matter here: " + str(i) for i in range(3)]
     (batch,) = plan_batches(_rows(tokenizer, prompts, max_new_tokens=1), Limits())
     assert len(batch) == 9
+
+
+def test_runs_that_share_their_instructions_still_get_batches_of_their_own_few_shot_prefix(loaded):
+    """Two tasks with the same instructions but their own examples, interleaved: grouping by a short
+    head would mix them and share only the instructions (seen with HELM's multiple-choice runs)."""
+    tokenizer = loaded.tokenizer
+    instructions = "The following are multiple choice questions, with answers, to think about. "
+    examples = [
+        "Question: how many metres in a kilometre? Answer: 1000. " * 5,
+        "Question: which day follows Monday? Answer: Tuesday. " * 5,
+    ]
+    prompts = [instructions + examples[i % 2] + f"Question: {i} and {i * 3}? Answer:" for i in range(40)]
+    rows = _rows(tokenizer, prompts, max_new_tokens=1)
+    plan = plan_batches(rows, Limits(max_batch_size=12))
+    own = [len(tokenizer(instructions + e)["input_ids"]) for e in examples]
+    assert len(plan) == 4
+    for batch in plan:
+        assert common_prefix_length([r.prompt_ids for r in batch]) >= min(own) - 2
+
+
+def test_common_prefix_length():
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_length([[5, 6]]) == 2
+    assert common_prefix_length([[1], [2]]) == 0
+    assert common_prefix_length([[], [1]]) == 0
+    assert common_prefix_length([list(range(600)), list(range(599)) + [0]]) == 599

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from evaluation.engine.loading import allocator_cap_bytes
-from evaluation.engine.server.generation import MIN_SHARED_PREFIX, BatchGenerator, Row
+from evaluation.engine.server.generation import MIN_SHARED_PREFIX, BatchGenerator, Row, common_prefix_length
 from evaluation.engine.server.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -43,27 +43,60 @@ def _cost(rows: list[Row]) -> int:
     return len(rows) * (width + new)
 
 
-# Rows that begin with the same this-many tokens (a few-shot prompt's instructions and examples)
-# are batched together when there are at least MIN_PREFIX_GROUP of them: their batch then shares one
-# prefill of the common prefix. Several helm-run processes, or HELM runs of different tasks, send
-# interleaved requests whose prompts would otherwise be mixed by length and share nothing.
+# A run's few-shot prompts share hundreds of tokens (instructions and examples); runs of different
+# tasks, or from several helm-run processes, arrive interleaved and may share a little too (common
+# instructions). Rows are clustered by prefix so that each batch shares as long a prefix as it can:
+# in lexicographic order a run's rows are neighbours, and a cluster ends where the next row would
+# cut its shared prefix by MIN_SHARED_PREFIX tokens or more. Clusters of fewer than MIN_PREFIX_GROUP
+# rows are not worth their own batches: those rows are batched by length with the rest.
 MIN_PREFIX_GROUP = 8
+
+
+def prefix_clusters(rows: list[Row]) -> tuple[list[list[Row]], list[Row]]:
+    """(clusters of rows sharing a long prefix, the rows in none)."""
+    clusters: list[list[Row]] = []
+    mixed: list[Row] = []
+
+    def close(cluster: list[Row], shared: int) -> None:
+        if len(cluster) >= MIN_PREFIX_GROUP and shared >= MIN_SHARED_PREFIX:
+            clusters.append(cluster)
+        else:
+            mixed.extend(cluster)
+
+    current: list[Row] = []
+    shared = 0  # tokens every row of `current` shares, once it holds two
+    for row in sorted(rows, key=lambda r: r.prompt_ids):
+        if current:
+            with_row = common_prefix_length([current[-1].prompt_ids, row.prompt_ids])
+            if len(current) > 1:
+                with_row = min(with_row, shared)
+                if shared - with_row >= MIN_SHARED_PREFIX:
+                    close(current, shared)
+                    current = []
+            if current:
+                current.append(row)
+                shared = with_row
+                continue
+        current = [row]
+    if current:
+        close(current, shared if len(current) > 1 else 0)
+    return clusters, mixed
 
 
 def plan_batches(rows: list[Row], limits: Limits) -> list[list[Row]]:
     """Split rows into batches: same kind together (scoring, single token, generation), rows with a
-    common prompt head together, sorted by prompt length so that little padding is wasted, each
+    long common prefix together, sorted by prompt length so that little padding is wasted, each
     within the size and token limits."""
     by_kind: dict[tuple[bool, bool], list[Row]] = {}
     for row in rows:
         by_kind.setdefault((row.echo, row.needs_decode), []).append(row)
     groups: list[tuple[bool, list[Row]]] = []
     for (echo, _), kind_rows in sorted(by_kind.items(), key=lambda kv: kv[0]):
-        heads: dict[tuple[int, ...], list[Row]] = {}
-        for row in kind_rows:
-            heads.setdefault(tuple(row.prompt_ids[:MIN_SHARED_PREFIX]), []).append(row)
-        mixed = [row for head in heads.values() if len(head) < MIN_PREFIX_GROUP for row in head]
-        groups += [(echo, head) for head in heads.values() if len(head) >= MIN_PREFIX_GROUP]
+        if echo:  # every position's logits are kept: no prefix is shared
+            groups.append((echo, kind_rows))
+            continue
+        clusters, mixed = prefix_clusters(kind_rows)
+        groups += [(echo, cluster) for cluster in clusters]
         if mixed:
             groups.append((echo, mixed))
     batches: list[list[Row]] = []

@@ -59,13 +59,18 @@ class Row:
 
 
 def common_prefix_length(sequences: list[list[int]]) -> int:
+    """Tokens every sequence begins with. Binary search on slice equality: the comparisons run in C,
+    which matters for the scheduler's clustering of hundreds of 500-token prompts per gather."""
     first = sequences[0]
-    n = min(len(s) for s in sequences)
-    for i in range(n):
-        token = first[i]
-        if any(s[i] != token for s in sequences):
-            return i
-    return n
+    low, high = 0, min(len(s) for s in sequences)
+    while low < high:
+        mid = (low + high + 1) // 2
+        head = first[:mid]
+        if all(s[:mid] == head for s in sequences):
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 class BatchGenerator:
