@@ -9,13 +9,14 @@ import subprocess
 import threading
 
 from celery import shared_task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from django.db import InterfaceError, OperationalError
 
 from evaluation.models import Submission
 from evaluation.services.transitions import submission_transition
 from evaluation.services.uploads import uploads_expire
 from evaluation.services.validation import submission_validate
+from portal.models import GPU_QUEUE_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,10 @@ def _announce_worker(sender=None, **kwargs) -> None:
         queues = []
     gpu = _gpu_name()
     worker_heartbeat_record(hostname=hostname, queues=queues, gpu=gpu, starting=True)
+    # A prefork worker runs tasks in its children (worker_process_init starts theirs); the solo pool
+    # runs them in this thread, which the standbys must be children of.
+    if not type(getattr(sender, "pool", None)).__module__.endswith("prefork"):
+        _start_standbys(queues)
 
     def beat() -> None:
         from django.db import connection
@@ -135,6 +140,28 @@ def _announce_worker(sender=None, **kwargs) -> None:
                 connection.close()
 
     threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
+
+
+@worker_process_init.connect
+def _prepare_pool_process(**kwargs) -> None:
+    from celery import current_app
+
+    _start_standbys(list(current_app.amqp.queues.consume_from))
+
+
+def _start_standbys(queues: list[str]) -> None:
+    """A GPU worker's first evaluation need not wait for torch, transformers and HELM to import:
+    start the standby processes now, as every evaluation does for the next one."""
+    from django.conf import settings
+
+    if not settings.EVALUATION_STANDBY or not any(q.startswith(GPU_QUEUE_PREFIX) for q in queues):
+        return
+    from evaluation.engine import runner
+
+    try:
+        runner.start_standbys(runner.helm_process_count(settings.EVALUATION_HELM_PROCESSES))
+    except OSError:
+        logger.exception("Could not start standby processes; evaluations start theirs from scratch")
 
 
 @worker_shutdown.connect

@@ -96,6 +96,10 @@ class Challenge(models.Model):
         return self.hidden_revealed_at is not None
 
 
+# Each track's GPU workers consume the queue named by this prefix and the track's slug.
+GPU_QUEUE_PREFIX = "gpu-"
+
+
 class Track(models.Model):
     challenge = models.ForeignKey(Challenge, on_delete=models.CASCADE, related_name="tracks")
     slug = models.SlugField(help_text="Short id used in URLs, queues and the CLI, e.g. 4090 or a100.")
@@ -122,7 +126,7 @@ class Track(models.Model):
 
     @property
     def queue_name(self) -> str:
-        return f"gpu-{self.slug}"
+        return f"{GPU_QUEUE_PREFIX}{self.slug}"
 
     @property
     def is_finalized(self) -> bool:

@@ -113,6 +113,7 @@ class Workers:
             "EVALUATION_HEARTBEAT_SECONDS": "1",
             "EVALUATION_WORK_DIR": str(self.tmp / "work"),
             "EVALUATION_HELM_THREADS": "2",
+            "EVALUATION_HELM_PROCESSES": "1",  # standbys and shards alike, whatever the CPU count
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",

@@ -253,6 +253,11 @@ class Standby:
 _standbys: list[Standby] = []
 
 
+def helm_process_count(configured: int | None = None) -> int:
+    """helm-run processes per evaluation: as configured, or (0/None) one per four CPU cores, at most four."""
+    return configured or max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
 def start_standbys(helm_processes: int = 1) -> None:
     """Have a standby model server and `helm_processes` standby helm-runs waiting.
 
@@ -966,9 +971,7 @@ def evaluate(
     )
     started = time.monotonic()
     default_n = min(suite_obj.default_instances, max_eval_instances or suite_obj.default_instances)
-    if not helm_processes:
-        helm_processes = max(1, min(4, (os.cpu_count() or 1) // 4))
-    shards = shard_entries(suite_obj.entries, helm_processes, default_n)
+    shards = shard_entries(suite_obj.entries, helm_process_count(helm_processes), default_n)
     server_standby = take_standby("server") if standby and server_cmd is None else None
     helm_standbys = [take_standby("helm") if standby else None for _ in shards]
     # Our server inherits a listening socket, so helm-run starts at once, beside it; a replacement

@@ -163,3 +163,23 @@ def test_infrastructure_failure_is_retried_then_failed_without_using_quota(worke
     statuses = list(submission.events.values_list("to_status", flat=True))
     assert statuses[-4:] == [S.RUNNING, S.QUEUED, S.RUNNING, S.FAILED]
     assert submission_quota(team=submission.team, track=track).used == used - 1
+
+
+def test_a_gpu_worker_has_standbys_waiting_before_its_first_evaluation(workers):
+    """The first evaluation after a worker starts need not import torch, transformers and HELM."""
+    track = TrackFactory(slug="boot")
+    worker = workers.start(track, EVALUATION_STANDBY="1")
+
+    def standbys() -> list[str]:
+        kinds = []
+        for process in psutil.Process(worker.pid).children(recursive=True):
+            try:
+                cmdline = process.cmdline()
+            except psutil.Error:
+                continue
+            if "evaluation.engine.standby" in cmdline:
+                kinds.append(cmdline[-1])
+        return sorted(kinds)
+
+    wait_for(lambda: standbys() == ["helm", "server"], workers, timeout=60, what="a standby server and helm-run")
+    assert not EvaluationJob.objects.exists()
