@@ -114,6 +114,9 @@ class Workers:
             "EVALUATION_WORK_DIR": str(self.tmp / "work"),
             "EVALUATION_HELM_THREADS": "2",
             "EVALUATION_HELM_PROCESSES": "1",  # standbys and shards alike, whatever the CPU count
+            # Standbys import torch, transformers and HELM beside the test's own work: on two cores that
+            # slows these tests (15 s in test_pipeline_worker.py); the tests that are about them turn them on.
+            "EVALUATION_STANDBY": "0",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",

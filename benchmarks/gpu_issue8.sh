@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The evaluation-speed measurement of docs/benchmarks.md ("Evaluation speed"), one model size per call,
+# on a GPU box that has torch and transformers but no crfm-helm (run `bash benchmarks/gpu_wheels.sh`
+# first, where packages can be downloaded, and bring .whl/ along):
+#   bash benchmarks/gpu_issue8.sh 1b            # modes ours, A, warm (about 7 minutes on an H200)
+#   bash benchmarks/gpu_issue8.sh 7b ours warm  # other modes; results under $OUT (default var/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=${1:?usage: gpu_issue8.sh 1b|7b [modes...]}
+shift
+modes=${*:-ours A warm}
+case $size in
+  1b) instances="prefill-mc=1000 generation=25" ;;
+  7b) instances="prefill-mc=500 generation=12" ;;
+  *) echo "size must be 1b or 7b" >&2; exit 2 ;;
+esac
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD/.whl/stubs:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+out=${OUT:-var}/helm-speed-$size
+# shellcheck disable=SC2086  # modes and instances are lists of words
+python3 -m benchmarks.helm_speed --size "$size" --suites prefill-mc generation --modes $modes --budgets 24 \
+  --instances $instances --helm-processes 3 --out "$out"
