@@ -83,9 +83,14 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # The demo's web server and worker share one SQLite file: wait on locks instead of failing.
+    # The demo's web server and workers share one SQLite file: wait on locks instead of failing.
+    # A deferred transaction that has read cannot wait for another writer (SQLite fails it at once
+    # with "database is locked"), so transactions take the write lock when they begin; WAL lets
+    # readers go on meanwhile.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
