@@ -238,3 +238,14 @@ def test_pages_without_any_challenge_do_not_crash(client, user):
     assert client.get(reverse("my_team")).status_code == 404
     assert client.get(reverse("profile")).status_code == 200
     assert client.get(reverse("invitations")).status_code == 200
+
+
+def test_pages_name_an_icon_that_exists(client, challenge):
+    """Browsers ask for /favicon.ico when a page names no icon: a 404 in every page's console."""
+    import re
+
+    from django.contrib.staticfiles import finders
+
+    html = client.get(reverse("home")).content.decode()
+    (href,) = re.findall(r'<link rel="icon" href="([^"]+)"', html)
+    assert finders.find(href.removeprefix("/static/"))
