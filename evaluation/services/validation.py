@@ -78,7 +78,7 @@ def submission_validate(*, submission_id: int) -> Submission:
         to=S.QUEUED,
         reason=(
             f"Validated: {'LoRA adapter on ' + result.base_name if result.kind == 'adapter' else 'full weights'}, "
-            f"{result.architecture}, {result.parameter_count:,} parameters, about {result.estimated_memory_gb:.1f} GB in bf16."
+            f"{result.architecture}, {result.parameter_count:,} parameters, needs about {result.estimated_memory_gb:.1f} GB of GPU memory to serve in bf16."
         ),
         update={
             "kind": result.kind,

@@ -98,3 +98,12 @@ def test_list_page_query_count_does_not_grow_with_submissions(
         SubmissionFactory(team=team, track=track, base_model=base_model, created_by=member)
     with django_assert_max_num_queries(20):
         assert client.get(reverse("submission_list")).status_code == 200
+
+
+def test_detail_says_the_memory_figure_is_what_serving_needs_not_the_weights(client, teammate, submission):
+    """147,776 parameters are 0.3 MB in bf16: '1.0 GB in bf16' read as the model's size."""
+    submission.parameter_count, submission.estimated_memory_gb = 147776, 1.0003
+    submission.save()
+    client.force_login(teammate)
+    html = client.get(reverse("submission_detail", args=[submission.pk])).content.decode()
+    assert "147,776 parameters · needs about 1.0 GB of GPU memory to serve in bf16" in html
