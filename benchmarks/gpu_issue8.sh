@@ -2,13 +2,13 @@
 # The evaluation-speed measurement of docs/benchmarks.md ("Evaluation speed"), one model size per call,
 # on a GPU box that has torch and transformers but no crfm-helm (run `bash benchmarks/gpu_wheels.sh`
 # first, where packages can be downloaded, and bring .whl/ along):
-#   bash benchmarks/gpu_issue8.sh 1b            # modes ours, A, warm (about 7 minutes on an H200)
+#   bash benchmarks/gpu_issue8.sh 1b            # modes ours, A, warm, fp32 (about 8 minutes on an H200)
 #   bash benchmarks/gpu_issue8.sh 7b ours warm  # other modes; results under $OUT (default var/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:?usage: gpu_issue8.sh 1b|7b [modes...]}
 shift
-modes=${*:-ours A warm}
+modes=${*:-ours A warm fp32}
 case $size in
   1b) instances="prefill-mc=1000 generation=25" ;;
   7b) instances="prefill-mc=500 generation=12" ;;

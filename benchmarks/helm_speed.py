@@ -5,6 +5,9 @@
 - B: a 2023-style server (one request at a time, `generate`; `benchmarks/baseline_server.py`) behind
   HELM's HTTP client, driven by `evaluation.engine.runner.evaluate(server_cmd=...)`.
 - ours: `runner.evaluate` with the engine's batched server and many HELM threads, per track budget.
+- warm: ours taking over the standby processes (imports done) the run before left, as a GPU worker does.
+- fp32: ours serving the same checkpoint in fp32, no budget: the reference that shows how many bf16
+  predictions, A's and ours alike, bf16 rounding alone changes.
 
     python -m benchmarks.helm_speed --size 1b --suites prefill-mc generation --modes ours A B \\
         --budgets 24 80 --instances prefill-mc=334 generation=10 --out var/helm-speed
@@ -454,14 +457,17 @@ def render(results: dict) -> str:
     lines = [
         "| model | suite | mode | budget (GB) | wall (s) | speed-up vs A | prompt tok/s | output tok/s | MFU | "
         "bandwidth share | peak GPU memory (GB) | same predictions as A | worst metric diff vs A (points) | "
-        "server load + warm-up (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "same predictions as fp32 | server load + warm-up (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def same_as(agree: dict | None) -> str:
+        share = (agree or {}).get("identical_share")
+        return "" if share is None else f"{share:.1%} ({agree['identical']}/{agree['compared']})"
+
     for r in results["rows"]:
         e = r.get("efficiency", {})
-        agree = r.get("vs_A") or {}
-        share = agree.get("identical_share")
-        same = "" if share is None else f"{share:.1%} ({agree['identical']}/{agree['compared']})"
+        same = same_as(r.get("vs_A"))
         lines.append(
             f"| {r['model']} | {r['suite']} | {r['mode']} | {fmt(r.get('budget'), 'g')} | {r['wall_s']:.1f} | "
             f"{fmt(r.get('speedup_vs_A'), '.1f')}{'×' if r.get('speedup_vs_A') else ''} | "
@@ -470,6 +476,7 @@ def render(results: dict) -> str:
             f"{fmt(r.get('peak_gpu_gb'), '.1f')} | "
             f"{same} | "
             f"{fmt((r.get('metrics_vs_A') or {}).get('max_diff_points'), '.2f')} | "
+            f"{same_as(r.get('vs_fp32'))} | "
             f"{'' if not r.get('server_startup') else '{load_s} + {warm_up_s}'.format(**r['server_startup'])} |"
         )
     return "\n".join(lines)
@@ -488,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suites", nargs="+", default=["prefill-mc", "generation"])
     p.add_argument(
         "--modes", nargs="+", default=["ours", "A", "B"],
-        help="in the order to run them; 'warm' is ours taking over standbys (imports done) left by the run before",
+        help="in the order to run them (ours, A, B, warm, fp32); 'warm' is ours taking over standbys (imports "
+        "done) left by the run before; 'fp32' is ours in fp32, the reference for bf16 agreement",
     )  # fmt: skip
     p.add_argument("--budgets", nargs="+", type=float, default=[24.0], help="track budgets (GB) for ours")
     p.add_argument("--instances", nargs="*", default=[], help="SUITE=N instances per run entry")
@@ -576,6 +584,13 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
                 with MemoryPoll() as poll:
                     if mode == "A":
                         row = run_stock(model_dir, suite, run_out, limit, args.baseline_threads)
+                    elif mode == "fp32":
+                        # The reference for bf16 agreement: the same checkpoint served in fp32 (no budget:
+                        # 7 B parameters in fp32 do not fit 24 GB), whose greedy choices have no bf16 rounding.
+                        row = run_engine(
+                            model_dir, suite, run_out, limit, args.threads, 0, "float32",
+                            helm_processes=args.helm_processes,
+                        )  # fmt: skip
                     elif mode == "B":
                         cmd = [sys.executable, "-m", "benchmarks.baseline_server", "--model", str(model_dir)]
                         cmd += ["--port", "{port}", "--dtype", dtype]
@@ -620,8 +635,9 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
             if record["server_stats"] and record["server_stats"].get("peak_gpu_memory_bytes"):
                 record["torch_peak_gb"] = record["server_stats"]["peak_gpu_memory_bytes"] / 1024**3
             rows.append(record)
-            # Agreement with A (and with B, whose logprobs are not temperature-warped like A's) for every row so far.
-            for ref_mode in ("A", "B"):
+            # Agreement with A (and with B, whose logprobs are not temperature-warped like A's, and with
+            # fp32, which shows how far bf16 rounding alone moves A's and ours) for every row so far.
+            for ref_mode in ("A", "B", "fp32"):
                 ref = next((x for x in rows if x["mode"] == ref_mode), None)
                 if ref is None:
                     continue
