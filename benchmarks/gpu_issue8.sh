@@ -3,7 +3,8 @@
 # on a GPU box that has torch and transformers but no crfm-helm (run `bash benchmarks/gpu_wheels.sh`
 # first, where packages can be downloaded, and bring .whl/ along):
 #   bash benchmarks/gpu_issue8.sh 1b            # modes ours, A, warm, fp32 (about 8 minutes on an H200)
-#   bash benchmarks/gpu_issue8.sh 7b ours warm  # other modes; results under $OUT (default var/)
+#   bash benchmarks/gpu_issue8.sh 7b ours warm  # other modes; results under $OUT (default var/); no run
+#                                               # starts after DEADLINE_S (540) seconds: one device call
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:?usage: gpu_issue8.sh 1b|7b [modes...]}
@@ -19,4 +20,4 @@ export PYTHONPATH=/tmp/site:$PWD/.whl/stubs:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFER
 out=${OUT:-var}/helm-speed-$size
 # shellcheck disable=SC2086  # modes and instances are lists of words
 python3 -m benchmarks.helm_speed --size "$size" --suites prefill-mc generation --modes $modes --budgets 24 \
-  --instances $instances --helm-processes 3 --out "$out"
+  --instances $instances --helm-processes 3 --deadline-s "${DEADLINE_S:-540}" --out "$out"
