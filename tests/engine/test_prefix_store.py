@@ -206,3 +206,31 @@ def test_running_out_of_memory_splits_the_batch_and_empties_the_store(loaded):
     assert stats.out_of_memory_splits == 1 and limits.max_batch_size == 2
     assert left_in_store == [0]  # emptied before the halves ran
     _assert_like_reference(model, tokenizer, rows, 2)
+
+
+def test_scoring_batches_leave_room_for_the_store_and_decoding_batches_take_it(loaded):
+    """Single-token batches are planned beside the store; a decoding batch may use the whole limit,
+    and empties the store first when it does: more rows per decode step is worth more there."""
+    from evaluation.engine.server.batching import plan_batches
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    prompts = [FEW_SHOT + f"Question: what is {i} plus {i}? Answer:" for i in range(12)]
+    width = max(len(tokenizer(p)["input_ids"]) for p in prompts)
+    limits = Limits(max_batch_size=64, max_batch_tokens=(width + 4) * 8, prefix_store_tokens=(width + 4) * 4)
+    scoring = plan_batches(_rows(tokenizer, prompts, max_new_tokens=1), limits)
+    decoding = plan_batches(_rows(tokenizer, prompts, max_new_tokens=4), limits)
+    assert max(len(b) for b in scoring) <= 4 < max(len(b) for b in decoding) <= 8
+
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    scheduler = Scheduler(generator, Stats(), limits)
+    scheduler.run(_rows(tokenizer, prompts[:8], max_new_tokens=1))
+    assert len(generator.prefixes) == 1
+    scheduler.run(_rows(tokenizer, prompts[:3], max_new_tokens=4))  # small enough: the store stays
+    assert len(generator.prefixes) == 1 and generator.last_prefix_reused
+    emptied = []
+    original = generator.prefixes.clear
+    generator.prefixes.clear = lambda: (emptied.append(len(generator.prefixes)), original())
+    rows = _rows(tokenizer, prompts[:8], max_new_tokens=4)
+    scheduler.run(rows)
+    assert emptied == [1] and not generator.last_prefix_reused
+    _assert_like_reference(model, tokenizer, rows, 4)

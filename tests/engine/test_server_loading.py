@@ -182,7 +182,7 @@ def test_gpu_batch_limits_are_sized_for_the_allocator_cap_not_the_whole_budget(m
     )
     per_token = kv_per_token + (6 * cfg.hidden_size + 3 * cfg.intermediate_size) * elem
     free_under_cap = budget - CUDA_CONTEXT_ALLOWANCE_BYTES - weights
-    # The store of few-shot prefixes is set aside first: room for four prefixes of ~600 tokens.
+    assert limits.max_batch_tokens == min(int(0.6 * free_under_cap / per_token), 1 << 20)
+    # Room for four few-shot prefixes of ~600 tokens; batches that keep them are that much smaller.
     assert limits.prefix_store_bytes == min(free_under_cap // 5, 4 * 600 * kv_per_token)
-    free_for_batches = free_under_cap - limits.prefix_store_bytes
-    assert limits.max_batch_tokens == min(int(0.6 * free_for_batches / per_token), 1 << 20)
+    assert limits.prefix_store_tokens == int(0.6 * limits.prefix_store_bytes / per_token)

@@ -27,8 +27,15 @@ class Limits:
     max_batch_tokens: int = 16384
     # Padded prompt tokens of one batch whose every position's logits are kept (echo_prompt).
     max_echo_tokens: int = 4096
-    # Memory for the caches of few-shot prefixes kept from one batch to the next (PrefixStore).
+    # Memory for the caches of few-shot prefixes kept from one batch to the next (PrefixStore), and
+    # the batch tokens it is worth: batches that leave the store in place are that much smaller.
+    # Decoding batches use the whole limit instead and empty the store when they need its room: for
+    # them more rows per step is worth more than a prefix kept.
     prefix_store_bytes: int = 64 * 1024**2
+    prefix_store_tokens: int = 0
+
+    def tokens_beside_store(self) -> int:
+        return max(self.max_batch_tokens - self.prefix_store_tokens, self.max_batch_tokens // 2)
 
 
 @dataclass
@@ -90,26 +97,27 @@ def plan_batches(rows: list[Row], limits: Limits) -> list[list[Row]]:
     by_kind: dict[tuple[bool, bool], list[Row]] = {}
     for row in rows:
         by_kind.setdefault((row.echo, row.needs_decode), []).append(row)
-    groups: list[tuple[bool, list[Row]]] = []
-    for (echo, _), kind_rows in sorted(by_kind.items(), key=lambda kv: kv[0]):
+    groups: list[tuple[bool, int, list[Row]]] = []
+    for (echo, decode), kind_rows in sorted(by_kind.items(), key=lambda kv: kv[0]):
         if echo:  # every position's logits are kept: no prefix is shared
-            groups.append((echo, kind_rows))
+            groups.append((echo, limits.max_echo_tokens, kind_rows))
             continue
+        tokens = limits.max_batch_tokens if decode else limits.tokens_beside_store()
         clusters, mixed = prefix_clusters(kind_rows)
-        groups += [(echo, cluster) for cluster in clusters]
+        groups += [(echo, tokens, cluster) for cluster in clusters]
         if mixed:
-            groups.append((echo, mixed))
+            groups.append((echo, tokens, mixed))
     batches: list[list[Row]] = []
-    for echo, group in groups:
+    for echo, tokens, group in groups:
         group.sort(key=lambda r: len(r.prompt_ids))
         current: list[Row] = []
         for row in group:
             candidate = current + [row]
             too_many = len(candidate) > limits.max_batch_size
             if echo:
-                too_big = len(candidate) * max(len(r.prompt_ids) for r in candidate) > limits.max_echo_tokens
+                too_big = len(candidate) * max(len(r.prompt_ids) for r in candidate) > tokens
             else:
-                too_big = _cost(candidate) > limits.max_batch_tokens
+                too_big = _cost(candidate) > tokens
             if current and (too_many or too_big):
                 batches.append(current)
                 current = [row]
@@ -194,6 +202,9 @@ class Scheduler:
 
     def _run_batch(self, batch: list[Row]) -> None:
         started = time.perf_counter()
+        prefixes = self.generator.prefixes
+        if prefixes is not None and not batch[0].echo and _cost(batch) > self.limits.tokens_beside_store():
+            prefixes.clear()  # a decoding batch that needs the store's room (see Limits)
         try:
             self.generator.generate(batch)
         except torch.cuda.OutOfMemoryError:
@@ -257,14 +268,15 @@ def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     # of what is free: several helm-run processes interleave their runs' requests, and a store too
     # small for all their prefixes would drop each one just before it is needed again.
     store = min(free // 5, 4 * 600 * kv_per_token)
-    free -= store
     # Transient activations of one layer per token (residual, attention, MLP) with some slack.
     act_per_token = (6 * hidden + 3 * intermediate) * elem
     tokens = int(0.6 * free / (kv_per_token + act_per_token))
-    echo_tokens = int(0.2 * free / (vocab * (elem + 4)))
+    store_tokens = int(0.6 * store / (kv_per_token + act_per_token))
+    echo_tokens = int(0.2 * (free - store) / (vocab * (elem + 4)))  # echo batches leave the store in place
     return Limits(
         max_batch_size=256,
         max_batch_tokens=max(1024, min(tokens, 1 << 20)),
         max_echo_tokens=max(512, min(echo_tokens, 1 << 18)),
         prefix_store_bytes=store,
+        prefix_store_tokens=store_tokens,
     )
