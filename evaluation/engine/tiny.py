@@ -58,12 +58,14 @@ def build_tiny_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
+    num_kv_heads: int | None = None,
     vocab_size: int = 512,
     max_positions: int = 2048,
     corpus: list[str] | None = None,
     dtype: str = "float32",
 ) -> Path:
-    """Write config.json, model.safetensors and tokenizer files for a tiny `arch` ("llama" or "gpt2")."""
+    """Write config.json, model.safetensors and tokenizer files for a tiny `arch` ("llama" or "gpt2").
+    `num_kv_heads` below `num_heads` gives a Llama grouped-query attention, as most current models have."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
@@ -78,7 +80,7 @@ def build_tiny_model(
             intermediate_size=hidden_size * 2,
             num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
-            num_key_value_heads=num_heads,
+            num_key_value_heads=num_kv_heads or num_heads,
             max_position_embeddings=max_positions,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,

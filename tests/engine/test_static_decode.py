@@ -108,3 +108,48 @@ def test_sampled_rows_use_their_own_generators_on_the_static_path(llama):
 
 def test_row_buckets():
     assert [static_decode.row_bucket(n) for n in (1, 3, 8, 9, 33, 250, 300)] == [1, 4, 8, 16, 48, 256, 300]
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    """A grouped-query Llama (8 query heads, 2 key/value heads), as most current models are."""
+    from evaluation.engine.loading import load_model
+    from evaluation.engine.tiny import build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny-gqa"), "llama", seed=1, num_heads=8, num_kv_heads=2)
+    return load_model(folder, device="cpu", dtype="float32")
+
+
+def test_grouped_query_steps_read_the_cache_once_and_equal_sequential_generate(grouped, monkeypatch):
+    """Hugging Face's SDPA with a mask copies the cache per query head at every step (`repeat_kv`);
+    the static path's steps must not, and must still give generate's tokens and logprobs."""
+    from transformers.integrations import sdpa_attention
+
+    model, tokenizer = grouped.model, grouped.tokenizer
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    copies = []
+    repeat_kv = sdpa_attention.repeat_kv
+    monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda t, n: copies.append(n) or repeat_kv(t, n))
+
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    assert generator.static.grouped_attention
+    generator.generate(_rows(tokenizer, PROMPTS, max_new_tokens=1))  # one forward, no step
+    prefill_only = len(copies)
+    assert prefill_only > 0
+    rows = _rows(tokenizer, PROMPTS, max_new_tokens=12)
+    generator.generate(rows)
+    assert generator.last_decode_steps >= 11 and len(copies) == 2 * prefill_only  # the steps added none
+    assert model.config._attn_implementation == "sdpa"  # restored after every step
+    monkeypatch.undo()
+    _check_against_generate(model, tokenizer, rows)
+
+
+def test_grouped_query_static_and_dynamic_paths_agree(grouped):
+    model, tokenizer = grouped.model, grouped.tokenizer
+    static_rows = _rows(tokenizer, FEW_SHOT_PROMPTS + PROMPTS, max_new_tokens=8)
+    dynamic_rows = _rows(tokenizer, FEW_SHOT_PROMPTS + PROMPTS, max_new_tokens=8)
+    BatchGenerator(model, tokenizer, decode="static").generate(static_rows)
+    BatchGenerator(model, tokenizer, decode="dynamic").generate(dynamic_rows)
+    for s, d in zip(static_rows, dynamic_rows, strict=True):
+        assert s.tokens == d.tokens
+        assert_close(s.logprobs, d.logprobs, tol=1e-5)
