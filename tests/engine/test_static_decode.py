@@ -120,9 +120,13 @@ def grouped(tmp_path_factory):
     return load_model(folder, device="cpu", dtype="float32")
 
 
-def test_grouped_query_steps_read_the_cache_once_and_equal_sequential_generate(grouped, monkeypatch):
-    """Hugging Face's SDPA with a mask copies the cache per query head at every step (`repeat_kv`);
-    the static path's steps must not, and must still give generate's tokens and logprobs."""
+@pytest.mark.parametrize("prompts", [PROMPTS, FEW_SHOT_PROMPTS], ids=["mixed-lengths", "shared-prefix"])
+def test_grouped_query_forwards_never_copy_keys_per_query_head_and_equal_sequential_generate(
+    grouped, monkeypatch, prompts
+):
+    """Hugging Face's SDPA with a mask copies keys and values per query head (`repeat_kv`) in every
+    layer of every forward; the engine's prefill and steps must not, and must still give generate's
+    tokens and logprobs."""
     from transformers.integrations import sdpa_attention
 
     model, tokenizer = grouped.model, grouped.tokenizer
@@ -130,16 +134,11 @@ def test_grouped_query_steps_read_the_cache_once_and_equal_sequential_generate(g
     copies = []
     repeat_kv = sdpa_attention.repeat_kv
     monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda t, n: copies.append(n) or repeat_kv(t, n))
-
+    rows = _rows(tokenizer, prompts, max_new_tokens=12)
     generator = BatchGenerator(model, tokenizer, decode="static")
-    assert generator.static.grouped_attention
-    generator.generate(_rows(tokenizer, PROMPTS, max_new_tokens=1))  # one forward, no step
-    prefill_only = len(copies)
-    assert prefill_only > 0
-    rows = _rows(tokenizer, PROMPTS, max_new_tokens=12)
     generator.generate(rows)
-    assert generator.last_decode_steps >= 11 and len(copies) == 2 * prefill_only  # the steps added none
-    assert model.config._attn_implementation == "sdpa"  # restored after every step
+    assert generator.last_decode_steps >= 11 and copies == []
+    assert model.config._attn_implementation == "sdpa"  # restored after the batch
     monkeypatch.undo()
     _check_against_generate(model, tokenizer, rows)
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from evaluation.engine.server import static_decode
+from evaluation.engine.server.attention import engine_attention
 from evaluation.engine.server.kv_cache import PrefixStore, expanded, map_cache
 from evaluation.engine.server.static_decode import StaticDecoder
 
@@ -289,6 +290,10 @@ class BatchGenerator:
         """Fill in tokens, logprobs, prompt logprobs (echo rows) and finish reasons of every row."""
         if not rows:
             return rows
+        with engine_attention(self.model):
+            return self._generate(rows)
+
+    def _generate(self, rows: list[Row]) -> list[Row]:
         use_cache = any(r.needs_decode for r in rows)
         all_logits = any(r.echo for r in rows)
         last, logits, cache, mask, next_pos, ids = self._prefill(rows, use_cache, all_logits)

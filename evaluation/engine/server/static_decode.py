@@ -7,10 +7,9 @@ kernels on the same buffers and can be captured once and replayed.
 
 Results stay those of the model's own code: the step calls the model's own embedding, rotary,
 decoder layers, norm and head modules; only the cache (written at one column, since rows are padded
-on the left), the attention mask (a boolean [rows, 1, 1, columns]) and, for grouped-query models,
-the attention call (`decode_attention`: the same dot products without copying the cache per query
-head) are ours. Masked columns weigh
-exactly zero, so the extra columns change nothing but rounding. Model types whose decoder layers
+on the left) and the attention mask (a boolean [rows, 1, 1, columns]) are ours, and for
+grouped-query models the attention call, as in every forward of the engine (attention.py). Masked
+columns weigh exactly zero, so the extra columns change nothing but rounding. Model types whose decoder layers
 need more than that (sliding windows, scaled embeddings, extra norms) keep the dynamic path.
 """
 
@@ -24,43 +23,6 @@ import torch
 log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
-DECODE_ATTENTION = "engine_decode_sdpa"
-
-
-def decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """SDPA for one decode step of a grouped-query model, without copying the cache per query head.
-
-    With a mask, Hugging Face's SDPA path repeats every key and value head for each query head of its
-    group (`repeat_kv`): at each step it copies the whole cache `heads / kv_heads` times (8 times for
-    a 32/4 model), more memory traffic than the step itself. For one new token per row the query heads
-    of a group can instead be the query positions of one attention over that group's keys: the same
-    dot products, the cache read once. Anything else goes to Hugging Face's own SDPA.
-    """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    rows, heads, length, dim = query.shape
-    kv_heads = key.shape[1]
-    if length != 1 or kv_heads == heads or dropout or kwargs.get("output_attentions"):
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
-        )
-    if attention_mask is not None and attention_mask.ndim == 4:
-        attention_mask = attention_mask[:, :, :, : key.shape[-2]]
-    # Query head h belongs to key/value head h // (heads // kv_heads), as in repeat_kv.
-    grouped = query.reshape(rows, kv_heads, heads // kv_heads, dim)
-    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
-    return out.reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
-
-
-def _register_decode_attention() -> bool:
-    try:
-        from transformers import AttentionInterface
-    except ImportError:  # older transformers: the model's own SDPA serves every step
-        return False
-    AttentionInterface.register(DECODE_ATTENTION, decode_attention)
-    return True
-
-
 COLUMN_STEP = 128
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -147,10 +109,6 @@ class StaticDecoder:
         self.captures = 0
         self.graph_failed = False
         self.rows = 0
-        # Grouped-query models step with `decode_attention` (the cache read once, not per query head).
-        config = model.config
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        self.grouped_attention = kv_heads < config.num_attention_heads and _register_decode_attention()
 
     # --- one step, as the model's own modules compute it ----------------------------------------
 
@@ -160,24 +118,17 @@ class StaticDecoder:
         hidden = self.inner.embed_tokens(b.tokens[:, None])
         position_ids = b.positions[:, None]
         position_embeddings = self.inner.rotary_emb(hidden, position_ids)
-        config = self.model.config
-        attention = config._attn_implementation
-        if attention == "sdpa" and self.grouped_attention:
-            config._attn_implementation = DECODE_ATTENTION  # the layers look it up on every call
-        try:
-            for layer in self.inner.layers:
-                out = layer(
-                    hidden,
-                    attention_mask=b.mask,
-                    position_ids=position_ids,
-                    past_key_values=b.cache,
-                    use_cache=True,
-                    cache_position=b.column,
-                    position_embeddings=position_embeddings,
-                )
-                hidden = out[0] if isinstance(out, tuple) else out
-        finally:
-            config._attn_implementation = attention
+        for layer in self.inner.layers:
+            out = layer(
+                hidden,
+                attention_mask=b.mask,
+                position_ids=position_ids,
+                past_key_values=b.cache,
+                use_cache=True,
+                cache_position=b.column,
+                position_embeddings=position_embeddings,
+            )
+            hidden = out[0] if isinstance(out, tuple) else out
         hidden = self.inner.norm(hidden)
         logits = self.model.lm_head(hidden[:, -1, :]).float()
         b.positions.add_(1)
