@@ -234,3 +234,19 @@ def test_scoring_batches_leave_room_for_the_store_and_decoding_batches_take_it(l
     scheduler.run(rows)
     assert emptied == [1] and not generator.last_prefix_reused
     _assert_like_reference(model, tokenizer, rows, 4)
+
+
+def test_a_reused_prefix_feeds_the_static_decoder_too(loaded):
+    """On a GPU, generation decodes over a static cache loaded from the expanded prefix cache."""
+    from evaluation.engine.server import static_decode
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if not static_decode.supports(model):
+        pytest.skip("the static decoder serves Llama-like models")
+    generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
+    first = _rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=6)
+    generator.generate(first)
+    later = _rows(tokenizer, FEW_SHOT_PROMPTS[1:], max_new_tokens=6)
+    generator.generate(later)
+    assert generator.last_prefix_reused and generator.static.buffers is not None
+    _assert_like_reference(model, tokenizer, first + later, 6)
