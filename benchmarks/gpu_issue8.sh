@@ -11,8 +11,9 @@ size=${1:?usage: gpu_issue8.sh 1b|7b [modes...]}
 shift
 modes=${*:-ours A warm fp32}
 case $size in
-  1b) instances="prefill-mc=1000 generation=25" ;;
-  7b) instances="prefill-mc=500 generation=12" ;;
+  # 1b also times decode steps alone (64 rows, 128 tokens; session 1: 8.8 ms a step with graphs).
+  1b) instances="prefill-mc=1000 generation=25"; extra="--decode-bench 64 128" ;;
+  7b) instances="prefill-mc=500 generation=12"; extra="" ;;
   *) echo "size must be 1b or 7b" >&2; exit 2 ;;
 esac
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -20,4 +21,4 @@ export PYTHONPATH=/tmp/site:$PWD/.whl/stubs:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFER
 out=${OUT:-var}/helm-speed-$size
 # shellcheck disable=SC2086  # modes and instances are lists of words
 python3 -m benchmarks.helm_speed --size "$size" --suites prefill-mc generation --modes $modes --budgets 24 \
-  --instances $instances --helm-processes 3 --deadline-s "${DEADLINE_S:-540}" --out "$out"
+  --instances $instances --helm-processes 3 --deadline-s "${DEADLINE_S:-540}" --out "$out" $extra
