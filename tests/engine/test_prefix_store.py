@@ -250,3 +250,12 @@ def test_a_reused_prefix_feeds_the_static_decoder_too(loaded):
     generator.generate(later)
     assert generator.last_prefix_reused and generator.static.buffers is not None
     _assert_like_reference(model, tokenizer, first + later, 6)
+
+
+def test_cache_tensors_pairs_keys_and_values_by_layer_in_the_older_layout_too():
+    from evaluation.engine.server.kv_cache import cache_tensors
+
+    entry = _Entry(2)
+    entry.key_cache = [torch.full((1,), 1.0), torch.full((1,), 2.0)]
+    entry.value_cache = [torch.full((1,), 10.0), torch.full((1,), 20.0)]
+    assert [(k.item(), v.item()) for k, v in cache_tensors(entry)] == [(1.0, 10.0), (2.0, 20.0)]

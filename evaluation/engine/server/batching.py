@@ -248,7 +248,7 @@ class Scheduler:
 def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     """Batch limits from the memory left next to the weights (GPU) or modest fixed ones (CPU)."""
     if not device.startswith("cuda"):
-        return Limits(max_batch_size=32, max_batch_tokens=16384, max_echo_tokens=8192, prefix_store_bytes=64 * 1024**2)
+        return Limits(max_batch_size=32, max_batch_tokens=16384, max_echo_tokens=8192)
     cfg = model.config
     elem = next(model.parameters()).element_size()
     hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 4096)

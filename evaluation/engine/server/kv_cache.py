@@ -12,7 +12,8 @@ import torch
 
 
 def map_cache(cache: Any, fn) -> None:
-    """Apply `fn` to every key and value tensor of a transformers cache (4.5x and 5.x layouts)."""
+    """Apply `fn` to every key and value tensor of a transformers cache (4.5x and 5.x layouts), layer
+    by layer, keys before values."""
     for inner in ("self_attention_cache", "cross_attention_cache"):
         if hasattr(cache, inner):
             map_cache(getattr(cache, inner), fn)
@@ -25,21 +26,21 @@ def map_cache(cache: Any, fn) -> None:
                 layer.values = fn(layer.values)
         return
     if hasattr(cache, "key_cache"):
-        cache.key_cache = [fn(k) for k in cache.key_cache]
-        cache.value_cache = [fn(v) for v in cache.value_cache]
+        pairs = [(fn(k), fn(v)) for k, v in zip(cache.key_cache, cache.value_cache, strict=True)]  # layer order
+        cache.key_cache, cache.value_cache = [k for k, _ in pairs], [v for _, v in pairs]
         return
     raise TypeError(f"unsupported cache type {type(cache).__name__}")
 
 
+def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer, without changing the cache."""
+    tensors: list[torch.Tensor] = []
+    map_cache(cache, lambda t: tensors.append(t) or t)
+    return list(zip(tensors[::2], tensors[1::2], strict=True))
+
+
 def cache_bytes(cache: Any) -> int:
-    sizes: list[int] = []
-
-    def count(t: torch.Tensor) -> torch.Tensor:
-        sizes.append(t.numel() * t.element_size())
-        return t
-
-    map_cache(cache, count)
-    return sum(sizes)
+    return sum(t.numel() * t.element_size() for pair in cache_tensors(cache) for t in pair)
 
 
 def expanded(cache: Any, rows: int) -> Any:

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from evaluation.engine.server.kv_cache import cache_tensors
+
 log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
@@ -40,16 +42,6 @@ def supports(model: Any) -> bool:
     return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")) and hasattr(
         model, "lm_head"
     )
-
-
-def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(keys, values) per layer of a transformers cache (4.5x and 5.x layouts)."""
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return [(layer.keys, layer.values) for layer in layers]
-    if hasattr(cache, "key_cache"):
-        return list(zip(cache.key_cache, cache.value_cache, strict=True))
-    raise TypeError(f"unsupported cache type {type(cache).__name__}")
 
 
 def row_bucket(n: int) -> int:
