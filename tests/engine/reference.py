@@ -62,3 +62,17 @@ def assert_close(actual: list[float], expected: list[float], tol: float = 1e-4) 
     assert len(actual) == len(expected)
     worst = max((abs(a - b) for a, b in zip(actual, expected, strict=True)), default=0.0)
     assert worst <= tol, f"logprobs differ by {worst}"
+
+
+def rows_for(tokenizer, prompts: list[str], **kwargs):
+    """One engine row per prompt (generation.Row), with `kwargs` as every row's settings."""
+    from evaluation.engine.server.generation import Row
+
+    return [Row(prompt_ids=tokenizer(p)["input_ids"], **kwargs) for p in prompts]
+
+
+def assert_like_generate(model, tokenizer, rows) -> None:
+    """Each row's greedy tokens are generate's, its logprobs a plain forward pass's (within assert_close)."""
+    for row in rows:
+        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, row.max_new_tokens)
+        assert_close(row.logprobs, logprob_reference(model, row.prompt_ids, row.tokens)[1])

@@ -9,7 +9,7 @@ from evaluation.engine.server.batching import Limits, Scheduler
 from evaluation.engine.server.generation import BatchGenerator, Row
 from evaluation.engine.server.kv_cache import PrefixStore, cache_bytes, expanded, map_cache
 from evaluation.engine.server.stats import Stats
-from tests.engine.reference import FEW_SHOT, FEW_SHOT_PROMPTS, assert_close, greedy_reference, logprob_reference
+from tests.engine.reference import FEW_SHOT, FEW_SHOT_PROMPTS, assert_like_generate, rows_for
 
 STORE_BYTES = 64 * 1024**2
 
@@ -19,16 +19,6 @@ def loaded(tiny_model_dir):
     from evaluation.engine.loading import load_model
 
     return load_model(tiny_model_dir, device="cpu", dtype="float32")
-
-
-def _rows(tokenizer, prompts, **kwargs) -> list[Row]:
-    return [Row(prompt_ids=tokenizer(p)["input_ids"], **kwargs) for p in prompts]
-
-
-def _assert_like_reference(model, tokenizer, rows, max_new_tokens):
-    for row in rows:
-        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, max_new_tokens)
-        assert_close(row.logprobs, logprob_reference(model, row.prompt_ids, row.tokens)[1])
 
 
 def _forward_tokens(model, fn) -> list[int]:
@@ -51,37 +41,37 @@ def _forward_tokens(model, fn) -> list[int]:
 def test_a_later_batch_reuses_the_stored_prefix_and_its_results_do_not_change(loaded, max_new_tokens):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    first = _rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=max_new_tokens)
+    first = rows_for(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=max_new_tokens)
     generator.generate(first)
     assert not generator.last_prefix_reused and len(generator.prefixes) == 1
     shared = generator.last_shared_prefix
     assert shared >= 16
 
-    later = _rows(tokenizer, FEW_SHOT_PROMPTS[1:], max_new_tokens=max_new_tokens)
+    later = rows_for(tokenizer, FEW_SHOT_PROMPTS[1:], max_new_tokens=max_new_tokens)
     passes = _forward_tokens(model, lambda: generator.generate(later))
     assert generator.last_prefix_reused and generator.last_shared_prefix == shared
     # No pass over the prefix: the first pass holds only the rows' own (padded) tokens.
     width = max(len(r.prompt_ids) for r in later) - shared
     assert passes[0] == len(later) * width
-    _assert_like_reference(model, tokenizer, first + later, max_new_tokens)
+    assert_like_generate(model, tokenizer, first + later)
 
 
 def test_a_single_request_reuses_a_stored_prefix(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=1))
-    (alone,) = _rows(tokenizer, FEW_SHOT_PROMPTS[2:], max_new_tokens=3)
+    generator.generate(rows_for(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=1))
+    (alone,) = rows_for(tokenizer, FEW_SHOT_PROMPTS[2:], max_new_tokens=3)
     generator.generate([alone])
     assert generator.last_prefix_reused
-    _assert_like_reference(model, tokenizer, [alone], 3)
+    assert_like_generate(model, tokenizer, [alone])
 
 
 def test_without_a_store_nothing_is_kept_and_a_single_request_shares_nothing(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer)
     assert generator.prefixes is None
-    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=1))
-    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[2:], max_new_tokens=1))
+    generator.generate(rows_for(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=1))
+    generator.generate(rows_for(tokenizer, FEW_SHOT_PROMPTS[2:], max_new_tokens=1))
     assert generator.last_shared_prefix == 0 and not generator.last_prefix_reused
 
 
@@ -93,7 +83,7 @@ def test_interleaved_runs_each_keep_their_prefix_and_later_batches_skip_every_pr
 
     def rows(start: int) -> list[Row]:
         prompts = [heads[i % 2] + f"Question {i}: what comes after {i}? Answer:" for i in range(start, start + 16)]
-        return _rows(tokenizer, prompts, max_new_tokens=1)
+        return rows_for(tokenizer, prompts, max_new_tokens=1)
 
     stats = Stats()
     scheduler = Scheduler(BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES), stats, Limits())
@@ -105,7 +95,7 @@ def test_interleaved_runs_each_keep_their_prefix_and_later_batches_skip_every_pr
     assert (stats.batches, stats.prefix_reuses) == (4, 2)
     shared = [len(tokenizer(h)["input_ids"]) for h in heads]
     assert stats.shared_prefix_tokens - skipped_before >= 8 * min(shared) * 2 - 16
-    _assert_like_reference(model, tokenizer, later, 1)
+    assert_like_generate(model, tokenizer, later)
 
 
 def test_a_prefix_only_a_little_shorter_than_the_batch_s_is_reused(loaded):
@@ -113,29 +103,29 @@ def test_a_prefix_only_a_little_shorter_than_the_batch_s_is_reused(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
     generator.generate(
-        _rows(tokenizer, [FEW_SHOT + "Question: Is it one? Answer:", FEW_SHOT + "Query?"], max_new_tokens=1)
+        rows_for(tokenizer, [FEW_SHOT + "Question: Is it one? Answer:", FEW_SHOT + "Query?"], max_new_tokens=1)
     )
     stored = generator.last_shared_prefix
-    rows = _rows(
+    rows = rows_for(
         tokenizer,
         [FEW_SHOT + "Question: Is it two? Answer:", FEW_SHOT + "Question: Is it ten? Answer:"],
         max_new_tokens=2,
     )
     generator.generate(rows)
     assert generator.last_prefix_reused and generator.last_shared_prefix == stored
-    _assert_like_reference(model, tokenizer, rows, 2)
+    assert_like_generate(model, tokenizer, rows)
 
 
 def test_the_stored_cache_is_left_as_it_was_by_the_batches_that_use_it(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=4))
+    generator.generate(rows_for(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=4))
     (key,) = generator.prefixes._entries
     stored = generator.prefixes.find(list(key))[1]
     before: list[torch.Tensor] = []
     map_cache(stored, lambda t: before.append(t.clone()) or t)
-    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=4))
-    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[2:], max_new_tokens=4))
+    generator.generate(rows_for(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=4))
+    generator.generate(rows_for(tokenizer, FEW_SHOT_PROMPTS[2:], max_new_tokens=4))
     after: list[torch.Tensor] = []
     map_cache(stored, lambda t: after.append(t) or t)
     assert len(after) == len(before) and all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
@@ -197,15 +187,15 @@ def test_running_out_of_memory_splits_the_batch_and_empties_the_store(loaded):
             left_in_store.append(len(self.prefixes))
 
     generator = Tight(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    generator.generate(_rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=1))
+    generator.generate(rows_for(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=1))
     assert len(generator.prefixes) == 1
     stats = Stats()
     limits = Limits()
-    rows = _rows(tokenizer, FEW_SHOT_PROMPTS + FEW_SHOT_PROMPTS[:1], max_new_tokens=2)
+    rows = rows_for(tokenizer, FEW_SHOT_PROMPTS + FEW_SHOT_PROMPTS[:1], max_new_tokens=2)
     Scheduler(generator, stats, limits).run(rows)
     assert stats.out_of_memory_splits == 1 and limits.max_batch_size == 2
     assert left_in_store == [0]  # emptied before the halves ran
-    _assert_like_reference(model, tokenizer, rows, 2)
+    assert_like_generate(model, tokenizer, rows)
 
 
 def test_scoring_batches_leave_room_for_the_store_and_decoding_batches_take_it(loaded):
@@ -217,23 +207,23 @@ def test_scoring_batches_leave_room_for_the_store_and_decoding_batches_take_it(l
     prompts = [FEW_SHOT + f"Question: what is {i} plus {i}? Answer:" for i in range(12)]
     width = max(len(tokenizer(p)["input_ids"]) for p in prompts)
     limits = Limits(max_batch_size=64, max_batch_tokens=(width + 4) * 8, prefix_store_tokens=(width + 4) * 4)
-    scoring = plan_batches(_rows(tokenizer, prompts, max_new_tokens=1), limits)
-    decoding = plan_batches(_rows(tokenizer, prompts, max_new_tokens=4), limits)
+    scoring = plan_batches(rows_for(tokenizer, prompts, max_new_tokens=1), limits)
+    decoding = plan_batches(rows_for(tokenizer, prompts, max_new_tokens=4), limits)
     assert max(len(b) for b in scoring) <= 4 < max(len(b) for b in decoding) <= 8
 
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
     scheduler = Scheduler(generator, Stats(), limits)
-    scheduler.run(_rows(tokenizer, prompts[:8], max_new_tokens=1))
+    scheduler.run(rows_for(tokenizer, prompts[:8], max_new_tokens=1))
     assert len(generator.prefixes) == 1
-    scheduler.run(_rows(tokenizer, prompts[:3], max_new_tokens=4))  # small enough: the store stays
+    scheduler.run(rows_for(tokenizer, prompts[:3], max_new_tokens=4))  # small enough: the store stays
     assert len(generator.prefixes) == 1 and generator.last_prefix_reused
     emptied = []
     original = generator.prefixes.clear
     generator.prefixes.clear = lambda: (emptied.append(len(generator.prefixes)), original())
-    rows = _rows(tokenizer, prompts[:8], max_new_tokens=4)
+    rows = rows_for(tokenizer, prompts[:8], max_new_tokens=4)
     scheduler.run(rows)
     assert emptied == [1] and not generator.last_prefix_reused
-    _assert_like_reference(model, tokenizer, rows, 4)
+    assert_like_generate(model, tokenizer, rows)
 
 
 def test_a_reused_prefix_feeds_the_static_decoder_too(loaded):
@@ -244,12 +234,12 @@ def test_a_reused_prefix_feeds_the_static_decoder_too(loaded):
     if not static_decode.supports(model):
         pytest.skip("the static decoder serves Llama-like models")
     generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
-    first = _rows(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=6)
+    first = rows_for(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=6)
     generator.generate(first)
-    later = _rows(tokenizer, FEW_SHOT_PROMPTS[1:], max_new_tokens=6)
+    later = rows_for(tokenizer, FEW_SHOT_PROMPTS[1:], max_new_tokens=6)
     generator.generate(later)
     assert generator.last_prefix_reused and generator.static.buffers is not None
-    _assert_like_reference(model, tokenizer, first + later, 6)
+    assert_like_generate(model, tokenizer, first + later)
 
 
 def test_cache_tensors_pairs_keys_and_values_by_layer_in_the_older_layout_too():

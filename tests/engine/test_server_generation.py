@@ -8,7 +8,14 @@ import torch
 from evaluation.engine.server.batching import Limits, Scheduler, plan_batches
 from evaluation.engine.server.generation import BatchGenerator, Row, common_prefix_length
 from evaluation.engine.server.stats import Stats
-from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_close, greedy_reference, logprob_reference
+from tests.engine.reference import (
+    FEW_SHOT_PROMPTS,
+    PROMPTS,
+    assert_close,
+    greedy_reference,
+    logprob_reference,
+    rows_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +25,10 @@ def loaded(tiny_model_dir):
     return load_model(tiny_model_dir, device="cpu", dtype="float32")
 
 
-def _rows(tokenizer, prompts, **kwargs) -> list[Row]:
-    return [Row(prompt_ids=tokenizer(p)["input_ids"], **kwargs) for p in prompts]
-
-
 def test_mixed_length_batch_equals_sequential_generate(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
     assert getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
-    rows = _rows(tokenizer, PROMPTS, max_new_tokens=10)
+    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=10)
     BatchGenerator(model, tokenizer).generate(rows)
     assert len({len(r.prompt_ids) for r in rows}) > 3, "the batch must really mix lengths"
     for row in rows:
@@ -37,7 +40,7 @@ def test_mixed_length_batch_equals_sequential_generate(loaded):
 
 def test_single_token_requests_take_one_forward_and_match(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
-    rows = _rows(tokenizer, PROMPTS + FEW_SHOT_PROMPTS, max_new_tokens=1)
+    rows = rows_for(tokenizer, PROMPTS + FEW_SHOT_PROMPTS, max_new_tokens=1)
     generator = BatchGenerator(model, tokenizer)
     calls = []
     handle = model.register_forward_hook(lambda *args: calls.append(1))
@@ -54,7 +57,7 @@ def test_single_token_requests_take_one_forward_and_match(loaded):
 @pytest.mark.parametrize("max_new_tokens", [1, 6])
 def test_shared_few_shot_prefix_is_computed_once_and_changes_nothing(loaded, max_new_tokens):
     model, tokenizer = loaded.model, loaded.tokenizer
-    rows = _rows(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=max_new_tokens)
+    rows = rows_for(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=max_new_tokens)
     generator = BatchGenerator(model, tokenizer)
     generator.generate(rows)
     shared = common_prefix_length([r.prompt_ids for r in rows])
@@ -66,7 +69,7 @@ def test_shared_few_shot_prefix_is_computed_once_and_changes_nothing(loaded, max
 
 def test_echo_prompt_logprobs_match_a_plain_forward(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
-    rows = _rows(tokenizer, PROMPTS, max_new_tokens=0, echo=True)
+    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=0, echo=True)
     BatchGenerator(model, tokenizer).generate(rows)
     for row in rows:
         assert row.tokens == []
@@ -77,7 +80,7 @@ def test_echo_prompt_logprobs_match_a_plain_forward(loaded):
 
 def test_echo_with_generation(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
-    rows = _rows(tokenizer, PROMPTS[:3], max_new_tokens=4, echo=True)
+    rows = rows_for(tokenizer, PROMPTS[:3], max_new_tokens=4, echo=True)
     BatchGenerator(model, tokenizer).generate(rows)
     for row in rows:
         assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, 4)
@@ -115,7 +118,7 @@ def test_sampling_does_not_depend_on_the_batch(loaded):
 def test_scheduler_splits_by_limits_and_results_stay_equal(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
     limits = Limits(max_batch_size=2, max_batch_tokens=64, max_echo_tokens=40)
-    rows = _rows(tokenizer, PROMPTS, max_new_tokens=5) + _rows(tokenizer, PROMPTS, max_new_tokens=0, echo=True)
+    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=5) + rows_for(tokenizer, PROMPTS, max_new_tokens=0, echo=True)
     plan = plan_batches(rows, limits)
     assert all(len(batch) <= 2 for batch in plan)
     assert sorted(id(r) for batch in plan for r in batch) == sorted(id(r) for r in rows)
@@ -131,7 +134,7 @@ def test_scheduler_splits_by_limits_and_results_stay_equal(loaded):
 
 def test_plan_sorts_by_length(loaded):
     tokenizer = loaded.tokenizer
-    rows = _rows(tokenizer, PROMPTS, max_new_tokens=1)
+    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=1)
     (batch,) = plan_batches(rows, Limits())
     lengths = [len(r.prompt_ids) for r in batch]
     assert lengths == sorted(lengths)
@@ -142,7 +145,7 @@ def test_rows_of_two_few_shot_prompts_interleaved_are_batched_by_prefix_and_shar
     model, tokenizer = loaded.model, loaded.tokenizer
     heads = ["Questions about units, with answers. " * 4, "Questions about dates, with answers. " * 4]
     prompts = [heads[i % 2] + f"Question {i}: what comes after {i}? Answer:" for i in range(24)]
-    rows = _rows(tokenizer, prompts, max_new_tokens=1)
+    rows = rows_for(tokenizer, prompts, max_new_tokens=1)
     plan = plan_batches(rows, Limits())
     assert len(plan) == 2
     for batch in plan:
@@ -159,7 +162,7 @@ def test_few_rows_with_a_common_head_are_not_split_off_into_small_batches(loaded
     tokenizer = loaded.tokenizer
     prompts = [f"Prompt number {i} is unlike the others in every way, {i * 7}" for i in range(6)]
     prompts += ["Shared head of three prompts, long enough to matter here: " + str(i) for i in range(3)]
-    (batch,) = plan_batches(_rows(tokenizer, prompts, max_new_tokens=1), Limits())
+    (batch,) = plan_batches(rows_for(tokenizer, prompts, max_new_tokens=1), Limits())
     assert len(batch) == 9
 
 
@@ -173,7 +176,7 @@ def test_runs_that_share_their_instructions_still_get_batches_of_their_own_few_s
         "Question: which day follows Monday? Answer: Tuesday. " * 5,
     ]
     prompts = [instructions + examples[i % 2] + f"Question: {i} and {i * 3}? Answer:" for i in range(40)]
-    rows = _rows(tokenizer, prompts, max_new_tokens=1)
+    rows = rows_for(tokenizer, prompts, max_new_tokens=1)
     plan = plan_batches(rows, Limits(max_batch_size=12))
     own = [len(tokenizer(instructions + e)["input_ids"]) for e in examples]
     assert len(plan) == 4

@@ -8,7 +8,7 @@ import torch
 
 from evaluation.engine.server import static_decode
 from evaluation.engine.server.generation import BatchGenerator, Row
-from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_close, greedy_reference, logprob_reference
+from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_close, assert_like_generate, rows_for
 
 
 @pytest.fixture(scope="module")
@@ -16,17 +16,6 @@ def llama(tiny_llama_dir):
     from evaluation.engine.loading import load_model
 
     return load_model(tiny_llama_dir, device="cpu", dtype="float32")
-
-
-def _rows(tokenizer, prompts, **kwargs) -> list[Row]:
-    return [Row(prompt_ids=tokenizer(p)["input_ids"], **kwargs) for p in prompts]
-
-
-def _check_against_generate(model, tokenizer, rows) -> None:
-    for row in rows:
-        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, row.max_new_tokens)
-        _, expected = logprob_reference(model, row.prompt_ids, row.tokens)
-        assert_close(row.logprobs, expected)
 
 
 def test_static_path_is_chosen_only_where_asked_and_supported(llama, tiny_gpt2_dir):
@@ -44,44 +33,44 @@ def test_static_path_is_chosen_only_where_asked_and_supported(llama, tiny_gpt2_d
 def test_mixed_lengths_and_bucket_padding_equal_sequential_generate(llama):
     model, tokenizer = llama.model, llama.tokenizer
     # Six rows: the bucket holds eight, so two padding rows ride along and must change nothing.
-    rows = _rows(tokenizer, PROMPTS, max_new_tokens=12)
+    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=12)
     generator = BatchGenerator(model, tokenizer, decode="static")
     generator.generate(rows)
     assert len({len(r.prompt_ids) for r in rows}) > 3
     assert generator.static.buffers.rows == 8
     assert generator.last_decode_steps >= 11
-    _check_against_generate(model, tokenizer, rows)
+    assert_like_generate(model, tokenizer, rows)
 
 
 def test_shared_prefix_then_static_decode(llama):
     model, tokenizer = llama.model, llama.tokenizer
-    rows = _rows(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=8)
+    rows = rows_for(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=8)
     generator = BatchGenerator(model, tokenizer, decode="static")
     generator.generate(rows)
     assert generator.last_shared_prefix >= 16
-    _check_against_generate(model, tokenizer, rows)
+    assert_like_generate(model, tokenizer, rows)
 
 
 def test_rows_of_different_lengths_to_generate_and_buffer_reuse(llama):
     model, tokenizer = llama.model, llama.tokenizer
     generator = BatchGenerator(model, tokenizer, decode="static")
-    first = _rows(tokenizer, PROMPTS[:3], max_new_tokens=3) + _rows(tokenizer, PROMPTS[3:5], max_new_tokens=9)
+    first = rows_for(tokenizer, PROMPTS[:3], max_new_tokens=3) + rows_for(tokenizer, PROMPTS[3:5], max_new_tokens=9)
     generator.generate(first)
     buffers = generator.static.buffers
     assert [len(r.tokens) for r in first if r.finish_reason == "length"] == [
         r.max_new_tokens for r in first if r.finish_reason == "length"
     ]
     # Same shape again: the buffers (and on a GPU the captured graph) are reused, freshly loaded.
-    second = _rows(tokenizer, PROMPTS[1:4] + PROMPTS[:2], max_new_tokens=5)
+    second = rows_for(tokenizer, PROMPTS[1:4] + PROMPTS[:2], max_new_tokens=5)
     generator.generate(second)
     assert generator.static.buffers is buffers
-    _check_against_generate(model, tokenizer, first + second)
+    assert_like_generate(model, tokenizer, first + second)
 
 
 def test_static_and_dynamic_paths_give_the_same_logprobs(llama):
     model, tokenizer = llama.model, llama.tokenizer
-    static_rows = _rows(tokenizer, PROMPTS, max_new_tokens=10)
-    dynamic_rows = _rows(tokenizer, PROMPTS, max_new_tokens=10)
+    static_rows = rows_for(tokenizer, PROMPTS, max_new_tokens=10)
+    dynamic_rows = rows_for(tokenizer, PROMPTS, max_new_tokens=10)
     BatchGenerator(model, tokenizer, decode="static").generate(static_rows)
     BatchGenerator(model, tokenizer, decode="dynamic").generate(dynamic_rows)
     for s, d in zip(static_rows, dynamic_rows, strict=True):
@@ -93,7 +82,7 @@ def test_sampled_rows_use_their_own_generators_on_the_static_path(llama):
     model, tokenizer = llama.model, llama.tokenizer
 
     def sampled() -> list[Row]:
-        rows = _rows(tokenizer, PROMPTS[:4], max_new_tokens=6, temperature=0.9)
+        rows = rows_for(tokenizer, PROMPTS[:4], max_new_tokens=6, temperature=0.9)
         for i, row in enumerate(rows):
             row.seed = 100 + i
             row.generator = torch.Generator().manual_seed(row.seed)
@@ -134,19 +123,19 @@ def test_grouped_query_forwards_never_copy_keys_per_query_head_and_equal_sequent
     copies = []
     repeat_kv = sdpa_attention.repeat_kv
     monkeypatch.setattr(sdpa_attention, "repeat_kv", lambda t, n: copies.append(n) or repeat_kv(t, n))
-    rows = _rows(tokenizer, prompts, max_new_tokens=12)
+    rows = rows_for(tokenizer, prompts, max_new_tokens=12)
     generator = BatchGenerator(model, tokenizer, decode="static")
     generator.generate(rows)
     assert generator.last_decode_steps >= 11 and copies == []
     assert model.config._attn_implementation == "sdpa"  # restored after the batch
     monkeypatch.undo()
-    _check_against_generate(model, tokenizer, rows)
+    assert_like_generate(model, tokenizer, rows)
 
 
 def test_grouped_query_static_and_dynamic_paths_agree(grouped):
     model, tokenizer = grouped.model, grouped.tokenizer
-    static_rows = _rows(tokenizer, FEW_SHOT_PROMPTS + PROMPTS, max_new_tokens=8)
-    dynamic_rows = _rows(tokenizer, FEW_SHOT_PROMPTS + PROMPTS, max_new_tokens=8)
+    static_rows = rows_for(tokenizer, FEW_SHOT_PROMPTS + PROMPTS, max_new_tokens=8)
+    dynamic_rows = rows_for(tokenizer, FEW_SHOT_PROMPTS + PROMPTS, max_new_tokens=8)
     BatchGenerator(model, tokenizer, decode="static").generate(static_rows)
     BatchGenerator(model, tokenizer, decode="dynamic").generate(dynamic_rows)
     for s, d in zip(static_rows, dynamic_rows, strict=True):
