@@ -132,20 +132,21 @@ def test_scheduler_splits_by_limits_and_results_stay_equal(loaded):
         assert_close(row.prompt_logprobs, logprob_reference(model, row.prompt_ids, [])[0])
 
 
-def test_plan_sorts_by_length(loaded):
+def test_plan_sorts_decoding_rows_by_length(loaded):
     tokenizer = loaded.tokenizer
-    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=1)
+    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=2)
     (batch,) = plan_batches(rows, Limits())
     lengths = [len(r.prompt_ids) for r in batch]
     assert lengths == sorted(lengths)
 
 
-def test_rows_of_two_few_shot_prompts_interleaved_are_batched_by_prefix_and_share_it(loaded):
-    """As when several helm-run processes (or tasks) send at once: each batch gets one common prefix."""
+def test_decoding_rows_of_two_few_shot_prompts_interleaved_are_batched_by_prefix_and_share_it(loaded):
+    """As when several helm-run processes (or tasks) send at once: each decoding batch gets one
+    common prefix (single-token rows share batches across runs: tests/engine/test_prefix_batches.py)."""
     model, tokenizer = loaded.model, loaded.tokenizer
     heads = ["Questions about units, with answers. " * 4, "Questions about dates, with answers. " * 4]
     prompts = [heads[i % 2] + f"Question {i}: what comes after {i}? Answer:" for i in range(24)]
-    rows = rows_for(tokenizer, prompts, max_new_tokens=1)
+    rows = rows_for(tokenizer, prompts, max_new_tokens=2)
     plan = plan_batches(rows, Limits())
     assert len(plan) == 2
     for batch in plan:
@@ -155,14 +156,14 @@ def test_rows_of_two_few_shot_prompts_interleaved_are_batched_by_prefix_and_shar
     Scheduler(generator, stats, Limits()).run(rows)
     assert generator.last_shared_prefix >= 16  # the batch prefilled its common prefix once
     for row in rows:
-        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, 1)
+        assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, 2)
 
 
-def test_few_rows_with_a_common_head_are_not_split_off_into_small_batches(loaded):
+def test_few_decoding_rows_with_a_common_head_are_not_split_off_into_small_batches(loaded):
     tokenizer = loaded.tokenizer
     prompts = [f"Prompt number {i} is unlike the others in every way, {i * 7}" for i in range(6)]
     prompts += ["Shared head of three prompts, long enough to matter here: " + str(i) for i in range(3)]
-    (batch,) = plan_batches(rows_for(tokenizer, prompts, max_new_tokens=1), Limits())
+    (batch,) = plan_batches(rows_for(tokenizer, prompts, max_new_tokens=2), Limits())
     assert len(batch) == 9
 
 
@@ -176,7 +177,7 @@ def test_runs_that_share_their_instructions_still_get_batches_of_their_own_few_s
         "Question: which day follows Monday? Answer: Tuesday. " * 5,
     ]
     prompts = [instructions + examples[i % 2] + f"Question: {i} and {i * 3}? Answer:" for i in range(40)]
-    rows = rows_for(tokenizer, prompts, max_new_tokens=1)
+    rows = rows_for(tokenizer, prompts, max_new_tokens=2)
     plan = plan_batches(rows, Limits(max_batch_size=12))
     own = [len(tokenizer(instructions + e)["input_ids"]) for e in examples]
     assert len(plan) == 4

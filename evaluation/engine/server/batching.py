@@ -14,7 +14,14 @@ from typing import Any
 import torch
 
 from evaluation.engine.loading import allocator_cap_bytes
-from evaluation.engine.server.generation import MIN_SHARED_PREFIX, BatchGenerator, Row, common_prefix_length
+from evaluation.engine.server.generation import (
+    MIN_SHARED_PREFIX,
+    BatchGenerator,
+    Row,
+    common_prefix_length,
+    prefix_groups,
+)
+from evaluation.engine.server.profiling import BatchProfiler
 from evaluation.engine.server.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -52,10 +59,10 @@ def _cost(rows: list[Row]) -> int:
 
 # A run's few-shot prompts share hundreds of tokens (instructions and examples); runs of different
 # tasks, or from several helm-run processes, arrive interleaved and may share a little too (common
-# instructions). Rows are clustered by prefix so that each batch shares as long a prefix as it can:
-# in lexicographic order a run's rows are neighbours, and a cluster ends where the next row would
-# cut its shared prefix by MIN_SHARED_PREFIX tokens or more. Clusters of fewer than MIN_PREFIX_GROUP
-# rows are not worth their own batches: those rows are batched by length with the rest.
+# instructions). `prefix_groups` finds each run's rows. Decoding batches are one run's rows each
+# (clusters of fewer than MIN_PREFIX_GROUP rows are batched by length with the rest). Single-token
+# (scoring) batches take several runs' rows at once, each row starting from its run's prefix: one
+# forward for everything that arrived together costs less than one per run.
 MIN_PREFIX_GROUP = 8
 
 
@@ -63,31 +70,38 @@ def prefix_clusters(rows: list[Row]) -> tuple[list[list[Row]], list[Row]]:
     """(clusters of rows sharing a long prefix, the rows in none)."""
     clusters: list[list[Row]] = []
     mixed: list[Row] = []
-
-    def close(cluster: list[Row], shared: int) -> None:
-        if len(cluster) >= MIN_PREFIX_GROUP and shared >= MIN_SHARED_PREFIX:
-            clusters.append(cluster)
+    for indices, shared in prefix_groups([r.prompt_ids for r in rows]):
+        group = [rows[i] for i in indices]
+        if len(group) >= MIN_PREFIX_GROUP and shared >= MIN_SHARED_PREFIX:
+            clusters.append(group)
         else:
-            mixed.extend(cluster)
-
-    current: list[Row] = []
-    shared = 0  # tokens every row of `current` shares, once it holds two
-    for row in sorted(rows, key=lambda r: r.prompt_ids):
-        if current:
-            with_row = common_prefix_length([current[-1].prompt_ids, row.prompt_ids])
-            if len(current) > 1:
-                with_row = min(with_row, shared)
-                if shared - with_row >= MIN_SHARED_PREFIX:
-                    close(current, shared)
-                    current = []
-            if current:
-                current.append(row)
-                shared = with_row
-                continue
-        current = [row]
-    if current:
-        close(current, shared if len(current) > 1 else 0)
+            mixed.extend(group)
     return clusters, mixed
+
+
+def _grouped_costs(rows: list[Row]) -> list[int]:
+    """For rows in prefix order, the cost of each leading run of them as one batch of several
+    prefixes: the cache is as wide as the longest prefix plus the longest remainder, which can be
+    wider than any one prompt. A run's rows cut off at the end share what those few share (one
+    row alone: nothing, unless a stored prefix serves it)."""
+    seqs = [r.prompt_ids for r in rows]
+    starts = {min(indices) for indices, _ in prefix_groups(seqs)}
+    costs: list[int] = []
+    prefix = rest = 0  # over the groups before the current one
+    shared: int | None = None  # of the current group's rows so far (None: one row)
+    longest = 0
+    for i, seq in enumerate(seqs):
+        if i in starts:
+            if i:
+                prefix, rest = max(prefix, shared or 0), max(rest, longest - (shared or 0))
+            shared, longest = None, len(seq)
+        else:
+            link = common_prefix_length([seqs[i - 1], seq])
+            shared = link if shared is None else min(shared, link)
+            longest = max(longest, len(seq))
+        own = shared or 0
+        costs.append((i + 1) * (max(prefix, own) + max(rest, longest - own) + 1))
+    return costs
 
 
 def plan_batches(rows: list[Row], limits: Limits) -> list[list[Row]]:
@@ -97,34 +111,51 @@ def plan_batches(rows: list[Row], limits: Limits) -> list[list[Row]]:
     by_kind: dict[tuple[bool, bool], list[Row]] = {}
     for row in rows:
         by_kind.setdefault((row.echo, row.needs_decode), []).append(row)
-    groups: list[tuple[bool, int, list[Row]]] = []
+    batches: list[list[Row]] = []
     for (echo, decode), kind_rows in sorted(by_kind.items(), key=lambda kv: kv[0]):
         if echo:  # every position's logits are kept: no prefix is shared
-            groups.append((echo, limits.max_echo_tokens, kind_rows))
-            continue
-        tokens = limits.max_batch_tokens if decode else limits.tokens_beside_store()
-        clusters, mixed = prefix_clusters(kind_rows)
-        groups += [(echo, tokens, cluster) for cluster in clusters]
-        if mixed:
-            groups.append((echo, tokens, mixed))
+            batches += _by_length(kind_rows, limits, limits.max_echo_tokens, echo=True)
+        elif decode:
+            clusters, mixed = prefix_clusters(kind_rows)
+            for group in clusters + ([mixed] if mixed else []):
+                batches += _by_length(group, limits, limits.max_batch_tokens, echo=False)
+        else:
+            batches += _in_prefix_order(kind_rows, limits)
+    return batches
+
+
+def _by_length(group: list[Row], limits: Limits, tokens: int, *, echo: bool) -> list[list[Row]]:
+    group = sorted(group, key=lambda r: len(r.prompt_ids))
     batches: list[list[Row]] = []
-    for echo, tokens, group in groups:
-        group.sort(key=lambda r: len(r.prompt_ids))
-        current: list[Row] = []
-        for row in group:
-            candidate = current + [row]
-            too_many = len(candidate) > limits.max_batch_size
-            if echo:
-                too_big = len(candidate) * max(len(r.prompt_ids) for r in candidate) > tokens
-            else:
-                too_big = _cost(candidate) > tokens
-            if current and (too_many or too_big):
-                batches.append(current)
-                current = [row]
-            else:
-                current = candidate
-        if current:
+    current: list[Row] = []
+    for row in group:
+        candidate = current + [row]
+        too_many = len(candidate) > limits.max_batch_size
+        if echo:
+            too_big = len(candidate) * max(len(r.prompt_ids) for r in candidate) > tokens
+        else:
+            too_big = _cost(candidate) > tokens
+        if current and (too_many or too_big):
             batches.append(current)
+            current = [row]
+        else:
+            current = candidate
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _in_prefix_order(rows: list[Row], limits: Limits) -> list[list[Row]]:
+    """Single-token rows, several runs per batch: consecutive in prefix order, so that a batch split
+    by the limits still holds few prefixes."""
+    pending = sorted(rows, key=lambda r: r.prompt_ids)
+    tokens = limits.tokens_beside_store()
+    batches: list[list[Row]] = []
+    while pending:
+        costs = _grouped_costs(pending[: limits.max_batch_size])
+        take = max(1, sum(1 for cost in costs if cost <= tokens))
+        batches.append(pending[:take])
+        pending = pending[take:]
     return batches
 
 
@@ -149,6 +180,7 @@ class Scheduler:
         self.out_of_memory_message = out_of_memory_message
         self._queue: queue.Queue[Work | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="model", daemon=True)
+        self.profiler = BatchProfiler.from_env()
 
     def start(self) -> None:
         self._thread.start()
@@ -206,7 +238,10 @@ class Scheduler:
         if prefixes is not None and not batch[0].echo and _cost(batch) > self.limits.tokens_beside_store():
             prefixes.clear()  # a decoding batch that needs the store's room (see Limits)
         try:
-            self.generator.generate(batch)
+            if self.profiler is None:
+                self.generator.generate(batch)
+            else:
+                self.profiler.run(batch, self.generator)
         except torch.cuda.OutOfMemoryError:
             self._after_out_of_memory(batch)
             return
@@ -218,7 +253,7 @@ class Scheduler:
         self.stats.record_batch(
             rows=len(batch),
             seconds=time.perf_counter() - started,
-            shared_prefix=self.generator.last_shared_prefix,
+            skipped_tokens=self.generator.last_skipped_tokens,
             prefix_reused=self.generator.last_prefix_reused,
             decode_steps=self.generator.last_decode_steps,
         )

@@ -16,12 +16,16 @@ import torch
 
 from evaluation.engine.server import static_decode
 from evaluation.engine.server.attention import engine_attention
-from evaluation.engine.server.kv_cache import PrefixStore, expanded, map_cache
+from evaluation.engine.server.kv_cache import PrefixStore, expanded, gathered, map_cache
 from evaluation.engine.server.static_decode import StaticDecoder
 
 GREEDY_TEMPERATURE = 1e-5
 # Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
 MIN_SHARED_PREFIX = 16
+# A few rows of a batch of several runs get a forward of their own for the prefix they share only if
+# it skips this many tokens: on a GPU, one more forward of a small model costs as long as computing
+# thousands of tokens (most of it launching kernels). A batch that is all one group keeps the rule above.
+MIN_PREFIX_SAVING = 1024
 
 
 @dataclass
@@ -74,6 +78,44 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
     return low
 
 
+def prefix_groups(seqs: list[list[int]], min_drop: int = MIN_SHARED_PREFIX) -> list[tuple[list[int], int]]:
+    """Indices of `seqs` grouped by a long common prefix, with the length each group shares (a lone
+    sequence's whole length). Sorted, the sequences of one few-shot run are neighbours: a group ends
+    where the next sequence would cut its shared prefix by `min_drop` tokens or more. A lone sequence
+    joins the next only if they share `min_drop` tokens and that one shares no more with the sequence
+    after it: a straggler of one run must not drag the next run's group down to the few instruction
+    tokens they have in common."""
+    order = sorted(range(len(seqs)), key=seqs.__getitem__)
+    links = [common_prefix_length([seqs[a], seqs[b]]) for a, b in zip(order, order[1:], strict=False)]
+    groups: list[tuple[list[int], int]] = []
+    current, shared = [order[0]], len(seqs[order[0]])
+    for k, index in enumerate(order[1:]):
+        link = links[k]
+        if len(current) == 1:
+            following = links[k + 1] if k + 1 < len(links) else -1
+            joins = link >= min_drop and following - link < min_drop
+        else:
+            joins = shared - min(link, shared) < min_drop
+        if joins:
+            current.append(index)
+            shared = min(shared, link)
+        else:
+            groups.append((current, shared))
+            current, shared = [index], len(seqs[index])
+    groups.append((current, shared))
+    return groups
+
+
+@dataclass
+class PrefixGroup:
+    """Rows of a batch that start from one prefix: `length` tokens, whose one-row cache is `cache`
+    (stored by an earlier batch, or None: prefill it now). Length 0: the rows share nothing."""
+
+    rows: list[Row]
+    length: int = 0
+    cache: Any = None
+
+
 class BatchGenerator:
     """Runs lists of rows through the model together. Not thread-safe: one worker thread owns it."""
 
@@ -104,6 +146,7 @@ class BatchGenerator:
         self.prefixes = PrefixStore(prefix_store_bytes) if prefix_sharing and prefix_store_bytes > 0 else None
         self.last_shared_prefix = 0
         self.last_prefix_reused = False
+        self.last_skipped_tokens = 0
         self.last_decode_steps = 0
         self.static = self._static_decoder(decode)
         if self.device.type == "cuda":
@@ -150,7 +193,7 @@ class BatchGenerator:
         return ids.to(self.device), mask.to(self.device)
 
     @staticmethod
-    def _positions(mask: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    def _positions(mask: torch.Tensor, offset: int | torch.Tensor = 0) -> torch.Tensor:
         pos = mask.cumsum(-1) - 1 + offset
         return pos.masked_fill(mask == 0, 1)
 
@@ -173,6 +216,21 @@ class BatchGenerator:
             return limit, None
         return 0, None
 
+    def _groups(self, rows: list[Row]) -> list[PrefixGroup]:
+        """The batch's rows by the prefix each starts from: several runs' rows can share one forward,
+        each run's from its own prefix."""
+        seqs = [r.prompt_ids for r in rows]
+        if not self.prefix_sharing or len(rows) == 1:
+            return [PrefixGroup(rows, *self._shared_prefix(seqs))]
+        groups = []
+        for indices, _ in prefix_groups(seqs, self.min_shared_prefix):
+            length, cache = self._shared_prefix([seqs[i] for i in indices])
+            whole_batch = len(indices) == len(rows)
+            if cache is None and not whole_batch and (len(indices) - 1) * length < MIN_PREFIX_SAVING:
+                length = 0
+            groups.append(PrefixGroup([rows[i] for i in indices], length, cache))
+        return groups
+
     def release_memory(self) -> None:
         """Give back what is kept between batches (after running out of memory)."""
         if self.static is not None:
@@ -180,22 +238,40 @@ class BatchGenerator:
         if self.prefixes is not None:
             self.prefixes.clear()
 
-    def _prefill(self, rows: list[Row], use_cache: bool, all_logits: bool):
-        """Returns (logits of the last position in fp32, every position's logits or None, cache, mask, next positions)."""
-        seqs = [r.prompt_ids for r in rows]
-        shared, stored = (0, None) if all_logits else self._shared_prefix(seqs)
-        self.last_shared_prefix, self.last_prefix_reused = shared, stored is not None
-        if shared:
-            n = len(rows)
-            if stored is None:
-                prefix = torch.tensor([seqs[0][:shared]], dtype=torch.long, device=self.device)
-                stored = self.model(input_ids=prefix, use_cache=True, **self._keep(1)).past_key_values
+    def _prefix_caches(self, groups: list[PrefixGroup]) -> Any:
+        """One cache holding each row's prefix (prefilling those no earlier batch stored), or None."""
+        for group in groups:
+            if group.length and group.cache is None:
+                tokens = group.rows[0].prompt_ids[: group.length]
+                prefix = torch.tensor([tokens], dtype=torch.long, device=self.device)
+                group.cache = self.model(input_ids=prefix, use_cache=True, **self._keep(1)).past_key_values
                 if self.prefixes is not None:
-                    self.prefixes.add(seqs[0][:shared], stored)
-            cache = expanded(stored, n)
-            ids, suffix_mask = self._left_pad([s[shared:] for s in seqs])
-            mask = torch.cat([torch.ones((n, shared), dtype=torch.long, device=self.device), suffix_mask], dim=1)
-            positions = self._positions(suffix_mask, offset=shared)
+                    self.prefixes.add(tokens, group.cache)
+        if len(groups) == 1:
+            return expanded(groups[0].cache, len(groups[0].rows))
+        return gathered([(g.cache if g.length else None, g.length, len(g.rows)) for g in groups])
+
+    def _prefill(self, groups: list[PrefixGroup], use_cache: bool, all_logits: bool):
+        """Returns (logits of the last position in fp32, every position's logits or None, cache, mask, next positions)."""
+        rows = [r for g in groups for r in g.rows]
+        lengths = [g.length for g in groups for _ in g.rows]
+        self.last_shared_prefix = max(lengths)
+        self.last_prefix_reused = any(g.length and g.cache is not None for g in groups)
+        # Prompt tokens not prefilled: all of a stored prefix's, all but one row's of a new one.
+        self.last_skipped_tokens = sum(
+            g.length * (len(g.rows) if g.cache is not None else len(g.rows) - 1) for g in groups if g.length
+        )
+        n = len(rows)
+        if self.last_shared_prefix:
+            cache = self._prefix_caches(groups)
+            ids, suffix_mask = self._left_pad([r.prompt_ids[length:] for r, length in zip(rows, lengths, strict=True)])
+            # Each row's prefix ends where the cache ends: shorter ones are padded on the left.
+            width = self.last_shared_prefix
+            starts = torch.tensor([width - length for length in lengths], device=self.device)
+            prefix_mask = (torch.arange(width, device=self.device)[None, :] >= starts[:, None]).long()
+            mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+            offsets = torch.tensor(lengths, device=self.device)[:, None]
+            positions = self._positions(suffix_mask, offset=offsets)
             out = self.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -205,7 +281,7 @@ class BatchGenerator:
                 **self._keep(1),
             )
         else:
-            ids, mask = self._left_pad(seqs)
+            ids, mask = self._left_pad([r.prompt_ids for r in rows])
             positions = self._positions(mask)
             out = self.model(
                 input_ids=ids,
@@ -296,7 +372,10 @@ class BatchGenerator:
     def _generate(self, rows: list[Row]) -> list[Row]:
         use_cache = any(r.needs_decode for r in rows)
         all_logits = any(r.echo for r in rows)
-        last, logits, cache, mask, next_pos, ids = self._prefill(rows, use_cache, all_logits)
+        # Every position's logits (echo) come from a whole prompt's own forward: nothing shared.
+        groups = [PrefixGroup(rows)] if all_logits else self._groups(rows)
+        rows = [r for g in groups for r in g.rows]  # grouped; results stay in the Row objects
+        last, logits, cache, mask, next_pos, ids = self._prefill(groups, use_cache, all_logits)
         if logits is not None:
             self._prompt_logprobs(rows, logits, ids)
             del logits

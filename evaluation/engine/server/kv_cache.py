@@ -5,6 +5,7 @@ few-shot prefixes so later batches need not prefill them again.
 from __future__ import annotations
 
 import copy
+import itertools
 from collections import OrderedDict
 from typing import Any
 
@@ -43,21 +44,49 @@ def cache_bytes(cache: Any) -> int:
     return sum(t.numel() * t.element_size() for pair in cache_tensors(cache) for t in pair)
 
 
-def expanded(cache: Any, rows: int) -> Any:
-    """A new cache holding `rows` copies of a one-row cache, which stays as it was.
-
-    Only the cache's structure is copied before its tensors are replaced (the layer objects, or the
-    lists of the older layout): the model appends to the new one without touching the stored one.
-    """
+def _structure_copy(cache: Any) -> Any:
+    """A copy of the cache's structure (the layer objects, or the lists of the older layout) whose
+    tensors can be replaced: the model appends to it without touching the original."""
     new = copy.copy(cache)
     if getattr(cache, "layers", None) is not None:
         new.layers = [copy.copy(layer) for layer in cache.layers]
     elif not hasattr(cache, "key_cache"):
         raise TypeError(f"unsupported cache type {type(cache).__name__}")
+    return new
+
+
+def expanded(cache: Any, rows: int) -> Any:
+    """A new cache holding `rows` copies of a one-row cache, which stays as it was."""
+    new = _structure_copy(cache)
     if rows == 1:
         map_cache(new, lambda t: t.clone())
     else:
         map_cache(new, lambda t: t.expand(rows, *t.shape[1:]).contiguous())
+    return new
+
+
+def gathered(parts: list[tuple[Any | None, int, int]]) -> Any:
+    """A new cache for rows that start from different prefixes: `parts` are (one-row cache or None,
+    its length, how many rows start from it), in row order. Each row holds its prefix at the end of
+    the cache's width (the longest prefix), zeros before it, which the attention mask hides."""
+    template = next(cache for cache, _, _ in parts if cache is not None)
+    width = max(length for _, length, _ in parts)
+    rows = sum(count for _, _, count in parts)
+    sources = [[t for pair in cache_tensors(cache) for t in pair] if cache is not None else None for cache, _, _ in parts]
+    slot = itertools.count()
+
+    def fill(t: torch.Tensor) -> torch.Tensor:
+        i = next(slot)
+        out = t.new_zeros((rows, *t.shape[1:-2], width, t.shape[-1]))
+        start = 0
+        for source, (_, length, count) in zip(sources, parts, strict=True):
+            if source is not None and length:
+                out[start : start + count, ..., width - length :, :] = source[i]
+            start += count
+        return out
+
+    new = _structure_copy(template)
+    map_cache(new, fill)
     return new
 
 

@@ -43,7 +43,7 @@ class Stats:
             self.latencies.append(latency)
 
     def record_batch(
-        self, *, rows: int, seconds: float, shared_prefix: int, prefix_reused: bool = False, decode_steps: int = 0
+        self, *, rows: int, seconds: float, skipped_tokens: int = 0, prefix_reused: bool = False, decode_steps: int = 0
     ) -> None:
         with self.lock:
             self.decode_steps += decode_steps
@@ -51,9 +51,8 @@ class Stats:
             self.batch_rows += rows
             self.max_batch_rows = max(self.max_batch_rows, rows)
             self.busy_seconds += seconds
-            # Tokens whose prefill was skipped because the batch shared them (all of them when an
-            # earlier batch's prefill of the prefix was reused).
-            self.shared_prefix_tokens += shared_prefix * (rows if prefix_reused else max(rows - 1, 0))
+            # Prompt tokens whose prefill was skipped because rows shared a prefix.
+            self.shared_prefix_tokens += skipped_tokens
             self.prefix_reuses += 1 if prefix_reused else 0
 
     def add(self, name: str, amount: int = 1) -> None:
