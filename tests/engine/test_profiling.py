@@ -10,7 +10,9 @@ from evaluation.engine.server.stats import Stats
 from tests.engine.reference import PROMPTS, assert_like_generate, rows_for
 
 
-def test_a_window_of_batches_is_timed_twice_and_profiled_without_changing_results(tiny_llama_dir, tmp_path, monkeypatch):
+def test_a_window_of_batches_is_timed_twice_and_profiled_without_changing_results(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
     from evaluation.engine.loading import load_model
 
     loaded = load_model(tiny_llama_dir, device="cpu", dtype="float32")

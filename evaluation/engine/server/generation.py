@@ -261,7 +261,6 @@ class BatchGenerator:
         self.last_skipped_tokens = sum(
             g.length * (len(g.rows) if g.cache is not None else len(g.rows) - 1) for g in groups if g.length
         )
-        n = len(rows)
         if self.last_shared_prefix:
             cache = self._prefix_caches(groups)
             ids, suffix_mask = self._left_pad([r.prompt_ids[length:] for r, length in zip(rows, lengths, strict=True)])

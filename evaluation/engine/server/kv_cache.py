@@ -72,7 +72,9 @@ def gathered(parts: list[tuple[Any | None, int, int]]) -> Any:
     template = next(cache for cache, _, _ in parts if cache is not None)
     width = max(length for _, length, _ in parts)
     rows = sum(count for _, _, count in parts)
-    sources = [[t for pair in cache_tensors(cache) for t in pair] if cache is not None else None for cache, _, _ in parts]
+    sources = [
+        [t for pair in cache_tensors(cache) for t in pair] if cache is not None else None for cache, _, _ in parts
+    ]
     slot = itertools.count()
 
     def fill(t: torch.Tensor) -> torch.Tensor:
