@@ -296,6 +296,13 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, _error_body("NotFound", "infra", f"no such endpoint: GET {path}"))
 
     def do_POST(self) -> None:
+        cpu_started = time.thread_time()
+        try:
+            self._post()
+        finally:
+            self.server.service.stats.add("http_cpu_seconds", time.thread_time() - cpu_started)
+
+    def _post(self) -> None:
         service = self.server.service
         path = self.path.split("?", 1)[0]
         handlers = {"/process": service.process, "/tokenize": service.tokenize, "/decode": service.decode}

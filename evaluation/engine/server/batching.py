@@ -233,7 +233,7 @@ class Scheduler:
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[Row]) -> None:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         prefixes = self.generator.prefixes
         if prefixes is not None and not batch[0].echo and _cost(batch) > self.limits.tokens_beside_store():
             prefixes.clear()  # a decoding batch that needs the store's room (see Limits)
@@ -256,6 +256,7 @@ class Scheduler:
             skipped_tokens=self.generator.last_skipped_tokens,
             prefix_reused=self.generator.last_prefix_reused,
             decode_steps=self.generator.last_decode_steps,
+            cpu_seconds=time.thread_time() - cpu_started,
         )
 
     def _after_out_of_memory(self, batch: list[Row]) -> None:

@@ -31,6 +31,10 @@ class Stats:
     decode_steps: int = 0
     out_of_memory_splits: int = 0
     busy_seconds: float = 0.0
+    # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering):
+    # they share one interpreter lock, so the second slows the first.
+    model_cpu_seconds: float = 0.0
+    http_cpu_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -43,9 +47,17 @@ class Stats:
             self.latencies.append(latency)
 
     def record_batch(
-        self, *, rows: int, seconds: float, skipped_tokens: int = 0, prefix_reused: bool = False, decode_steps: int = 0
+        self,
+        *,
+        rows: int,
+        seconds: float,
+        skipped_tokens: int = 0,
+        prefix_reused: bool = False,
+        decode_steps: int = 0,
+        cpu_seconds: float = 0.0,
     ) -> None:
         with self.lock:
+            self.model_cpu_seconds += cpu_seconds
             self.decode_steps += decode_steps
             self.batches += 1
             self.batch_rows += rows
@@ -55,7 +67,7 @@ class Stats:
             self.shared_prefix_tokens += skipped_tokens
             self.prefix_reuses += 1 if prefix_reused else 0
 
-    def add(self, name: str, amount: int = 1) -> None:
+    def add(self, name: str, amount: float = 1) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + amount)
 
@@ -79,6 +91,8 @@ class Stats:
                 "decode_steps": self.decode_steps,
                 "out_of_memory_splits": self.out_of_memory_splits,
                 "busy_seconds": round(self.busy_seconds, 6),
+                "model_cpu_seconds": round(self.model_cpu_seconds, 6),
+                "http_cpu_seconds": round(self.http_cpu_seconds, 6),
             }
         data["latency_seconds"] = {
             "count": len(latencies),

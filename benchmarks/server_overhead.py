@@ -1,0 +1,110 @@
+"""What one request costs the model server besides the model: the HTTP threads' CPU time per request.
+
+    python -m benchmarks.server_overhead --requests 1500 --threads 64
+
+The server's HTTP threads and its model thread share one interpreter lock, so every millisecond a
+request spends being parsed, tokenized and answered is a millisecond the model thread may wait to
+launch its next kernels (on an H200, a multiple-choice run's batches took up to five times longer
+while their answers went out than alone: docs/benchmarks.md). This sends HELM-shaped single-token
+requests (few-shot prompts of three runs, a new connection each, as HELM's HTTP client does) from
+many threads to a tiny random-init model on the CPU and prints one JSON line: requests per second,
+the HTTP threads' CPU per request, the model thread's CPU per request, the whole process's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from benchmarks.engine_speed import build_model
+from evaluation.engine.runner import free_port
+
+TASKS = [
+    ("The following are multiple choice questions about units. ", "How many metres are in {n} kilometres?"),
+    ("The following are multiple choice questions about dates. ", "Which day comes {n} days after Monday?"),
+    ("The following are multiple choice questions about sums. ", "What is {n} plus {n}?"),
+]
+
+
+def prompt(task: int, n: int) -> str:
+    instructions, question = TASKS[task]
+    shots = "".join(f"Question: {question.format(n=k)}\nA. {k}\nB. {k + 1}\nC. {k + 2}\nAnswer: A\n\n" for k in range(8))
+    return instructions + shots + f"Question: {question.format(n=n)}\nA. 1\nB. 2\nC. 3\nAnswer:"
+
+
+def body(text: str) -> dict:
+    # The fields HELM's HTTPModelClient sends for a multiple-choice (joint) request.
+    return {"prompt": text, "temperature": 1e-7, "num_return_sequences": 1, "max_new_tokens": 1, "top_p": 1,
+            "echo_prompt": False, "top_k_per_token": 1, "stop_sequences": []}  # fmt: skip
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1500)
+    parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--size", default="tiny")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(Path(tmp) / "model", args.size)
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "evaluation.engine.server", "--model", str(model), "--port", str(port)]
+            + ["--device", "cpu", "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                try:
+                    if requests.get(url + "/health", timeout=2).ok:
+                        break
+                except requests.ConnectionError:
+                    time.sleep(0.5)
+            bodies = [body(prompt(i % 3, i)) for i in range(args.requests)]
+            requests.post(url + "/process", json=bodies[0], timeout=600).raise_for_status()
+            before = requests.get(url + "/stats", timeout=10).json()
+            cpu_before = process_cpu_seconds(server.pid)
+            started = time.perf_counter()
+            with ThreadPoolExecutor(args.threads) as pool:
+                codes = sorted({r.status_code for r in pool.map(lambda b: requests.post(url + "/process", json=b), bodies)})
+            wall = time.perf_counter() - started
+            cpu = process_cpu_seconds(server.pid) - cpu_before
+            after = requests.get(url + "/stats", timeout=10).json()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    n = args.requests
+
+    def per_request_ms(key: str) -> float:
+        return round(1000 * (after[key] - before[key]) / n, 3)
+
+    print(json.dumps({
+        "requests": n,
+        "threads": args.threads,
+        "status_codes": codes,
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(n / wall, 1),
+        "batches": after["batches"] - before["batches"],
+        "http_cpu_ms_per_request": per_request_ms("http_cpu_seconds"),
+        "model_thread_cpu_ms_per_request": per_request_ms("model_cpu_seconds"),
+        "process_cpu_ms_per_request": round(1000 * cpu / n, 3),
+    }))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
