@@ -44,6 +44,8 @@ def test_concurrent_requests_equal_sequential_generate(any_server):
     assert stats["output_tokens"] > 0 and stats["prompt_tokens"] > 0
     assert stats["latency_seconds"]["p95"] >= stats["latency_seconds"]["p50"] > 0
     assert stats["busy_seconds"] > 0
+    # Both sides' CPU time is counted (they share the interpreter lock: docs/benchmarks.md).
+    assert stats["model_cpu_seconds"] > 0 and stats["http_cpu_seconds"] > 0
 
 
 def test_stop_sequences_cut_text_and_tokens(llama_server):
