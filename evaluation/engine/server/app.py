@@ -68,67 +68,45 @@ def row_seed(seed: int, index: int, prompt: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-class ModelService:
-    """Everything the endpoints need: the loaded model, the scheduler and the counters."""
+def model_facts(loaded: LoadedModel) -> dict:
+    """What the endpoints say about the model, without the model (the HTTP side may be another process)."""
+    return {
+        "name": loaded.name,
+        "parameters": loaded.parameters,
+        "device": loaded.device,
+        "dtype": loaded.dtype,
+        "max_positions": loaded.max_positions,
+        "estimated_bytes": loaded.estimated_bytes,
+        "budget_bytes": loaded.budget_bytes,
+        "vocab_size": max(len(loaded.tokenizer), getattr(loaded.model.config, "vocab_size", 0) or 0),
+    }
 
-    def __init__(
-        self, loaded: LoadedModel, limits: Limits, *, seed: int = 0, prefix_sharing: bool = True, decode: str = "auto"
-    ):
-        self.loaded = loaded
-        self.tokenizer = loaded.tokenizer
+
+class Frontend:
+    """The endpoints' work outside the model: parsing, tokenizing, answering, the request counters.
+    `submit(rows)` runs rows through the model and returns when they are done."""
+
+    def __init__(self, tokenizer: Any, facts: dict, *, seed: int = 0):
+        self.tokenizer = tokenizer
+        self.facts = facts
         self.seed = seed
-        self.stats = Stats(device=loaded.device)
+        self.stats = Stats(device=facts["device"])
         self.startup: dict[str, float] | None = None  # seconds to load and warm up, set by the launcher
-        self.generator = BatchGenerator(
-            loaded.model,
-            loaded.tokenizer,
-            prefix_sharing=prefix_sharing,
-            decode=decode,
-            prefix_store_bytes=limits.prefix_store_bytes,
-        )
-        message = "the model ran out of GPU memory on a single request"
-        if loaded.budget_bytes:
-            message += f" within its budget of {loaded.budget_bytes / 1024**3:g} GB"
-        self.scheduler = Scheduler(self.generator, self.stats, limits, out_of_memory_message=message)
-        fallback = [t for t in (self.tokenizer.bos_token_id, self.tokenizer.eos_token_id) if t is not None]
+        fallback = [t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None]
         self.empty_prompt_ids = fallback[:1] or [0]
 
-    def start(self) -> None:
-        self.scheduler.start()
-
-    def stop(self) -> None:
-        self.scheduler.stop()
-
-    def warm_up(self) -> None:
-        """One tiny generation so the first real request does not pay for kernel set-up."""
-        self.scheduler.run([Row(prompt_ids=list(self.empty_prompt_ids), max_new_tokens=2)])
-        # The counters describe the evaluation, not the warm-up.
-        self.stats = self.scheduler.stats = Stats(device=self.loaded.device)
+    def submit(self, rows: list[Row]) -> None:
+        raise NotImplementedError
 
     def health(self) -> dict:
+        facts = self.facts
         return {
             "status": "ok",
-            "model": self.loaded.name,
-            "parameters": self.loaded.parameters,
-            "device": self.loaded.device,
-            "dtype": self.loaded.dtype,
-            "max_positions": self.loaded.max_positions,
-            "estimated_bytes": self.loaded.estimated_bytes,
-            "budget_bytes": self.loaded.budget_bytes,
+            "model": facts["name"],
+            **{key: facts[key] for key in ("parameters", "device", "dtype", "max_positions")},
+            **{key: facts[key] for key in ("estimated_bytes", "budget_bytes")},
             "startup": self.startup,
         }
-
-    def stats_snapshot(self) -> dict:
-        data = self.stats.snapshot()
-        data["limits"] = vars(self.scheduler.limits).copy()
-        static = self.generator.static
-        data["decode"] = {
-            "mode": "dynamic"
-            if static is None
-            else ("static" if not static.use_graphs or static.graph_failed else "cuda-graphs"),
-            "graph_captures": static.captures if static is not None else 0,
-        }
-        return data
 
     # --- /tokenize and /decode -----------------------------------------------------------------
 
@@ -148,7 +126,7 @@ class ModelService:
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
             raise BadRequest("tokens must be a list of integers")
-        vocab = max(len(self.tokenizer), getattr(self.loaded.model.config, "vocab_size", 0) or 0)
+        vocab = self.facts["vocab_size"]
         if any(t < 0 or t >= vocab for t in tokens):
             raise BadRequest(f"token ids must be between 0 and {vocab - 1}")
         return {"text": self.tokenizer.decode(tokens), "request_time": time.perf_counter() - started}
@@ -174,7 +152,7 @@ class ModelService:
             top_p = 1.0
 
         ids = self.tokenizer(prompt)["input_ids"] or list(self.empty_prompt_ids)
-        limit = self.loaded.max_positions
+        limit = self.facts["max_positions"]
         if limit:
             # Positions past the model's table would crash or silently wrap: keep the end of the prompt.
             if len(ids) > limit - min(max_new, 1):
@@ -240,7 +218,7 @@ class ModelService:
         prompt, rows, n = self._parse_process(body)
         ok = False
         try:
-            self.scheduler.submit(rows)
+            self.submit(rows)
             errors = [r.error for r in rows if r.error]
             if errors:
                 if any("NaN" in e for e in errors):
@@ -268,6 +246,54 @@ class ModelService:
             "completions": completions,
             "request_time": time.perf_counter() - started,
         }
+
+
+class ModelService(Frontend):
+    """The model and its scheduler, with the endpoints' work in the same process."""
+
+    def __init__(
+        self, loaded: LoadedModel, limits: Limits, *, seed: int = 0, prefix_sharing: bool = True, decode: str = "auto"
+    ):
+        super().__init__(loaded.tokenizer, model_facts(loaded), seed=seed)
+        self.loaded = loaded
+        self.generator = BatchGenerator(
+            loaded.model,
+            loaded.tokenizer,
+            prefix_sharing=prefix_sharing,
+            decode=decode,
+            prefix_store_bytes=limits.prefix_store_bytes,
+        )
+        message = "the model ran out of GPU memory on a single request"
+        if loaded.budget_bytes:
+            message += f" within its budget of {loaded.budget_bytes / 1024**3:g} GB"
+        self.scheduler = Scheduler(self.generator, self.stats, limits, out_of_memory_message=message)
+
+    def submit(self, rows: list[Row]) -> None:
+        self.scheduler.submit(rows)
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+    def warm_up(self) -> None:
+        """One tiny generation so the first real request does not pay for kernel set-up."""
+        self.scheduler.run([Row(prompt_ids=list(self.empty_prompt_ids), max_new_tokens=2)])
+        # The counters describe the evaluation, not the warm-up.
+        self.stats = self.scheduler.stats = Stats(device=self.loaded.device)
+
+    def stats_snapshot(self) -> dict:
+        data = self.stats.snapshot()
+        data["limits"] = vars(self.scheduler.limits).copy()
+        static = self.generator.static
+        data["decode"] = {
+            "mode": "dynamic"
+            if static is None
+            else ("static" if not static.use_graphs or static.graph_failed else "cuda-graphs"),
+            "graph_captures": static.captures if static is not None else 0,
+        }
+        return data
 
 
 class Handler(BaseHTTPRequestHandler):
