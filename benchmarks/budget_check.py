@@ -50,7 +50,7 @@ def main() -> int:
                 try:
                     if requests.get(url + "/health", timeout=2).ok:
                         break
-                except requests.ConnectionError:
+                except requests.RequestException:  # refused, or waiting in the backlog while it loads
                     time.sleep(0.5)
             prompt = "Question: What is 2 plus 3? A. 5 B. 6 C. 7 D. 8\nAnswer: A\n\n" * 60
             body = {"prompt": prompt, "temperature": 1e-7, "num_return_sequences": 1, "max_new_tokens": 64,

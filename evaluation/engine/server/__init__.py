@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "static", "dynamic"],
         help="decode loop: auto (static cache with CUDA graphs on a GPU), static, or dynamic (Hugging Face cache)",
     )
+    p.add_argument(
+        "--single-process", action="store_true",
+        help="serve HTTP from the model's process (by default a forked front process does: split.py)",
+    )  # fmt: skip
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -101,6 +105,40 @@ def _report(error: EngineError) -> None:
     print(json.dumps({"error": payload}), file=sys.stderr, flush=True)
 
 
+def _listening_socket(args: argparse.Namespace):
+    import socket
+
+    if args.listen_fd is not None:
+        return socket.socket(fileno=args.listen_fd)
+    listen = socket.create_server((args.host, args.port), backlog=512)
+    return listen
+
+
+def _exit_on_signals() -> None:
+    def stop(signum, frame):
+        # Nothing to save, and an orderly shutdown (the HTTP loop's poll, the scheduler thread, then
+        # torch's and CUDA's teardown) takes seconds that every evaluation would wait for.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def _serve_split(service, front, address: tuple[str, int]) -> int:
+    from evaluation.engine.server.split import serve_model
+
+    service.start()
+    host, port = address
+    print(json.dumps({**service.health(), "status": "ready", "url": f"http://{host}:{port}"}), flush=True)
+    _exit_on_signals()
+    serve_model(service, front)  # returns when the front process is gone
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -109,6 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    front = None
+    if not args.single_process:
+        try:
+            listen = _listening_socket(args)
+        except OSError as e:
+            _report(EngineError(f"cannot listen on {args.host}:{args.port}: {e}"))
+            return 3
+        address = listen.getsockname()[:2]
+        from evaluation.engine.server.split import fork_front
+
+        front = fork_front(listen)  # before loading: the front must not inherit CUDA or threads
     try:
         service = create_service(args)
     except EngineError as e:
@@ -118,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("loading failed")
         _report(ModelLoadError(f"{type(e).__name__}: {e}"))
         return 2
+    if front is not None:
+        return _serve_split(service, front, address)
 
     from evaluation.engine.server.app import EngineHTTPServer
 
@@ -130,15 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = server.server_address[:2]
     print(json.dumps({**service.health(), "status": "ready", "url": f"http://{host}:{port}"}), flush=True)
 
-    def stop(signum, frame):
-        # Nothing to save, and an orderly shutdown (the HTTP loop's poll, the scheduler thread, then
-        # torch's and CUDA's teardown) takes seconds that every evaluation would wait for.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    _exit_on_signals()
     try:
         server.serve_forever()
     finally:

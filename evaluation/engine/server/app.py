@@ -362,15 +362,22 @@ class EngineHTTPServer(ThreadingHTTPServer):
     # HELM runs with dozens of threads; do not refuse connections while the model is busy.
     request_queue_size = 512
 
-    def __init__(self, address: tuple[str, int], service: ModelService, listen_fd: int | None = None):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        service: Frontend,
+        listen_fd: int | None = None,
+        listen_socket: socket.socket | None = None,
+    ):
         self.service = service
-        if listen_fd is None:
+        if listen_fd is None and listen_socket is None:
             super().__init__(address, Handler)
             return
-        # A socket the runner bound and listens on before starting us: clients that connect while the
-        # model loads wait in its backlog instead of being refused.
+        # A socket already listening (bound by the runner before it started us, or by the model process
+        # before it forked the front): clients that connect while the model loads wait in its backlog
+        # instead of being refused.
         super().__init__(address, Handler, bind_and_activate=False)
         self.socket.close()
-        self.socket = socket.socket(fileno=listen_fd)
+        self.socket = listen_socket if listen_socket is not None else socket.socket(fileno=listen_fd)
         self.server_address = self.socket.getsockname()
         self.server_name, self.server_port = self.server_address[:2]

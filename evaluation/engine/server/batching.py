@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ class Limits:
 class Work:
     rows: list[Row]
     done: threading.Event = field(default_factory=threading.Event)
+    on_done: Callable[[], None] | None = None  # called by the model thread once the rows are done
 
 
 def _cost(rows: list[Row]) -> int:
@@ -194,6 +196,9 @@ class Scheduler:
         self._queue.put(work)
         work.done.wait()
 
+    def submit_async(self, rows: list[Row], on_done: Callable[[], None]) -> None:
+        self._queue.put(Work(rows, on_done=on_done))
+
     def _gather(self, first: Work) -> tuple[list[Work], bool]:
         """Collect requests arriving right after `first`: HELM's threads send theirs within milliseconds."""
         items = [first]
@@ -225,6 +230,11 @@ class Scheduler:
             finally:
                 for item in items:
                     item.done.set()
+                    if item.on_done is not None:
+                        try:
+                            item.on_done()
+                        except Exception:  # e.g. the other end of a pipe is gone; the thread goes on
+                            log.exception("answering a request failed")
             if stopping:
                 return
 

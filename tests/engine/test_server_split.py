@@ -1,0 +1,126 @@
+"""The command-line server's HTTP side in a forked front process (split.py): same answers as the
+single-process server, merged counters, and neither process outlives the other."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(model_dir: Path, *extra: str) -> tuple[subprocess.Popen, dict]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evaluation.engine.server", "--device", "cpu", "--port", "0"]
+        + ["--model", str(model_dir), "--dtype", "float32", "--log-level", "WARNING", *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+        cwd=ROOT,
+    )
+    return proc, json.loads(proc.stdout.readline())
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _gone(pid: int, timeout: float = 15) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return True  # exited; its parent (the test's process' child) has not reaped it
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def servers(tiny_llama_dir):
+    started = []
+
+    def start(*extra: str) -> tuple[subprocess.Popen, dict]:
+        proc, ready = _start(tiny_llama_dir, *extra)
+        started.append(proc)
+        return proc, ready
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+REQUESTS = [
+    *({"prompt": p, "temperature": 1e-7, "max_new_tokens": 1, "top_k_per_token": 1} for p in FEW_SHOT_PROMPTS),
+    *({"prompt": p, "temperature": 0, "max_new_tokens": 6, "stop_sequences": ["\n"]} for p in PROMPTS),
+    {"prompt": PROMPTS[3], "temperature": 0, "max_new_tokens": 0, "echo_prompt": True},
+    {"prompt": PROMPTS[1], "temperature": 0.8, "max_new_tokens": 5, "num_return_sequences": 3, "seed": 7},
+]
+
+
+def _answers(url: str) -> list[dict]:
+    def post(body: dict) -> dict:
+        answer = requests.post(f"{url}/process", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        data = answer.json()
+        data.pop("request_time")
+        return data
+
+    with ThreadPoolExecutor(len(REQUESTS)) as pool:
+        return list(pool.map(post, REQUESTS))
+
+
+def test_the_front_process_answers_exactly_as_the_single_process_server(servers):
+    split, split_ready = servers()
+    single, single_ready = servers("--single-process")
+    assert len(_children(split.pid)) == 1 and _children(single.pid) == []
+    assert {k: v for k, v in split_ready.items() if k not in ("url", "startup")} == {
+        k: v for k, v in single_ready.items() if k not in ("url", "startup")
+    }
+    assert _answers(split_ready["url"]) == _answers(single_ready["url"])
+
+    stats = requests.get(f"{split_ready['url']}/stats", timeout=10).json()
+    assert stats["requests"] == len(REQUESTS) and stats["latency_seconds"]["count"] == len(REQUESTS)
+    assert stats["batches"] >= 1 and stats["busy_seconds"] > 0 and stats["model_cpu_seconds"] > 0
+    assert stats["http_cpu_seconds"] > 0 and stats["prompt_tokens"] > 0 and stats["output_tokens"] > 0
+    assert stats["limits"]["max_batch_size"] > 0 and stats["decode"]["mode"] == "dynamic"
+    tokens = requests.post(f"{split_ready['url']}/tokenize", json={"text": "The quick"}, timeout=10).json()["tokens"]
+    text = requests.post(f"{split_ready['url']}/decode", json={"tokens": tokens}, timeout=10).json()["text"]
+    assert text == "The quick"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_the_front_process_ends_with_the_model_process(servers, sig):
+    proc, ready = servers()
+    (front,) = _children(proc.pid)
+    assert requests.get(f"{ready['url']}/health", timeout=10).json()["status"] == "ok"
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    assert _gone(front)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{ready['url']}/health", timeout=5)
+
+
+def test_the_model_process_ends_with_the_front_process(servers):
+    proc, ready = servers()
+    (front,) = _children(proc.pid)
+    os.kill(front, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 0
