@@ -28,6 +28,7 @@ PRELOAD = {
         "safetensors",
         "evaluation.engine.loading",
         "evaluation.engine.server.app",
+        "evaluation.engine.server.split",
     ),
     "helm": (
         "helm.benchmark.run",
