@@ -2,14 +2,16 @@
 # The evaluation-speed measurement of docs/benchmarks.md ("Evaluation speed"), one model size per call,
 # on a GPU box that has torch and transformers but no crfm-helm (run `bash benchmarks/gpu_wheels.sh`
 # first, where packages can be downloaded, and bring .whl/ along):
-#   bash benchmarks/gpu_issue8.sh 1b            # modes ours, A, warm, fp32 (about 8 minutes on an H200)
+#   bash benchmarks/gpu_issue8.sh 1b            # modes ours, A, warm, warm-single (about 8 minutes on an H200)
 #   bash benchmarks/gpu_issue8.sh 7b ours warm  # other modes; results under $OUT (default var/); no run
 #                                               # starts after DEADLINE_S (540) seconds: one device call
+# warm-single is warm with the server's HTTP side in the model's process (session 3's layout): the pair
+# measures the front process of split.py. fp32 (the bf16 agreement reference) is another mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:?usage: gpu_issue8.sh 1b|7b [modes...]}
 shift
-modes=${*:-ours A warm fp32}
+modes=${*:-ours A warm warm-single}
 case $size in
   # 1b also times decode steps alone (64 rows, 128 tokens; session 1: 8.8 ms a step with graphs).
   1b) instances="prefill-mc=1000 generation=25"; extra="--decode-bench 64 128" ;;

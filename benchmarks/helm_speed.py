@@ -46,6 +46,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from evaluation.engine import runner  # noqa: E402
 from evaluation.engine.suites import get_suite  # noqa: E402
 
+WARM_MODES = {"warm", "warm-single"}
+
 # Metrics that score predictions (compared across modes); efficiency and logprob statistics differ by design.
 SCORE_WORDS = ("exact_match", "f1", "rouge", "bleu", "accuracy", "correct", "bias", "toxic")
 
@@ -495,8 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--suites", nargs="+", default=["prefill-mc", "generation"])
     p.add_argument(
         "--modes", nargs="+", default=["ours", "A", "B"],
-        help="in the order to run them (ours, A, B, warm, fp32); 'warm' is ours taking over standbys (imports "
-        "done) left by the run before; 'fp32' is ours in fp32, the reference for bf16 agreement",
+        help="in the order to run them (ours, A, B, warm, warm-single, fp32); 'warm' is ours taking over standbys "
+        "(imports done) left by the run before; 'warm-single' the same with the server's HTTP side in the model's "
+        "process (--single-process); 'fp32' is ours in fp32, the reference for bf16 agreement",
     )  # fmt: skip
     p.add_argument("--budgets", nargs="+", type=float, default=[24.0], help="track budgets (GB) for ours")
     p.add_argument("--instances", nargs="*", default=[], help="SUITE=N instances per run entry")
@@ -566,8 +569,8 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
         for mode in args.modes:
             if mode == "ours":
                 plan += [("ours", b) for b in budgets]
-            elif mode == "warm":
-                plan.append(("warm", budgets[0]))
+            elif mode in WARM_MODES:
+                plan.append((mode, budgets[0]))
             else:
                 plan.append((mode, None))
         states: dict[str, dict] = {}
@@ -600,11 +603,13 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
                     else:
                         # "warm": as a GPU worker between evaluations, a standby server and helm-run
                         # (imports done) wait; the previous engine run started them when it ended.
+                        # "warm-single": the same with the server's HTTP side in the model's process.
+                        os.environ["ENGINE_SINGLE_PROCESS"] = "1" if mode == "warm-single" else ""
                         row = run_engine(
-                            model_dir, suite, run_out, limit, args.threads, budget, dtype, standby=mode == "warm",
+                            model_dir, suite, run_out, limit, args.threads, budget, dtype, standby=mode in WARM_MODES,
                             helm_processes=args.helm_processes,
                         )  # fmt: skip
-                        if "warm" in args.modes:
+                        if WARM_MODES & set(args.modes):
                             runner.start_standbys(args.helm_processes)  # ready for the warm run
             except Exception as e:  # one failed mode must not lose the others
                 results.setdefault("errors", []).append(f"{tag}: {type(e).__name__}: {str(e)[:500]}")

@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode loop: auto (static cache with CUDA graphs on a GPU), static, or dynamic (Hugging Face cache)",
     )
     p.add_argument(
-        "--single-process", action="store_true",
-        help="serve HTTP from the model's process (by default a forked front process does: split.py)",
+        "--single-process", action="store_true", default=os.environ.get("ENGINE_SINGLE_PROCESS") == "1",
+        help="serve HTTP from the model's process (by default a forked front process does: split.py); "
+        "also ENGINE_SINGLE_PROCESS=1",
     )  # fmt: skip
     p.add_argument("--log-level", default="INFO")
     return p
