@@ -135,4 +135,4 @@ def test_the_model_process_ends_with_the_front_process(servers):
     proc, ready = servers()
     (front,) = _children(proc.pid)
     os.kill(front, signal.SIGKILL)
-    assert proc.wait(timeout=30) == 0
+    assert proc.wait(timeout=30) == 1  # not a clean stop: the runner must not take it for one

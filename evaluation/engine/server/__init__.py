@@ -134,10 +134,11 @@ def _serve_split(service, front, address: tuple[str, int]) -> int:
     host, port = address
     print(json.dumps({**service.health(), "status": "ready", "url": f"http://{host}:{port}"}), flush=True)
     _exit_on_signals()
-    serve_model(service, front)  # returns when the front process is gone
+    serve_model(service, front)  # returns only if the front process is gone: a stop ends this one first
+    log.error("the HTTP front process ended; stopping")
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
