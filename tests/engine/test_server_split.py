@@ -136,3 +136,37 @@ def test_the_model_process_ends_with_the_front_process(servers):
     (front,) = _children(proc.pid)
     os.kill(front, signal.SIGKILL)
     assert proc.wait(timeout=30) == 1  # not a clean stop: the runner must not take it for one
+
+
+def test_the_front_never_touches_cuda_for_its_counters(tiny_llama_dir, monkeypatch):
+    """On a GPU box a CUDA call in the front would give it a CUDA context of its own: GPU memory
+    outside the track's budget."""
+    import threading
+    from multiprocessing import Pipe
+
+    import torch
+
+    from evaluation.engine.loading import load_model
+    from evaluation.engine.server.app import model_facts
+    from evaluation.engine.server.split import RemoteService
+
+    loaded = load_model(tiny_llama_dir, device="cpu", dtype="float32")
+    facts = {**model_facts(loaded), "device": "cuda"}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the front called CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", forbidden)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", forbidden)
+    front_end, model_end = Pipe()
+
+    def model_side():
+        kind, key = model_end.recv()
+        model_end.send((key, {"batches": 3, "peak_gpu_memory_bytes": 123}))
+
+    threading.Thread(target=model_side, daemon=True).start()
+    ready = {"tokenizer": loaded.tokenizer, "facts": facts, "seed": 0, "startup": None}
+    service = RemoteService(front_end, ready, on_lost=lambda: None)
+    stats = service.stats_snapshot()
+    assert stats["batches"] == 3 and stats["peak_gpu_memory_bytes"] == 123 and stats["requests"] == 0

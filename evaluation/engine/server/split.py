@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -25,6 +26,7 @@ import torch
 
 from evaluation.engine.server.app import EngineHTTPServer, Frontend, ModelService
 from evaluation.engine.server.generation import Row
+from evaluation.engine.server.stats import Stats
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +71,15 @@ def _result(row: Row) -> tuple:
 class RemoteService(Frontend):
     """The endpoints in the front process; the model answers over `conn`."""
 
-    def __init__(self, conn: Connection, ready: dict):
+    def __init__(self, conn: Connection, ready: dict, on_lost: Callable[[], None] | None = None):
         super().__init__(ready["tokenizer"], ready["facts"], seed=ready["seed"])
+        # Its counters must never ask CUDA for memory figures: that would create a CUDA context, and
+        # take GPU memory, in this process too. The model process reports the GPU's.
+        self.stats = Stats(device="cpu")
         self.startup = ready["startup"]
         self.conn = conn
+        # The model process gone, this process has no purpose left (tests pass something gentler).
+        self._on_lost = on_lost or (lambda: os._exit(0))
         self._send_lock = threading.Lock()
         self._pending: dict[int, list] = {}
         self._keys = itertools.count()
@@ -95,7 +102,7 @@ class RemoteService(Frontend):
                 slot[1] = value
                 slot[0].set()
         except (EOFError, OSError):
-            os._exit(0)  # the model process is gone, and with it this process's purpose
+            self._on_lost()
 
     def submit(self, rows: list[Row]) -> None:
         for row, result in zip(rows, self._call("run", [_payload(r) for r in rows]), strict=True):
