@@ -111,8 +111,7 @@ def _listening_socket(args: argparse.Namespace):
 
     if args.listen_fd is not None:
         return socket.socket(fileno=args.listen_fd)
-    listen = socket.create_server((args.host, args.port), backlog=512)
-    return listen
+    return socket.create_server((args.host, args.port), backlog=512)  # HELM's threads connect all at once
 
 
 def _exit_on_signals() -> None:

@@ -107,9 +107,9 @@ def _grouped_costs(rows: list[Row]) -> list[int]:
 
 
 def plan_batches(rows: list[Row], limits: Limits) -> list[list[Row]]:
-    """Split rows into batches: same kind together (scoring, single token, generation), rows with a
-    long common prefix together, sorted by prompt length so that little padding is wasted, each
-    within the size and token limits."""
+    """Split rows into batches within the size and token limits, same kind together: echo rows by
+    prompt length (little padding wasted), decoding rows by run and then by length, single-token rows
+    in prefix order (several runs per batch, each row from its run's prefix)."""
     by_kind: dict[tuple[bool, bool], list[Row]] = {}
     for row in rows:
         by_kind.setdefault((row.echo, row.needs_decode), []).append(row)
