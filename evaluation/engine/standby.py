@@ -35,6 +35,7 @@ PRELOAD = {
         "transformers.models.auto.tokenization_auto",
         "helm.tokenizers.huggingface_tokenizer",
         "helm.benchmark.metrics.basic_metrics",
+        "evaluation.engine.helm_plugin",
     ),
 }
 
@@ -45,6 +46,22 @@ def preload(kind: str) -> None:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - a module that fails here fails again, with its message, in the real run
             pass
+    if kind == "helm":
+        _register_helm_configs()
+
+
+def _register_helm_configs() -> None:
+    """helm-run first parses HELM's own model, tokenizer and deployment configs (thousands of lines of
+    YAML, about a second) into its registries. Parse them while waiting; helm-run's own call, which
+    imports the function by name when it starts, then finds it done. The registries hold the same
+    entries either way, and helm-run still adds the job's configs (`--local-path`) after them."""
+    try:
+        from helm.benchmark import config_registry
+
+        config_registry.register_builtin_configs_from_helm_package()
+    except Exception:  # noqa: BLE001 - helm-run parses them itself, and reports what fails
+        return
+    config_registry.register_builtin_configs_from_helm_package = lambda: None
 
 
 def become(order: dict) -> None:
