@@ -26,8 +26,8 @@ from pathlib import Path
 
 import requests
 
+from benchmarks.engine_server import engine_server
 from benchmarks.engine_speed import build_model
-from evaluation.engine.runner import free_port
 
 TASKS = [
     ("The following are multiple choice questions about units. ", "How many metres are in {n} kilometres?"),
@@ -64,21 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "model", args.size)
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "evaluation.engine.server", "--model", str(model), "--port", str(port)]
-            + ["--device", "cpu", "--log-level", "WARNING"]
-            + (["--single-process"] if args.single_process else []),
-            stdout=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(600):
-                try:
-                    if requests.get(url + "/health", timeout=2).ok:
-                        break
-                except requests.RequestException:  # refused, or waiting in the backlog while it loads
-                    time.sleep(0.5)
+        options = ["--device", "cpu", "--log-level", "WARNING"] + (["--single-process"] if args.single_process else [])
+        with engine_server(model, *options, stdout=subprocess.DEVNULL) as (server, url):
             bodies = [body(prompt(i % 3, i)) for i in range(args.requests)]
             requests.post(url + "/process", json=bodies[0], timeout=600).raise_for_status()
             before = requests.get(url + "/stats", timeout=10).json()
@@ -91,9 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.perf_counter() - started
             cpu = process_cpu_seconds(server.pid) - cpu_before
             after = requests.get(url + "/stats", timeout=10).json()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     n = args.requests
 
     def per_request_ms(key: str) -> float:

@@ -76,3 +76,19 @@ def assert_like_generate(model, tokenizer, rows) -> None:
     for row in rows:
         assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, row.max_new_tokens)
         assert_close(row.logprobs, logprob_reference(model, row.prompt_ids, row.tokens)[1])
+
+
+def forward_tokens(model, fn) -> list[int]:
+    """Run `fn`; the number of input tokens of each forward pass of `model` it made."""
+    seen: list[int] = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        seen.append(int(ids.numel()))
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return seen

@@ -10,7 +10,7 @@ from evaluation.engine.server.batching import Limits, Scheduler, plan_batches, p
 from evaluation.engine.server.generation import BatchGenerator, prefix_groups
 from evaluation.engine.server.kv_cache import cache_tensors, gathered
 from evaluation.engine.server.stats import Stats
-from tests.engine.reference import assert_like_generate, rows_for
+from tests.engine.reference import assert_like_generate, forward_tokens, rows_for
 
 STORE_BYTES = 64 * 1024**2
 INSTRUCTIONS = "The following are multiple choice questions, with answers, to think about. "
@@ -31,21 +31,6 @@ def loaded(tiny_model_dir):
     from evaluation.engine.loading import load_model
 
     return load_model(tiny_model_dir, device="cpu", dtype="float32")
-
-
-def _forward_tokens(model, fn) -> list[int]:
-    seen: list[int] = []
-
-    def hook(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        seen.append(int(ids.numel()))
-
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        fn()
-    finally:
-        handle.remove()
-    return seen
 
 
 def test_a_straggler_of_one_run_does_not_drag_the_next_run_down_to_the_common_instructions(loaded):
@@ -77,7 +62,7 @@ def test_rows_of_three_runs_share_one_forward_each_from_its_own_prefix(loaded, m
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
     prompts = [p for trio in zip(run_prompts(0, 4), run_prompts(1, 4), run_prompts(2, 4), strict=True) for p in trio]
     first = rows_for(tokenizer, prompts, max_new_tokens=max_new_tokens)
-    passes = _forward_tokens(model, lambda: generator.generate(first))
+    passes = forward_tokens(model, lambda: generator.generate(first))
     assert len(generator.prefixes) == 3 and not generator.last_prefix_reused
     assert len(passes) - (max_new_tokens - 1) == 4  # three prefixes, then the rows together
     own = [len(tokenizer(INSTRUCTIONS + e)["input_ids"]) for e in EXAMPLES]
@@ -85,7 +70,7 @@ def test_rows_of_three_runs_share_one_forward_each_from_its_own_prefix(loaded, m
     assert generator.last_skipped_tokens >= 3 * sum(n - 2 for n in own)
 
     later = rows_for(tokenizer, [*run_prompts(2, 3, 10), *run_prompts(0, 2, 10)], max_new_tokens=max_new_tokens)
-    passes = _forward_tokens(model, lambda: generator.generate(later))
+    passes = forward_tokens(model, lambda: generator.generate(later))
     assert generator.last_prefix_reused
     assert len(passes) - (max_new_tokens - 1) == 1  # both prefixes from the store
     assert_like_generate(model, tokenizer, first + later)
@@ -174,6 +159,6 @@ def test_a_few_rows_sharing_a_short_prefix_beside_other_runs_get_no_forward_of_t
     generator = BatchGenerator(model, tokenizer)
     short = ["Question: how many metres in a kilometre? Answer: 1000. " + f"Question: {i}?" for i in range(2)]
     rows = rows_for(tokenizer, [*run_prompts(0, 4), *short], max_new_tokens=1)
-    passes = _forward_tokens(model, lambda: generator.generate(rows))
+    passes = forward_tokens(model, lambda: generator.generate(rows))
     assert len(passes) == 2  # run 0's prefix, then every row
     assert_like_generate(model, tokenizer, rows)

@@ -9,7 +9,7 @@ from evaluation.engine.server.batching import Limits, Scheduler
 from evaluation.engine.server.generation import BatchGenerator, Row
 from evaluation.engine.server.kv_cache import PrefixStore, cache_bytes, expanded, map_cache
 from evaluation.engine.server.stats import Stats
-from tests.engine.reference import FEW_SHOT, FEW_SHOT_PROMPTS, assert_like_generate, rows_for
+from tests.engine.reference import FEW_SHOT, FEW_SHOT_PROMPTS, assert_like_generate, forward_tokens, rows_for
 
 STORE_BYTES = 64 * 1024**2
 
@@ -19,22 +19,6 @@ def loaded(tiny_model_dir):
     from evaluation.engine.loading import load_model
 
     return load_model(tiny_model_dir, device="cpu", dtype="float32")
-
-
-def _forward_tokens(model, fn) -> list[int]:
-    """Run `fn`; the number of input tokens of each forward pass of `model` it made."""
-    seen: list[int] = []
-
-    def hook(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        seen.append(int(ids.numel()))
-
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        fn()
-    finally:
-        handle.remove()
-    return seen
 
 
 @pytest.mark.parametrize("max_new_tokens", [1, 5])
@@ -48,7 +32,7 @@ def test_a_later_batch_reuses_the_stored_prefix_and_its_results_do_not_change(lo
     assert shared >= 16
 
     later = rows_for(tokenizer, FEW_SHOT_PROMPTS[1:], max_new_tokens=max_new_tokens)
-    passes = _forward_tokens(model, lambda: generator.generate(later))
+    passes = forward_tokens(model, lambda: generator.generate(later))
     assert generator.last_prefix_reused and generator.last_shared_prefix == shared
     # No pass over the prefix: the first pass holds only the rows' own (padded) tokens.
     width = max(len(r.prompt_ids) for r in later) - shared
@@ -93,7 +77,7 @@ def test_interleaved_runs_each_keep_their_prefix_and_later_batches_skip_every_pr
     assert len(scheduler.generator.prefixes) == 2
     later = rows(100)
     skipped_before = stats.shared_prefix_tokens
-    passes = _forward_tokens(model, lambda: scheduler.run(later))
+    passes = forward_tokens(model, lambda: scheduler.run(later))
     assert (stats.batches, stats.prefix_reuses) == (2, 1)
     assert len(passes) == 1  # both prefixes came from the store
     shared = [len(tokenizer(h)["input_ids"]) for h in heads]
