@@ -82,6 +82,9 @@ def model_facts(loaded: LoadedModel) -> dict:
     }
 
 
+HEALTH_FACTS = ("parameters", "device", "dtype", "max_positions", "estimated_bytes", "budget_bytes")
+
+
 class Frontend:
     """The endpoints' work outside the model: parsing, tokenizing, answering, the request counters.
     `submit(rows)` runs rows through the model and returns when they are done."""
@@ -98,13 +101,15 @@ class Frontend:
     def submit(self, rows: list[Row]) -> None:
         raise NotImplementedError
 
+    def stats_snapshot(self) -> dict:
+        raise NotImplementedError
+
     def health(self) -> dict:
         facts = self.facts
         return {
             "status": "ok",
             "model": facts["name"],
-            **{key: facts[key] for key in ("parameters", "device", "dtype", "max_positions")},
-            **{key: facts[key] for key in ("estimated_bytes", "budget_bytes")},
+            **{key: facts[key] for key in HEALTH_FACTS},
             "startup": self.startup,
         }
 
