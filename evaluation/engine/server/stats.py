@@ -31,8 +31,9 @@ class Stats:
     decode_steps: int = 0
     out_of_memory_splits: int = 0
     busy_seconds: float = 0.0
-    # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering):
-    # they share one interpreter lock, so the second slows the first.
+    # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering).
+    # In one process they share one interpreter lock and the second slows the first; by default the
+    # HTTP threads run in a front process of their own (split.py).
     model_cpu_seconds: float = 0.0
     http_cpu_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
