@@ -92,3 +92,19 @@ def forward_tokens(model, fn) -> list[int]:
     finally:
         handle.remove()
     return seen
+
+
+STORE_BYTES = 64 * 1024**2  # room for the tiny models' stored prefixes
+
+
+def static_generator(model, tokenizer):
+    """A generator decoding over the static cache, with a prefix store; skips the test for models
+    the static decoder does not serve."""
+    import pytest
+
+    from evaluation.engine.server import static_decode
+    from evaluation.engine.server.generation import BatchGenerator
+
+    if not static_decode.supports(model):
+        pytest.skip("the static decoder serves Llama-like models")
+    return BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)

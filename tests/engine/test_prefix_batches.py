@@ -10,9 +10,8 @@ from evaluation.engine.server.batching import Limits, Scheduler, plan_batches, p
 from evaluation.engine.server.generation import BatchGenerator, prefix_groups
 from evaluation.engine.server.kv_cache import cache_tensors, gathered
 from evaluation.engine.server.stats import Stats
-from tests.engine.reference import assert_like_generate, forward_tokens, rows_for
+from tests.engine.reference import STORE_BYTES, assert_like_generate, forward_tokens, rows_for, static_generator
 
-STORE_BYTES = 64 * 1024**2
 INSTRUCTIONS = "The following are multiple choice questions, with answers, to think about. "
 # Long enough that four rows of a run save MIN_PREFIX_SAVING tokens by sharing their prefix.
 EXAMPLES = [
@@ -86,12 +85,8 @@ def test_a_row_that_shares_nothing_rides_along_with_runs_that_do(loaded):
 
 
 def test_a_batch_of_several_prefixes_feeds_the_static_decoder_too(loaded):
-    from evaluation.engine.server import static_decode
-
     model, tokenizer = loaded.model, loaded.tokenizer
-    if not static_decode.supports(model):
-        pytest.skip("the static decoder serves Llama-like models")
-    generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
+    generator = static_generator(model, tokenizer)
     rows = rows_for(tokenizer, [*run_prompts(0, 4), *run_prompts(2, 4)], max_new_tokens=6)
     generator.generate(rows)
     assert generator.static.buffers is not None and generator.last_shared_prefix >= 16

@@ -9,9 +9,15 @@ from evaluation.engine.server.batching import Limits, Scheduler
 from evaluation.engine.server.generation import BatchGenerator, Row
 from evaluation.engine.server.kv_cache import PrefixStore, cache_bytes, expanded, map_cache
 from evaluation.engine.server.stats import Stats
-from tests.engine.reference import FEW_SHOT, FEW_SHOT_PROMPTS, assert_like_generate, forward_tokens, rows_for
-
-STORE_BYTES = 64 * 1024**2
+from tests.engine.reference import (
+    FEW_SHOT,
+    FEW_SHOT_PROMPTS,
+    STORE_BYTES,
+    assert_like_generate,
+    forward_tokens,
+    rows_for,
+    static_generator,
+)
 
 
 @pytest.fixture(scope="module")
@@ -215,12 +221,8 @@ def test_scoring_batches_leave_room_for_the_store_and_decoding_batches_take_it(l
 
 def test_a_reused_prefix_feeds_the_static_decoder_too(loaded):
     """On a GPU, generation decodes over a static cache loaded from the expanded prefix cache."""
-    from evaluation.engine.server import static_decode
-
     model, tokenizer = loaded.model, loaded.tokenizer
-    if not static_decode.supports(model):
-        pytest.skip("the static decoder serves Llama-like models")
-    generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
+    generator = static_generator(model, tokenizer)
     first = rows_for(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=6)
     generator.generate(first)
     later = rows_for(tokenizer, FEW_SHOT_PROMPTS[1:], max_new_tokens=6)
