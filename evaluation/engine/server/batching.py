@@ -19,7 +19,7 @@ from evaluation.engine.server.generation import (
     MIN_SHARED_PREFIX,
     BatchGenerator,
     Row,
-    common_prefix_length,
+    adjacent_shared,
     prefix_groups,
 )
 from evaluation.engine.server.profiling import BatchProfiler
@@ -87,7 +87,8 @@ def _grouped_costs(rows: list[Row]) -> list[int]:
     wider than any one prompt. A run's rows cut off at the end share what those few share (one
     row alone: nothing, unless a stored prefix serves it)."""
     seqs = [r.prompt_ids for r in rows]
-    starts = {min(indices) for indices, _ in prefix_groups(seqs)}
+    links = adjacent_shared(seqs)
+    starts = {min(indices) for indices, _ in prefix_groups(seqs, links=links)}
     costs: list[int] = []
     prefix = rest = 0  # over the groups before the current one
     shared: int | None = None  # of the current group's rows so far (None: one row)
@@ -98,7 +99,7 @@ def _grouped_costs(rows: list[Row]) -> list[int]:
                 prefix, rest = max(prefix, shared or 0), max(rest, longest - (shared or 0))
             shared, longest = None, len(seq)
         else:
-            link = common_prefix_length([seqs[i - 1], seq])
+            link = links[i - 1]
             shared = link if shared is None else min(shared, link)
             longest = max(longest, len(seq))
         own = shared or 0

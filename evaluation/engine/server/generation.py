@@ -78,15 +78,39 @@ def common_prefix_length(sequences: list[list[int]]) -> int:
     return low
 
 
-def prefix_groups(seqs: list[list[int]], min_drop: int = MIN_SHARED_PREFIX) -> list[tuple[list[int], int]]:
+def _shared_length(a: list[int], b: list[int]) -> int:
+    """`common_prefix_length([a, b])` without its generic loop: this runs for every neighbouring pair
+    of a gather's rows, on the model thread."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def adjacent_shared(seqs: list[list[int]]) -> list[int]:
+    """Tokens each sequence shares with the one before it."""
+    return [_shared_length(a, b) for a, b in zip(seqs, seqs[1:], strict=False)]
+
+
+def prefix_groups(
+    seqs: list[list[int]], min_drop: int = MIN_SHARED_PREFIX, *, links: list[int] | None = None
+) -> list[tuple[list[int], int]]:
     """Indices of `seqs` grouped by a long common prefix, with the length each group shares (a lone
     sequence's whole length). Sorted, the sequences of one few-shot run are neighbours: a group ends
     where the next sequence would cut its shared prefix by `min_drop` tokens or more. A lone sequence
     joins the next only if they share `min_drop` tokens and that one shares no more with the sequence
     after it: a straggler of one run must not drag the next run's group down to the few instruction
-    tokens they have in common."""
-    order = sorted(range(len(seqs)), key=seqs.__getitem__)
-    links = [common_prefix_length([seqs[a], seqs[b]]) for a, b in zip(order, order[1:], strict=False)]
+    tokens they have in common. `links`: `adjacent_shared(seqs)` of sequences already sorted, when the
+    caller has it."""
+    if links is None:
+        order = sorted(range(len(seqs)), key=seqs.__getitem__)
+        links = adjacent_shared([seqs[i] for i in order])
+    else:
+        order = list(range(len(seqs)))
     groups: list[tuple[list[int], int]] = []
     current, shared = [order[0]], len(seqs[order[0]])
     for k, index in enumerate(order[1:]):
