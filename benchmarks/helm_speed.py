@@ -604,11 +604,15 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
                         # "warm": as a GPU worker between evaluations, a standby server and helm-run
                         # (imports done) wait; the previous engine run started them when it ended.
                         # "warm-single": the same with the server's HTTP side in the model's process.
+                        # Only for this run: the modes after it (fp32 too) get the default layout.
                         os.environ["ENGINE_SINGLE_PROCESS"] = "1" if mode == "warm-single" else ""
-                        row = run_engine(
-                            model_dir, suite, run_out, limit, args.threads, budget, dtype, standby=mode in WARM_MODES,
-                            helm_processes=args.helm_processes,
-                        )  # fmt: skip
+                        try:
+                            row = run_engine(
+                                model_dir, suite, run_out, limit, args.threads, budget, dtype,
+                                standby=mode in WARM_MODES, helm_processes=args.helm_processes,
+                            )  # fmt: skip
+                        finally:
+                            os.environ.pop("ENGINE_SINGLE_PROCESS", None)
                         if WARM_MODES & set(args.modes):
                             runner.start_standbys(args.helm_processes)  # ready for the warm run
             except Exception as e:  # one failed mode must not lose the others
