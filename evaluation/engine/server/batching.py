@@ -41,6 +41,10 @@ class Limits:
     # them more rows per step is worth more than a prefix kept.
     prefix_store_bytes: int = 64 * 1024**2
     prefix_store_tokens: int = 0
+    # Single-token batches packed into one sequence (packed.py) hold only the rows' own tokens and
+    # keep no cache: they are bounded by those tokens' activations.
+    max_packed_tokens: int = 16384
+    max_packed_rows: int = 1024
 
     def tokens_beside_store(self) -> int:
         return max(self.max_batch_tokens - self.prefix_store_tokens, self.max_batch_tokens // 2)
@@ -107,10 +111,38 @@ def _grouped_costs(rows: list[Row]) -> list[int]:
     return costs
 
 
-def plan_batches(rows: list[Row], limits: Limits) -> list[list[Row]]:
+def _own_tokens(rows: list[Row]) -> list[int]:
+    """For rows in prefix order, the tokens of each a packed batch computes: those after its run's
+    shared prefix (a lone row: all of them)."""
+    seqs = [r.prompt_ids for r in rows]
+    own = [len(s) for s in seqs]
+    for indices, shared in prefix_groups(seqs, links=adjacent_shared(seqs)):
+        if len(indices) > 1:
+            for i in indices:
+                own[i] -= min(shared, own[i] - 1)
+    return own
+
+
+def _packed_in_prefix_order(rows: list[Row], limits: Limits) -> list[list[Row]]:
+    """Single-token rows for packed batches: consecutive in prefix order, as many as the packed
+    limits take."""
+    pending = sorted(rows, key=lambda r: r.prompt_ids)
+    batches: list[list[Row]] = []
+    start, total = 0, 0
+    for i, own in enumerate(_own_tokens(pending)):
+        if i > start and (total + own > limits.max_packed_tokens or i - start >= limits.max_packed_rows):
+            batches.append(pending[start:i])
+            start, total = i, 0
+        total += own
+    batches.append(pending[start:])
+    return batches
+
+
+def plan_batches(rows: list[Row], limits: Limits, *, packed: bool = False) -> list[list[Row]]:
     """Split rows into batches within the size and token limits, same kind together: echo rows by
     prompt length (little padding wasted), decoding rows by run and then by length, single-token rows
-    in prefix order (several runs per batch, each row from its run's prefix)."""
+    in prefix order (several runs per batch, each row from its run's prefix; `packed`: the generator
+    packs them into one sequence)."""
     by_kind: dict[tuple[bool, bool], list[Row]] = {}
     for row in rows:
         by_kind.setdefault((row.echo, row.needs_decode), []).append(row)
@@ -122,6 +154,8 @@ def plan_batches(rows: list[Row], limits: Limits) -> list[list[Row]]:
             clusters, mixed = prefix_clusters(kind_rows)
             for group in clusters + ([mixed] if mixed else []):
                 batches += _by_length(group, limits, limits.max_batch_tokens, echo=False)
+        elif packed:
+            batches += _packed_in_prefix_order(kind_rows, limits)
         else:
             batches += _in_prefix_order(kind_rows, limits)
     return batches
@@ -240,13 +274,13 @@ class Scheduler:
                 return
 
     def run(self, rows: list[Row]) -> None:
-        for batch in plan_batches(rows, self.limits):
+        for batch in plan_batches(rows, self.limits, packed=self.generator.packing):
             self._run_batch(batch)
 
     def _run_batch(self, batch: list[Row]) -> None:
         started, cpu_started = time.perf_counter(), time.thread_time()
         prefixes = self.generator.prefixes
-        if prefixes is not None and not batch[0].echo and _cost(batch) > self.limits.tokens_beside_store():
+        if prefixes is not None and not batch[0].echo and batch[0].needs_decode and _cost(batch) > self.limits.tokens_beside_store():
             prefixes.clear()  # a decoding batch that needs the store's room (see Limits)
         try:
             if self.profiler is None:
@@ -282,6 +316,9 @@ class Scheduler:
             batch[0].error = self.out_of_memory_message
             batch[0].finished, batch[0].finish_reason = True, "out_of_memory"
             return
+        if self.generator.last_packed:
+            self.limits.max_packed_tokens = max(256, self.limits.max_packed_tokens // 2)
+            self.limits.max_packed_rows = max(1, min(self.limits.max_packed_rows, len(batch) // 2))
         cost = _cost(batch)
         self.limits.max_batch_tokens = max(256, min(self.limits.max_batch_tokens, cost // 2))
         self.limits.max_echo_tokens = max(256, self.limits.max_echo_tokens // 2)
@@ -320,10 +357,13 @@ def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     tokens = int(0.6 * free / (kv_per_token + act_per_token))
     store_tokens = int(0.6 * store / (kv_per_token + act_per_token))
     echo_tokens = int(0.2 * (free - store) / (vocab * (elem + 4)))  # echo batches leave the store in place
+    # A packed token keeps no cache; its attention adds fp32 merges and its row's padded copies.
+    packed_tokens = int(0.6 * (free - store) / (act_per_token + 24 * hidden))
     return Limits(
         max_batch_size=256,
         max_batch_tokens=max(1024, min(tokens, 1 << 20)),
         max_echo_tokens=max(512, min(echo_tokens, 1 << 18)),
         prefix_store_bytes=store,
         prefix_store_tokens=store_tokens,
+        max_packed_tokens=max(1024, min(packed_tokens, 1 << 16)),
     )

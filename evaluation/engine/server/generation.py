@@ -9,15 +9,18 @@ sampling draws from a generator owned by each sequence.
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from evaluation.engine.server import static_decode
+from evaluation.engine.server import packed, static_decode
 from evaluation.engine.server.attention import engine_attention
-from evaluation.engine.server.kv_cache import PrefixStore, expanded, gathered, map_cache
+from evaluation.engine.server.kv_cache import PrefixStore, cache_tensors, expanded, gathered, map_cache
 from evaluation.engine.server.static_decode import StaticDecoder
+
+log = logging.getLogger(__name__)
 
 GREEDY_TEMPERATURE = 1e-5
 # Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
@@ -152,6 +155,7 @@ class BatchGenerator:
         min_shared_prefix: int = MIN_SHARED_PREFIX,
         decode: str = "auto",
         prefix_store_bytes: int = 0,
+        packing: bool = True,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -173,6 +177,10 @@ class BatchGenerator:
         self.last_skipped_tokens = 0
         self.last_decode_steps = 0
         self.static = self._static_decoder(decode)
+        # Single-token batches as one packed sequence (packed.py) where the model allows it.
+        self.packing = packing and prefix_sharing and packed.supports(model)
+        self.packed_max_length = packed.max_length(model) if self.packing else None
+        self.last_packed = False
         if self.device.type == "cuda":
             # cuDNN's attention builds a new execution plan for every new shape, and every decode step
             # has a new key length: tens of milliseconds a step. Flash and memory-efficient kernels don't.
@@ -262,8 +270,8 @@ class BatchGenerator:
         if self.prefixes is not None:
             self.prefixes.clear()
 
-    def _prefix_caches(self, groups: list[PrefixGroup]) -> Any:
-        """One cache holding each row's prefix (prefilling those no earlier batch stored), or None."""
+    def _fill_prefixes(self, groups: list[PrefixGroup]) -> None:
+        """Prefill (and store) the prefixes no earlier batch stored."""
         for group in groups:
             if group.length and group.cache is None:
                 tokens = group.rows[0].prompt_ids[: group.length]
@@ -271,20 +279,65 @@ class BatchGenerator:
                 group.cache = self.model(input_ids=prefix, use_cache=True, **self._keep(1)).past_key_values
                 if self.prefixes is not None:
                     self.prefixes.add(tokens, group.cache)
+
+    def _prefix_caches(self, groups: list[PrefixGroup]) -> Any:
+        """One cache holding each row's prefix (prefilling those no earlier batch stored), or None."""
+        self._fill_prefixes(groups)
         if len(groups) == 1:
             return expanded(groups[0].cache, len(groups[0].rows))
         return gathered([(g.cache if g.length else None, g.length, len(g.rows)) for g in groups])
 
-    def _prefill(self, groups: list[PrefixGroup], use_cache: bool, all_logits: bool):
-        """Returns (logits of the last position in fp32, every position's logits or None, cache, mask, next positions)."""
-        rows = [r for g in groups for r in g.rows]
-        lengths = [g.length for g in groups for _ in g.rows]
-        self.last_shared_prefix = max(lengths)
+    def _count_prefixes(self, groups: list[PrefixGroup]) -> None:
+        self.last_shared_prefix = max(g.length for g in groups)
         self.last_prefix_reused = any(g.length and g.cache is not None for g in groups)
         # Prompt tokens not prefilled: all of a stored prefix's, all but one row's of a new one.
         self.last_skipped_tokens = sum(
             g.length * (len(g.rows) if g.cache is not None else len(g.rows) - 1) for g in groups if g.length
         )
+
+    def _packs(self, rows: list[Row]) -> bool:
+        limit = self.packed_max_length
+        return self.packing and (limit is None or max(len(r.prompt_ids) for r in rows) <= limit)
+
+    def _packed_prefill(self, groups: list[PrefixGroup]) -> torch.Tensor:
+        """The last position's logits (fp32) of every row, from one forward of the rows' own tokens
+        packed side by side (packed.py)."""
+        self._count_prefixes(groups)
+        self._fill_prefixes(groups)
+        ids: list[int] = []
+        positions: list[int] = []
+        lengths: list[int] = []
+        spans = []
+        for group in groups:
+            start = len(ids)
+            for row in group.rows:
+                own = row.prompt_ids[group.length :]
+                ids += own
+                positions += range(group.length, group.length + len(own))
+                lengths.append(len(own))
+            prefix = cache_tensors(group.cache) if group.length else None
+            spans.append((start, len(ids), prefix))
+        ends = torch.tensor(lengths, device=self.device).cumsum(0) - 1
+        plan = packed.PackedPlan(spans, packed.buckets_for(lengths, self.device))
+        with packed.active(self.model, plan):
+            out = self.model(
+                input_ids=torch.tensor([ids], device=self.device),
+                position_ids=torch.tensor([positions], device=self.device),
+                use_cache=False,
+                logits_to_keep=ends,
+            )
+        if len(plan.layers_seen) != self.model.config.num_hidden_layers:
+            # A layer attended without us, over the whole packed sequence: its results are wrong.
+            log.warning("packed attention was not used by every layer; single-token batches are padded from now on")
+            self.packing = False
+            return None
+        return out.logits[0].float()
+
+    def _prefill(self, groups: list[PrefixGroup], use_cache: bool, all_logits: bool):
+        """Returns (logits of the last position in fp32, every position's logits or None, cache, mask, next positions)."""
+        rows = [r for g in groups for r in g.rows]
+        lengths = [g.length for g in groups for _ in g.rows]
+        self._count_prefixes(groups)
         if self.last_shared_prefix:
             cache = self._prefix_caches(groups)
             ids, suffix_mask = self._left_pad([r.prompt_ids[length:] for r, length in zip(rows, lengths, strict=True)])
@@ -398,13 +451,21 @@ class BatchGenerator:
         # Every position's logits (echo) come from a whole prompt's own forward: nothing shared.
         groups = [PrefixGroup(rows)] if all_logits else self._groups(rows)
         rows = [r for g in groups for r in g.rows]  # grouped; results stay in the Row objects
+        for row in rows:
+            if row.max_new_tokens <= 0 and not row.finished:
+                row.finished, row.finish_reason = True, "length"
+        self.last_decode_steps = 0
+        self.last_packed = not use_cache and not all_logits and self._packs(rows)
+        if self.last_packed:
+            last = self._packed_prefill(groups)
+            if last is not None:
+                self._choose(last, rows)
+                return rows
+            self.last_packed = False
         last, logits, cache, mask, next_pos, ids = self._prefill(groups, use_cache, all_logits)
         if logits is not None:
             self._prompt_logprobs(rows, logits, ids)
             del logits
-        for row in rows:
-            if row.max_new_tokens <= 0 and not row.finished:
-                row.finished, row.finish_reason = True, "length"
         self._choose(last, rows)
         live = rows
         self.last_decode_steps = 0

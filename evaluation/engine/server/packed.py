@@ -1,0 +1,193 @@
+"""Single-token batches as one packed sequence: every row's own tokens side by side in one forward
+of one row, each token attending to its run's prefix and to the earlier tokens of its own row.
+
+A padded batch pads every row to its longest question and copies its run's prefix cache into every
+row, then attends over prefix and question together. Packed, the forward holds only the rows' own
+tokens, nothing is padded or copied, and attention runs in two parts whose results are merged by
+their log-sum-exps (exactly the softmax over both sets of keys):
+
+- each run's queries, all of its rows at once, against its stored prefix's keys and values;
+- each row's queries against its own keys (causal), rows of similar length padded together.
+
+Only models whose attention goes through transformers' `AttentionInterface` can be served so
+(`supports`), and a forward whose layers did not all call us is refused (`PackedPlan.calls`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from evaluation.engine.server.attention import ENGINE_ATTENTION
+
+PACKED_ATTENTION = "engine_packed"
+# Architectures whose attention is plain softmax attention over rotary-embedded keys, called through
+# the interface with the module's own scaling: nothing of theirs is left out here.
+MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+_registered: bool | None = None
+_active: PackedPlan | None = None  # the plan of the forward in flight (one model thread owns it)
+
+
+@dataclass
+class Bucket:
+    """Rows attended to together in their own part: `index` [rows, width] packed token positions of
+    each row, on the right padded with its last token (causal attention never reaches the padding
+    from a real token); `keep` the flat positions in `index` that are real tokens, `targets` theirs
+    in the packed sequence."""
+
+    index: torch.Tensor
+    keep: torch.Tensor
+    targets: torch.Tensor
+
+
+@dataclass
+class PackedPlan:
+    """`groups`: (first token, end token, per-layer (keys, values) of the prefix those tokens attend
+    to, or None), covering the packed sequence in order."""
+
+    groups: list[tuple[int, int, list[tuple[torch.Tensor, torch.Tensor]] | None]]
+    buckets: list[Bucket]
+    calls: int = 0
+    layers_seen: set[int] = field(default_factory=set)
+
+
+def buckets_for(lengths: list[int], device: torch.device) -> list[Bucket]:
+    """Rows of similar length padded together: a bucket holds lengths up to twice its shortest (plus
+    a little), so padding at most about doubles a bucket's work, in a handful of buckets."""
+    starts, position = [], 0
+    for n in lengths:
+        starts.append(position)
+        position += n
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    buckets: list[Bucket] = []
+    i = 0
+    while i < len(order):
+        j = i
+        while j < len(order) and lengths[order[j]] <= 2 * lengths[order[i]] + 8:
+            j += 1
+        rows = order[i:j]
+        width = lengths[rows[-1]]
+        index, keep, targets = [], [], []
+        for k, row in enumerate(rows):
+            n, start = lengths[row], starts[row]
+            index.append([start + min(p, n - 1) for p in range(width)])
+            keep.extend(range(k * width, k * width + n))
+            targets.extend(range(start, start + n))
+        buckets.append(Bucket(*(torch.tensor(x, device=device) for x in (index, keep, targets))))
+        i = j
+    return buckets
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float | None):
+    """Softmax attention with its log-sum-exp: q [b, h, n, d], k and v [b, h, m, d] -> (out like q,
+    lse [b, h, n] fp32). Causal: query i sees keys up to i (n == m here)."""
+    if q.is_cuda:
+        if q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)[:2]
+            return out, lse
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, causal, scale=scale)[:2]
+        return out, lse[..., : q.shape[-2]]
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+    return out, lse
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' attention signature over the packed sequence: query [1, heads, T, dim], keys and
+    values [1, kv_heads, T, dim] (the rows' own tokens, no cache); returns [1, T, heads, dim]."""
+    plan = _active
+    if plan is None or dropout:
+        raise RuntimeError("packed attention outside a packed forward")
+    plan.calls += 1
+    layer = module.layer_idx
+    plan.layers_seen.add(layer)
+    q, k, v = query[0], key[0], value[0]
+    heads, total, dim = q.shape
+    kv_heads = k.shape[0]
+    group = heads // kv_heads
+    out = torch.empty((heads, total, dim), dtype=q.dtype, device=q.device)
+    lse = torch.empty((heads, total), dtype=torch.float32, device=q.device)
+    for bucket in plan.buckets:
+        rows, width = bucket.index.shape
+        qb = q[:, bucket.index].transpose(0, 1)  # [rows, heads, width, dim]
+        kb = k[:, bucket.index].transpose(0, 1)
+        vb = v[:, bucket.index].transpose(0, 1)
+        if group > 1:  # a row's own keys are few: copying them per query head costs little
+            kb, vb = kb.repeat_interleave(group, dim=1), vb.repeat_interleave(group, dim=1)
+        ob, lb = attend(qb.contiguous(), kb.contiguous(), vb.contiguous(), True, scaling)
+        out[:, bucket.targets] = ob.transpose(0, 1).reshape(heads, rows * width, dim)[:, bucket.keep]
+        lse[:, bucket.targets] = lb.transpose(0, 1).reshape(heads, rows * width)[:, bucket.keep]
+    for start, end, prefix in plan.groups:
+        if prefix is None:
+            continue
+        keys, values = prefix[layer]  # [1, kv_heads, prefix, dim], read once for all the group's rows
+        n = end - start
+        # Query head h attends with key/value head h // group, as repeat_kv does: the group's query
+        # heads become query positions of one call over that key/value head.
+        qg = q[:, start:end].reshape(1, kv_heads, group * n, dim)
+        op, lp = attend(qg, keys, values, False, scaling)
+        op, lp = op.reshape(heads, n, dim), lp.reshape(heads, n)
+        own, own_lse = out[:, start:end], lse[:, start:end]
+        top = torch.maximum(own_lse, lp)
+        w_own, w_prefix = torch.exp(own_lse - top), torch.exp(lp - top)
+        merged = (own.float() * w_own[..., None] + op.float() * w_prefix[..., None]) / (w_own + w_prefix)[..., None]
+        out[:, start:end] = merged.to(out.dtype)
+    return out.transpose(0, 1)[None], None
+
+
+def _no_mask(*args, **kwargs):
+    return None  # packed attention needs no mask: the plan says what each token sees
+
+
+def _register() -> bool:
+    global _registered
+    if _registered is None:
+        try:
+            from transformers import AttentionInterface
+            from transformers.masking_utils import AttentionMaskInterface
+        except ImportError:
+            _registered = False
+        else:
+            AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+            AttentionMaskInterface.register(PACKED_ATTENTION, _no_mask)
+            _registered = True
+    return _registered
+
+
+def supports(model: Any) -> bool:
+    """Whether `model`'s single-token batches can be packed (else they are padded)."""
+    config = model.config
+    if getattr(config, "model_type", None) not in MODEL_TYPES:
+        return False
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", ENGINE_ATTENTION):
+        return False
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return False
+    return _register()
+
+
+def max_length(model: Any) -> int | None:
+    """Longest row (prefix included) packed attention serves: a sliding window it does not apply."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True):
+        return int(window)
+    return None
+
+
+@contextmanager
+def active(model: Any, plan: PackedPlan) -> Iterator[None]:
+    global _active
+    config = model.config
+    previous = config._attn_implementation
+    config._attn_implementation = PACKED_ATTENTION
+    _active = plan
+    try:
+        yield
+    finally:
+        _active = None
+        config._attn_implementation = previous
