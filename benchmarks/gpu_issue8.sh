@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_issue8.sh 1b            # modes ours, A, warm, warm-single (about 8 minutes on an H200)
 #   bash benchmarks/gpu_issue8.sh 7b ours warm  # other modes; results under $OUT (default var/); no run
 #                                               # starts after DEADLINE_S (540) seconds: one device call
+#   SUITES=prefill-mc bash benchmarks/gpu_issue8.sh 1b ours warm warm@384 A   # one suite; warm@N: N HELM threads
 # warm-single is warm with the server's HTTP side in the model's process (session 3's layout): the pair
 # measures the front process of split.py. fp32 (the bf16 agreement reference) is another mode.
 set -euo pipefail
@@ -22,5 +23,5 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/.whl/stubs:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 out=${OUT:-var}/helm-speed-$size
 # shellcheck disable=SC2086  # modes and instances are lists of words
-python3 -m benchmarks.helm_speed --size "$size" --suites prefill-mc generation --modes $modes --budgets 24 \
+python3 -m benchmarks.helm_speed --size "$size" --suites ${SUITES:-prefill-mc generation} --modes $modes --budgets 24 \
   --instances $instances --helm-processes 3 --deadline-s "${DEADLINE_S:-540}" --out "$out" $extra

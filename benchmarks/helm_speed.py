@@ -499,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         "--modes", nargs="+", default=["ours", "A", "B"],
         help="in the order to run them (ours, A, B, warm, warm-single, fp32); 'warm' is ours taking over standbys "
         "(imports done) left by the run before; 'warm-single' the same with the server's HTTP side in the model's "
-        "process (--single-process); 'fp32' is ours in fp32, the reference for bf16 agreement",
+        "process (--single-process); 'warm@N' warm with N HELM threads; 'fp32' is ours in fp32, the reference for "
+        "bf16 agreement",
     )  # fmt: skip
     p.add_argument("--budgets", nargs="+", type=float, default=[24.0], help="track budgets (GB) for ours")
     p.add_argument("--instances", nargs="*", default=[], help="SUITE=N instances per run entry")
@@ -569,7 +570,7 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
         for mode in args.modes:
             if mode == "ours":
                 plan += [("ours", b) for b in budgets]
-            elif mode in WARM_MODES:
+            elif mode.split("@")[0] in WARM_MODES:
                 plan.append((mode, budgets[0]))
             else:
                 plan.append((mode, None))
@@ -605,15 +606,17 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
                         # (imports done) wait; the previous engine run started them when it ended.
                         # "warm-single": the same with the server's HTTP side in the model's process.
                         # Only for this run: the modes after it (fp32 too) get the default layout.
-                        os.environ["ENGINE_SINGLE_PROCESS"] = "1" if mode == "warm-single" else ""
+                        # "warm@N": warm with N HELM threads instead of --threads.
+                        base, _, threads = mode.partition("@")
+                        os.environ["ENGINE_SINGLE_PROCESS"] = "1" if base == "warm-single" else ""
                         try:
                             row = run_engine(
-                                model_dir, suite, run_out, limit, args.threads, budget, dtype,
-                                standby=mode in WARM_MODES, helm_processes=args.helm_processes,
+                                model_dir, suite, run_out, limit, int(threads or args.threads), budget, dtype,
+                                standby=base in WARM_MODES, helm_processes=args.helm_processes,
                             )  # fmt: skip
                         finally:
                             os.environ.pop("ENGINE_SINGLE_PROCESS", None)
-                        if WARM_MODES & set(args.modes):
+                        if WARM_MODES & {m.split("@")[0] for m in args.modes}:
                             runner.start_standbys(args.helm_processes)  # ready for the warm run
             except Exception as e:  # one failed mode must not lose the others
                 results.setdefault("errors", []).append(f"{tag}: {type(e).__name__}: {str(e)[:500]}")

@@ -1,0 +1,181 @@
+"""Single-token batches on one GPU, packed (packed.py) against padded, same rows, same stored prefixes:
+what one batch costs, how close to the card's matrix rate it runs, and whether the answers agree.
+
+    python -m benchmarks.packed_batches --size 1b --rows 64 128 256 384 --out var/packed-1b
+
+Rows are three runs' multiple-choice prompts as HELM builds them: each run one few-shot prefix
+(`--prefix` tokens, default 480) and questions of 30 to 100 tokens, random token ids (the model is a
+random-init Llama from benchmarks/engine_speed.py's shapes, bf16, built on the GPU, nothing
+downloaded). Each batch runs after its prefixes are stored, as every batch but a run's first does.
+MFU = 2 × parameters × tokens computed / seconds / the bf16 matrix rate measured in the same run.
+Prints a table; writes `results.json` and `profile.txt` (torch.profiler, one packed batch) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build(size: str, vocab: int = 32000):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from benchmarks.engine_speed import SIZES
+    from evaluation.engine.tiny import DEFAULT_CORPUS, train_tokenizer
+
+    hidden, layers, heads, kv_heads, intermediate = SIZES[size]
+    tokenizer = train_tokenizer(Path(f"/tmp/packed-bench-tok-{size}"), DEFAULT_CORPUS, vocab_size=2048)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=4096, bos_token_id=0, eos_token_id=0)  # fmt: skip
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    return model, tokenizer
+
+
+def prompts(rows: int, prefix: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    prefixes = [[rng.randrange(1, 2048) for _ in range(prefix)] for _ in range(3)]
+    return [prefixes[i % 3] + [rng.randrange(1, 2048) for _ in range(rng.randint(30, 100))] for i in range(rows)]
+
+
+def check_attend() -> dict:
+    """`packed.attend` on this device against float64 softmax attention: worst relative error per
+    dtype and causality (bf16 operands land between 1e-3 and 1e-2, fp32 far under 1e-3)."""
+    import torch
+
+    from evaluation.engine.server.packed import attend
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    errors = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        for causal in (False, True):
+            q = torch.randn(4, 8, 77, 64, device=device)
+            k, v = torch.randn(4, 8, 77, 64, device=device), torch.randn(4, 8, 77, 64, device=device)
+            out, lse = attend(q.to(dtype), k.to(dtype), v.to(dtype), causal, 0.125)
+            scores = (q.double() @ k.double().transpose(-1, -2)) * 0.125
+            if causal:
+                scores = scores.masked_fill(torch.ones(77, 77, dtype=torch.bool, device=device).triu(1), float("-inf"))
+            want, want_lse = torch.softmax(scores, -1) @ v.double(), torch.logsumexp(scores, -1)
+            errors[f"{str(dtype)[6:]}{'-causal' if causal else ''}"] = {
+                "out": ((out.double() - want).norm() / want.norm()).item(),
+                "lse": ((lse.double() - want_lse).norm() / want_lse.norm()).item(),
+            }
+    return errors
+
+
+def timed(fn, repeat: int) -> list[float]:
+    fn()
+    times = []
+    for _ in range(repeat):
+        _sync()
+        start = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="1b")
+    p.add_argument("--rows", type=int, nargs="+", default=[64, 128, 256, 384])
+    p.add_argument("--prefix", type=int, default=480)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--out", default="var/packed-batches")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from benchmarks import gpu_ceilings
+    from evaluation.engine.server.generation import BatchGenerator, Row
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ceilings = gpu_ceilings.measure() if torch.cuda.is_available() else {"bf16_matmul_tflops": 1.0}
+    attend_errors = check_attend()
+    print(json.dumps({"attend_vs_float64": attend_errors}), flush=True)
+    model, tokenizer = build(args.size)
+    params = sum(p.numel() for p in model.parameters())
+    generators = {
+        mode: BatchGenerator(model, tokenizer, prefix_store_bytes=2 * 1024**3, packing=mode == "packed")
+        for mode in ("packed", "padded")
+    }
+    results = {"ceilings": ceilings, "size": args.size, "parameters": params, "attend_vs_float64": attend_errors,
+               "batches": []}  # fmt: skip
+    for n in args.rows:
+        seqs = prompts(n, args.prefix)
+        answers = {}
+        for mode, generator in generators.items():
+            batch = [Row(prompt_ids=s, max_new_tokens=1) for s in seqs]
+            try:
+                times = timed(lambda g=generator, b=batch: g.generate([Row(prompt_ids=r.prompt_ids, max_new_tokens=1) for r in b]), args.repeat)
+            except torch.cuda.OutOfMemoryError:
+                generator.release_memory()
+                torch.cuda.empty_cache()
+                results["batches"].append({"rows": n, "mode": mode, "error": "out of memory"})
+                continue
+            generator.generate(batch)
+            computed = sum(len(s) for s in seqs) - generator.last_skipped_tokens
+            seconds = statistics.median(times)
+            answers[mode] = batch
+            results["batches"].append({
+                "rows": n, "mode": mode, "packed": generator.last_packed, "ms": 1000 * seconds,
+                "ms_min": 1000 * min(times), "tokens_computed": computed, "tokens_per_s": computed / seconds,
+                "mfu": 2 * params * computed / seconds / (ceilings["bf16_matmul_tflops"] * 1e12),
+                "peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else 0.0,
+            })  # fmt: skip
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+        if len(answers) == 2:
+            a, b = answers["packed"], answers["padded"]
+            same = sum(x.tokens == y.tokens for x, y in zip(a, b, strict=True))
+            worst = max(abs(x.logprobs[0] - y.logprobs[0]) for x, y in zip(a, b, strict=True) if x.tokens == y.tokens)
+            results["batches"][-1]["same_as_packed"] = f"{same}/{n}"
+            results["batches"][-1]["worst_logprob_diff"] = worst
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    from torch.profiler import ProfilerActivity, profile
+
+    seqs = prompts(max(args.rows), args.prefix)
+    generators["packed"].generate([Row(prompt_ids=s, max_new_tokens=1) for s in seqs])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        generators["packed"].generate([Row(prompt_ids=s, max_new_tokens=1) for s in seqs])
+        _sync()
+    averages = prof.key_averages()
+    by = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    (out / "profile.txt").write_text(averages.table(sort_by=by, row_limit=30) + "\n\n"
+                                     + averages.table(sort_by="self_cpu_time_total", row_limit=20))  # fmt: skip
+    print(f"{args.size}: {params / 1e9:.2f} B parameters; bf16 {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s")
+    print("| rows | mode | ms | tokens computed | tokens/s | MFU | peak GiB | same as packed | worst logprob diff |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for b in results["batches"]:
+        if "error" in b:
+            print(f"| {b['rows']} | {b['mode']} | {b['error']} | | | | | | |")
+            continue
+        print(f"| {b['rows']} | {b['mode']} | {b['ms']:.1f} | {b['tokens_computed']:,} | {b['tokens_per_s']:,.0f} | "
+              f"{100 * b['mfu']:.0f}% | {b['peak_gb']:.1f} | {b.get('same_as_packed', '')} | "
+              f"{b.get('worst_logprob_diff', '')} |")  # fmt: skip
+    print(averages.table(sort_by=by, row_limit=12))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
