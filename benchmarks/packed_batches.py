@@ -126,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         for mode, generator in generators.items():
             batch = [Row(prompt_ids=s, max_new_tokens=1) for s in seqs]
             try:
-                times = timed(lambda g=generator, b=batch: g.generate([Row(prompt_ids=r.prompt_ids, max_new_tokens=1) for r in b]), args.repeat)
+                times = timed(
+                    lambda g=generator, b=batch: g.generate(
+                        [Row(prompt_ids=r.prompt_ids, max_new_tokens=1) for r in b]
+                    ),
+                    args.repeat,
+                )
             except torch.cuda.OutOfMemoryError:
                 generator.release_memory()
                 torch.cuda.empty_cache()

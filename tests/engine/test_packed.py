@@ -20,7 +20,9 @@ def loaded(request, tmp_path_factory):
     from evaluation.engine.tiny import build_tiny_model
 
     kv_heads = 2 if request.param == "gqa" else None
-    folder = build_tiny_model(tmp_path_factory.mktemp(request.param), "llama", seed=3, num_heads=8, num_kv_heads=kv_heads)
+    folder = build_tiny_model(
+        tmp_path_factory.mktemp(request.param), "llama", seed=3, num_heads=8, num_kv_heads=kv_heads
+    )
     return load_model(folder, device="cpu", dtype="float32")
 
 
@@ -58,7 +60,9 @@ def test_rows_of_three_runs_and_unrelated_rows_packed_equal_generate(loaded):
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
     assert generator.packing
     # Mixed lengths: questions of several widths, and rows that share nothing (a one-token prompt).
-    prompts = [p for trio in zip(run_prompts(0, 4), run_prompts(1, 4), run_prompts(2, 4, 95), strict=True) for p in trio]
+    prompts = [
+        p for trio in zip(run_prompts(0, 4), run_prompts(1, 4), run_prompts(2, 4, 95), strict=True) for p in trio
+    ]
     prompts += ["A", "The doctor and the nurse talked about his and her patients."]
     rows = rows_for(tokenizer, prompts, max_new_tokens=1)
     passes = forward_tokens(model, lambda: generator.generate(rows))

@@ -280,7 +280,12 @@ class Scheduler:
     def _run_batch(self, batch: list[Row]) -> None:
         started, cpu_started = time.perf_counter(), time.thread_time()
         prefixes = self.generator.prefixes
-        if prefixes is not None and not batch[0].echo and batch[0].needs_decode and _cost(batch) > self.limits.tokens_beside_store():
+        if (
+            prefixes is not None
+            and not batch[0].echo
+            and batch[0].needs_decode
+            and _cost(batch) > self.limits.tokens_beside_store()
+        ):
             prefixes.clear()  # a decoding batch that needs the store's room (see Limits)
         try:
             if self.profiler is None:
