@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks import gpu_ceilings
+    from evaluation.engine.server import packed
     from evaluation.engine.server.generation import BatchGenerator, Row
 
     out = Path(args.out)
@@ -114,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"attend_vs_float64": attend_errors}), flush=True)
     model, tokenizer = build(args.size)
     params = sum(p.numel() for p in model.parameters())
+    # "packed": varlen flash kernels where the GPU has them; "bucketed": packed, the portable attention.
     generators = {
-        mode: BatchGenerator(model, tokenizer, prefix_store_bytes=2 * 1024**3, packing=mode == "packed")
-        for mode in ("packed", "padded")
+        mode: BatchGenerator(model, tokenizer, prefix_store_bytes=2 * 1024**3, packing=mode != "padded")
+        for mode in ("packed", "bucketed", "padded")
     }
     results = {"ceilings": ceilings, "size": args.size, "parameters": params, "attend_vs_float64": attend_errors,
                "batches": []}  # fmt: skip
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         seqs = prompts(n, args.prefix)
         answers = {}
         for mode, generator in generators.items():
+            packed.varlen_enabled = mode == "packed"
             batch = [Row(prompt_ids=s, max_new_tokens=1) for s in seqs]
             try:
                 times = timed(
@@ -142,19 +145,23 @@ def main(argv: list[str] | None = None) -> int:
             seconds = statistics.median(times)
             answers[mode] = batch
             results["batches"].append({
-                "rows": n, "mode": mode, "packed": generator.last_packed, "ms": 1000 * seconds,
+                "rows": n, "mode": mode, "packed": generator.last_packed, "varlen": packed.varlen_enabled,
+                "ms": 1000 * seconds,
                 "ms_min": 1000 * min(times), "tokens_computed": computed, "tokens_per_s": computed / seconds,
                 "mfu": 2 * params * computed / seconds / (ceilings["bf16_matmul_tflops"] * 1e12),
                 "peak_gb": torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else 0.0,
             })  # fmt: skip
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-        if len(answers) == 2:
-            a, b = answers["packed"], answers["padded"]
-            same = sum(x.tokens == y.tokens for x, y in zip(a, b, strict=True))
-            worst = max(abs(x.logprobs[0] - y.logprobs[0]) for x, y in zip(a, b, strict=True) if x.tokens == y.tokens)
-            results["batches"][-1]["same_as_packed"] = f"{same}/{n}"
-            results["batches"][-1]["worst_logprob_diff"] = worst
+        packed.varlen_enabled = True
+        for other in ("bucketed", "padded"):
+            if "packed" in answers and other in answers:
+                a, b = answers["packed"], answers[other]
+                same = sum(x.tokens == y.tokens for x, y in zip(a, b, strict=True))
+                diffs = [abs(x.logprobs[0] - y.logprobs[0]) for x, y in zip(a, b, strict=True) if x.tokens == y.tokens]
+                entry = next(e for e in results["batches"] if e["rows"] == n and e["mode"] == other)
+                entry["same_as_packed"] = f"{same}/{n}"
+                entry["worst_logprob_diff"] = max(diffs, default=None)
         (out / "results.json").write_text(json.dumps(results, indent=1))
     from torch.profiler import ProfilerActivity, profile
 

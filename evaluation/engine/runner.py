@@ -258,11 +258,19 @@ def helm_process_count(configured: int | None = None) -> int:
     return configured or max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
+def standbys_beside_evaluation(helm_processes: int) -> bool:
+    """Whether the next evaluation's standbys can start when this one begins: their imports (a core
+    each for ~15 s) then overlap this evaluation instead of delaying a next one that follows at once,
+    as it does on a GPU worker with a queue. Only with a core to spare for each process of both."""
+    return (os.cpu_count() or 1) >= 2 * (helm_processes + 2)
+
+
 def start_standbys(helm_processes: int = 1) -> None:
     """Have a standby model server and `helm_processes` standby helm-runs waiting.
 
-    Call it from the thread that will run the next evaluation (the standbys die with it), when no
-    evaluation is running: their imports take CPU, not GPU.
+    Call it from the thread that will run the next evaluation (the standbys die with it), between
+    evaluations or, with cores to spare, as one begins (`standbys_beside_evaluation`): their imports
+    take CPU, not GPU.
     """
     for standby in [s for s in _standbys if s.process.poll() is not None]:
         _standbys.remove(standby)
@@ -974,6 +982,8 @@ def evaluate(
     shards = shard_entries(suite_obj.entries, helm_process_count(helm_processes), default_n)
     server_standby = take_standby("server") if standby and server_cmd is None else None
     helm_standbys = [take_standby("helm") if standby else None for _ in shards]
+    if standby and standbys_beside_evaluation(len(shards)):
+        start_standbys(helm_processes=len(shards))  # the next evaluation's: importing while this one runs
     # Our server inherits a listening socket, so helm-run starts at once, beside it; a replacement
     # server (`server_cmd`, the benchmarks' baselines) binds its own port and is waited for first.
     listener = server_standby.listener if server_standby else listening_socket() if server_cmd is None else None

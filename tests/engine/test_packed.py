@@ -55,6 +55,18 @@ def test_buckets_cover_every_token_once_and_pad_within_a_factor_of_two():
         assert torch.equal(bucket.index.flatten()[bucket.keep], bucket.targets)  # real tokens in their places
 
 
+def test_the_varlen_kernels_boundaries_are_each_rows_tokens_and_each_groups_against_its_prefix():
+    cache = [(torch.zeros(1, 2, p, 8), torch.zeros(1, 2, p, 8)) for p in (30, 50)]
+    layers = [[(k, v)] for k, v in cache]  # one layer per prefix here
+    plan = packed.PackedPlan([3, 4, 2, 5, 1], [(0, 7, layers[0]), (7, 14, layers[1])], torch.device("cpu"))
+    cuts = plan.varlen
+    assert cuts["own"][0].tolist() == [0, 3, 7, 9, 14, 15] and cuts["own"][1] == 5
+    assert cuts["queries"][0].tolist() == [0, 7, 14] and cuts["queries"][1] == 7
+    assert cuts["keys"][0].tolist() == [0, 30, 80] and cuts["keys"][1] == 50
+    assert cuts["prefix_tokens"] == 14  # the last row (one token) has no prefix
+    assert all(t.dtype == torch.int32 for t in (cuts["own"][0], cuts["queries"][0], cuts["keys"][0]))
+
+
 def test_rows_of_three_runs_and_unrelated_rows_packed_equal_generate(loaded):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)

@@ -132,6 +132,30 @@ def test_standbys_take_over_the_next_evaluation_with_the_same_results(tiny_llama
     assert not runner._standbys
 
 
+def test_with_cores_to_spare_the_next_standbys_start_as_an_evaluation_begins(tiny_llama_dir, tmp_path, monkeypatch):
+    """A worker with a queue starts the next evaluation at once: its standbys must have imported by then."""
+    from evaluation.engine import runner
+
+    monkeypatch.setattr(runner, "standbys_beside_evaluation", lambda helm_processes: True)
+    seen: list[set[int]] = []
+
+    def during(event):
+        if event["event"] == "run_finished":
+            seen.append({s.process.pid for s in runner._standbys})
+
+    try:
+        runner.start_standbys()
+        taken = {s.process.pid for s in runner._standbys}
+        doc = evaluate(model_dir=tiny_llama_dir, suite="offline-smoke", track_memory_gb=24, out_dir=tmp_path,
+                       device="cpu", threads=4, standby=True, on_progress=during)  # fmt: skip
+        assert doc.status == "succeeded"
+        # While its runs went on, two fresh standbys (a server and a helm-run) were already waiting.
+        assert seen and all(len(pids) == 2 and not pids & taken for pids in seen)
+        assert {s.process.pid for s in runner._standbys} == seen[0]  # and no more were started after it
+    finally:
+        runner.discard_standbys()
+
+
 def test_run_entries_split_over_helm_processes_score_as_one_process(tiny_llama_dir, tmp_path):
     events = []
     one = evaluate(model_dir=tiny_llama_dir, suite="offline-smoke", track_memory_gb=24, out_dir=tmp_path / "1",

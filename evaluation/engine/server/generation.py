@@ -308,21 +308,25 @@ class BatchGenerator:
         positions: list[int] = []
         lengths: list[int] = []
         spans = []
-        for group in groups:
+        ends: dict[int, int] = {}  # id(row) -> its last token in the packed sequence
+        # Groups with a prefix first: the kernels then attend the leading tokens to prefixes.
+        for group in sorted(groups, key=lambda g: not g.length):
             start = len(ids)
             for row in group.rows:
                 own = row.prompt_ids[group.length :]
                 ids += own
                 positions += range(group.length, group.length + len(own))
                 lengths.append(len(own))
-            prefix = cache_tensors(group.cache) if group.length else None
-            spans.append((start, len(ids), prefix))
-        ends = torch.tensor(lengths, device=self.device).cumsum(0) - 1
-        plan = packed.PackedPlan(spans, packed.buckets_for(lengths, self.device))
+                ends[id(row)] = len(ids) - 1
+            if group.length:
+                spans.append((start, len(ids), cache_tensors(group.cache)))
+        order = [ends[id(row)] for group in groups for row in group.rows]  # the caller's row order
+        plan = packed.PackedPlan(lengths, spans, self.device)
+        ends = torch.tensor(order).to(self.device, non_blocking=True)
         with packed.active(self.model, plan):
             out = self.model(
-                input_ids=torch.tensor([ids], device=self.device),
-                position_ids=torch.tensor([positions], device=self.device),
+                input_ids=torch.tensor([ids]).to(self.device, non_blocking=True),
+                position_ids=torch.tensor([positions]).to(self.device, non_blocking=True),
                 use_cache=False,
                 logits_to_keep=ends,
             )

@@ -16,6 +16,8 @@ Only models whose attention goes through transformers' `AttentionInterface` can 
 from __future__ import annotations
 
 import inspect
+import itertools
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ from typing import Any
 import torch
 
 from evaluation.engine.server.attention import ENGINE_ATTENTION
+
+log = logging.getLogger(__name__)
 
 PACKED_ATTENTION = "engine_packed"
 # Architectures whose attention is plain softmax attention over rotary-embedded keys, called through
@@ -47,13 +51,44 @@ class Bucket:
 
 @dataclass
 class PackedPlan:
-    """`groups`: (first token, end token, per-layer (keys, values) of the prefix those tokens attend
-    to, or None), covering the packed sequence in order."""
+    """What each token of the packed sequence sees. `lengths`: each row's own tokens, rows side by
+    side in packed order; `groups`: (first token, end token, per-layer (keys, values) of the prefix
+    those tokens attend to), in packed order, the groups with a prefix first (rows without one follow
+    them and attend only to themselves)."""
 
-    groups: list[tuple[int, int, list[tuple[torch.Tensor, torch.Tensor]] | None]]
-    buckets: list[Bucket]
+    lengths: list[int]
+    groups: list[tuple[int, int, list[tuple[torch.Tensor, torch.Tensor]]]]
+    device: torch.device
     calls: int = 0
     layers_seen: set[int] = field(default_factory=set)
+    _buckets: list[Bucket] | None = None
+    _varlen: dict | None = None
+
+    @property
+    def buckets(self) -> list[Bucket]:
+        if self._buckets is None:
+            self._buckets = buckets_for(self.lengths, self.device)
+        return self._buckets
+
+    @property
+    def varlen(self) -> dict:
+        """Sequence boundaries for the varlen flash kernel: each row's own tokens, and each group's
+        tokens against its prefix."""
+        if self._varlen is None:
+            prefixes = [prefix[0][0].shape[-2] for _, _, prefix in self.groups]
+            starts = [0, *itertools.accumulate(self.lengths)]
+            q_starts = [0, *(end for _, end, _ in self.groups)]
+            k_starts = [0, *itertools.accumulate(prefixes)]
+            # One copy to the device for all four (each separate copy would wait for the GPU's queue).
+            flat = torch.tensor(starts + q_starts + k_starts, dtype=torch.int32).to(self.device, non_blocking=True)
+            a, b = len(starts), len(starts) + len(q_starts)
+            self._varlen = {
+                "own": (flat[:a], max(self.lengths)),
+                "queries": (flat[a:b], max((end - start for start, end, _ in self.groups), default=0)),
+                "keys": (flat[b:], max(prefixes, default=0)),
+                "prefix_tokens": q_starts[-1],
+            }
+        return self._varlen
 
 
 def buckets_for(lengths: list[int], device: torch.device) -> list[Bucket]:
@@ -98,15 +133,59 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scal
     return out, lse
 
 
-def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-    """transformers' attention signature over the packed sequence: query [1, heads, T, dim], keys and
-    values [1, kv_heads, T, dim] (the rows' own tokens, no cache); returns [1, T, heads, dim]."""
-    plan = _active
-    if plan is None or dropout:
-        raise RuntimeError("packed attention outside a packed forward")
-    plan.calls += 1
-    layer = module.layer_idx
-    plan.layers_seen.add(layer)
+def _merge(own: torch.Tensor, own_lse: torch.Tensor, pre: torch.Tensor, pre_lse: torch.Tensor) -> torch.Tensor:
+    """Attention over two sets of keys from each set's result and log-sum-exp (lse broadcast to the
+    results' shape): the prefix's share of the softmax mass is sigmoid(lse_prefix - lse_own)."""
+    share = torch.sigmoid(pre_lse - own_lse)
+    return (own.float() + share * (pre.float() - own.float())).to(own.dtype)
+
+
+# PyTorch's varlen flash kernel for half-precision models on a GPU; off if this torch's signature
+# differs (or for comparisons: benchmarks/packed_batches.py), the portable path then serves.
+varlen_enabled = True
+
+
+def _varlen_usable(q: torch.Tensor) -> bool:
+    return (
+        varlen_enabled
+        and q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 256
+        and hasattr(torch.ops.aten, "_flash_attention_forward")
+    )
+
+
+def _flash_varlen(q, k, v, cu_q, max_q, cu_k, max_k, causal: bool, scale):
+    """PyTorch's flash kernel over sequences laid side by side: q [tokens, heads, dim], k and v
+    [keys, kv_heads, dim] (grouped-query heads read their key/value head, as repeat_kv would), sequence
+    i's queries cu_q[i]:cu_q[i+1] against its keys cu_k[i]:cu_k[i+1]. Returns (out like q, lse [tokens, heads])."""
+    out, lse = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale
+    )[:2]
+    if lse.shape[0] != q.shape[0]:  # flash's varlen layout is [heads, tokens]
+        lse = lse.transpose(0, 1)
+    return out, lse
+
+
+def _varlen_attention(plan: PackedPlan, layer: int, query, key, value, scaling) -> torch.Tensor:
+    """Two varlen flash calls: every row against its own tokens (causal), then every group's tokens
+    against its prefix; no copies of the rows' tokens, no padding."""
+    q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)  # [tokens, heads, dim]
+    cuts = plan.varlen
+    out, lse = _flash_varlen(q, k, v, *cuts["own"], *cuts["own"], True, scaling)
+    n = cuts["prefix_tokens"]
+    if n:
+        keys = torch.cat([prefix[layer][0][0].transpose(0, 1) for _, _, prefix in plan.groups])
+        values = torch.cat([prefix[layer][1][0].transpose(0, 1) for _, _, prefix in plan.groups])
+        pre, pre_lse = _flash_varlen(q[:n], keys, values, *cuts["queries"], *cuts["keys"], False, scaling)
+        out[:n] = _merge(out[:n], lse[:n, :, None], pre, pre_lse[..., None])
+    return out[None]
+
+
+def _bucketed_attention(plan: PackedPlan, layer: int, query, key, value, scaling) -> torch.Tensor:
+    """Any device and dtype: rows of similar length padded together for their own part, each group's
+    queries against its prefix as query positions of its key/value heads."""
     q, k, v = query[0], key[0], value[0]
     heads, total, dim = q.shape
     kv_heads = k.shape[0]
@@ -124,21 +203,36 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         out[:, bucket.targets] = ob.transpose(0, 1).reshape(heads, rows * width, dim)[:, bucket.keep]
         lse[:, bucket.targets] = lb.transpose(0, 1).reshape(heads, rows * width)[:, bucket.keep]
     for start, end, prefix in plan.groups:
-        if prefix is None:
-            continue
         keys, values = prefix[layer]  # [1, kv_heads, prefix, dim], read once for all the group's rows
         n = end - start
         # Query head h attends with key/value head h // group, as repeat_kv does: the group's query
         # heads become query positions of one call over that key/value head.
         qg = q[:, start:end].reshape(1, kv_heads, group * n, dim)
-        op, lp = attend(qg, keys, values, False, scaling)
-        op, lp = op.reshape(heads, n, dim), lp.reshape(heads, n)
-        own, own_lse = out[:, start:end], lse[:, start:end]
-        top = torch.maximum(own_lse, lp)
-        w_own, w_prefix = torch.exp(own_lse - top), torch.exp(lp - top)
-        merged = (own.float() * w_own[..., None] + op.float() * w_prefix[..., None]) / (w_own + w_prefix)[..., None]
-        out[:, start:end] = merged.to(out.dtype)
-    return out.transpose(0, 1)[None], None
+        pre, pre_lse = attend(qg, keys, values, False, scaling)
+        pre, pre_lse = pre.reshape(heads, n, dim), pre_lse.reshape(heads, n)
+        out[:, start:end] = _merge(out[:, start:end], lse[:, start:end, None], pre, pre_lse[..., None])
+    return out.transpose(0, 1)[None]
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' attention signature over the packed sequence: query [1, heads, T, dim], keys and
+    values [1, kv_heads, T, dim] (the rows' own tokens, no cache); returns [1, T, heads, dim]."""
+    global varlen_enabled
+    plan = _active
+    if plan is None or dropout:
+        raise RuntimeError("packed attention outside a packed forward")
+    plan.calls += 1
+    layer = module.layer_idx
+    plan.layers_seen.add(layer)
+    if _varlen_usable(query):
+        try:
+            return _varlen_attention(plan, layer, query, key, value, scaling), None
+        except RuntimeError as e:  # this torch's flash kernel takes other arguments: the portable path
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                raise
+            log.warning("varlen flash attention failed (%s); packed batches use the portable path", e)
+            varlen_enabled = False
+    return _bucketed_attention(plan, layer, query, key, value, scaling), None
 
 
 def _no_mask(*args, **kwargs):
