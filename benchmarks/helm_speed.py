@@ -544,6 +544,10 @@ def main(argv: list[str] | None = None) -> int:
             results["decode_bench_error"] = str(e)[-2000:]
         save()
 
+    if WARM_MODES & {m.split("@")[0] for m in args.modes}:
+        # As a GPU worker does when it boots: standbys import while the first (cold) evaluation runs,
+        # so the warm run that follows finds them ready, as every later evaluation of a worker does.
+        runner.start_standbys(args.helm_processes)
     ran_any = run_matrix(args, model_dir, args.size, "bfloat16", counts_per_suite, args.budgets, results, save, left)
     if args.fp32_check is not None and left() > 60:
         tiny = out / "llama-tiny-fp32"
