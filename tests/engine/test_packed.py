@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from evaluation.engine.server import packed
-from evaluation.engine.server.batching import Limits, plan_batches
+from evaluation.engine.server.batching import Limits, Scheduler, plan_batches
 from evaluation.engine.server.generation import BatchGenerator
+from evaluation.engine.server.stats import Stats
 from tests.engine.reference import STORE_BYTES, assert_like_generate, forward_tokens, rows_for
 from tests.engine.test_prefix_batches import run_prompts
 
@@ -148,6 +149,24 @@ def test_packed_batches_are_planned_by_their_own_tokens(loaded):
     limited = plan_batches(rows, Limits(max_packed_tokens=10_000, max_packed_rows=16), packed=True)
     assert [len(b) for b in limited] == [16, 16, 8]
     assert len(plan_batches(rows, Limits(max_packed_tokens=200), packed=True)) > 1
+
+
+def test_a_packed_batch_out_of_memory_is_split_and_the_packed_limits_shrink(loaded):
+    model, tokenizer = loaded.model, loaded.tokenizer
+
+    class Tight(BatchGenerator):
+        def _packed_prefill(self, groups):
+            if sum(len(g.rows) for g in groups) > 3:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super()._packed_prefill(groups)
+
+    stats, limits = Stats(), Limits()
+    rows = rows_for(tokenizer, run_prompts(0, 3) + run_prompts(1, 3), max_new_tokens=1)
+    Scheduler(Tight(model, tokenizer, prefix_store_bytes=STORE_BYTES), stats, limits).run(rows)
+    assert stats.out_of_memory_splits == 1
+    assert limits.max_packed_rows == 3 and limits.max_packed_tokens == Limits().max_packed_tokens // 2
+    assert all(r.finish_reason == "length" for r in rows)
+    assert_like_generate(model, tokenizer, rows)
 
 
 def test_models_that_do_not_attend_through_the_interface_are_not_packed(tiny_gpt2_dir):

@@ -321,7 +321,7 @@ class Scheduler:
             batch[0].error = self.out_of_memory_message
             batch[0].finished, batch[0].finish_reason = True, "out_of_memory"
             return
-        if self.generator.last_packed:
+        if self.generator.packing and not batch[0].echo and not batch[0].needs_decode:  # a packed batch
             self.limits.max_packed_tokens = max(256, self.limits.max_packed_tokens // 2)
             self.limits.max_packed_rows = max(1, min(self.limits.max_packed_rows, len(batch) // 2))
         cost = _cost(batch)
