@@ -45,6 +45,18 @@ def test_attend_returns_the_softmax_and_its_log_sum_exp(causal):
     assert torch.allclose(out.double(), want_out, atol=1e-5) and torch.allclose(lse.double(), want_lse, atol=1e-5)
 
 
+def test_merging_two_parts_by_their_log_sum_exps_is_attention_over_both_key_sets():
+    torch.manual_seed(1)
+    q = torch.randn(2, 4, 6, 16)
+    k1, v1 = torch.randn(2, 4, 10, 16), torch.randn(2, 4, 10, 16)
+    k2, v2 = torch.randn(2, 4, 7, 16), torch.randn(2, 4, 7, 16)
+    out1, lse1 = packed.attend(q, k1, v1, False, 0.25)
+    out2, lse2 = packed.attend(q, k2, v2, False, 0.25)
+    want, _ = reference_attention(q, torch.cat([k1, k2], 2), torch.cat([v1, v2], 2), False, 0.25)
+    merged = packed._merge(out1, lse1[..., None], out2, lse2[..., None])
+    assert torch.allclose(merged.double(), want, atol=1e-5)
+
+
 def test_buckets_cover_every_token_once_and_pad_within_a_factor_of_two():
     lengths = [5, 1, 60, 7, 30, 2, 300]
     buckets = packed.buckets_for(lengths, torch.device("cpu"))

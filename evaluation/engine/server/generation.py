@@ -299,9 +299,9 @@ class BatchGenerator:
         limit = self.packed_max_length
         return self.packing and (limit is None or max(len(r.prompt_ids) for r in rows) <= limit)
 
-    def _packed_prefill(self, groups: list[PrefixGroup]) -> torch.Tensor:
+    def _packed_prefill(self, groups: list[PrefixGroup]) -> torch.Tensor | None:
         """The last position's logits (fp32) of every row, from one forward of the rows' own tokens
-        packed side by side (packed.py)."""
+        packed side by side (packed.py); None if the model did not attend through packed attention."""
         self._count_prefixes(groups)
         self._fill_prefixes(groups)
         ids: list[int] = []
@@ -320,15 +320,14 @@ class BatchGenerator:
                 ends[id(row)] = len(ids) - 1
             if group.length:
                 spans.append((start, len(ids), cache_tensors(group.cache)))
-        order = [ends[id(row)] for group in groups for row in group.rows]  # the caller's row order
+        keep = [ends[id(row)] for group in groups for row in group.rows]  # in the caller's row order
         plan = packed.PackedPlan(lengths, spans, self.device)
-        ends = torch.tensor(order).to(self.device, non_blocking=True)
         with packed.active(self.model, plan):
             out = self.model(
                 input_ids=torch.tensor([ids]).to(self.device, non_blocking=True),
                 position_ids=torch.tensor([positions]).to(self.device, non_blocking=True),
                 use_cache=False,
-                logits_to_keep=ends,
+                logits_to_keep=torch.tensor(keep).to(self.device, non_blocking=True),
             )
         if len(plan.layers_seen) != self.model.config.num_hidden_layers:
             # A layer attended without us, over the whole packed sequence: its results are wrong.
@@ -472,7 +471,6 @@ class BatchGenerator:
             del logits
         self._choose(last, rows)
         live = rows
-        self.last_decode_steps = 0
         if self.static is not None and cache is not None and any(not r.finished for r in rows):
             self._decode_static(rows, cache, mask, next_pos)
             return rows

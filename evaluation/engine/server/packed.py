@@ -7,10 +7,13 @@ tokens, nothing is padded or copied, and attention runs in two parts whose resul
 their log-sum-exps (exactly the softmax over both sets of keys):
 
 - each run's queries, all of its rows at once, against its stored prefix's keys and values;
-- each row's queries against its own keys (causal), rows of similar length padded together.
+- each row's queries against its own keys (causal).
+
+On a GPU in half precision both parts are PyTorch's varlen flash kernel over the sequence as it is;
+elsewhere (the CPU, fp32) rows of similar length are padded together for their own part.
 
 Only models whose attention goes through transformers' `AttentionInterface` can be served so
-(`supports`), and a forward whose layers did not all call us is refused (`PackedPlan.calls`).
+(`supports`), and a forward whose layers did not all call us is refused (`PackedPlan.layers_seen`).
 """
 
 from __future__ import annotations
@@ -59,7 +62,6 @@ class PackedPlan:
     lengths: list[int]
     groups: list[tuple[int, int, list[tuple[torch.Tensor, torch.Tensor]]]]
     device: torch.device
-    calls: int = 0
     layers_seen: set[int] = field(default_factory=set)
     _buckets: list[Bucket] | None = None
     _varlen: dict | None = None
@@ -137,7 +139,7 @@ def _merge(own: torch.Tensor, own_lse: torch.Tensor, pre: torch.Tensor, pre_lse:
     """Attention over two sets of keys from each set's result and log-sum-exp (lse broadcast to the
     results' shape): the prefix's share of the softmax mass is sigmoid(lse_prefix - lse_own)."""
     share = torch.sigmoid(pre_lse - own_lse)
-    return (own.float() + share * (pre.float() - own.float())).to(own.dtype)
+    return torch.lerp(own.float(), pre.float(), share).to(own.dtype)
 
 
 # PyTorch's varlen flash kernel for half-precision models on a GPU; off if this torch's signature
@@ -221,7 +223,6 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     plan = _active
     if plan is None or dropout:
         raise RuntimeError("packed attention outside a packed forward")
-    plan.calls += 1
     layer = module.layer_idx
     plan.layers_seen.add(layer)
     if _varlen_usable(query):
