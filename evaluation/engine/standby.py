@@ -36,6 +36,7 @@ PRELOAD = {
         "helm.tokenizers.huggingface_tokenizer",
         "helm.benchmark.metrics.basic_metrics",
         "evaluation.engine.helm_plugin",
+        "evaluation.engine.helm_fast",
     ),
 }
 
@@ -48,6 +49,19 @@ def preload(kind: str) -> None:
             pass
     if kind == "helm":
         _register_helm_configs()
+        _install_helm_fast()
+    from evaluation.engine import heap
+
+    heap.freeze()  # what was imported stays; later collections need not walk it
+
+
+def _install_helm_fast() -> None:
+    try:
+        from evaluation.engine import helm_fast
+
+        helm_fast.install()
+    except Exception:  # noqa: BLE001 - the run installs it again, and reports what fails
+        pass
 
 
 def _register_helm_configs() -> None:

@@ -140,6 +140,9 @@ def _front(conn: Connection, listen: socket.socket) -> None:
     except (EOFError, OSError):
         return
     service = RemoteService(conn, ready)
+    from evaluation.engine import heap
+
+    heap.freeze()
     server = EngineHTTPServer(listen.getsockname()[:2], service, listen_socket=listen)
     server.serve_forever()
 

@@ -1,0 +1,184 @@
+"""helm-run with HELM's slowest pure-Python steps done faster, their results unchanged.
+
+    python -m evaluation.engine.helm_fast ARGS   # the same as: python -m helm.benchmark.run ARGS
+
+Once the server answered a multiple-choice request in about a millisecond, most of an evaluation was
+HELM's own Python in its helm-run processes (docs/benchmarks.md). Parts of it redo the same work
+for every statistic or every prompt:
+
+- `compute_worst_case_metrics` (the robustness and fairness worst cases) builds its metric names with
+  `dataclasses.replace` several times per statistic, although a run has only a few dozen distinct
+  names. Here each distinct name is derived once; the statistics are merged in the same order with
+  the same arithmetic, so every figure and the order of `stats.json` stay the same.
+- `asdict_without_nones`, behind every JSON file HELM writes, goes through `dataclasses.asdict`, which
+  looks up a class's fields and deep-copies every value one by one. Here the fields are looked up once
+  per class and values of plain types are used as they are; the dictionaries are equal, so the files
+  are byte for byte the same.
+- Every prompt is tokenized when it is adapted (does it fit the context window?) and again by the
+  efficiency metrics (how many prompt tokens?); with the cache off (`--disable-cache`, so that no
+  evaluation reuses another's answers) both run the tokenizer and build a token object per token.
+  Here a process remembers the result of each tokenization request it made (the same tokenizer on
+  the same text gives the same tokens) and hands out a copy of it.
+- The garbage collector's full collections walk the imports too (`evaluation.engine.heap`): they are
+  frozen before the run starts.
+
+Only the engine's own helm-run processes use this (the runner's command, and its standbys); stock
+HELM, which the benchmarks compare with, does not. `tests/engine/test_helm_fast.py` checks both against
+HELM's own functions, on statistics with and without perturbations and on a real run's files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import runpy
+from collections import defaultdict
+from typing import Any
+
+from evaluation.engine import heap
+
+_ATOMIC = frozenset({type(None), bool, int, float, str, bytes, complex, type(...), type(NotImplemented)})
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _plain(obj: Any) -> Any:
+    """What `dataclasses.asdict` with the none-dropping factory makes of `obj`."""
+    kind = type(obj)
+    if kind in _ATOMIC:
+        return obj  # deepcopy returns these unchanged
+    names = _FIELDS.get(kind)
+    if names is None and hasattr(kind, "__dataclass_fields__"):
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind))
+    if names is not None:
+        out = {}
+        for name in names:
+            value = _plain(getattr(obj, name))
+            if value is not None:
+                out[name] = value
+        return out
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return kind(*[_plain(v) for v in obj])
+    if isinstance(obj, (list, tuple)):
+        return kind(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return kind((_plain(k), _plain(v)) for k, v in obj.items())
+    return copy.deepcopy(obj)
+
+
+def asdict_without_nones(obj: Any) -> dict[str, Any]:
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        raise ValueError(f"Expected dataclass, got '{obj}'")
+    return _plain(obj)
+
+
+def compute_worst_case_metrics(per_instance_stats: dict) -> list:
+    """HELM's `compute_worst_case_metrics`, step for step, with each derived metric name made once."""
+    from helm.benchmark.augmentations.perturbation_description import (
+        PERTURBATION_ORIGINAL,
+        PERTURBATION_WORST,
+        PerturbationDescription,
+    )
+    from helm.benchmark.metrics.statistic import Stat, merge_stat
+
+    replace = dataclasses.replace
+    robustness = PerturbationDescription(name="robustness", robustness=True)
+    fairness = PerturbationDescription(name="fairness", fairness=True)
+    unperturbed: dict = {}
+    derived_names: dict = {}
+
+    def derived(name, which):
+        key = (name, which)
+        found = derived_names.get(key)
+        if found is None:
+            if which == "robustness":
+                found = replace(name, perturbation=robustness)
+            elif which == "fairness":
+                found = replace(name, perturbation=fairness)
+            else:
+                found = replace(name, perturbation=replace(name.perturbation, computed_on=which))
+            derived_names[key] = found
+        return found
+
+    groups: dict = defaultdict(list)
+    for instance, stats in per_instance_stats.items():
+        for stat in stats:
+            assert instance.id is not None
+            base = unperturbed.get(stat.name)
+            if base is None:
+                base = unperturbed[stat.name] = replace(stat.name, perturbation=None)
+            groups[(base, instance.id)].append(stat)
+
+    derived_stats: dict = {}
+    for (metric_name, _instance_id), stats in groups.items():
+        original = None
+        robustness_stat = Stat(derived(metric_name, "robustness"))
+        fairness_stat = Stat(derived(metric_name, "fairness"))
+        individual: dict = {}
+        for stat in stats:
+            perturbation = stat.name.perturbation
+            if perturbation is None:
+                assert original is None, f"For {metric_name} got both {original} and {stat}"
+                original = stat
+            else:
+                if perturbation.robustness:
+                    robustness_stat.merge(stat)
+                if perturbation.fairness:
+                    fairness_stat.merge(stat)
+                assert perturbation not in individual, perturbation
+                individual[perturbation] = Stat(stat.name).merge(stat)
+        for stat in [robustness_stat, fairness_stat, *individual.values()]:
+            perturbation = stat.name.perturbation
+            if original is not None:
+                stat.merge(original)
+                if perturbation.name not in ("robustness", "fairness"):
+                    before = Stat(derived(stat.name, PERTURBATION_ORIGINAL)).merge(original)
+                    merge_stat(derived_stats, before)
+            if stat.count > 0:
+                merge_stat(derived_stats, Stat(derived(stat.name, PERTURBATION_WORST)).add(stat.min))
+    return list(derived_stats.values())
+
+
+MEMO_ENTRIES = 16384
+
+
+def _remembering(tokenize):
+    def remembered_tokenize(self, request):
+        memo = self.__dict__.get("_engine_memo")
+        if memo is None:
+            memo = self.__dict__.setdefault("_engine_memo", {})
+        result = memo.get(request)
+        if result is None:
+            result = tokenize(self, request)
+            if len(memo) >= MEMO_ENTRIES:
+                memo.clear()
+            memo[request] = result
+        return dataclasses.replace(result, tokens=list(result.tokens))
+
+    remembered_tokenize.__wrapped__ = tokenize
+    return remembered_tokenize
+
+
+def install() -> None:
+    """Put the faster functions where HELM's modules look them up."""
+    from helm.benchmark import runner
+    from helm.benchmark.metrics import metric, reference_metric
+    from helm.common import general
+    from helm.tokenizers.huggingface_tokenizer import HuggingFaceTokenizer
+
+    # Modules that imported a name hold their own reference to it: replace it there too.
+    for module in (metric, reference_metric):
+        module.compute_worst_case_metrics = compute_worst_case_metrics
+    for module in (general, runner):
+        module.asdict_without_nones = asdict_without_nones
+    if not hasattr(HuggingFaceTokenizer.tokenize, "__wrapped__"):
+        HuggingFaceTokenizer.tokenize = _remembering(HuggingFaceTokenizer.tokenize)
+
+
+def main() -> None:
+    install()
+    heap.freeze()
+    runpy.run_module("helm.benchmark.run", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
