@@ -19,9 +19,7 @@ case $size in
   7b) instances="prefill-mc=500 generation=12"; extra="" ;;
   *) echo "size must be 1b or 7b" >&2; exit 2 ;;
 esac
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/.whl/stubs:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 out=${OUT:-var}/helm-speed-$size
 # shellcheck disable=SC2086  # modes and instances are lists of words
-python3 -m benchmarks.helm_speed --size "$size" --suites ${SUITES:-prefill-mc generation} --modes $modes --budgets 24 \
+bash benchmarks/gpu_env.sh python3 -m benchmarks.helm_speed --size "$size" --suites ${SUITES:-prefill-mc generation} --modes $modes --budgets 24 \
   --instances $instances --helm-processes 3 --deadline-s "${DEADLINE_S:-540}" --out "$out" $extra
