@@ -5,7 +5,9 @@
 - B: a 2023-style server (one request at a time, `generate`; `benchmarks/baseline_server.py`) behind
   HELM's HTTP client, driven by `evaluation.engine.runner.evaluate(server_cmd=...)`.
 - ours: `runner.evaluate` with the engine's batched server and many HELM threads, per track budget.
-- warm: ours taking over the standby processes (imports done) the run before left, as a GPU worker does.
+- warm: ours taking over the standby processes the run before left, as a GPU worker does; the run
+  starts once their imports are done (a worker that was idle a moment, or whose previous evaluation
+  lasted longer than the imports: ~15 s on the GPU box).
 - fp32: ours serving the same checkpoint in fp32, no budget: the reference that shows how many bf16
   predictions, A's and ours alike, bf16 rounding alone changes.
 
@@ -612,6 +614,8 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
                         # Only for this run: the modes after it (fp32 too) get the default layout.
                         # "warm@N": warm with N HELM threads instead of --threads.
                         base, _, threads = mode.partition("@")
+                        if base in WARM_MODES and not runner.wait_standbys_ready(300):
+                            print("!! standbys still importing after 300 s", flush=True)
                         os.environ["ENGINE_SINGLE_PROCESS"] = "1" if base == "warm-single" else ""
                         try:
                             row = run_engine(

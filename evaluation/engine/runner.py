@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -228,6 +229,18 @@ class Standby:
     process: subprocess.Popen
     listener: socket.socket | None = None  # the server's: bound and listening before the server exists
     told: bool = False
+    ready_fd: int | None = None  # reads end-of-file once the standby's imports are done
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether its imports are done, waiting up to `timeout` seconds for them."""
+        if self.ready_fd is None:
+            return True
+        readable, _, _ = select.select([self.ready_fd], [], [], timeout)
+        if not readable:
+            return False
+        os.close(self.ready_fd)
+        self.ready_fd = None
+        return True
 
     def take_over(self, command: list[str], *, env: dict[str, str] | None, cwd: Path, log: Path | None) -> None:
         """Make it run `command` (`[python, "-m", module, *argv]`) as a fresh process would."""
@@ -239,6 +252,9 @@ class Standby:
         self.told = True
 
     def discard(self) -> None:
+        if self.ready_fd is not None:
+            os.close(self.ready_fd)
+            self.ready_fd = None
         if self.process.stdin is not None:
             self.process.stdin.close()  # EOF: it exits
         try:
@@ -279,8 +295,9 @@ def start_standbys(helm_processes: int = 1) -> None:
     for kind, wanted in (("server", 1), ("helm", helm_processes)):
         for _ in range(wanted - sum(s.kind == kind for s in _standbys)):
             listener = listening_socket() if kind == "server" else None
+            ready_fd, ready_child = os.pipe()
             process = _spawn(
-                [sys.executable, "-m", "evaluation.engine.standby", kind],
+                [sys.executable, "-m", "evaluation.engine.standby", kind, str(ready_child)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE if kind == "helm" else subprocess.DEVNULL,
                 stderr=subprocess.STDOUT if kind == "helm" else subprocess.DEVNULL,
@@ -289,9 +306,16 @@ def start_standbys(helm_processes: int = 1) -> None:
                 bufsize=1,
                 env=env,
                 cwd=REPO_ROOT,
-                pass_fds=(listener.fileno(),) if listener else (),
+                pass_fds=(ready_child, listener.fileno()) if listener else (ready_child,),
             )
-            _standbys.append(Standby(kind, process, listener))
+            os.close(ready_child)
+            _standbys.append(Standby(kind, process, listener, ready_fd=ready_fd))
+
+
+def wait_standbys_ready(timeout: float) -> bool:
+    """Wait until every waiting standby has done its imports (a worker that booted a while ago)."""
+    deadline = time.monotonic() + timeout
+    return all(s.wait_ready(max(0.0, deadline - time.monotonic())) for s in list(_standbys))
 
 
 def take_standby(kind: str) -> Standby | None:

@@ -97,6 +97,8 @@ def become(order: dict) -> None:
 def main() -> int:
     kind = sys.argv[1]
     preload(kind)
+    if len(sys.argv) > 2:  # a pipe to say that the imports are done (closing it says so)
+        os.close(int(sys.argv[2]))
     line = sys.stdin.readline()
     if not line.strip():
         return 0
