@@ -147,67 +147,8 @@ def tokenizer_folder(model_dir: Path, base_dir: Path | None = None) -> Path | No
     return next((f for f in (model_dir, base_dir) if f is not None and (f / "tokenizer_config.json").exists()), None)
 
 
-STAGING_BYTES = 128 * 2**20
-
-
-def _fits_in_memory(folder: Path, itemsize: int) -> bool:
-    """Whether the weights fit in half the memory this machine has available (Linux; else no)."""
-    try:
-        with open("/proc/meminfo") as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return False
-    return estimate_weight_bytes([folder], itemsize)[0] < available // 2
-
-
-def to_gpu(model: Any, device: str) -> Any:
-    """`model.to(device)` for a model in CPU memory, through two pinned staging buffers.
-
-    Copying a tensor from pageable memory makes CUDA stage it through a small pinned buffer of its
-    own, one tensor at a time, synchronously (~4 GB/s measured for a 6.7 B model, docs/benchmarks.md);
-    here the CPU fills one large pinned buffer while the GPU copies from the other. Tensors shared by
-    two modules (tied embeddings) stay shared: the second module finds the first's copy already there.
-    """
-    import torch
-
-    stream = torch.cuda.Stream(device)
-    staging = [torch.empty(STAGING_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
-    done: list[Any] = [None, None]
-    turn = 0
-
-    def copy(tensor):
-        nonlocal turn
-        if tensor.device.type != "cpu":
-            return tensor.to(device)
-        out = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
-        if tensor.numel() == 0:
-            return out
-        src = tensor.contiguous().reshape(-1).view(torch.uint8)
-        dst = out.view(-1).view(torch.uint8)
-        for start in range(0, src.numel(), STAGING_BYTES):
-            n = min(STAGING_BYTES, src.numel() - start)
-            if done[turn] is not None:
-                done[turn].synchronize()  # the GPU has finished reading this buffer
-            staging[turn][:n].copy_(src[start : start + n])
-            with torch.cuda.stream(stream):
-                dst[start : start + n].copy_(staging[turn][:n], non_blocking=True)
-                done[turn] = torch.cuda.Event()
-                done[turn].record(stream)
-            turn ^= 1
-        return out
-
-    model._apply(copy)
-    stream.synchronize()
-    return model
-
-
-def _from_pretrained(folder: Path, torch_dtype: Any, device: str, staged: bool = True) -> Any:
-    """The model on `device`; on a GPU loaded into CPU memory first and copied over by `to_gpu`
-    (`staged`), or with Hugging Face's own `device_map` (`staged=False`)."""
+def _from_pretrained(folder: Path, torch_dtype: Any, device: str) -> Any:
     from transformers import AutoModelForCausalLM
-
-    if staged and device.startswith("cuda") and _fits_in_memory(folder, torch_dtype.itemsize):
-        return to_gpu(_from_pretrained(folder, torch_dtype, "cpu"), device)
 
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype,

@@ -186,25 +186,3 @@ def test_gpu_batch_limits_are_sized_for_the_allocator_cap_not_the_whole_budget(m
     # Room for four few-shot prefixes of ~600 tokens; batches that keep them are that much smaller.
     assert limits.prefix_store_bytes == min(free_under_cap // 5, 4 * 600 * kv_per_token)
     assert limits.prefix_store_tokens == int(0.6 * limits.prefix_store_bytes / per_token)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_to_gpu_copies_every_tensor_bitwise_and_keeps_tied_weights(tiny_llama_dir, monkeypatch):
-    from evaluation.engine import loading
-
-    cpu = loading._from_pretrained(tiny_llama_dir, torch.bfloat16, "cpu")
-    expected = {k: v.clone() for k, v in cpu.state_dict().items()}
-    monkeypatch.setattr(loading, "STAGING_BYTES", 4096)  # many chunks per tensor, both buffers in turn
-    gpu = loading.to_gpu(cpu, "cuda")
-    for name, tensor in gpu.state_dict().items():
-        assert tensor.device.type == "cuda" and torch.equal(tensor.cpu(), expected[name]), name
-    if gpu.config.tie_word_embeddings:
-        assert gpu.get_output_embeddings().weight is gpu.get_input_embeddings().weight
-
-
-def test_staged_loading_needs_room_in_memory(tiny_llama_dir, monkeypatch):
-    from evaluation.engine import loading
-
-    assert loading._fits_in_memory(tiny_llama_dir, 2)
-    monkeypatch.setattr(loading, "estimate_weight_bytes", lambda folders, itemsize: (2**60, 0))
-    assert not loading._fits_in_memory(tiny_llama_dir, 2)
