@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,21 @@ def tokenizer_folder(model_dir: Path, base_dir: Path | None = None) -> Path | No
 def _from_pretrained(folder: Path, torch_dtype: Any, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
+    if os.environ.get("ENGINE_FAST_LOAD", "1") != "0":
+        import torch
+
+        from evaluation.engine import fast_load
+
+        try:
+            model = fast_load.load(folder, torch_dtype, device)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:  # the usual way says it better
+            log.warning("fast load failed (%s: %s); loading with from_pretrained", type(e).__name__, e)
+            model = None
+        if model is not None:
+            return model
+
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype,
         "trust_remote_code": False,
@@ -214,6 +230,7 @@ def load_model(
         torch.cuda.set_per_process_memory_fraction(allocator_fraction(budget, total=total), index)
         torch.cuda.reset_peak_memory_stats(index)
 
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer
 
     try:
@@ -230,7 +247,7 @@ def load_model(
             if budget
             else "ran out of GPU memory while loading"
         )
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as e:
         raise ModelLoadError(f"could not load the model: {type(e).__name__}: {e}")
     model.eval()
     model.requires_grad_(False)
