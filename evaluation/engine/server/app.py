@@ -283,8 +283,10 @@ class ModelService(Frontend):
         self.scheduler.stop()
 
     def warm_up(self) -> None:
-        """One tiny generation so the first real request does not pay for kernel set-up."""
-        self.scheduler.run([Row(prompt_ids=list(self.empty_prompt_ids), max_new_tokens=2)])
+        """One tiny forward so the first real request does not pay for kernel set-up. One token only:
+        a decode step would capture a CUDA graph for one row, a shape later decode batches rarely
+        have (the first decoding batch captures its own), while every evaluation waits for it."""
+        self.scheduler.run([Row(prompt_ids=list(self.empty_prompt_ids), max_new_tokens=1)])
         # The counters describe the evaluation, not the warm-up.
         self.stats = self.scheduler.stats = Stats(device=self.loaded.device)
 
