@@ -97,6 +97,16 @@ def _pieces(plan: list[tuple]) -> list[tuple]:
     return pieces
 
 
+def _read_into(fd: int, into: memoryview, start: int, path: Path) -> None:
+    """Fill `into` from the file at `start` (one read returns at most ~2 GiB on Linux)."""
+    done = 0
+    while done < len(into):
+        got = os.preadv(fd, [into[done:]], start + done)
+        if got <= 0:
+            raise OSError(f"{path.name}: read {done} of {len(into)} bytes at {start}")
+        done += got
+
+
 def _read_all(pieces: list[tuple], device: Any) -> None:
     import torch
 
@@ -123,10 +133,10 @@ def _read_all(pieces: list[tuple], device: Any) -> None:
                 if stream is not None:
                     stream.synchronize()  # the previous copy out of `buffer` is done
                 view = buffer[:length]
-                fd = fds.get(path) or fds.setdefault(path, os.open(path, os.O_RDONLY))
-                got = os.preadv(fd, [memoryview(view.numpy())], start)
-                if got != length:
-                    raise OSError(f"{path.name}: read {got} of {length} bytes at {start}")
+                fd = fds.get(path)
+                if fd is None:
+                    fd = fds[path] = os.open(path, os.O_RDONLY)
+                _read_into(fd, memoryview(view.numpy()), start, path)
                 with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                     if shape is None or dtype == target.dtype:
                         flat = target.view(-1).view(torch.uint8)

@@ -87,3 +87,19 @@ def test_a_truncated_file_fails_as_a_load_error_that_says_so(tiny_llama_dir, tmp
     monkeypatch.setenv("ENGINE_FAST_LOAD", "0")  # Hugging Face's own error, reported as a load error too
     with pytest.raises(loading.ModelLoadError, match="SafetensorError"):
         loading.load_model(broken, device="cpu", dtype="float32")
+
+
+def test_reads_that_return_less_than_asked_are_continued(tiny_llama_dir, monkeypatch):
+    import os
+
+    real = os.preadv
+    short = []
+
+    def at_most_777(fd, buffers, offset):
+        short.append(1)
+        return real(fd, [buffers[0][:777]], offset)
+
+    monkeypatch.setattr(fast_load.os, "preadv", at_most_777)
+    expected = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32, attn_implementation="sdpa")
+    same_models(fast_load.load(tiny_llama_dir, torch.float32, "cpu"), expected)
+    assert len(short) > 100
