@@ -138,7 +138,9 @@ def compute_worst_case_metrics(per_instance_stats: dict) -> list:
     return list(derived_stats.values())
 
 
-MEMO_ENTRIES = 16384
+# Tokens remembered per process, at most: ~130 MB of token objects. Past it the memo starts afresh
+# (a run's prompts are adapted, then scored, in the same order: most are still found).
+MEMO_TOKENS = 2_000_000
 
 
 def _remembering(tokenize):
@@ -149,8 +151,11 @@ def _remembering(tokenize):
         result = memo.get(request)
         if result is None:
             result = tokenize(self, request)
-            if len(memo) >= MEMO_ENTRIES:
+            held = self.__dict__.get("_engine_memo_tokens", 0) + len(result.tokens)
+            if held > MEMO_TOKENS:
                 memo.clear()
+                held = len(result.tokens)
+            self.__dict__["_engine_memo_tokens"] = held
             memo[request] = result
         return dataclasses.replace(result, tokens=list(result.tokens))
 

@@ -128,10 +128,13 @@ class CountingTokenizer:
                                          tokens=[TokenizationToken(len(w)) for w in words])  # fmt: skip
 
 
-def test_a_tokenization_is_made_once_and_handed_out_as_a_copy():
+RAW_TOKENIZE = CountingTokenizer.tokenize
+
+
+def test_a_tokenization_is_made_once_and_handed_out_as_a_copy(monkeypatch):
     from helm.common.tokenization_request import TokenizationRequest
 
-    CountingTokenizer.tokenize = helm_fast._remembering(CountingTokenizer.tokenize)
+    monkeypatch.setattr(CountingTokenizer, "tokenize", helm_fast._remembering(RAW_TOKENIZE))
     tok = CountingTokenizer()
     request = TokenizationRequest("the same five words here", tokenizer="t/t", encode=True)
     first = tok.tokenize(request)
@@ -141,6 +144,20 @@ def test_a_tokenization_is_made_once_and_handed_out_as_a_copy():
     assert [t.value for t in second.tokens] == [3, 4, 4, 5, 4]
     other = tok.tokenize(TokenizationRequest("the same five words here", tokenizer="t/t", encode=True, max_length=3))
     assert tok.calls == 2 and len(other.tokens) == 5  # another request is another entry
+
+
+def test_the_tokenization_memo_is_bounded(monkeypatch):
+    from helm.common.tokenization_request import TokenizationRequest
+
+    monkeypatch.setattr(helm_fast, "MEMO_TOKENS", 12)
+    monkeypatch.setattr(CountingTokenizer, "tokenize", helm_fast._remembering(RAW_TOKENIZE))
+    tok = CountingTokenizer()
+    texts = [f"five words in text {i}" for i in range(4)]
+    for text in texts:
+        tok.tokenize(TokenizationRequest(text, tokenizer="t/t"))
+    assert len(tok._engine_memo) == 2 and tok._engine_memo_tokens == 10  # 4 × 5 tokens never held at once
+    tok.tokenize(TokenizationRequest(texts[-1], tokenizer="t/t"))
+    assert tok.calls == 4  # the latest are still there
 
 
 def test_install_puts_the_functions_where_helm_looks_them_up():
