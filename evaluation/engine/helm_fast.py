@@ -18,7 +18,7 @@ for every statistic or every prompt:
   efficiency metrics (how many prompt tokens?); with the cache off (`--disable-cache`, so that no
   evaluation reuses another's answers) both run the tokenizer and build a token object per token.
   Here a process remembers the result of each tokenization request it made (the same tokenizer on
-  the same text gives the same tokens) and hands out a copy of it.
+  the same text gives the same tokens; up to `MEMO_TOKENS` tokens) and hands out a copy of it.
 - The garbage collector's full collections walk the imports too (`evaluation.engine.heap`): they are
   frozen before the run starts.
 
