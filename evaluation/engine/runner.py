@@ -297,7 +297,7 @@ def start_standbys(helm_processes: int = 1) -> None:
             listener = listening_socket() if kind == "server" else None
             ready_fd, ready_child = os.pipe()
             process = _spawn(
-                [sys.executable, "-m", "evaluation.engine.standby", kind, str(ready_child)],
+                [sys.executable, "-m", "evaluation.engine.standby", "--ready-fd", str(ready_child), kind],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE if kind == "helm" else subprocess.DEVNULL,
                 stderr=subprocess.STDOUT if kind == "helm" else subprocess.DEVNULL,

@@ -95,10 +95,16 @@ def become(order: dict) -> None:
 
 
 def main() -> int:
-    kind = sys.argv[1]
+    """`python -m evaluation.engine.standby [--ready-fd N] KIND`: N is a pipe whose closing says the
+    imports are done."""
+    args = sys.argv[1:]
+    ready_fd = None
+    if args[:1] == ["--ready-fd"]:
+        ready_fd, args = int(args[1]), args[2:]
+    kind = args[0]
     preload(kind)
-    if len(sys.argv) > 2:  # a pipe to say that the imports are done (closing it says so)
-        os.close(int(sys.argv[2]))
+    if ready_fd is not None:
+        os.close(ready_fd)
     line = sys.stdin.readline()
     if not line.strip():
         return 0

@@ -138,6 +138,11 @@ class JobHeartbeat(threading.Thread):
                 # Remaining runs of this suite at the pace so far (later suites are not counted).
                 self.progress["eta_s"] = round(elapsed / done * (total - done), 1)
 
+    def snapshot(self) -> dict:
+        """The latest progress (the database has it only as of the last beat)."""
+        with self._lock:
+            return dict(self.progress)
+
     def _log_tail(self) -> str:
         lines: list[str] = []
         for path in self.log_paths:
@@ -225,7 +230,9 @@ def evaluation_run(*, job_id: int, task_id: str, hostname: str) -> None:
             if heartbeat.stop_requested.is_set():
                 raise EvaluationStopped()
             _store_suite_result(job_id=job.pk, task_id=task_id, role=role, suite=suite, outcome=outcome)
-        _finish_scored(job_id=job.pk, task_id=task_id, roles=[role for role, _ in suites])
+        _finish_scored(
+            job_id=job.pk, task_id=task_id, roles=[role for role, _ in suites], progress=heartbeat.snapshot()
+        )
     except EvaluationStopped:
         logger.info("Job %s stopped: cancelled or taken over.", job.pk)
     except EngineUserError as exc:
@@ -288,7 +295,9 @@ def _store_suite_result(*, job_id: int, task_id: str, role: str, suite: str, out
     return result
 
 
-def _finish_scored(*, job_id: int, task_id: str, roles: list[str]) -> None:
+def _finish_scored(*, job_id: int, task_id: str, roles: list[str], progress: dict | None = None) -> None:
+    """Done and scored; `progress`, the heartbeat's latest, replaces what its last beat stored (a
+    suite's last runs often finish between two beats)."""
     with transaction.atomic():
         job = _lock_owned(job_id, task_id)
         missing = set(roles) - set(SuiteResult.objects.filter(job=job).values_list("role", flat=True))
@@ -296,7 +305,7 @@ def _finish_scored(*, job_id: int, task_id: str, roles: list[str]) -> None:
             raise EngineInfraError(f"results of the {', '.join(sorted(missing))} suite are missing")
         job.state = J.DONE
         job.finished_at = timezone.now()
-        job.progress = {**job.progress, "finished": True}
+        job.progress = {**(job.progress if progress is None else progress), "finished": True}
         job.save(update_fields=["state", "finished_at", "progress"])
         submission_transition(submission_id=job.submission_id, to=S.SCORED, reason="Evaluation finished.")
 

@@ -318,3 +318,26 @@ def test_engine_errors_are_classified_once():
     assert issubclass(engine_errors.ModelTooLarge, engine_errors.UserError)
     assert issubclass(engine_errors.HelmTimeout, engine_errors.InfraError)
     assert EngineInfraError("x").message == "x" and EngineUserError("y").message == "y"
+
+
+def test_a_scored_job_keeps_the_progress_of_its_last_runs_even_between_heartbeats(settings, tmp_path, monkeypatch):
+    """The last runs of a suite often end between two beats: the stored progress is the latest."""
+    from evaluation.services import jobs
+
+    settings.EVALUATION_SUITES = ["open=offline-smoke"]
+    settings.EVALUATION_HEARTBEAT_SECONDS = 3600  # no beat during the job
+    settings.EVALUATION_WORK_DIR = str(tmp_path)
+    track = TrackFactory()
+    queued(ValidatedSubmissionFactory(track=track))
+    job = evaluation_claim_next(track_id=track.pk, task_id="t1", hostname="w@test")
+
+    def engine(*, on_progress, **kwargs):
+        on_progress({"event": "run_finished", "runs_done": 1, "runs_total": 2})
+        on_progress({"event": "run_finished", "runs_done": 2, "runs_total": 2})
+        return outcome_from_document(_doc())
+
+    monkeypatch.setattr(jobs, "engine_run_suite", engine)
+    jobs.evaluation_run(job_id=job.pk, task_id="t1", hostname="w@test")
+    job.refresh_from_db()
+    assert job.state == J.DONE
+    assert job.progress["runs_done"] == 2 and job.progress["runs_total"] == 2 and job.progress["finished"]
