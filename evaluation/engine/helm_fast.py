@@ -19,6 +19,10 @@ for every statistic or every prompt:
   evaluation reuses another's answers) both run the tokenizer and build a token object per token.
   Here a process remembers the result of each tokenization request it made (the same tokenizer on
   the same text gives the same tokens; up to `MEMO_TOKENS` tokens) and hands out a copy of it.
+- Every JSON file is written with `json.dumps(..., indent=2)`, which Python's C encoder does not do:
+  its pure-Python encoder runs a generator per container. `dumps_indent_2` writes the same
+  characters with plain recursion, in half the time (a 2.3 MB per-instance file: 0.10 → 0.05 s), and
+  hands anything but JSON's own types back to `json.dumps`.
 - The garbage collector's full collections walk the imports too (`evaluation.engine.heap`): they are
   frozen before the run starts.
 
@@ -31,8 +35,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import runpy
 from collections import defaultdict
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from evaluation.engine import heap
@@ -142,6 +148,89 @@ def compute_worst_case_metrics(per_instance_stats: dict) -> list:
 # (a run's prompts are adapted, then scored, in the same order: most are still found).
 MEMO_TOKENS = 2_000_000
 
+_INF = float("inf")
+
+
+class _NotPlainJson(Exception):
+    pass
+
+
+def _float_text(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value == _INF:
+        return "Infinity"
+    if value == -_INF:
+        return "-Infinity"
+    return float.__repr__(value)
+
+
+def _key_text(key: Any) -> str:
+    # json.dumps's order of checks for keys that are not strings
+    if isinstance(key, str):
+        return encode_basestring_ascii(key)
+    if isinstance(key, float):
+        return encode_basestring_ascii(_float_text(key))
+    if key is True or key is False or key is None:
+        return {True: '"true"', False: '"false"', None: '"null"'}[key]
+    if isinstance(key, int):
+        return encode_basestring_ascii(int.__repr__(key))
+    raise _NotPlainJson
+
+
+def dumps_indent_2(obj: Any) -> str:
+    """`json.dumps(obj, indent=2)`, character for character."""
+    out: list[str] = []
+    put = out.append
+
+    def encode(o: Any, newline: str) -> None:
+        if isinstance(o, str):
+            put(encode_basestring_ascii(o))
+        elif o is None:
+            put("null")
+        elif o is True:
+            put("true")
+        elif o is False:
+            put("false")
+        elif isinstance(o, int):
+            put(int.__repr__(o))
+        elif isinstance(o, float):
+            put(_float_text(o))
+        elif isinstance(o, (list, tuple, dict)):
+            if not o:
+                put("{}" if isinstance(o, dict) else "[]")
+                return
+            inner = newline + "  "
+            pairs = isinstance(o, dict)
+            put(("{" if pairs else "[") + inner)
+            for i, item in enumerate(o.items() if pairs else o):
+                if i:
+                    put("," + inner)
+                if pairs:
+                    put(_key_text(item[0]) + ": ")
+                    item = item[1]
+                encode(item, inner)
+            put(newline + ("}" if pairs else "]"))
+        else:
+            raise _NotPlainJson
+
+    try:
+        encode(obj, "\n")
+    except (_NotPlainJson, RecursionError):
+        return json.dumps(obj, indent=2)
+    return "".join(out)
+
+
+class _Json:
+    """The `json` module as helm's runner sees it, its indented `dumps` the faster one."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(json, name)
+
+    @staticmethod
+    def dumps(obj: Any, **kwargs: Any) -> str:
+        return dumps_indent_2(obj) if kwargs == {"indent": 2} else json.dumps(obj, **kwargs)
+
 
 def _remembering(tokenize):
     def remembered_tokenize(self, request):
@@ -175,6 +264,7 @@ def install() -> None:
         module.compute_worst_case_metrics = compute_worst_case_metrics
     for module in (general, runner):
         module.asdict_without_nones = asdict_without_nones
+    runner.json = _Json()
     if not hasattr(HuggingFaceTokenizer.tokenize, "__wrapped__"):
         HuggingFaceTokenizer.tokenize = _remembering(HuggingFaceTokenizer.tokenize)
 

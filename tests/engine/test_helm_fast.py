@@ -8,6 +8,8 @@ import random
 from collections import namedtuple
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from evaluation.engine import heap, helm_fast, runner
 
@@ -166,7 +168,7 @@ def test_install_puts_the_functions_where_helm_looks_them_up():
     from helm.tokenizers.huggingface_tokenizer import HuggingFaceTokenizer
 
     saved = (metric.compute_worst_case_metrics, reference_metric.compute_worst_case_metrics,
-             helm_runner.asdict_without_nones, HuggingFaceTokenizer.__dict__.get("tokenize"))  # fmt: skip
+             helm_runner.asdict_without_nones, HuggingFaceTokenizer.__dict__.get("tokenize"), helm_runner.json)  # fmt: skip
     try:
         helm_fast.install()
         helm_fast.install()  # twice: the tokenizer is wrapped once
@@ -174,7 +176,10 @@ def test_install_puts_the_functions_where_helm_looks_them_up():
         assert reference_metric.compute_worst_case_metrics is helm_fast.compute_worst_case_metrics
         assert helm_runner.asdict_without_nones is helm_fast.asdict_without_nones
         assert not hasattr(HuggingFaceTokenizer.tokenize.__wrapped__, "__wrapped__")
+        assert helm_runner.json.dumps({"a": [1]}, indent=2) == json.dumps({"a": [1]}, indent=2)
+        assert isinstance(helm_runner.json, helm_fast._Json)
     finally:
+        helm_runner.json = saved[4]
         metric.compute_worst_case_metrics, reference_metric.compute_worst_case_metrics = saved[:2]
         helm_runner.asdict_without_nones = saved[2]
         if saved[3] is None:
@@ -229,3 +234,39 @@ def per_instance(out) -> dict:
 def test_the_runner_runs_helm_fast():
     cmd = runner.helm_command(*["x"] * 4, threads=4, default_instances=3, plugins=[])
     assert cmd[1:3] == ["-m", "evaluation.engine.helm_fast"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text() | st.integers() | st.floats() | st.booleans() | st.none(), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_dumps_indent_2_writes_what_json_dumps_writes(value):
+    assert helm_fast.dumps_indent_2(value) == json.dumps(value, indent=2)
+
+
+def test_dumps_indent_2_hands_other_types_to_json():
+    from enum import IntEnum, StrEnum
+
+    class Color(StrEnum):
+        RED = "r"
+
+    class Level(IntEnum):
+        HIGH = 3
+
+    value = {"color": Color.RED, "level": Level.HIGH, Level.HIGH: [float("-inf"), "é\n"]}
+    assert helm_fast.dumps_indent_2(value) == json.dumps(value, indent=2)
+    with pytest.raises(TypeError):
+        helm_fast.dumps_indent_2({"x": object()})  # json.dumps's own error
+    state = helm_fast.asdict_without_nones(a_request_state())
+    assert helm_fast.dumps_indent_2(state) == json.dumps(state, indent=2)
+    assert helm_fast._Json().dumps(state, indent=2) == json.dumps(state, indent=2)
+    assert helm_fast._Json().dumps(state) == json.dumps(state) and helm_fast._Json().loads("[1]") == [1]
