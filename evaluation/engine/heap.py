@@ -11,6 +11,9 @@ since they are the imports and the loaded model.
 import gc
 
 
-def freeze() -> None:
-    gc.collect()
+def freeze(collect: bool = True) -> None:
+    """`collect=False` where a process must not wait for a full collection (a server about to serve):
+    the few objects made since the last freeze are frozen as they are, garbage included."""
+    if collect:
+        gc.collect()
     gc.freeze()

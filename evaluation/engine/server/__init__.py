@@ -81,7 +81,7 @@ def create_service(args: argparse.Namespace):
     service.warm_up()
     from evaluation.engine import heap
 
-    heap.freeze()  # imports and model stay for the process's life: no full collection walks them again
+    heap.freeze(collect=False)  # imports and model stay for the process's life: no full collection walks them
     # Where the start-up time goes (reported by /health; the speed benchmark prints it).
     service.startup = {"load_s": round(loaded_at - started, 2), "warm_up_s": round(time.monotonic() - loaded_at, 2)}
     log.info("loaded in %.1f s (imports included), warmed up in %.1f s", *service.startup.values())

@@ -142,7 +142,7 @@ def _front(conn: Connection, listen: socket.socket) -> None:
     service = RemoteService(conn, ready)
     from evaluation.engine import heap
 
-    heap.freeze()
+    heap.freeze(collect=False)
     server = EngineHTTPServer(listen.getsockname()[:2], service, listen_socket=listen)
     server.serve_forever()
 
