@@ -8,8 +8,10 @@ mkdir -p "$out"
 py-spy record -r 100 --gil --subprocesses --format raw -o "$out/spy.raw" -- python3 -m benchmarks.helm_speed \
   --model "$model" --size profile --suites "$suite" --modes warm --budgets 24 --instances "$suite=$n" \
   --helm-processes 3 --out /tmp/profile-run > "$out/spy.log" 2>&1 || echo "py-spy failed: $(tail -3 "$out/spy.log")"
-python3 -m benchmarks.spy_summary "$out/spy.raw" --top 70 > "$out/spy_all.txt" || true
-for part in Runner.run_one Executor.execute Metric.evaluate; do
-  python3 -m benchmarks.spy_summary "$out/spy.raw" --within "$part" --top 50 > "$out/spy_$part.txt" || true
+# One file: a device call brings back only a few.
+python3 -m benchmarks.spy_summary "$out/spy.raw" --top 70 > "$out/spy.txt" || true
+for part in Runner.run_one Executor.process Metric.evaluate; do
+  { echo; echo "# within $part"; python3 -m benchmarks.spy_summary "$out/spy.raw" --within "$part" --top 50; } \
+    >> "$out/spy.txt" || true
 done
 rm -f "$out/spy.raw"; cp /tmp/profile-run/results.json "$out/" || true
