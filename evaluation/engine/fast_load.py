@@ -18,15 +18,11 @@ the caller loads the Hugging Face way.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import struct
 import threading
 from pathlib import Path
 from typing import Any
-
-from evaluation.engine.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +32,6 @@ DTYPES = {
     "BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64", "I32": "int32",
     "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
 }  # fmt: skip
-
-
-def _header(path: Path) -> tuple[dict, int]:
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    return header, 8 + length
 
 
 def _no_init():
@@ -60,23 +48,20 @@ def _plan(model: Any, files: list[Path]) -> list[tuple] | None:
     """(file, start, length, target tensor, file dtype, shape) for every tensor of the files, or None."""
     import torch
 
+    from evaluation.engine.loading import read_safetensors_header  # the checked header: sizes, offsets
+
     targets = dict(model.named_parameters(remove_duplicate=False))
     targets.update(dict(model.named_buffers(remove_duplicate=False)))
     plan, covered = [], set()
     for path in files:
-        header, base = _header(path)
-        size, needed = path.stat().st_size, base + max((i["data_offsets"][1] for i in header.values()), default=0)
-        if size < needed:
-            raise ModelLoadError(f"{path.name} is truncated: its header describes {needed} bytes, the file has {size}"
-                                 " (was the upload complete?)")  # fmt: skip
-        for name, info in header.items():
+        for name, info in read_safetensors_header(path).items():
             target = targets.get(name)
-            dtype = getattr(torch, DTYPES.get(info["dtype"], ""), None)
-            if target is None or dtype is None or list(target.shape) != info["shape"] or not target.is_contiguous():
-                log.info("fast load not possible: %s (%s, %s)", name, info["dtype"], info["shape"])
+            dtype = getattr(torch, DTYPES.get(info.dtype, ""), None)
+            if target is None or dtype is None or tuple(target.shape) != info.shape or not target.is_contiguous():
+                log.info("fast load not possible: %s (%s, %s)", name, info.dtype, info.shape)
                 return None
-            start, end = info["data_offsets"]
-            plan.append((path, base + start, end - start, target, dtype, info["shape"]))
+            begin, end = info.span
+            plan.append((path, begin, end - begin, target, dtype, info.shape))
             covered.add(id(target))
     missing = [n for n, p in model.named_parameters() if id(p) not in covered]
     if missing:
@@ -137,7 +122,7 @@ def _read_all(pieces: list[tuple], device: Any) -> None:
                 if fd is None:
                     fd = fds[path] = os.open(path, os.O_RDONLY)
                 _read_into(fd, memoryview(view.numpy()), start, path)
-                with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                with torch.cuda.stream(stream):  # no stream (CPU): no-op
                     if shape is None or dtype == target.dtype:
                         flat = target.view(-1).view(torch.uint8)
                         flat[offset : offset + length].copy_(view, non_blocking=cuda)
@@ -178,7 +163,6 @@ def load(folder: Path, torch_dtype: Any, device: str) -> Any | None:
     model.tie_weights()  # as from_pretrained does: a tied head is no weight of its own in the files
     plan = _plan(model, files)
     if plan is None:
-        del model
         return None
     _read_all(_pieces(plan), target)
     if (Path(folder) / "generation_config.json").exists():  # as from_pretrained reads it (eos tokens)

@@ -7,10 +7,8 @@ fails in a second with a plain message instead of after minutes of loading.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 from evaluation.engine.errors import ModelLoadError, ModelTooLarge
 
 log = logging.getLogger(__name__)
+MAX_HEADER_BYTES = 100 * 2**20
 
 GiB = 1024**3
 # Activations and the KV cache of at least a few sequences must fit next to the weights.
@@ -41,20 +40,16 @@ class LoadedModel:
 
 
 def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of a safetensors file (tensor names, dtypes and shapes), without reading weights."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ModelLoadError(f"{path.name} is not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", raw)
-        if length > 100 * 1024 * 1024:
-            raise ModelLoadError(f"{path.name} is not a valid safetensors file (header of {length} bytes)")
-        try:
-            header = json.loads(f.read(length))
-        except ValueError as e:
-            raise ModelLoadError(f"{path.name} is not a valid safetensors file: {e}")
-    header.pop("__metadata__", None)
-    return header
+    """The tensors of a safetensors file (`TensorInfo`: dtype, shape, bytes in the file), without reading
+    weights, after the upload validator's checks: a truncated file, one with bytes after its last
+    tensor or with inconsistent offsets is a load error that says so, whichever way it is then loaded."""
+    from evaluation.validation.errors import ValidationFailed
+    from evaluation.validation.safetensors_header import read_header
+
+    try:
+        return read_header(path, max_header_bytes=MAX_HEADER_BYTES)
+    except ValidationFailed as e:
+        raise ModelLoadError(e.message)
 
 
 def estimate_weight_bytes(folders: list[Path], dtype_bytes: int) -> tuple[int, int]:
@@ -64,12 +59,9 @@ def estimate_weight_bytes(folders: list[Path], dtype_bytes: int) -> tuple[int, i
     for folder in folders:
         for file in sorted(folder.glob("*.safetensors")):
             for info in read_safetensors_header(file).values():
-                numel = 1
-                for dim in info.get("shape", []):
-                    numel *= int(dim)
-                params += numel
-                kind = info.get("dtype", "F32")
-                total += numel * (dtype_bytes if kind in FLOAT_DTYPES else DTYPE_BYTES.get(kind, 4))
+                params += info.numel
+                kind = info.dtype
+                total += info.numel * (dtype_bytes if kind in FLOAT_DTYPES else DTYPE_BYTES.get(kind, 4))
     return total, params
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation.validation.errors import ValidationFailed
@@ -25,6 +25,7 @@ class TensorInfo:
     name: str
     dtype: str
     shape: tuple[int, ...]
+    span: tuple[int, int] = field(default=(0, 0), compare=False)  # its bytes in the file, [begin, end)
 
     @property
     def numel(self) -> int:
@@ -84,7 +85,7 @@ def read_header(path: Path, *, max_header_bytes: int, display: str | None = None
             raise ValidationFailed(
                 shown, f"gives tensor {name!r} data offsets outside the file.", "Upload the complete file; " + convert
             )
-        info = TensorInfo(name, dtype, tuple(shape))
+        info = TensorInfo(name, dtype, tuple(shape), (8 + n + offsets[0], 8 + n + offsets[1]))
         if offsets[1] - offsets[0] != info.numel * DTYPE_BYTES[dtype]:
             raise ValidationFailed(
                 shown,

@@ -77,15 +77,18 @@ def test_load_model_uses_it_unless_turned_off(tiny_llama_dir, monkeypatch):
     assert not fast.model.training
 
 
-def test_a_truncated_file_fails_as_a_load_error_that_says_so(tiny_llama_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_a_truncated_or_overlong_file_fails_as_a_load_error_that_says_so(tiny_llama_dir, tmp_path, monkeypatch, fast):
+    """Either way of loading: the upload validator's own header checks, before any weight is read."""
+    monkeypatch.setenv("ENGINE_FAST_LOAD", fast)
     broken = tmp_path / "broken"
     shutil.copytree(tiny_llama_dir, broken)
     data = (broken / "model.safetensors").read_bytes()
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(loading.ModelLoadError, match="model.safetensors is truncated"):
+    with pytest.raises(loading.ModelLoadError, match="model.safetensors: .*data offsets outside the file"):
         loading.load_model(broken, device="cpu", dtype="float32")
-    monkeypatch.setenv("ENGINE_FAST_LOAD", "0")  # Hugging Face's own error, reported as a load error too
-    with pytest.raises(loading.ModelLoadError, match="SafetensorError"):
+    (broken / "model.safetensors").write_bytes(data + b"12345678")  # from_pretrained refuses these too
+    with pytest.raises(loading.ModelLoadError, match="model.safetensors: has 8 bytes after its last tensor"):
         loading.load_model(broken, device="cpu", dtype="float32")
 
 
