@@ -21,7 +21,7 @@ for every statistic or every prompt:
   the same text gives the same tokens; up to `MEMO_TOKENS` tokens) and hands out a copy of it.
 - Every JSON file is written with `json.dumps(..., indent=2)`, which Python's C encoder does not do:
   its pure-Python encoder runs a generator per container. `dumps_indent_2` writes the same
-  characters with plain recursion, in half the time (a 2.3 MB per-instance file: 0.10 → 0.05 s), and
+  characters with plain recursion, in about two thirds of the time (`benchmarks/helm_python.py`), and
   hands anything but JSON's own types back to `json.dumps`.
 - The garbage collector's full collections walk the imports too (`evaluation.engine.heap`): they are
   frozen before the run starts.
