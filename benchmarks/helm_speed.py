@@ -325,8 +325,10 @@ def helm_phases(out: Path) -> dict[str, float]:
 
 
 def server_startup(log_path: Path) -> dict | None:
-    """Seconds the engine's server took to load and warm up, from the line it prints when ready."""
-    for line in log_path.read_text(errors="replace").splitlines() if log_path.exists() else []:
+    """Seconds the engine's server took to load and warm up, from the line it prints when ready: the
+    last such line, since a mode run again in the same folder appends to the same server.log."""
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    for line in reversed(lines):
         if line.startswith("{") and '"status": "ready"' in line:
             return json.loads(line).get("startup")
     return None
