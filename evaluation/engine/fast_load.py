@@ -1,12 +1,11 @@
 """Load safetensors weights into a model built on its device, reading the files with several threads.
 
-Hugging Face's `from_pretrained` maps each file and copies tensor by tensor from the mapping: every
-4 KiB page of the weights is a page fault on one thread, then a copy from pageable memory. On the H200
-box a 6.7 B model took 3.2 s to load that way (docs/benchmarks.md), a third of a whole warm
-multiple-choice evaluation. Here the model is built from its config directly on the device, without
-random initialisation, and each file's bytes are read with `os.preadv` (no page faults: the kernel
-copies from the page cache) by a few threads at once, each into its own pinned buffer, then copied
-to the device on that thread's own CUDA stream.
+Hugging Face's `from_pretrained` maps each file and copies tensor by tensor from the mapping, on one
+thread, from pageable memory. On the H200 box a 6.7 B model took 2.7–3.2 s to load that way, this
+way 1.0–1.3 s (`benchmarks/load_speed.py`, docs/benchmarks.md). Here the model is built from its
+config directly on the device, without random initialisation, and each file's bytes are read with
+`os.preadv` (the kernel copies from the page cache) by a few threads at once, each into its own
+pinned buffer, then copied to the device on that thread's own CUDA stream.
 
 The result is the same model: the same modules from the same config, and every tensor of the files
 copied, bitwise, into the parameter or buffer of the same name (converted to the model's dtype as
