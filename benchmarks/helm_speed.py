@@ -92,10 +92,12 @@ def child_prepare(size: str, out: str, dtype: str, ceilings: bool) -> dict:
 
 
 def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) -> dict:
-    """One decode-heavy batch through the Hugging Face cache and through the static cache (graphs)."""
+    """One decode-heavy batch through the Hugging Face cache and through the static cache (graphs), the
+    latter with fused decoder layers and with Hugging Face's."""
     import torch
 
     from evaluation.engine.loading import load_model
+    from evaluation.engine.server import fused
     from evaluation.engine.server.generation import BatchGenerator, Row
 
     loaded = load_model(model, device="cuda" if torch.cuda.is_available() else "cpu", memory_budget_gb=budget)
@@ -105,8 +107,16 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
     generators = {mode: BatchGenerator(loaded.model, tok, decode=mode) for mode in ("dynamic", "static")}
     outputs = {}
     # The static path twice: its first batch pays for the graph capture, the second shows the steady state.
-    for mode, key in (("dynamic", "dynamic"), ("static", "static"), ("static", "static_again")):
+    # Then a static generator of its own (its own graphs) with Hugging Face's layers instead of fused.py's.
+    runs = [("dynamic", "dynamic"), ("static", "static"), ("static", "static_again")]
+    if generators["static"].fused:
+        runs += [("static_unfused", "static_unfused"), ("static_unfused", "static_unfused_again")]
+    for mode, key in runs:
+        if mode not in generators:
+            fused.switched_on = False
+            generators[mode] = BatchGenerator(loaded.model, tok, decode="static")
         gen = generators[mode]
+        fused.switched_on = mode != "static_unfused"
         batch = [Row(prompt_ids=tok(p)["input_ids"], max_new_tokens=new_tokens) for p in prompts]
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -122,8 +132,13 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
             "ms_per_step": 1000 * seconds / max(gen.last_decode_steps, 1),
             "tokens_per_s": sum(len(r.tokens) for r in batch) / seconds,
         }
+    fused.switched_on = True
     same = sum(a == b for a, b in zip(outputs["dynamic"], outputs["static"], strict=True))
     result["identical_rows_static_vs_dynamic"] = f"{same}/{rows}"
+    result["fused"] = generators["static"].fused
+    if "static_unfused" in outputs:
+        same = sum(a == b for a, b in zip(outputs["static_unfused"], outputs["static"], strict=True))
+        result["identical_rows_fused_vs_unfused"] = f"{same}/{rows}"
     static = generators["static"].static
     result["graph_captures"] = static.captures if static is not None else 0
     result["static_mode"] = (
@@ -498,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="1b", help="tiny, 1b or 7b (benchmarks/engine_speed.py's shapes)")
-    p.add_argument("--suites", nargs="+", default=["prefill-mc", "generation"])
+    p.add_argument("--suites", nargs="*", default=["prefill-mc", "generation"], help="none: --decode-bench alone")
     p.add_argument(
         "--modes", nargs="+", default=["ours", "A", "B"],
         help="in the order to run them (ours, A, B, warm, warm-single, fp32); 'warm' is ours taking over standbys "
@@ -560,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         run_matrix(args, tiny, "tiny-fp32", "float32", counts, [args.budgets[0]], results, save, left, fp32=True)
     save()
     print(render(results), flush=True)
-    return 0 if ran_any else 1
+    return 0 if ran_any or (not args.suites and "decode_bench" in results) else 1
 
 
 def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budgets: list[float], results: dict,

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks import gpu_ceilings
-    from evaluation.engine.server import packed
+    from evaluation.engine.server import fused, packed
     from evaluation.engine.server.generation import BatchGenerator, Row
 
     out = Path(args.out)
@@ -115,18 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"attend_vs_float64": attend_errors}), flush=True)
     model, tokenizer = build(args.size)
     params = sum(p.numel() for p in model.parameters())
-    # "packed": varlen flash kernels where the GPU has them; "bucketed": packed, the portable attention.
+    # "packed": varlen flash kernels where the GPU has them, fused layers (fused.py); "unfused": the same
+    # with Hugging Face's layers; "bucketed": packed, the portable attention; "padded": no packing.
     generators = {
         mode: BatchGenerator(model, tokenizer, prefix_store_bytes=2 * 1024**3, packing=mode != "padded")
-        for mode in ("packed", "bucketed", "padded")
+        for mode in ("packed", "unfused", "bucketed", "padded")
     }
     results = {"ceilings": ceilings, "size": args.size, "parameters": params, "attend_vs_float64": attend_errors,
-               "batches": []}  # fmt: skip
+               "fused": generators["packed"].fused, "batches": []}  # fmt: skip
     for n in args.rows:
         seqs = prompts(n, args.prefix)
         answers = {}
         for mode, generator in generators.items():
-            packed.varlen_enabled = mode == "packed"
+            packed.varlen_enabled = mode in ("packed", "unfused")
+            fused.switched_on = mode != "unfused"
             batch = [Row(prompt_ids=s, max_new_tokens=1) for s in seqs]
             try:
                 times = timed(
@@ -153,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             })  # fmt: skip
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-        packed.varlen_enabled = True
-        for other in ("bucketed", "padded"):
+        packed.varlen_enabled, fused.switched_on = True, True
+        for other in ("unfused", "bucketed", "padded"):
             if "packed" in answers and other in answers:
                 a, b = answers["packed"], answers[other]
                 same = sum(x.tokens == y.tokens for x, y in zip(a, b, strict=True))

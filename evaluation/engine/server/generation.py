@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from evaluation.engine.server import packed, static_decode
+from evaluation.engine.server import fused, packed, static_decode
 from evaluation.engine.server.attention import engine_attention
 from evaluation.engine.server.kv_cache import PrefixStore, cache_tensors, expanded, gathered, map_cache
 from evaluation.engine.server.static_decode import StaticDecoder
@@ -160,6 +160,8 @@ class BatchGenerator:
         self.model = model
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
+        # Fused decoder layers for the engine's forwards (fused.py: on a GPU in half precision).
+        self.fused = fused.install(model)
         self.prefix_sharing = prefix_sharing
         self.min_shared_prefix = min_shared_prefix
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -445,7 +447,7 @@ class BatchGenerator:
         """Fill in tokens, logprobs, prompt logprobs (echo rows) and finish reasons of every row."""
         if not rows:
             return rows
-        with engine_attention(self.model):
+        with engine_attention(self.model), fused.active(self.model):
             return self._generate(rows)
 
     def _generate(self, rows: list[Row]) -> list[Row]:

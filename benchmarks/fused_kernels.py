@@ -1,0 +1,196 @@
+"""The fused decoder layer's kernels (evaluation/engine/server/fused.py) against the torch operations
+they replace: how many elements differ, and on a GPU how long one decoder layer takes each way.
+
+    python -m benchmarks.fused_kernels --out var/fused            # on a GPU: checks and timings
+    TRITON_INTERPRET=1 python -m benchmarks.fused_kernels --check-only --device cpu   # the tests' way
+
+Checks: each kernel on random inputs (fp16, and bf16 on a GPU; Triton's interpreter rounds bf16
+toward zero, so there only fp16 is exact), then a small random Llama whose logits are computed with
+the fused layers and with Hugging Face's. Timings (GPU): one decoder layer of the 1.1 B and 6.7 B
+shapes (benchmarks/engine_speed.py), bf16, for decode-like (rows × 1 token) and prefill-like
+(1 × tokens) inputs, each replayed as a CUDA graph so that launch overhead is not counted for either.
+Prints one JSON line; writes results.json to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("ENGINE_FUSED", "1")
+
+
+def _rotary(positions, dim, dtype):
+    import torch
+
+    inv = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=positions.device).float() / dim))
+    freqs = positions[..., None].float() * inv
+    emb = torch.cat([freqs, freqs], -1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _diff(op, dtype, got, want, used_triton) -> dict:
+    return {
+        "op": op, "dtype": str(dtype).removeprefix("torch."), "triton": used_triton,
+        "unequal": int((got != want).sum()), "elements": got.numel(),
+        "max_abs_diff": float((got.float() - want.float()).abs().max()),
+    }  # fmt: skip
+
+
+def check_kernels(device: str) -> list[dict]:
+    import torch
+
+    from evaluation.engine.server import fused
+
+    dtypes = [torch.float16] + ([torch.bfloat16] if device == "cuda" else [])
+    out = []
+    torch.manual_seed(0)
+    for dtype in dtypes:
+        for hidden in (96, 2048):
+            x = torch.randn(7, 3, hidden, dtype=dtype, device=device)
+            w = torch.randn(hidden, dtype=dtype, device=device)
+            r = torch.randn(7, 3, hidden, dtype=dtype, device=device)
+            used = fused._use_triton(x)
+            got, _ = fused.rms_norm(x, w, 1e-5)
+            out.append(_diff("rms_norm", dtype, got, fused.rms_norm_torch(x, w, 1e-5), used))
+            got, got_res = fused.rms_norm(x, w, 1e-5, residual=r)
+            want, want_res = fused._rms_norm_fallback(x, w, 1e-5, r)
+            out.append(_diff("add_rms_norm", dtype, got, want, used))
+            out.append(_diff("residual_sum", dtype, got_res, want_res, used))
+        gu = torch.randn(5, 2, 2 * 1100, dtype=dtype, device=device)
+        out.append(_diff("silu_mul", dtype, fused.silu_mul(gu), fused.silu_mul_torch(gu), fused._use_triton(gu)))
+        for heads, kv_heads, dim, shared in ((6, 2, 16, False), (8, 8, 32, True), (32, 4, 64, False)):
+            qkv = torch.randn(3, 5, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device) * 4
+            positions = torch.arange(5, device=device)[None] + torch.tensor([[0], [3], [9]], device=device)
+            cos, sin = _rotary(positions[:1] if shared else positions, dim, dtype)
+            want = fused.rope_split_torch(qkv.clone(), cos, sin, heads, kv_heads, dim)
+            got = fused.rope_split(qkv.clone(), cos, sin, heads, kv_heads, dim)
+            for name, g, e in zip("qkv", got, want, strict=True):
+                assert g.shape == e.shape
+                out.append(_diff(f"rope_{name}", dtype, g, e, fused._use_triton(qkv)) | {"heads": [heads, kv_heads]})
+    return out
+
+
+def check_model(device: str, dtype_name: str) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from evaluation.engine.server import fused
+
+    dtype = getattr(torch, dtype_name)
+    config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    ids = torch.randint(0, 512, (4, 33), device=device)
+    calls = []
+    forward = fused.fused_forward
+    fused.fused_forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    try:
+        with torch.inference_mode():
+            plain = model(ids).logits.float()
+            assert fused.install(model)
+            with fused.active(model):
+                got = model(ids).logits.float()
+    finally:
+        fused.fused_forward = forward
+    return {
+        "positions": ids.numel(), "argmax_equal": int((got.argmax(-1) == plain.argmax(-1)).sum()),
+        "max_abs_logit_diff": float((got - plain).abs().max()), "fused_layers_called": len(calls),
+        "triton": not fused._triton_failed and fused._use_triton(got.to(dtype)),
+    }  # fmt: skip
+
+
+def time_layers() -> list[dict]:
+    """One bf16 decoder layer, Hugging Face's forward against the fused one, each as a CUDA graph."""
+    import torch
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    from benchmarks.engine_speed import SIZES
+    from evaluation.engine.server import fused
+
+    results = []
+    for size in ("1b", "7b"):
+        hidden, _, heads, kv_heads, inter = SIZES[size]
+        config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads,
+                             num_key_value_heads=kv_heads, num_hidden_layers=1)  # fmt: skip
+        config._attn_implementation = "sdpa"
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            layer = LlamaDecoderLayer(config, 0).to(torch.bfloat16).eval()
+            rotary = LlamaRotaryEmbedding(config)
+        holder = torch.nn.Module()
+        holder.config, holder.model = config, torch.nn.Module()
+        holder.model.layers = torch.nn.ModuleList([layer])
+        assert fused.install(holder)
+        for rows, tokens in ((16, 1), (64, 1), (1, 4096)):
+            x = torch.randn(rows, tokens, hidden, dtype=torch.bfloat16, device="cuda")
+            positions = torch.arange(tokens, device="cuda")[None].expand(rows, tokens)
+            pe = rotary(x, positions)
+            row = {"size": size, "rows": rows, "tokens": tokens}
+            outs = {}
+            for name, on in (("hf", False), ("fused", True)):
+                fused.switched_on = on
+
+                def run(layer=layer, holder=holder, x=x, positions=positions, pe=pe):
+                    with fused.active(holder):
+                        return layer(x, attention_mask=None, position_ids=positions, position_embeddings=pe)
+
+                with torch.inference_mode():
+                    stream = torch.cuda.Stream()
+                    stream.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(stream):
+                        run()
+                    torch.cuda.current_stream().wait_stream(stream)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph):
+                        outs[name] = run()
+                    for _ in range(3):
+                        graph.replay()
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(20):
+                        graph.replay()
+                    end.record()
+                    torch.cuda.synchronize()
+                row[f"{name}_ms"] = start.elapsed_time(end) / 20
+            fused.switched_on = True
+            row["speedup"] = row["hf_ms"] / row["fused_ms"]
+            row["max_abs_diff"] = float((outs["hf"].float() - outs["fused"].float()).abs().max())
+            row["unequal_share"] = float((outs["hf"] != outs["fused"]).float().mean())
+            results.append(row)
+        del layer, holder
+        torch.cuda.empty_cache()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--check-only", action="store_true", help="no timings")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    report = {"device": args.device, "checks": check_kernels(args.device)}
+    dtypes = ["float16"] + (["bfloat16"] if args.device == "cuda" else [])
+    report["model"] = {d: check_model(args.device, d) for d in dtypes}
+    if not args.check_only and args.device == "cuda":
+        report["layers"] = time_layers()
+        for row in report["layers"]:
+            print(f"{row['size']} {row['rows']}×{row['tokens']}: HF {row['hf_ms']:.3f} ms, fused "
+                  f"{row['fused_ms']:.3f} ms ({row['speedup']:.2f}×)", file=sys.stderr)  # fmt: skip
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "results.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

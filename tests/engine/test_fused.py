@@ -1,0 +1,148 @@
+"""Fused decoder layers (fused.py): installed only where asked, the same weights in the same memory,
+and every engine path through them agrees with Hugging Face's `generate` (fp32, on the CPU with the
+torch operations). The Triton kernels themselves run under Triton's interpreter in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from evaluation.engine.server import fused
+from evaluation.engine.server.generation import BatchGenerator
+from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, STORE_BYTES, assert_like_generate, rows_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(folder):
+    from evaluation.engine.loading import load_model
+
+    return load_model(folder, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def grouped_dir(tmp_path_factory):
+    from evaluation.engine.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gqa-fused"), "llama", seed=3, num_kv_heads=2)
+
+
+@pytest.fixture
+def fused_on(monkeypatch):
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """How many decoder-layer forwards went through the fused code."""
+    calls = []
+    forward = fused.fused_forward
+    monkeypatch.setattr(fused, "fused_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    return calls
+
+
+def test_installed_only_where_asked(tiny_llama_dir, tiny_gpt2_dir, monkeypatch):
+    llama = _load(tiny_llama_dir)
+    monkeypatch.delenv("ENGINE_FUSED", raising=False)
+    assert not fused.enabled(llama.model)  # auto: fp32 on a CPU keeps Hugging Face's layers
+    assert BatchGenerator(llama.model, llama.tokenizer).fused is False
+    monkeypatch.setenv("ENGINE_FUSED", "0")
+    assert not fused.enabled(llama.model)
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    assert fused.enabled(llama.model)
+    assert not fused.enabled(_load(tiny_gpt2_dir).model)
+    llama.model.config.sliding_window, llama.model.config.use_sliding_window = 16, True
+    assert not fused.enabled(llama.model)
+
+
+def test_weights_are_the_same_tensors_in_the_same_memory(tiny_llama_dir, fused_on):
+    model = _load(tiny_llama_dir).model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bytes_before = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert fused.install(model) and fused.install(model)  # a second call changes nothing
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert sum(p.numel() * p.element_size() for p in model.parameters()) == bytes_before
+    for layer in model.model.layers:
+        attn, mlp, f = layer.self_attn, layer.mlp, layer._engine_fused
+        assert attn.q_proj.weight.data_ptr() == f.qkv.data_ptr()
+        assert attn.k_proj.weight.data_ptr() == f.qkv[attn.q_proj.out_features :].data_ptr()
+        assert mlp.gate_proj.weight.data_ptr() == f.gate_up.data_ptr()
+
+
+def test_outside_the_engine_the_layers_are_hugging_faces(tiny_llama_dir, fused_on, counted):
+    model = _load(tiny_llama_dir).model
+    ids = torch.tensor([[5, 9, 33, 2, 17]])
+    with torch.inference_mode():
+        plain = model(ids).logits
+        fused.install(model)
+        assert torch.equal(model(ids).logits, plain) and counted == []
+        with fused.active(model):
+            close = model(ids).logits
+    assert len(counted) == len(model.model.layers)
+    torch.testing.assert_close(close, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS, FEW_SHOT_PROMPTS], ids=["mixed-lengths", "shared-prefix"])
+@pytest.mark.parametrize("decode", ["static", "dynamic"])
+@pytest.mark.parametrize("model_dir", ["tiny_llama_dir", "grouped_dir"])
+def test_every_path_through_fused_layers_equals_generate(request, model_dir, decode, prompts, fused_on, counted):
+    loaded = _load(request.getfixturevalue(model_dir))
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, decode=decode, prefix_store_bytes=STORE_BYTES)
+    assert generator.fused
+    decoding = rows_for(tokenizer, prompts, max_new_tokens=10)
+    generator.generate(decoding)
+    assert generator.last_decode_steps >= 9
+    single = rows_for(tokenizer, prompts, max_new_tokens=1)  # single-token rows: packed where it can
+    generator.generate(single)
+    assert counted
+    assert_like_generate(model, tokenizer, decoding + single)
+
+
+def test_qwen2_with_biases_equals_hugging_face(tmp_path, fused_on):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa").eval()
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    ids = torch.randint(0, 300, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    with torch.inference_mode():
+        plain = model(ids, attention_mask=mask).logits
+        assert fused.install(model)
+        with fused.active(model):
+            close = model(ids, attention_mask=mask).logits
+    torch.testing.assert_close(close, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_kernels_under_tritons_interpreter():
+    """Each Triton kernel against its torch operations in fp16 (Triton's interpreter rounds bf16
+    toward zero, unlike the GPU: bf16 is checked on the GPU by the same command). Rotary embeddings
+    and residual sums are exact; a norm's fp32 sum and SiLU's exp may flip the rounding of an odd
+    element."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fused_kernels", "--check-only", "--device", "cpu"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    checks = report["checks"]
+    assert {c["op"] for c in checks} >= {"rms_norm", "add_rms_norm", "silu_mul", "rope_q", "rope_k", "rope_v"}
+    assert all(c["triton"] for c in checks), checks
+    half = [c for c in checks if c["dtype"] == "float16"]
+    assert all(c["unequal"] == 0 for c in half if c["op"].startswith(("rope", "residual"))), checks
+    assert all(c["unequal"] <= c["elements"] // 500 for c in half), checks
+    layer = report["model"]["float16"]
+    assert layer["fused_layers_called"] > 0 and layer["argmax_equal"] >= 0.95 * layer["positions"], layer
