@@ -61,17 +61,19 @@ def check_kernels(device: str) -> list[dict]:
             want, want_res = fused._rms_norm_fallback(x, w, 1e-5, r)
             out.append(_diff("add_rms_norm", dtype, got, want, used))
             out.append(_diff("residual_sum", dtype, got_res, want_res, used))
-        gu = torch.randn(5, 2, 2 * 1100, dtype=dtype, device=device)
-        out.append(_diff("silu_mul", dtype, fused.silu_mul(gu), fused.silu_mul_torch(gu), fused._use_triton(gu)))
+        gate, up = (torch.randn(5, 2, 1100, dtype=dtype, device=device) * 3 for _ in range(2))
+        want = fused.silu_mul_torch(gate, up)
+        out.append(_diff("silu_mul", dtype, fused.silu_mul(gate, up), want, fused._use_triton(gate)))
         for heads, kv_heads, dim, shared in ((6, 2, 16, False), (8, 8, 32, True), (32, 4, 64, False)):
-            qkv = torch.randn(3, 5, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device) * 4
+            q = torch.randn(3, 5, heads * dim, dtype=dtype, device=device) * 4
+            k = torch.randn(3, 5, kv_heads * dim, dtype=dtype, device=device) * 4
             positions = torch.arange(5, device=device)[None] + torch.tensor([[0], [3], [9]], device=device)
             cos, sin = _rotary(positions[:1] if shared else positions, dim, dtype)
-            want = fused.rope_split_torch(qkv.clone(), cos, sin, heads, kv_heads, dim)
-            got = fused.rope_split(qkv.clone(), cos, sin, heads, kv_heads, dim)
-            for name, g, e in zip("qkv", got, want, strict=True):
+            want = fused.rope_torch(q, k, cos, sin, dim)
+            got = fused.rope(q.clone(), k.clone(), cos, sin, dim)
+            for name, g, e in zip("qk", got, want, strict=True):
                 assert g.shape == e.shape
-                out.append(_diff(f"rope_{name}", dtype, g, e, fused._use_triton(qkv)) | {"heads": [heads, kv_heads]})
+                out.append(_diff(f"rope_{name}", dtype, g, e, fused._use_triton(q)) | {"heads": [heads, kv_heads]})
     return out
 
 

@@ -63,17 +63,11 @@ def test_installed_only_where_asked(tiny_llama_dir, tiny_gpt2_dir, monkeypatch):
 
 def test_weights_are_the_same_tensors_in_the_same_memory(tiny_llama_dir, fused_on):
     model = _load(tiny_llama_dir).model
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    bytes_before = sum(p.numel() * p.element_size() for p in model.parameters())
+    before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
     assert fused.install(model) and fused.install(model)  # a second call changes nothing
     after = model.state_dict()
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert sum(p.numel() * p.element_size() for p in model.parameters()) == bytes_before
-    for layer in model.model.layers:
-        attn, mlp, f = layer.self_attn, layer.mlp, layer._engine_fused
-        assert attn.q_proj.weight.data_ptr() == f.qkv.data_ptr()
-        assert attn.k_proj.weight.data_ptr() == f.qkv[attn.q_proj.out_features :].data_ptr()
-        assert mlp.gate_proj.weight.data_ptr() == f.gate_up.data_ptr()
+    assert before.keys() == after.keys()
+    assert all(after[k].data_ptr() == ptr and torch.equal(after[k], value) for k, (ptr, value) in before.items())
 
 
 def test_outside_the_engine_the_layers_are_hugging_faces(tiny_llama_dir, fused_on, counted):
@@ -139,10 +133,34 @@ def test_kernels_under_tritons_interpreter():
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     checks = report["checks"]
-    assert {c["op"] for c in checks} >= {"rms_norm", "add_rms_norm", "silu_mul", "rope_q", "rope_k", "rope_v"}
+    assert {c["op"] for c in checks} >= {"rms_norm", "add_rms_norm", "silu_mul", "rope_q", "rope_k"}
     assert all(c["triton"] for c in checks), checks
     half = [c for c in checks if c["dtype"] == "float16"]
     assert all(c["unequal"] == 0 for c in half if c["op"].startswith(("rope", "residual"))), checks
     assert all(c["unequal"] <= c["elements"] // 500 for c in half), checks
     layer = report["model"]["float16"]
     assert layer["fused_layers_called"] > 0 and layer["argmax_equal"] >= 0.95 * layer["positions"], layer
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_rotary_kernel_keeps_each_products_rounding_when_compiled_for_a_gpu(dtype):
+    """Compiled for an H100/H200 (no GPU needed), the rotary kernel multiplies in fp32 and rounds
+    each product before the sum, as torch does. Written plainly, LLVM turned the rounded products
+    into half-precision multiplies that NVPTX fused with the sum (`fma.rn.bf16`): on the GPU 12 %
+    of rotated elements then differed from Hugging Face's by one unit in the last place."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "cos_ptr", "sin_ptr")}
+    ints = {name: "i32" for name in ("length", "cos_batch", "cos_token")}
+    consts = {"HEADS": 32, "KV_HEADS": 4, "HALF": 32, "BLOCK_H": 32, "EXACT": True}
+    source = ASTSource(
+        fn=fused._rope_kernel, signature={**pointers, **ints, **dict.fromkeys(consts, "constexpr")}, constexprs=consts
+    )
+    try:
+        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    except Exception as e:  # pragma: no cover - a Triton build without its CUDA tool chain
+        pytest.skip(f"cannot compile for CUDA here: {e}")
+    assert "fma" not in ptx
+    assert "mul.rn.f32" in ptx

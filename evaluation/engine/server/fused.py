@@ -7,19 +7,18 @@ queries, keys and values are three matrix products over the same input, as are t
 projections. At 1.1 B those kernels took over half of a packed batch's GPU time, and ~2.2 ms of a
 6.7 B decode step of 8.9 ms (docs/benchmarks.md).
 
-Here a layer runs: one RMSNorm kernel, one matrix product for queries, keys and values together,
-one kernel for the rotary embeddings of queries and keys (and the copy of the values into their own
-tensor, the layout Hugging Face's cache keeps), the model's attention function (looked up by the
-config's name exactly as Hugging Face's layer does, so the engine's grouped, packed and static-cache
-attention serve unchanged), the output projection, one kernel for the residual add and the second
-RMSNorm, one matrix product for gate and up, one kernel for SiLU and the product, the down
-projection and the residual add.
+Here a layer runs: one RMSNorm kernel, the query, key and value projections, one kernel rotating
+queries and keys in place, the model's attention function (looked up by the config's name exactly
+as Hugging Face's layer does, so the engine's grouped, packed and static-cache attention serve
+unchanged), the output projection, one kernel for the residual add and the second RMSNorm, the gate
+and up projections, one kernel for SiLU and the product, the down projection and the residual add.
 
-The kernels round where Hugging Face's separate operations round (each bf16 product and sum of the
+The kernels round where Hugging Face's separate operations round (each product and the sum of the
 rotary embedding, the normalized row before the weight's product, SiLU before the gate's product),
-so a fused layer computes the same values up to the order of one fp32 sum (the RMS). The
-concatenated weights are the layer's weights: the original parameters become views into them, so
-memory is unchanged and the original forward still works outside the engine (`active`).
+with CUDA's own exp, division and rsqrt, so a fused layer computes the same values up to the order
+of one fp32 sum (the RMS). The weights are untouched: the matrix products are Hugging Face's own
+calls. (Joining the q, k, v and the gate and up weights into one product each was tried: faster on
+small batches, but cuBLAS then sums in another order and a fifth of the bf16 outputs differed.)
 
 `install` applies to llama, mistral and qwen2 layers without sliding windows whose parts look as
 expected; anything else keeps Hugging Face's layer. Triton kernels on CUDA for half precision;
@@ -47,6 +46,7 @@ switched_on = True  # benchmarks turn installed layers back to Hugging Face's fo
 try:  # Triton ships with CUDA builds of torch; a CPU-only install may lack it
     import triton
     import triton.language as tl
+    from triton.language.extra.cuda import libdevice
 except ImportError:  # pragma: no cover - the torch operations serve
     triton = None
 
@@ -57,8 +57,9 @@ if triton is not None:
 
     @triton.jit
     def _rms_norm_kernel(
-        x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr
-    ):
+        x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, inv_n, eps,
+        HAS_RES: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr,
+    ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         keep = cols < n
@@ -68,61 +69,68 @@ if triton is not None:
             x = (x + r).to(res_out_ptr.dtype.element_ty)
             tl.store(res_out_ptr + row * n + cols, x, mask=keep)
             x = x.to(tl.float32)
-        variance = tl.sum(x * x, axis=0) / n
-        y = (x * tl.math.rsqrt(variance + eps)).to(out_ptr.dtype.element_ty).to(tl.float32)
+        variance = tl.sum(x * x, axis=0) * inv_n  # torch's mean multiplies by the fp32 1/n
+        if EXACT:  # CUDA's rsqrtf, as torch.rsqrt calls it (tl.math.rsqrt flushes denormals)
+            scale = libdevice.rsqrt(variance + eps)
+        else:
+            scale = tl.math.rsqrt(variance + eps)
+        y = (x * scale).to(out_ptr.dtype.element_ty).to(tl.float32)
         w = tl.load(w_ptr + cols, mask=keep, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * n + cols, (w * y).to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
-    def _silu_mul_kernel(gu_ptr, out_ptr, inter, BLOCK: tl.constexpr):
+    def _silu_mul_kernel(gate_ptr, up_ptr, out_ptr, inter, BLOCK: tl.constexpr, EXACT: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         keep = cols < inter
-        g = tl.load(gu_ptr + row * 2 * inter + cols, mask=keep, other=0.0).to(tl.float32)
-        u = tl.load(gu_ptr + row * 2 * inter + inter + cols, mask=keep, other=0.0).to(tl.float32)
-        s = (g / (1.0 + tl.exp(-g))).to(out_ptr.dtype.element_ty).to(tl.float32)
+        g = tl.load(gate_ptr + row * inter + cols, mask=keep, other=0.0).to(tl.float32)
+        u = tl.load(up_ptr + row * inter + cols, mask=keep, other=0.0).to(tl.float32)
+        if EXACT:  # torch's SiLU: CUDA's expf and an IEEE division (tl.exp and / are approximate)
+            s = tl.math.div_rn(g, 1.0 + libdevice.exp(-g))
+        else:
+            s = g / (1.0 + tl.exp(-g))
+        s = s.to(out_ptr.dtype.element_ty).to(tl.float32)
         tl.store(out_ptr + row * inter + cols, (s * u).to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
+    def _mul_rounded(a, b, EXACT: tl.constexpr):
+        """a * b in fp32 that the compiler may not fuse into a following add (LLVM narrows a product
+        rounded to half precision into a half-precision multiply and NVPTX contracts that with the
+        sum into one fma, which skips the product's rounding that torch's separate operations do)."""
+        if EXACT:
+            return tl.inline_asm_elementwise(
+                "mul.rn.f32 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.float32, is_pure=True, pack=1
+            )
+        return a * b  # Triton's interpreter (the tests, on the CPU) rounds each operation as written
+
+    @triton.jit
     def _rope_kernel(
-        qkv_ptr, k_ptr, v_ptr, cos_ptr, sin_ptr, length, cos_batch, cos_token,
-        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+        q_ptr, k_ptr, cos_ptr, sin_ptr, length, cos_batch, cos_token,
+        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, EXACT: tl.constexpr,
     ):  # fmt: skip
         token = tl.program_id(0).to(tl.int64)
-        which = tl.program_id(1)  # 0: queries (in place), 1: keys (to k_ptr), 2: values (copied to v_ptr)
+        is_q = tl.program_id(1) == 0  # 0: this token's queries, 1: its keys, each rotated in place
         dim = 2 * HALF
-        width = (HEADS + 2 * KV_HEADS) * dim
         heads = tl.arange(0, BLOCK_H)[:, None]
         cols = tl.arange(0, HALF)[None, :]
-        row = qkv_ptr + token * width
-        if which == 2:
-            keep = heads < KV_HEADS
-            src = row + (HEADS + KV_HEADS) * dim + heads * dim + cols
-            dst = v_ptr + token * KV_HEADS * dim + heads * dim + cols
-            tl.store(dst, tl.load(src, mask=keep), mask=keep)
-            tl.store(dst + HALF, tl.load(src + HALF, mask=keep), mask=keep)
+        keep = heads < tl.where(is_q, HEADS, KV_HEADS)
+        if is_q:
+            src = q_ptr + token * HEADS * dim + heads * dim + cols
         else:
-            keep = heads < tl.where(which == 0, HEADS, KV_HEADS)
-            src = row + which * HEADS * dim + heads * dim + cols
-            b = token // length
-            t = token % length
-            trig = b * cos_batch + t * cos_token + cols
-            c1 = tl.load(cos_ptr + trig).to(tl.float32)
-            c2 = tl.load(cos_ptr + trig + HALF).to(tl.float32)
-            s1 = tl.load(sin_ptr + trig).to(tl.float32)
-            s2 = tl.load(sin_ptr + trig + HALF).to(tl.float32)
-            x1 = tl.load(src, mask=keep, other=0.0).to(tl.float32)
-            x2 = tl.load(src + HALF, mask=keep, other=0.0).to(tl.float32)
-            dt = qkv_ptr.dtype.element_ty
-            # (x * cos) + (rotate_half(x) * sin), each product and the sum rounded as torch rounds them
-            o1 = ((x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)).to(dt)
-            o2 = ((x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)).to(dt)
-            if which == 0:
-                dst = src
-            else:
-                dst = k_ptr + token * KV_HEADS * dim + heads * dim + cols
-            tl.store(dst, o1, mask=keep)
-            tl.store(dst + HALF, o2, mask=keep)
+            src = k_ptr + token * KV_HEADS * dim + heads * dim + cols
+        trig = (token // length) * cos_batch + (token % length) * cos_token + cols
+        c1 = tl.load(cos_ptr + trig).to(tl.float32)
+        c2 = tl.load(cos_ptr + trig + HALF).to(tl.float32)
+        s1 = tl.load(sin_ptr + trig).to(tl.float32)
+        s2 = tl.load(sin_ptr + trig + HALF).to(tl.float32)
+        x1 = tl.load(src, mask=keep, other=0.0).to(tl.float32)
+        x2 = tl.load(src + HALF, mask=keep, other=0.0).to(tl.float32)
+        dt = q_ptr.dtype.element_ty
+        # (x * cos) + (rotate_half(x) * sin), each product and the sum rounded as torch rounds them
+        o1 = _mul_rounded(x1, c1, EXACT).to(dt).to(tl.float32) + _mul_rounded(-x2, s1, EXACT).to(dt).to(tl.float32)
+        o2 = _mul_rounded(x2, c2, EXACT).to(dt).to(tl.float32) + _mul_rounded(x1, s2, EXACT).to(dt).to(tl.float32)
+        tl.store(src, o1.to(dt), mask=keep)
+        tl.store(src + HALF, o2.to(dt), mask=keep)
 
 
 _triton_failed = False
@@ -173,12 +181,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
         if rows:
             block = triton.next_power_of_2(n)
             _rms_norm_kernel[(rows,)](
-                x, residual if residual is not None else x, weight, out, res_out, n, eps,
-                HAS_RES=residual is not None, BLOCK=block, num_warps=min(16, max(1, block // 512)),
+                x, residual if residual is not None else x, weight, out, res_out, n, _fp32_reciprocal(n), eps,
+                HAS_RES=residual is not None, BLOCK=block, EXACT=not _INTERPRET,
+                num_warps=min(16, max(1, block // 512)),
             )  # fmt: skip
         return out, res_out
 
     return _run_kernel(launch, lambda: _rms_norm_fallback(x, weight, eps, residual))
+
+
+def _fp32_reciprocal(n: int) -> float:
+    return float(torch.tensor(1.0, dtype=torch.float32) / n)
 
 
 def _rms_norm_fallback(x, weight, eps, residual):
@@ -187,26 +200,27 @@ def _rms_norm_fallback(x, weight, eps, residual):
     return rms_norm_torch(x, weight, eps), x
 
 
-def silu_mul_torch(gate_up: torch.Tensor) -> torch.Tensor:
-    gate, up = gate_up.chunk(2, dim=-1)
+def silu_mul_torch(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """SiLU(gate) * up from the gate and up projections side by side in the last dimension."""
-    if not _use_triton(gate_up) or not gate_up.is_contiguous():
-        return silu_mul_torch(gate_up)
-    inter = gate_up.shape[-1] // 2
-    out = gate_up.new_empty((*gate_up.shape[:-1], inter))
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up in one kernel."""
+    if not _use_triton(gate) or not gate.is_contiguous() or not up.is_contiguous() or up.shape != gate.shape:
+        return silu_mul_torch(gate, up)
+    inter = gate.shape[-1]
+    out = torch.empty_like(gate)
 
     def launch():
-        rows = gate_up.numel() // (2 * inter)
+        rows = gate.numel() // inter
         if rows:
             block = 1024
-            _silu_mul_kernel[(rows, triton.cdiv(inter, block))](gate_up, out, inter, BLOCK=block, num_warps=4)
+            _silu_mul_kernel[(rows, triton.cdiv(inter, block))](
+                gate, up, out, inter, BLOCK=block, EXACT=not _INTERPRET, num_warps=4
+            )
         return out
 
-    return _run_kernel(launch, lambda: silu_mul_torch(gate_up))
+    return _run_kernel(launch, lambda: silu_mul_torch(gate, up))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -214,67 +228,40 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def rope_split_torch(qkv, cos, sin, heads: int, kv_heads: int, dim: int):
-    """Queries, keys and values [rows, heads, tokens, dim] from the fused projection, rotated as
-    Hugging Face's apply_rotary_pos_emb rotates them."""
-    rows, length = qkv.shape[:2]
-    q, k, v = qkv.view(rows, length, heads + 2 * kv_heads, dim).transpose(1, 2).split([heads, kv_heads, kv_heads], 1)
+def rope_torch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int):
+    """Queries and keys [rows, heads, tokens, dim] from the projections' outputs [rows, tokens, heads
+    × dim], rotated as Hugging Face's apply_rotary_pos_emb rotates them."""
+    rows, length = q.shape[:2]
+    q, k = (t.view(rows, length, -1, dim).transpose(1, 2) for t in (q, k))
     c, s = cos.unsqueeze(1), sin.unsqueeze(1)
-    return (q * c) + (_rotate_half(q) * s), (k * c) + (_rotate_half(k) * s), v
+    return (q * c) + (_rotate_half(q) * s), (k * c) + (_rotate_half(k) * s)
 
 
-def rope_split(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, dim: int):
-    """As rope_split_torch; on a GPU one kernel that rotates the queries in place (they live only
-    until attention) and writes keys and values to tensors of their own, [rows, tokens, heads, dim]
-    in memory as Hugging Face's projections leave them, so a cache keeps only its keys and values."""
-    rows, length = qkv.shape[:2]
-    if not _use_triton(qkv) or not qkv.is_contiguous() or cos.dtype != qkv.dtype or dim % 2 or dim & (dim - 1):
-        return rope_split_torch(qkv, cos, sin, heads, kv_heads, dim)
+def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int):
+    """As rope_torch; on a GPU one kernel for both, rotating them in place (the projections'
+    outputs, used for nothing else)."""
+    rows, length = q.shape[:2]
+    exotic = not (q.is_contiguous() and k.is_contiguous()) or cos.dtype != q.dtype or dim % 2 or dim & (dim - 1)
+    if not _use_triton(q) or exotic:
+        return rope_torch(q, k, cos, sin, dim)
     cos, sin = cos.expand(rows, length, dim), sin.expand(rows, length, dim)
     if cos.stride(-1) != 1 or sin.stride() != cos.stride():
-        return rope_split_torch(qkv, cos, sin, heads, kv_heads, dim)
-    k = qkv.new_empty((rows, length, kv_heads, dim))
-    v = qkv.new_empty((rows, length, kv_heads, dim))
+        return rope_torch(q, k, cos, sin, dim)
+    heads, kv_heads = q.shape[-1] // dim, k.shape[-1] // dim
 
     def launch():
         if rows * length:
-            _rope_kernel[(rows * length, 3)](
-                qkv, k, v, cos, sin, length, cos.stride(0), cos.stride(1),
-                HEADS=heads, KV_HEADS=kv_heads, HALF=dim // 2, BLOCK_H=triton.next_power_of_2(heads), num_warps=4,
+            _rope_kernel[(rows * length, 2)](
+                q, k, cos, sin, length, cos.stride(0), cos.stride(1),
+                HEADS=heads, KV_HEADS=kv_heads, HALF=dim // 2, BLOCK_H=triton.next_power_of_2(max(heads, kv_heads)),
+                EXACT=not _INTERPRET, num_warps=4,
             )  # fmt: skip
-        q = qkv.view(rows, length, heads + 2 * kv_heads, dim)[:, :, :heads].transpose(1, 2)
-        return q, k.transpose(1, 2), v.transpose(1, 2)
+        return tuple(t.view(rows, length, -1, dim).transpose(1, 2) for t in (q, k))
 
-    return _run_kernel(launch, lambda: rope_split_torch(qkv, cos, sin, heads, kv_heads, dim))
+    return _run_kernel(launch, lambda: rope_torch(q, k, cos, sin, dim))
 
 
 # --- the layer ------------------------------------------------------------------------------------
-
-
-class FusedWeights:
-    """One layer's concatenated projections and what its forward needs to know."""
-
-    def __init__(self, layer: Any):
-        attn, mlp = layer.self_attn, layer.mlp
-        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-        self.heads = attn.q_proj.out_features // attn.head_dim
-        self.kv_heads = attn.k_proj.out_features // attn.head_dim
-        self.head_dim = attn.head_dim
-        self.qkv = _concatenate(projections, "weight")
-        self.qkv_bias = _concatenate(projections, "bias") if attn.q_proj.bias is not None else None
-        self.gate_up = _concatenate((mlp.gate_proj, mlp.up_proj), "weight")
-
-
-def _concatenate(modules, name: str) -> torch.Tensor:
-    """Their tensors side by side in one; each module's own becomes a view into it (no extra memory
-    once the originals are freed)."""
-    joined = torch.cat([getattr(m, name).detach() for m in modules], dim=0)
-    start = 0
-    for m in modules:
-        n = getattr(m, name).shape[0]
-        setattr(m, name, torch.nn.Parameter(joined[start : start + n], requires_grad=False))
-        start += n
-    return joined
 
 
 def _eps(norm: Any) -> float:
@@ -290,13 +277,14 @@ def fused_forward(layer: Any, hidden_states: torch.Tensor, attention_mask=None, 
     past = past_key_values if past_key_values is not None else kwargs.pop("past_key_value", None)
     kwargs.pop("past_key_value", None)
     kwargs.pop("output_attentions", None)
-    f: FusedWeights = layer._engine_fused
-    attn = layer.self_attn
+    attn, mlp = layer.self_attn, layer.mlp
     rows, length = hidden_states.shape[:2]
     x, _ = rms_norm(hidden_states, layer.input_layernorm.weight, _eps(layer.input_layernorm))
-    qkv = F.linear(x, f.qkv, f.qkv_bias)
     cos, sin = position_embeddings
-    q, k, v = rope_split(qkv, cos, sin, f.heads, f.kv_heads, f.head_dim)
+    # Three projections as Hugging Face calls them (one product over the joined weights is faster on
+    # small batches but cuBLAS then sums in another order: other bf16 outputs, other predictions).
+    q, k = rope(attn.q_proj(x), attn.k_proj(x), cos, sin, attn.head_dim)
+    v = attn.v_proj(x).view(rows, length, -1, attn.head_dim).transpose(1, 2)
     if past is not None:
         k, v = past.update(k, v, attn.layer_idx, {"sin": sin, "cos": cos, "cache_position": cache_position})
     implementation = attn.config._attn_implementation
@@ -312,7 +300,7 @@ def fused_forward(layer: Any, hidden_states: torch.Tensor, attention_mask=None, 
     out = attn.o_proj(out.reshape(rows, length, -1).contiguous())
     post = layer.post_attention_layernorm
     x, residual = rms_norm(out, post.weight, _eps(post), residual=hidden_states)
-    return residual + layer.mlp.down_proj(silu_mul(F.linear(x, f.gate_up)))
+    return residual + mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
 
 
 def _layer_ok(layer: Any) -> bool:
@@ -360,8 +348,6 @@ def install(model: Any) -> bool:
     if not enabled(model):
         return False
     for layer in model.model.layers:
-        with torch.no_grad():
-            layer._engine_fused = FusedWeights(layer)
         original = layer.forward
 
         def forward(*args, _layer=layer, _original=original, **kwargs):
@@ -371,8 +357,6 @@ def install(model: Any) -> bool:
 
         layer.forward = forward
     model._engine_fused = True
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # the replaced projections' memory
     return True
 
 
