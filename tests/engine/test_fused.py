@@ -61,6 +61,21 @@ def test_installed_only_where_asked(tiny_llama_dir, tiny_gpt2_dir, monkeypatch):
     assert not fused.enabled(llama.model)
 
 
+def test_layers_unlike_llamas_keep_hugging_faces(fused_on):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    def tiny(**changes):
+        config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                             num_attention_heads=2, **changes)  # fmt: skip
+        return AutoModelForCausalLM.from_config(config)
+
+    assert fused.enabled(tiny())
+    assert not fused.enabled(tiny(hidden_act="gelu"))  # the kernel computes SiLU only
+    odd = tiny()
+    odd.model.layers[0].self_attn.q_norm = torch.nn.Identity()  # Qwen3-like query norms
+    assert not fused.install(odd) and not hasattr(odd, "_engine_fused")
+
+
 def test_weights_are_the_same_tensors_in_the_same_memory(tiny_llama_dir, fused_on):
     model = _load(tiny_llama_dir).model
     before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}

@@ -314,13 +314,6 @@ def _layer_ok(layer: Any) -> bool:
         return False
     if any(hasattr(attn, n) for n in ("q_norm", "k_norm")) or getattr(attn, "sliding_window", None):
         return False
-    linear = (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj)
-    if not all(isinstance(m, torch.nn.Linear) and type(m) is torch.nn.Linear for m in linear):
-        return False  # quantized or adapter layers keep their own forward
-    if (mlp.gate_proj.bias is not None) or (mlp.up_proj.bias is not None):
-        return False
-    if len({attn.q_proj.bias is None, attn.k_proj.bias is None, attn.v_proj.bias is None}) > 1:
-        return False
     norms = (layer.input_layernorm, layer.post_attention_layernorm)
     return all(type(n).__name__.endswith("RMSNorm") and not hasattr(n, "offset") for n in norms)
 
