@@ -1,5 +1,6 @@
-"""The fused decoder layer's kernels (evaluation/engine/server/fused.py) against the torch operations
-they replace: how many elements differ, and on a GPU how long one decoder layer takes each way.
+"""The fused decoder layer's kernels (evaluation/engine/server/fused.py, and the packed attention's
+merge) against the torch operations they replace: how many elements differ, and on a GPU how long
+one decoder layer takes each way.
 
     python -m benchmarks.fused_kernels --out var/fused            # on a GPU: checks and timings
     TRITON_INTERPRET=1 python -m benchmarks.fused_kernels --check-only --device cpu   # the tests' way
@@ -64,6 +65,13 @@ def check_kernels(device: str) -> list[dict]:
         gate, up = (torch.randn(5, 2, 1100, dtype=dtype, device=device) * 3 for _ in range(2))
         want = fused.silu_mul_torch(gate, up)
         out.append(_diff("silu_mul", dtype, fused.silu_mul(gate, up), want, fused._use_triton(gate)))
+        for tokens, heads, dim in ((7, 6, 16), (50, 32, 64)):  # the packed attention's merge, varlen layout
+            own, pre = (torch.randn(tokens, heads, dim, dtype=dtype, device=device) for _ in range(2))
+            own_lse, pre_lse = (torch.randn(heads, tokens, device=device).t() * 3 for _ in range(2))
+            want = fused.merge_torch(own, own_lse, pre, pre_lse)
+            got = own.clone()
+            fused.merge_into(got, own_lse, pre, pre_lse)
+            out.append(_diff("merge", dtype, got, want, fused._use_triton(own)) | {"heads": [heads]})
         for heads, kv_heads, dim, shared in ((6, 2, 16, False), (8, 8, 32, True), (32, 4, 64, False)):
             q = torch.randn(3, 5, heads * dim, dtype=dtype, device=device) * 4
             k = torch.randn(3, 5, kv_heads * dim, dtype=dtype, device=device) * 4

@@ -148,7 +148,7 @@ def test_kernels_under_tritons_interpreter():
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     checks = report["checks"]
-    assert {c["op"] for c in checks} >= {"rms_norm", "add_rms_norm", "silu_mul", "rope_q", "rope_k"}
+    assert {c["op"] for c in checks} >= {"rms_norm", "add_rms_norm", "silu_mul", "rope_q", "rope_k", "merge"}
     assert all(c["triton"] for c in checks), checks
     half = [c for c in checks if c["dtype"] == "float16"]
     assert all(c["unequal"] == 0 for c in half if c["op"].startswith(("rope", "residual"))), checks

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evaluation.engine.server import packed
+from evaluation.engine.server import fused, packed
 from evaluation.engine.server.batching import Limits, Scheduler, plan_batches
 from evaluation.engine.server.generation import BatchGenerator
 from evaluation.engine.server.stats import Stats
@@ -53,8 +53,12 @@ def test_merging_two_parts_by_their_log_sum_exps_is_attention_over_both_key_sets
     out1, lse1 = packed.attend(q, k1, v1, False, 0.25)
     out2, lse2 = packed.attend(q, k2, v2, False, 0.25)
     want, _ = reference_attention(q, torch.cat([k1, k2], 2), torch.cat([v1, v2], 2), False, 0.25)
-    merged = packed._merge(out1, lse1[..., None], out2, lse2[..., None])
+    merged = fused.merge_torch(out1, lse1, out2, lse2)
     assert torch.allclose(merged.double(), want, atol=1e-5)
+    # In place, in the varlen layout: [tokens, heads, dim], log-sum-exps [tokens, heads] transposed views.
+    own = out1[0].transpose(0, 1).contiguous()
+    fused.merge_into(own, lse1[0].t(), out2[0].transpose(0, 1).contiguous(), lse2[0].t())
+    assert torch.allclose(own.double(), want[0].transpose(0, 1), atol=1e-5)
 
 
 def test_buckets_cover_every_token_once_and_pad_within_a_factor_of_two():

@@ -132,6 +132,29 @@ if triton is not None:
         tl.store(src, o1.to(dt), mask=keep)
         tl.store(src + HALF, o2.to(dt), mask=keep)
 
+    @triton.jit
+    def _merge_kernel(
+        own_ptr, own_lse_ptr, pre_ptr, pre_lse_ptr, heads, o_row, o_head, l_row, l_head, p_row, p_head,
+        q_row, q_head, DIM: tl.constexpr, BLOCK_H: tl.constexpr, EXACT: tl.constexpr,
+    ):  # fmt: skip
+        token = tl.program_id(0).to(tl.int64)
+        h = tl.arange(0, BLOCK_H)[:, None]
+        d = tl.arange(0, DIM)[None, :]
+        keep = h < heads
+        x = tl.load(pre_lse_ptr + token * q_row + h * q_head, mask=keep, other=0.0) - tl.load(
+            own_lse_ptr + token * l_row + h * l_head, mask=keep, other=0.0
+        )
+        if EXACT:  # torch.sigmoid: 1 / (1 + expf(-x)), an IEEE division
+            share = tl.math.div_rn(1.0, 1.0 + libdevice.exp(-x))
+        else:
+            share = 1.0 / (1.0 + tl.exp(-x))
+        own = tl.load(own_ptr + token * o_row + h * o_head + d, mask=keep, other=0.0).to(tl.float32)
+        pre = tl.load(pre_ptr + token * p_row + h * p_head + d, mask=keep, other=0.0).to(tl.float32)
+        diff = pre - own
+        # torch.lerp's two forms, chosen by the weight as torch chooses them
+        merged = tl.where(share < 0.5, own + share * diff, pre - diff * (1.0 - share))
+        tl.store(own_ptr + token * o_row + h * o_head + d, merged.to(own_ptr.dtype.element_ty), mask=keep)
+
 
 _triton_failed = False
 # Triton's interpreter runs the kernels on the CPU (TRITON_INTERPRET=1): how the tests check them.
@@ -259,6 +282,33 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
         return tuple(t.view(rows, length, -1, dim).transpose(1, 2) for t in (q, k))
 
     return _run_kernel(launch, lambda: rope_torch(q, k, cos, sin, dim))
+
+
+def merge_torch(own: torch.Tensor, own_lse: torch.Tensor, pre: torch.Tensor, pre_lse: torch.Tensor) -> torch.Tensor:
+    """Attention over two sets of keys from each set's result [tokens, heads, dim] and log-sum-exp
+    [tokens, heads]: the second set's share of the softmax mass is sigmoid(lse_pre - lse_own)."""
+    share = torch.sigmoid(pre_lse - own_lse)[..., None]
+    return torch.lerp(own.float(), pre.float(), share).to(own.dtype)
+
+
+def merge_into(own: torch.Tensor, own_lse: torch.Tensor, pre: torch.Tensor, pre_lse: torch.Tensor) -> None:
+    """As merge_torch, written into `own`; on a GPU one kernel instead of six (two of them fp32
+    copies of both results)."""
+    tokens, heads, dim = own.shape
+    usable = own.stride(-1) == 1 and pre.stride(-1) == 1 and not dim & (dim - 1) and pre.shape == own.shape
+    if not _use_triton(own) or not usable or own_lse.dtype != torch.float32 or pre_lse.dtype != torch.float32:
+        own.copy_(merge_torch(own, own_lse, pre, pre_lse))
+        return
+
+    def launch():
+        if tokens:
+            _merge_kernel[(tokens,)](
+                own, own_lse, pre, pre_lse, heads, *own.stride()[:2], *own_lse.stride(), *pre.stride()[:2],
+                *pre_lse.stride(), DIM=dim, BLOCK_H=triton.next_power_of_2(heads), EXACT=not _INTERPRET,
+                num_warps=4,
+            )  # fmt: skip
+
+    _run_kernel(launch, lambda: own.copy_(merge_torch(own, own_lse, pre, pre_lse)))
 
 
 # --- the layer ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from evaluation.engine.server import fused
 from evaluation.engine.server.attention import ENGINE_ATTENTION
 
 log = logging.getLogger(__name__)
@@ -135,13 +136,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scal
     return out, lse
 
 
-def _merge(own: torch.Tensor, own_lse: torch.Tensor, pre: torch.Tensor, pre_lse: torch.Tensor) -> torch.Tensor:
-    """Attention over two sets of keys from each set's result and log-sum-exp (lse broadcast to the
-    results' shape): the prefix's share of the softmax mass is sigmoid(lse_prefix - lse_own)."""
-    share = torch.sigmoid(pre_lse - own_lse)
-    return torch.lerp(own.float(), pre.float(), share).to(own.dtype)
-
-
 # PyTorch's varlen flash kernel for half-precision models on a GPU; off if this torch's signature
 # differs (or for comparisons: benchmarks/packed_batches.py), the portable path then serves.
 varlen_enabled = True
@@ -181,7 +175,7 @@ def _varlen_attention(plan: PackedPlan, layer: int, query, key, value, scaling) 
         keys = torch.cat([prefix[layer][0][0].transpose(0, 1) for _, _, prefix in plan.groups])
         values = torch.cat([prefix[layer][1][0].transpose(0, 1) for _, _, prefix in plan.groups])
         pre, pre_lse = _flash_varlen(q[:n], keys, values, *cuts["queries"], *cuts["keys"], False, scaling)
-        out[:n] = _merge(out[:n], lse[:n, :, None], pre, pre_lse[..., None])
+        fused.merge_into(out[:n], lse[:n], pre, pre_lse)
     return out[None]
 
 
@@ -212,7 +206,7 @@ def _bucketed_attention(plan: PackedPlan, layer: int, query, key, value, scaling
         qg = q[:, start:end].reshape(1, kv_heads, group * n, dim)
         pre, pre_lse = attend(qg, keys, values, False, scaling)
         pre, pre_lse = pre.reshape(heads, n, dim), pre_lse.reshape(heads, n)
-        out[:, start:end] = _merge(out[:, start:end], lse[:, start:end, None], pre, pre_lse[..., None])
+        out[:, start:end] = fused.merge_torch(out[:, start:end], lse[:, start:end], pre, pre_lse)
     return out.transpose(0, 1)[None]
 
 
