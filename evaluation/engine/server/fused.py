@@ -295,7 +295,8 @@ def merge_into(own: torch.Tensor, own_lse: torch.Tensor, pre: torch.Tensor, pre_
     """As merge_torch, written into `own`; on a GPU one kernel instead of six (two of them fp32
     copies of both results)."""
     tokens, heads, dim = own.shape
-    usable = own.stride(-1) == 1 and pre.stride(-1) == 1 and not dim & (dim - 1) and pre.shape == own.shape
+    wanted = switched_on and os.environ.get("ENGINE_FUSED", "auto") != "0"  # off with the fused layers
+    usable = wanted and own.stride(-1) == 1 and pre.stride(-1) == 1 and not dim & (dim - 1) and pre.shape == own.shape
     if not _use_triton(own) or not usable or own_lse.dtype != torch.float32 or pre_lse.dtype != torch.float32:
         own.copy_(merge_torch(own, own_lse, pre, pre_lse))
         return
