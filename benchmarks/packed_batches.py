@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = build(args.size)
     params = sum(p.numel() for p in model.parameters())
     # "packed": varlen flash kernels where the GPU has them, fused layers (fused.py); "unfused": the same
-    # with Hugging Face's layers; "bucketed": packed, the portable attention; "padded": no packing.
+    # with Hugging Face's layers and the torch merge; "bucketed": packed, the portable attention;
+    # "padded": no packing.
     generators = {
         mode: BatchGenerator(model, tokenizer, prefix_store_bytes=2 * 1024**3, packing=mode != "padded")
         for mode in ("packed", "unfused", "bucketed", "padded")
