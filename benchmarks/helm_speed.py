@@ -113,7 +113,6 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
         runs += [("static_unfused", "static_unfused"), ("static_unfused", "static_unfused_again")]
     for mode, key in runs:
         if mode not in generators:
-            fused.switched_on = False
             generators[mode] = BatchGenerator(loaded.model, tok, decode="static")
         gen = generators[mode]
         fused.switched_on = mode != "static_unfused"

@@ -157,26 +157,29 @@ def test_kernels_under_tritons_interpreter():
     assert layer["fused_layers_called"] > 0 and layer["argmax_equal"] >= 0.95 * layer["positions"], layer
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_rotary_kernel_keeps_each_products_rounding_when_compiled_for_a_gpu(dtype):
-    """Compiled for an H100/H200 (no GPU needed), the rotary kernel multiplies in fp32 and rounds
-    each product before the sum, as torch does. Written plainly, LLVM turned the rounded products
-    into half-precision multiplies that NVPTX fused with the sum (`fma.rn.bf16`): on the GPU 12 %
-    of rotated elements then differed from Hugging Face's by one unit in the last place."""
+def _ptx(kernel, signature: dict, consts: dict) -> str:
+    """`kernel` compiled for an H100/H200 (sm90) on this machine, no GPU needed."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    source = ASTSource(fn=kernel, signature=signature | dict.fromkeys(consts, "constexpr"), constexprs=consts)
+    try:
+        return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    except (ImportError, FileNotFoundError) as e:  # pragma: no cover - a Triton build without its CUDA tool chain
+        pytest.skip(f"cannot compile for CUDA here: {e}")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_rotary_kernel_keeps_each_products_rounding_when_compiled_for_a_gpu(dtype):
+    """Compiled for the GPU, the rotary kernel multiplies in fp32 and rounds each product before
+    the sum, as torch does. Written plainly, LLVM turned the rounded products into half-precision
+    multiplies that NVPTX fused with the sum (`fma.rn.bf16`): on the GPU 12 % of rotated elements
+    then differed from Hugging Face's by one unit in the last place."""
     pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "cos_ptr", "sin_ptr")}
     ints = {name: "i32" for name in ("length", "cos_batch", "cos_token")}
     consts = {"HEADS": 32, "KV_HEADS": 4, "HALF": 32, "BLOCK_H": 32, "EXACT": True}
-    source = ASTSource(
-        fn=fused._rope_kernel, signature={**pointers, **ints, **dict.fromkeys(consts, "constexpr")}, constexprs=consts
-    )
-    try:
-        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
-    except (ImportError, FileNotFoundError) as e:  # pragma: no cover - a Triton build without its CUDA tool chain
-        pytest.skip(f"cannot compile for CUDA here: {e}")
+    ptx = _ptx(fused._rope_kernel, pointers | ints, consts)
     assert "fma" not in ptx
     assert "mul.rn.f32" in ptx
 
@@ -205,15 +208,5 @@ KERNELS = {  # name: (signature of its tensors and numbers, constexprs)
 @pytest.mark.parametrize("name", sorted(KERNELS))
 def test_every_kernel_compiles_for_a_gpu(name):
     """What Triton's interpreter cannot show: each kernel compiles to PTX for an H100/H200."""
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     signature, consts = KERNELS[name]
-    kernel = getattr(fused, f"_{name}_kernel")
-    source = ASTSource(fn=kernel, signature=signature | dict.fromkeys(consts, "constexpr"), constexprs=consts)
-    try:
-        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
-    except (ImportError, FileNotFoundError) as e:  # pragma: no cover - a Triton build without its CUDA tool chain
-        pytest.skip(f"cannot compile for CUDA here: {e}")
-    assert ".entry" in ptx
+    assert ".entry" in _ptx(getattr(fused, f"_{name}_kernel"), signature, consts)

@@ -18,7 +18,8 @@ rotary embedding, the normalized row before the weight's product, SiLU before th
 with CUDA's own exp, division and rsqrt, so a fused layer computes the same values up to the order
 of one fp32 sum (the RMS). The weights are untouched: the matrix products are Hugging Face's own
 calls. (Joining the q, k, v and the gate and up weights into one product each was tried: faster on
-small batches, but cuBLAS then sums in another order and a fifth of the bf16 outputs differed.)
+small batches, but cuBLAS then sums in another order, so the outputs were no longer Hugging Face's;
+docs/benchmarks.md, session 7.)
 
 `install` applies to llama, mistral and qwen2 layers without sliding windows whose parts look as
 expected; anything else keeps Hugging Face's layer. Triton kernels on CUDA for half precision;
@@ -295,7 +296,7 @@ def merge_into(own: torch.Tensor, own_lse: torch.Tensor, pre: torch.Tensor, pre_
     """As merge_torch, written into `own`; on a GPU one kernel instead of six (two of them fp32
     copies of both results)."""
     tokens, heads, dim = own.shape
-    wanted = switched_on and os.environ.get("ENGINE_FUSED", "auto") != "0"  # off with the fused layers
+    wanted = switched_on and _setting() != "0"  # off wherever the fused layers are
     usable = wanted and own.stride(-1) == 1 and pre.stride(-1) == 1 and not dim & (dim - 1) and pre.shape == own.shape
     if not _use_triton(own) or not usable or own_lse.dtype != torch.float32 or pre_lse.dtype != torch.float32:
         own.copy_(merge_torch(own, own_lse, pre, pre_lse))
@@ -325,15 +326,14 @@ def fused_forward(layer: Any, hidden_states: torch.Tensor, attention_mask=None, 
     """Hugging Face's decoder layer, the same calls in the same order, fused where it can be."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    past = past_key_values if past_key_values is not None else kwargs.pop("past_key_value", None)
-    kwargs.pop("past_key_value", None)
+    legacy = kwargs.pop("past_key_value", None)  # transformers 4.x's name
+    past = past_key_values if past_key_values is not None else legacy
     kwargs.pop("output_attentions", None)
     attn, mlp = layer.self_attn, layer.mlp
     rows, length = hidden_states.shape[:2]
     x, _ = rms_norm(hidden_states, layer.input_layernorm.weight, _eps(layer.input_layernorm))
     cos, sin = position_embeddings
-    # Three projections as Hugging Face calls them (one product over the joined weights is faster on
-    # small batches but cuBLAS then sums in another order: other bf16 outputs, other predictions).
+    # Hugging Face's three projections, not one over joined weights (the module's docstring says why).
     q, k = rope(attn.q_proj(x), attn.k_proj(x), cos, sin, attn.head_dim)
     v = attn.v_proj(x).view(rows, length, -1, attn.head_dim).transpose(1, 2)
     if past is not None:
@@ -369,9 +369,13 @@ def _layer_ok(layer: Any) -> bool:
     return all(type(n).__name__.endswith("RMSNorm") and not hasattr(n, "offset") for n in norms)
 
 
+def _setting() -> str:
+    return os.environ.get("ENGINE_FUSED", "auto")
+
+
 def enabled(model: Any) -> bool:
     """Whether `install` would fuse this model's layers here (`ENGINE_FUSED`: auto, 1 or 0)."""
-    setting = os.environ.get("ENGINE_FUSED", "auto")
+    setting = _setting()
     config = getattr(model, "config", None)
     if setting == "0" or config is None or getattr(config, "model_type", None) not in MODEL_TYPES:
         return False
