@@ -29,6 +29,7 @@ elsewhere (and when Triton is missing or fails) the same arithmetic in torch ope
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -214,6 +215,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     return _run_kernel(launch, lambda: _rms_norm_fallback(x, weight, eps, residual))
 
 
+@functools.cache  # once per hidden size, not in every layer's call
 def _fp32_reciprocal(n: int) -> float:
     return float(torch.tensor(1.0, dtype=torch.float32) / n)
 
