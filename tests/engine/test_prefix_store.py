@@ -173,10 +173,10 @@ def test_running_out_of_memory_splits_the_batch_and_empties_the_store(loaded):
     left_in_store = []
 
     class Tight(BatchGenerator):
-        def generate(self, rows):
+        def generate(self, rows, joining=None):
             if len(rows) > 2:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-            return super().generate(rows)
+            return super().generate(rows, joining)
 
         def release_memory(self):
             super().release_memory()

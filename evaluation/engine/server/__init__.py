@@ -41,10 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prefix-sharing", action="store_true", help="prefill shared few-shot prefixes per row")
     p.add_argument(
         "--decode",
-        default="auto",
+        default=os.environ.get("ENGINE_DECODE", "auto"),
         choices=["auto", "static", "dynamic"],
-        help="decode loop: auto (static cache with CUDA graphs on a GPU), static, or dynamic (Hugging Face cache)",
+        help="decode loop: auto (static cache with CUDA graphs on a GPU), static, or dynamic (Hugging Face "
+        "cache); also ENGINE_DECODE",
     )
+    p.add_argument(
+        "--no-joins", action="store_true", default=os.environ.get("ENGINE_JOINS") == "0",
+        help="no continuous batching: rows arriving while a static decode batch runs wait for it to end "
+        "instead of joining it; also ENGINE_JOINS=0",
+    )  # fmt: skip
     p.add_argument(
         "--single-process", action="store_true", default=os.environ.get("ENGINE_SINGLE_PROCESS") == "1",
         help="serve HTTP from the model's process (by default a forked front process does: split.py); "
@@ -75,8 +81,9 @@ def create_service(args: argparse.Namespace):
     if args.max_batch_tokens:
         limits.max_batch_tokens = args.max_batch_tokens
     service = ModelService(
-        loaded, limits, seed=args.seed, prefix_sharing=not args.no_prefix_sharing, decode=args.decode
-    )
+        loaded, limits, seed=args.seed, prefix_sharing=not args.no_prefix_sharing, decode=args.decode,
+        joins=not args.no_joins,
+    )  # fmt: skip
     loaded_at = time.monotonic()
     service.warm_up()
     from evaluation.engine import heap

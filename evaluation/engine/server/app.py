@@ -257,7 +257,14 @@ class ModelService(Frontend):
     """The model and its scheduler, with the endpoints' work in the same process."""
 
     def __init__(
-        self, loaded: LoadedModel, limits: Limits, *, seed: int = 0, prefix_sharing: bool = True, decode: str = "auto"
+        self,
+        loaded: LoadedModel,
+        limits: Limits,
+        *,
+        seed: int = 0,
+        prefix_sharing: bool = True,
+        decode: str = "auto",
+        joins: bool = True,
     ):
         super().__init__(loaded.tokenizer, model_facts(loaded), seed=seed)
         self.loaded = loaded
@@ -271,7 +278,7 @@ class ModelService(Frontend):
         message = "the model ran out of GPU memory on a single request"
         if loaded.budget_bytes:
             message += f" within its budget of {loaded.budget_bytes / 1024**3:g} GB"
-        self.scheduler = Scheduler(self.generator, self.stats, limits, out_of_memory_message=message)
+        self.scheduler = Scheduler(self.generator, self.stats, limits, out_of_memory_message=message, joins=joins)
 
     def submit(self, rows: list[Row]) -> None:
         self.scheduler.submit(rows)

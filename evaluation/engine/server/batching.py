@@ -56,6 +56,16 @@ class Work:
     done: threading.Event = field(default_factory=threading.Event)
     on_done: Callable[[], None] | None = None  # called by the model thread once the rows are done
 
+    @property
+    def joinable(self) -> bool:
+        """Rows that may join a running decode batch (see Scheduler.take)."""
+        return _decoding(self.rows)
+
+
+def _decoding(rows: list[Row]) -> bool:
+    """Rows of a decode batch: more than one new token, no echo (planned batches are of one kind)."""
+    return all(r.needs_decode and not r.echo for r in rows)
+
 
 def _cost(rows: list[Row]) -> int:
     width = max(len(r.prompt_ids) for r in rows)
@@ -208,6 +218,7 @@ class Scheduler:
         gather_seconds: float = 0.002,
         max_wait_seconds: float = 0.02,
         out_of_memory_message: str = "the model ran out of GPU memory on a single request",
+        joins: bool = True,
     ):
         self.generator = generator
         self.stats = stats
@@ -216,6 +227,13 @@ class Scheduler:
         self.max_wait_seconds = max_wait_seconds
         self.out_of_memory_message = out_of_memory_message
         self._queue: queue.Queue[Work | None] = queue.Queue()
+        # Continuous batching (`take`): rows arriving while a decode batch runs join it.
+        self.joins = joins
+        self._waiting: list[Work] = []  # arrived, not yet run (they could not join)
+        self._active: list[Work] = []  # gathered or joined, not yet answered
+        self._planned: list[list[Row]] = []  # this gather's batches not yet started
+        self._stopping = False
+        self._declined = False
         self._thread = threading.Thread(target=self._loop, name="model", daemon=True)
         self.profiler = BatchProfiler.from_env()
 
@@ -235,7 +253,8 @@ class Scheduler:
         self._queue.put(Work(rows, on_done=on_done))
 
     def _gather(self, first: Work) -> tuple[list[Work], bool]:
-        """Collect requests arriving right after `first`: HELM's threads send theirs within milliseconds."""
+        """Collect requests arriving right after `first`: HELM's threads send theirs within milliseconds.
+        Work that arrived while the last batch ran (and did not join it) comes first."""
         items = [first]
         deadline = time.monotonic() + self.max_wait_seconds
         while time.monotonic() < deadline:
@@ -250,32 +269,99 @@ class Scheduler:
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
+            if self._waiting:
+                first, self._waiting = self._waiting[0], self._waiting[1:]
+            else:
+                first = self._queue.get()
             if first is None:
                 return
             items, stopping = self._gather(first)
+            items, self._waiting = items + self._waiting, []
+            self._active = list(items)
             try:
                 self.run([row for item in items for row in item.rows])
             except Exception as e:  # the model thread must survive anything one batch does
                 log.exception("batch failed")
-                for item in items:
+                for item in self._active:
                     for row in item.rows:
                         if not row.finished:
                             row.error, row.finished, row.finish_reason = f"internal error: {e}", True, "error"
             finally:
-                for item in items:
-                    item.done.set()
-                    if item.on_done is not None:
-                        try:
-                            item.on_done()
-                        except Exception:  # e.g. the other end of a pipe is gone; the thread goes on
-                            log.exception("answering a request failed")
-            if stopping:
+                for item in self._active:
+                    self._answer(item)
+                self._active = []
+            if stopping or self._stopping:
                 return
 
+    def _answer(self, item: Work) -> None:
+        if item.done.is_set():
+            return
+        item.done.set()
+        if item.on_done is not None:
+            try:
+                item.on_done()
+            except Exception:  # e.g. the other end of a pipe is gone; the thread goes on
+                log.exception("answering a request failed")
+
+    # --- continuous batching: the generator's `Joining` ------------------------------------------
+
+    def take(self, generator: BatchGenerator, slots: list[Row]) -> list[Row]:
+        """Called by the generator before every step of a static decode batch: answers the requests
+        whose rows are done, and hands over decoding rows that arrived meanwhile (or wait in this
+        gather's later batches) while the batch stays within the limits. Nothing joins while other
+        work waits: the batch then ends as planned, and that work runs next."""
+        for item in self._active:
+            if all(r.finished for r in item.rows):
+                self._answer(item)
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._stopping = True
+                break
+            self._waiting.append(item)
+        if self._stopping or self._declined or any(not w.joinable for w in self._waiting):
+            return []
+        taken: list[Row] = []
+        # This gather's later decode batches first, then what arrived since, each in order.
+        while self._planned and _decoding(self._planned[0]):
+            if not self._fits(generator, slots, taken + self._planned[0]):
+                return self._clear_store_for(generator, slots, taken)
+            taken += self._planned.pop(0)
+        while self._waiting:
+            if not self._fits(generator, slots, taken + self._waiting[0].rows):
+                break
+            item = self._waiting.pop(0)
+            taken += item.rows
+            self._active.append(item)
+        return self._clear_store_for(generator, slots, taken)
+
+    def _clear_store_for(self, generator: BatchGenerator, slots: list[Row], taken: list[Row]) -> list[Row]:
+        prefixes = self.generator.prefixes
+        if taken and prefixes is not None and generator.join_tokens(slots, taken) > self.limits.tokens_beside_store():
+            prefixes.clear()  # as a decoding batch that needs the store's room does (see Limits)
+        return taken
+
+    def _fits(self, generator: BatchGenerator, slots: list[Row], rows: list[Row]) -> bool:
+        live = sum(1 for r in slots if not r.finished)
+        if live + len(rows) > self.limits.max_batch_size:
+            return False
+        return generator.join_tokens(slots, rows) <= self.limits.max_batch_tokens
+
+    def decline(self, rows: list[Row]) -> None:
+        """Rows that found no memory to join: they run after the batch, and nothing more joins it."""
+        self._declined = True
+        self.stats.add("declined_joins")
+        self._planned.insert(0, rows)
+
+    # --- batches ---------------------------------------------------------------------------------
+
     def run(self, rows: list[Row]) -> None:
-        for batch in plan_batches(rows, self.limits, packed=self.generator.packing):
-            self._run_batch(batch)
+        self._planned = plan_batches(rows, self.limits, packed=self.generator.packing)
+        while self._planned:
+            self._run_batch(self._planned.pop(0))
 
     def _run_batch(self, batch: list[Row]) -> None:
         started, cpu_started = time.perf_counter(), time.thread_time()
@@ -287,27 +373,38 @@ class Scheduler:
             and _cost(batch) > self.limits.tokens_beside_store()
         ):
             prefixes.clear()  # a decoding batch that needs the store's room (see Limits)
+        self._declined = False
+        joining = self if self.joins and _decoding(batch) else None
         try:
             if self.profiler is None:
-                self.generator.generate(batch)
+                self.generator.generate(batch, joining)
             else:
                 self.profiler.run(batch, self.generator)
         except torch.cuda.OutOfMemoryError:
-            self._after_out_of_memory(batch)
+            self._after_out_of_memory(self._unanswered(batch + self.generator.last_joined))
             return
         except Exception as e:  # one bad batch fails its own requests, not the server
+            batch = self._unanswered(batch + self.generator.last_joined)
             log.exception("batch of %d rows failed", len(batch))
             for row in batch:
                 row.error, row.finished, row.finish_reason = f"internal error: {type(e).__name__}: {e}", True, "error"
             return
+        joined = len(self.generator.last_joined)
+        if joined:
+            self.stats.add("joined_rows", joined)
         self.stats.record_batch(
-            rows=len(batch),
+            rows=len(batch) + joined,
             seconds=time.perf_counter() - started,
             skipped_tokens=self.generator.last_skipped_tokens,
             prefix_reused=self.generator.last_prefix_reused,
             decode_steps=self.generator.last_decode_steps,
             cpu_seconds=time.thread_time() - cpu_started,
         )
+
+    def _unanswered(self, rows: list[Row]) -> list[Row]:
+        """Rows whose requests are not answered yet: those answered early (take) are left alone."""
+        answered = {id(r) for item in self._active if item.done.is_set() for r in item.rows}
+        return [r for r in rows if id(r) not in answered]
 
     def _after_out_of_memory(self, batch: list[Row]) -> None:
         # The budget is enforced by the allocator, so a batch that does not fit is split, and the

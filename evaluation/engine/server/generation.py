@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -143,6 +143,16 @@ class PrefixGroup:
     cache: Any = None
 
 
+class Joining(Protocol):
+    """Where rows come from that may join a running decode batch (the scheduler's queue)."""
+
+    def take(self, generator: BatchGenerator, slots: list[Row]) -> list[Row]:
+        """Rows to join now, given the batch's slots (finished rows' slots are taken first); or none."""
+
+    def decline(self, rows: list[Row]) -> None:
+        """Rows `take` gave that could not join (no memory for them): they are reset, to run later."""
+
+
 class BatchGenerator:
     """Runs lists of rows through the model together. Not thread-safe: one worker thread owns it."""
 
@@ -178,6 +188,7 @@ class BatchGenerator:
         self.last_prefix_reused = False
         self.last_skipped_tokens = 0
         self.last_decode_steps = 0
+        self.last_joined: list[Row] = []  # rows that joined the last batch while it decoded
         self.static = self._static_decoder(decode)
         # Single-token batches as one packed sequence (packed.py) where the model allows it.
         self.packing = packing and prefix_sharing and packed.supports(model)
@@ -443,14 +454,17 @@ class BatchGenerator:
     # --- the whole batch -----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def generate(self, rows: list[Row]) -> list[Row]:
-        """Fill in tokens, logprobs, prompt logprobs (echo rows) and finish reasons of every row."""
+    def generate(self, rows: list[Row], joining: Joining | None = None) -> list[Row]:
+        """Fill in tokens, logprobs, prompt logprobs (echo rows) and finish reasons of every row.
+        `joining`: while the rows decode over the static cache, rows it gives join them (continuous
+        batching); they are filled in too, and listed in `last_joined`."""
+        self.last_joined = []
         if not rows:
             return rows
         with engine_attention(self.model), fused.active(self.model):
-            return self._generate(rows)
+            return self._generate(rows, joining)
 
-    def _generate(self, rows: list[Row]) -> list[Row]:
+    def _generate(self, rows: list[Row], joining: Joining | None = None) -> list[Row]:
         use_cache = any(r.needs_decode for r in rows)
         all_logits = any(r.echo for r in rows)
         # Every position's logits (echo) come from a whole prompt's own forward: nothing shared.
@@ -474,7 +488,7 @@ class BatchGenerator:
         self._choose(last, rows)
         live = rows
         if self.static is not None and cache is not None and any(not r.finished for r in rows):
-            self._decode_static(rows, cache, mask, next_pos)
+            self._decode_static(rows, cache, mask, next_pos, joining)
             return rows
         tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in rows], device=self.device)
         while any(not r.finished for r in live):
@@ -501,13 +515,61 @@ class BatchGenerator:
             tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in live], device=self.device)
         return rows
 
-    def _decode_static(self, rows: list[Row], cache: Any, mask: torch.Tensor, next_pos: torch.Tensor) -> None:
+    def _decode_static(
+        self, rows: list[Row], cache: Any, mask: torch.Tensor, next_pos: torch.Tensor, joining: Joining | None
+    ) -> None:
         """The decode loop over the static cache: finished rows ride along (their logits are ignored)
-        so every step has the shape its graph was captured for."""
+        so every step has the shape its graph was captured for, until a joining row takes their slot."""
         max_new = max(r.max_new_tokens for r in rows)
         self.static.start(cache, mask, next_pos, max_new)
         del cache
-        while any(not r.finished for r in rows):
-            logits = self.static.step([r.tokens[-1] if r.tokens else self.pad_id for r in rows])
+        slots = list(rows)
+        while any(not r.finished for r in slots):
+            if joining is not None:
+                slots = self._join(joining, slots)
+            logits = self.static.step([r.tokens[-1] if r.tokens else self.pad_id for r in slots])
             self.last_decode_steps += 1
-            self._choose(logits, rows)
+            self._choose(logits, slots)
+
+    def join_tokens(self, slots: list[Row], rows: list[Row]) -> int:
+        """Cache tokens (slots × columns, unpadded, as the batch limits count them) the running static
+        batch needs once `rows` join it; their prompts' width is estimated by the longest."""
+        free = sum(1 for r in slots if r.finished)
+        width = max(len(r.prompt_ids) for r in rows)
+        used, end = self.static.join_shape(len(slots) + max(0, len(rows) - free), width,
+                                           max(r.max_new_tokens for r in rows))  # fmt: skip
+        return used * end
+
+    def _join(self, joining: Joining, slots: list[Row]) -> list[Row]:
+        """Prefill the rows `joining` gives and put them in the batch: finished rows' slots first."""
+        new = joining.take(self, slots)
+        if not new:
+            return slots
+        counts = (self.last_shared_prefix, self.last_prefix_reused, self.last_skipped_tokens)
+        groups = self._groups(new)
+        new = [r for g in groups for r in g.rows]
+        free = [i for i, r in enumerate(slots) if r.finished][: len(new)]
+        places = free + list(range(len(slots), len(slots) + len(new) - len(free)))
+        try:
+            last, _, cache, mask, next_pos, _ = self._prefill(groups, True, False)
+            self.static.join(cache, mask, next_pos, max(r.max_new_tokens for r in new), places)
+        except torch.cuda.OutOfMemoryError:
+            self.last_shared_prefix, self.last_prefix_reused, self.last_skipped_tokens = counts
+            for row in new:
+                row.reset()
+            joining.decline(new)
+            return slots
+        del cache
+        self._choose(last, new)
+        # The batch's counters cover its joined rows too.
+        self.last_shared_prefix = max(counts[0], self.last_shared_prefix)
+        self.last_prefix_reused = counts[1] or self.last_prefix_reused
+        self.last_skipped_tokens += counts[2]
+        self.last_joined += new
+        slots = list(slots)
+        for place, row in zip(places, new, strict=True):
+            if place < len(slots):
+                slots[place] = row
+            else:
+                slots.append(row)
+        return slots

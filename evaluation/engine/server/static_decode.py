@@ -48,6 +48,10 @@ def row_bucket(n: int) -> int:
     return next((b for b in ROW_BUCKETS if b >= n), n)
 
 
+def _columns(n: int) -> int:
+    return -(-n // COLUMN_STEP) * COLUMN_STEP
+
+
 class _StaticCache:
     """What the model's attention modules see as `past_key_values`: writes the step's key and value
     at the current column and hands back the whole buffers."""
@@ -100,7 +104,11 @@ class StaticDecoder:
         self.buffers: _Buffers | None = None
         self.captures = 0
         self.graph_failed = False
-        self.rows = 0
+        self.rows = 0  # slots in use (rows of the batch, finished ones included)
+        self.column = 0  # the column the next step writes (as `buffers.column` holds on the device)
+        self.end = 0  # the columns the batch's rows need, their new tokens included
+        self._like: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._layers = 0
 
     # --- one step, as the model's own modules compute it ----------------------------------------
 
@@ -143,27 +151,35 @@ class StaticDecoder:
 
     # --- a batch ----------------------------------------------------------------------------------
 
+    def _shape(self, bucket: int, columns: int) -> _Buffers:
+        """Buffers of this shape, with their graph: the current ones, or new ones (whose contents the
+        caller must fill: the capture's warm-up steps write into them)."""
+        b = self.buffers
+        if b is not None and b.rows == bucket and b.columns == columns:
+            return b
+        b = _Buffers(self.model, bucket, columns, self._like, self._layers)
+        if self.use_graphs and not self.graph_failed:
+            try:
+                self._capture(b)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception:  # a model the graph cannot hold still decodes, step by step
+                log.exception("CUDA graph capture failed; decoding without graphs")
+                self.graph_failed = True
+                b.graph, b.logits = None, None
+        return b
+
     def start(self, cache: Any, mask: torch.Tensor, next_positions: torch.Tensor, max_new_tokens: int) -> None:
         """Load a prefill's cache (rows padded on the left to one width) and its 2-D attention mask."""
         layers = cache_tensors(cache)
+        # The shapes and dtypes of a layer's keys and values, without holding on to the prefill's cache.
+        self._like = tuple(torch.empty(0, t.shape[1], 0, t.shape[3], dtype=t.dtype, device=t.device) for t in layers[0])
+        self._layers = len(layers)
         rows, width = mask.shape
-        bucket = row_bucket(rows)
-        columns = -(-(width + max_new_tokens) // COLUMN_STEP) * COLUMN_STEP
-        b = self.buffers
-        if b is None or b.rows != bucket or b.columns != columns:
-            # One shape at a time: the budget of a small track has no room for several caches.
-            self.buffers = b = None
-            b = _Buffers(self.model, bucket, columns, layers[0], len(layers))
-            if self.use_graphs and not self.graph_failed:
-                try:
-                    self._capture(b)
-                except torch.cuda.OutOfMemoryError:
-                    raise
-                except Exception:  # a model the graph cannot hold still decodes, step by step
-                    log.exception("CUDA graph capture failed; decoding without graphs")
-                    self.graph_failed = True
-                    b.graph, b.logits = None, None
-            self.buffers = b
+        bucket, columns = row_bucket(rows), _columns(width + max_new_tokens)
+        if self.buffers is not None and (self.buffers.rows, self.buffers.columns) != (bucket, columns):
+            self.buffers = None  # one shape at a time: the budget of a small track has no room for several caches
+        b = self.buffers = self._shape(bucket, columns)
         for (k, v), bk, bv in zip(layers, b.keys, b.values, strict=True):
             bk[:rows, :, :width].copy_(k)
             bv[:rows, :, :width].copy_(v)
@@ -177,7 +193,69 @@ class StaticDecoder:
         b.positions.zero_()
         b.positions[:rows].copy_(next_positions)
         b.column.fill_(width)
-        self.rows = rows
+        self.rows, self.column, self.end = rows, width, width + max_new_tokens
+
+    # --- rows joining a running batch ------------------------------------------------------------
+
+    def join_shape(self, slots: int, width: int, max_new_tokens: int) -> tuple[int, int]:
+        """(slots, columns) the running batch needs once rows of this prompt width join it, `slots`
+        being the highest slot they take plus one (unpadded: what the batch limits count)."""
+        shift = max(0, width - self.column)
+        end = max(self.end + shift, self.column + shift + max_new_tokens)
+        return max(self.rows, slots), end
+
+    def join(self, cache: Any, mask: torch.Tensor, next_positions: torch.Tensor, max_new_tokens: int,
+             slots: list[int]) -> None:  # fmt: skip
+        """Add rows to the running batch at `slots` (finished rows' slots, or new ones from `self.rows`
+        on). Their prefill's cache, padded on the left to its own width, ends at the current column as
+        the first rows' prompts did at `start`, so every row's next token goes to the same column. When
+        the slots, a wider prompt or more new tokens need room, the buffers grow: the running rows are
+        copied into a larger shape (shifted right if a prompt is wider than the current column: the
+        masks move with them, the positions are the rows' own) and the graph is captured again."""
+        layers = cache_tensors(cache)
+        rows, width = mask.shape
+        assert len(slots) == rows
+        used, end = self.join_shape(max(slots) + 1, width, max_new_tokens)
+        shift = max(0, width - self.column)
+        old = self.buffers
+        assert old is not None
+        bucket, columns = max(old.rows, row_bucket(used)), max(old.columns, _columns(end))
+        if shift or (bucket, columns) != (old.rows, old.columns):
+            self.buffers = self._grown(old, bucket, columns, shift)  # raises before any change if out of memory
+            self.column += shift
+        b = self.buffers
+        index = torch.tensor(slots, device=b.mask.device)
+        start = self.column - width
+        for (k, v), bk, bv in zip(layers, b.keys, b.values, strict=True):
+            # Rows of a slot taken before may hold another row's keys: everything but the new prompt's
+            # columns is masked, and zero (finite) where no step has written yet.
+            bk.index_copy_(0, index, torch.nn.functional.pad(k, (0, 0, start, columns - self.column)))
+            bv.index_copy_(0, index, torch.nn.functional.pad(v, (0, 0, start, columns - self.column)))
+        row_mask = torch.zeros(rows, 1, 1, columns, dtype=torch.bool, device=b.mask.device)
+        row_mask[:, 0, 0, start : self.column] = mask.bool()
+        b.mask.index_copy_(0, index, row_mask)
+        b.positions.index_copy_(0, index, next_positions.to(b.positions.dtype))
+        self.rows, self.end = used, end
+
+    def _grown(self, old: _Buffers, bucket: int, columns: int, shift: int) -> _Buffers:
+        new = self._shape(bucket, columns)  # the old buffers themselves if only a shift is needed
+        rows, width = self.rows, self.column
+        # The running rows' columns: dim 2 of keys and values [rows, heads, columns, dim], dim 3 of the
+        # mask [rows, 1, 1, columns]; copied first when they move within the same buffers.
+        # (All copies are made before anything is written: running out of memory changes nothing.)
+        pairs = [(t, source, 2) for t, source in zip(new.keys + new.values, old.keys + old.values, strict=True)]
+        pairs.append((new.mask, old.mask, 3))
+        parts = [source[:rows].narrow(dim, 0, width) for _, source, dim in pairs]
+        if new is old:
+            parts = [part.clone() for part in parts]
+        for (target, _, dim), part in zip(pairs, parts, strict=True):
+            target.zero_()
+            target[:rows].narrow(dim, shift, width).copy_(part)
+        new.mask[rows:, 0, 0, 0] = True
+        if new is not old:
+            new.positions[:rows].copy_(old.positions[:rows])
+        new.column.fill_(width + shift)
+        return new
 
     @torch.inference_mode()
     def step(self, tokens: list[int]) -> torch.Tensor:
@@ -190,6 +268,7 @@ class StaticDecoder:
             logits = b.logits
         else:
             logits = self._forward(b)
+        self.column += 1
         return logits[: self.rows]
 
     def release(self) -> None:

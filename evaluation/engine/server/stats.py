@@ -30,6 +30,9 @@ class Stats:
     prefix_reuses: int = 0
     decode_steps: int = 0
     out_of_memory_splits: int = 0
+    # Continuous batching: rows that joined a running decode batch, and joins refused for memory.
+    joined_rows: int = 0
+    declined_joins: int = 0
     busy_seconds: float = 0.0
     # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering).
     # In one process they share one interpreter lock and the second slows the first; by default the
@@ -91,6 +94,8 @@ class Stats:
                 "prefix_reuses": self.prefix_reuses,
                 "decode_steps": self.decode_steps,
                 "out_of_memory_splits": self.out_of_memory_splits,
+                "joined_rows": self.joined_rows,
+                "declined_joins": self.declined_joins,
                 "busy_seconds": round(self.busy_seconds, 6),
                 "model_cpu_seconds": round(self.model_cpu_seconds, 6),
                 "http_cpu_seconds": round(self.http_cpu_seconds, 6),
