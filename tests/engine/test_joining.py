@@ -234,3 +234,20 @@ def test_no_joins_when_switched_off(llama):
     generator = BatchGenerator(model, tokenizer, decode="static")
     _run(Arriving(generator, stats, Limits(), arrivals=[later], joins=False), first, [later])
     assert stats.joined_rows == 0 and stats.batches == 2
+
+
+def test_a_declined_join_runs_after_the_batch_and_nothing_else_joins_it(llama, monkeypatch):
+    model, tokenizer = llama.model, llama.tokenizer
+    first = Work(rows_for(tokenizer, PROMPTS[:2], max_new_tokens=6))
+    later = Work(rows_for(tokenizer, PROMPTS[2:4], max_new_tokens=6))
+    last = Work(rows_for(tokenizer, PROMPTS[4:], max_new_tokens=6))
+    stats = Stats()
+    generator = BatchGenerator(model, tokenizer, decode="static")
+
+    def no_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(generator.static, "join", no_memory)
+    _run(Arriving(generator, stats, Limits(), arrivals=[later, last]), first, [later, last])
+    assert stats.declined_joins == 1 and stats.joined_rows == 0
+    assert_like_generate(model, tokenizer, first.rows + later.rows + last.rows)
