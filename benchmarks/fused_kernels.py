@@ -65,6 +65,11 @@ def check_kernels(device: str) -> list[dict]:
         gate, up = (torch.randn(5, 2, 1100, dtype=dtype, device=device) * 3 for _ in range(2))
         want = fused.silu_mul_torch(gate, up)
         out.append(_diff("silu_mul", dtype, fused.silu_mul(gate, up), want, fused._use_triton(gate)))
+        # A decode step's joined gate/up product: both halves are column slices of one tensor.
+        joined = torch.randn(6, 1, 2 * 1100, dtype=dtype, device=device) * 3
+        gate, up = joined.split(1100, dim=-1)
+        got = fused.silu_mul(gate, up)
+        out.append(_diff("silu_mul_joined", dtype, got, fused.silu_mul_torch(gate, up), fused._use_triton(gate)))
         for tokens, heads, dim in ((7, 6, 16), (50, 32, 64)):  # the packed attention's merge, varlen layout
             own, pre = (torch.randn(tokens, heads, dim, dtype=dtype, device=device) for _ in range(2))
             own_lse, pre_lse = (torch.randn(heads, tokens, device=device).t() * 3 for _ in range(2))
@@ -82,6 +87,15 @@ def check_kernels(device: str) -> list[dict]:
             for name, g, e in zip("qk", got, want, strict=True):
                 assert g.shape == e.shape
                 out.append(_diff(f"rope_{name}", dtype, g, e, fused._use_triton(q)) | {"heads": [heads, kv_heads]})
+            # Queries and keys as column slices of a joined q/k/v product (decode steps: one token a row).
+            for length in (1, 5):
+                qkv = torch.randn(3, length, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device) * 4
+                q, k, _ = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+                cos, sin = _rotary(positions[:, :length], dim, dtype)
+                want = fused.rope_torch(q.clone(), k.clone(), cos, sin, dim)
+                got = fused.rope(q, k, cos, sin, dim)
+                for name, g, e in zip("qk", got, want, strict=True):
+                    out.append(_diff(f"rope_{name}_joined", dtype, g, e, fused._use_triton(q)) | {"length": length})
     return out
 
 

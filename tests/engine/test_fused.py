@@ -76,13 +76,62 @@ def test_layers_unlike_llamas_keep_hugging_faces(fused_on):
     assert not fused.install(odd) and not hasattr(odd, "_engine_fused")
 
 
-def test_weights_are_the_same_tensors_in_the_same_memory(tiny_llama_dir, fused_on):
+def _storage_bytes(model) -> int:
+    storages = {v.untyped_storage().data_ptr(): v.untyped_storage() for v in model.state_dict().values()}
+    return sum(s.nbytes() for s in storages.values())
+
+
+def test_weights_keep_their_values_and_joined_projections_share_one_tensor(tiny_llama_dir, fused_on):
     model = _load(tiny_llama_dir).model
     before = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
-    assert fused.install(model) and fused.install(model)  # a second call changes nothing
+    storage = _storage_bytes(model)
+    assert fused.install(model)
     after = model.state_dict()
     assert before.keys() == after.keys()
-    assert all(after[k].data_ptr() == ptr and torch.equal(after[k], value) for k, (ptr, value) in before.items())
+    assert all(torch.equal(after[k], value) for k, (_, value) in before.items())
+    joined = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+    moved = {k for k in before if k.split(".")[-2] in joined}
+    assert moved and all(after[k].data_ptr() == ptr for k, (ptr, _) in before.items() if k not in moved)
+    for layer in model.model.layers:
+        qkv, gate_up = layer.self_attn._engine_joined, layer.mlp._engine_joined
+        for module, part in zip((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                                qkv.weight.split(qkv.sizes), strict=True):  # fmt: skip
+            assert module.weight.data_ptr() == part.data_ptr() and module.weight.is_contiguous()
+        assert layer.mlp.up_proj.weight.data_ptr() == gate_up.weight.split(gate_up.sizes)[1].data_ptr()
+    # No memory added: the joined tensors replace the separate ones.
+    assert _storage_bytes(model) == storage
+    pointers = {k: v.data_ptr() for k, v in after.items()}
+    assert fused.install(model) and {k: v.data_ptr() for k, v in model.state_dict().items()} == pointers
+
+
+def test_decode_steps_use_the_joined_products_and_prefills_the_modules(tiny_llama_dir, fused_on, monkeypatch):
+    model = _load(tiny_llama_dir).model
+    assert fused.install(model)
+    calls = []
+    for name in ("q_proj", "gate_proj"):
+        module = getattr(model.model.layers[0].self_attn if name == "q_proj" else model.model.layers[0].mlp, name)
+        monkeypatch.setattr(module, "forward", lambda x, _f=module.forward, _n=name: calls.append(_n) or _f(x))
+    with torch.inference_mode(), fused.active(model):
+        model(torch.tensor([[5, 9, 33, 2]]))
+        assert calls == ["q_proj", "gate_proj"]
+        calls.clear()
+        model(torch.tensor([[5], [9]]))  # one token a row: a decode step's shape
+        assert calls == []
+        monkeypatch.setattr(fused, "joined_decode", False)
+        model(torch.tensor([[5], [9]]))
+        assert calls == ["q_proj", "gate_proj"]
+
+
+def test_projections_that_cannot_be_joined_stay_apart(tiny_llama_dir, fused_on):
+    model = _load(tiny_llama_dir).model
+    attn = model.model.layers[0].self_attn
+    attn.k_proj.weight.data = attn.k_proj.weight.data.double()
+    assert not fused.Joined.possible([attn.q_proj, attn.k_proj, attn.v_proj])
+    attn.k_proj.weight.data = attn.k_proj.weight.data.float()
+    attn.v_proj.bias = torch.nn.Parameter(torch.zeros(attn.v_proj.out_features))
+    assert not fused.Joined.possible([attn.q_proj, attn.k_proj, attn.v_proj])
+    assert fused.install(model) and not hasattr(attn, "_engine_joined")
+    assert hasattr(model.model.layers[0].mlp, "_engine_joined")
 
 
 def test_outside_the_engine_the_layers_are_hugging_faces(tiny_llama_dir, fused_on, counted):
@@ -148,7 +197,8 @@ def test_kernels_under_tritons_interpreter():
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     checks = report["checks"]
-    assert {c["op"] for c in checks} >= {"rms_norm", "add_rms_norm", "silu_mul", "rope_q", "rope_k", "merge"}
+    assert {c["op"] for c in checks} >= {"rms_norm", "add_rms_norm", "silu_mul", "rope_q", "rope_k", "merge",
+                                         "silu_mul_joined", "rope_q_joined", "rope_k_joined"}  # fmt: skip
     assert all(c["triton"] for c in checks), checks
     half = [c for c in checks if c["dtype"] == "float16"]
     assert all(c["unequal"] == 0 for c in half if c["op"].startswith(("rope", "residual"))), checks
@@ -177,7 +227,7 @@ def test_rotary_kernel_keeps_each_products_rounding_when_compiled_for_a_gpu(dtyp
     multiplies that NVPTX fused with the sum (`fma.rn.bf16`): on the GPU 12 % of rotated elements
     then differed from Hugging Face's by one unit in the last place."""
     pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "cos_ptr", "sin_ptr")}
-    ints = {name: "i32" for name in ("length", "cos_batch", "cos_token")}
+    ints = {name: "i32" for name in ("length", "cos_batch", "cos_token", "q_token", "k_token")}
     consts = {"HEADS": 32, "KV_HEADS": 4, "HALF": 32, "BLOCK_H": 32, "EXACT": True}
     ptx = _ptx(fused._rope_kernel, pointers | ints, consts)
     assert "fma" not in ptx
@@ -200,7 +250,7 @@ KERNELS = {  # name: (signature of its tensors and numbers, constexprs)
         dict.fromkeys(("x_ptr", "res_ptr", "w_ptr", "out_ptr", "res_out_ptr"), "*bf16") | {"n": "i32", "inv_n": "fp32", "eps": "fp32"},
         {"HAS_RES": True, "BLOCK": 2048, "EXACT": True},
     ),
-    "silu_mul": (dict.fromkeys(("gate_ptr", "up_ptr", "out_ptr"), "*bf16") | {"inter": "i32"}, {"BLOCK": 1024, "EXACT": True}),
+    "silu_mul": (dict.fromkeys(("gate_ptr", "up_ptr", "out_ptr"), "*bf16") | {"inter": "i32", "in_row": "i32"}, {"BLOCK": 1024, "EXACT": True}),
     "merge": (_merge_signature(), {"DIM": 128, "BLOCK_H": 32, "EXACT": True}),
 }  # fmt: skip
 

@@ -16,10 +16,14 @@ and up projections, one kernel for SiLU and the product, the down projection and
 The kernels round where Hugging Face's separate operations round (each product and the sum of the
 rotary embedding, the normalized row before the weight's product, SiLU before the gate's product),
 with CUDA's own exp, division and rsqrt, so a fused layer computes the same values up to the order
-of one fp32 sum (the RMS). The weights are untouched: the matrix products are Hugging Face's own
-calls. (Joining the q, k, v and the gate and up weights into one product each was tried: faster on
-small batches, but cuBLAS then sums in another order, so the outputs were no longer Hugging Face's;
-docs/benchmarks.md, session 7.)
+of one fp32 sum (the RMS). Prefills (multiple choice, every prompt) call Hugging Face's own matrix
+products. Decode steps, one token a row, run the q, k, v projections as one product and the gate and
+up projections as another (`Joined`: the weights are laid out as row slices of one tensor, no memory
+added): at a decode step's few rows the products read weights, and two larger ones read them faster
+(a 6.7 B step 6.9 → 6.1 ms, docs/benchmarks.md, session 7). cuBLAS then sums in another order, so a
+decode step's bf16 values differ from Hugging Face's layer at the same shape by rounding; they never
+were stock HELM's (one row at a time: other shapes, other kernels). `ENGINE_JOINED_DECODE=0` keeps
+the separate products.
 
 `install` applies to llama, mistral and qwen2 layers without sliding windows whose parts look as
 expected; anything else keeps Hugging Face's layer. Triton kernels on CUDA for half precision;
@@ -44,6 +48,9 @@ log = logging.getLogger(__name__)
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 _active = False  # the fused forward runs only inside the engine's batches (one model thread)
 switched_on = True  # benchmarks turn installed layers back to Hugging Face's forward for comparisons
+# Decode steps (one token a row) run the q/k/v and gate/up projections as one product each; benchmarks
+# turn it off to compare (`ENGINE_JOINED_DECODE=0` does too).
+joined_decode = os.environ.get("ENGINE_JOINED_DECODE", "1") != "0"
 
 try:  # Triton ships with CUDA builds of torch; a CPU-only install may lack it
     import triton
@@ -81,12 +88,12 @@ if triton is not None:
         tl.store(out_ptr + row * n + cols, (w * y).to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
-    def _silu_mul_kernel(gate_ptr, up_ptr, out_ptr, inter, BLOCK: tl.constexpr, EXACT: tl.constexpr):
+    def _silu_mul_kernel(gate_ptr, up_ptr, out_ptr, inter, in_row, BLOCK: tl.constexpr, EXACT: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         keep = cols < inter
-        g = tl.load(gate_ptr + row * inter + cols, mask=keep, other=0.0).to(tl.float32)
-        u = tl.load(up_ptr + row * inter + cols, mask=keep, other=0.0).to(tl.float32)
+        g = tl.load(gate_ptr + row * in_row + cols, mask=keep, other=0.0).to(tl.float32)
+        u = tl.load(up_ptr + row * in_row + cols, mask=keep, other=0.0).to(tl.float32)
         if EXACT:  # torch's SiLU: CUDA's expf and an IEEE division (tl.exp and / are approximate)
             s = tl.math.div_rn(g, 1.0 + libdevice.exp(-g))
         else:
@@ -107,7 +114,7 @@ if triton is not None:
 
     @triton.jit
     def _rope_kernel(
-        q_ptr, k_ptr, cos_ptr, sin_ptr, length, cos_batch, cos_token,
+        q_ptr, k_ptr, cos_ptr, sin_ptr, length, cos_batch, cos_token, q_token, k_token,
         HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, EXACT: tl.constexpr,
     ):  # fmt: skip
         token = tl.program_id(0).to(tl.int64)
@@ -117,9 +124,9 @@ if triton is not None:
         cols = tl.arange(0, HALF)[None, :]
         keep = heads < tl.where(is_q, HEADS, KV_HEADS)
         if is_q:
-            src = q_ptr + token * HEADS * dim + heads * dim + cols
+            src = q_ptr + token * q_token + heads * dim + cols
         else:
-            src = k_ptr + token * KV_HEADS * dim + heads * dim + cols
+            src = k_ptr + token * k_token + heads * dim + cols
         trig = (token // length) * cos_batch + (token % length) * cos_token + cols
         c1 = tl.load(cos_ptr + trig).to(tl.float32)
         c2 = tl.load(cos_ptr + trig + HALF).to(tl.float32)
@@ -230,19 +237,32 @@ def silu_mul_torch(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+def _token_stride(x: torch.Tensor) -> int | None:
+    """The stride between the tokens of x [..., features] if its rows are evenly spaced with
+    contiguous features (a whole tensor, or a column slice of a joined projection's output)."""
+    if x.stride(-1) != 1:
+        return None
+    step = x.stride(-2) if x.dim() > 1 else x.shape[-1]
+    for i in range(x.dim() - 2, 0, -1):
+        if x.shape[i - 1] > 1 and x.stride(i - 1) != x.shape[i] * x.stride(i):
+            return None
+    return step
+
+
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """SiLU(gate) * up in one kernel."""
-    if not _use_triton(gate) or not gate.is_contiguous() or not up.is_contiguous() or up.shape != gate.shape:
+    """SiLU(gate) * up in one kernel (gate and up may be column slices of one joined product)."""
+    step = _token_stride(gate)
+    if not _use_triton(gate) or up.shape != gate.shape or step is None or _token_stride(up) != step:
         return silu_mul_torch(gate, up)
     inter = gate.shape[-1]
-    out = torch.empty_like(gate)
+    out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
 
     def launch():
         rows = gate.numel() // inter
         if rows:
             block = 1024
             _silu_mul_kernel[(rows, triton.cdiv(inter, block))](
-                gate, up, out, inter, BLOCK=block, EXACT=not _INTERPRET, num_warps=4
+                gate, up, out, inter, step, BLOCK=block, EXACT=not _INTERPRET, num_warps=4
             )
         return out
 
@@ -265,9 +285,10 @@ def rope_torch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
 
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int):
     """As rope_torch; on a GPU one kernel for both, rotating them in place (the projections'
-    outputs, used for nothing else)."""
+    outputs, used for nothing else; column slices of one joined product too)."""
     rows, length = q.shape[:2]
-    exotic = not (q.is_contiguous() and k.is_contiguous()) or cos.dtype != q.dtype or dim % 2 or dim & (dim - 1)
+    q_token, k_token = _token_stride(q), _token_stride(k)
+    exotic = q_token is None or k_token is None or cos.dtype != q.dtype or dim % 2 or dim & (dim - 1)
     if not _use_triton(q) or exotic:
         return rope_torch(q, k, cos, sin, dim)
     cos, sin = cos.expand(rows, length, dim), sin.expand(rows, length, dim)
@@ -278,7 +299,7 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     def launch():
         if rows * length:
             _rope_kernel[(rows * length, 2)](
-                q, k, cos, sin, length, cos.stride(0), cos.stride(1),
+                q, k, cos, sin, length, cos.stride(0), cos.stride(1), q_token, k_token,
                 HEADS=heads, KV_HEADS=kv_heads, HALF=dim // 2, BLOCK_H=triton.next_power_of_2(max(heads, kv_heads)),
                 EXACT=not _INTERPRET, num_warps=4,
             )  # fmt: skip
@@ -335,9 +356,13 @@ def fused_forward(layer: Any, hidden_states: torch.Tensor, attention_mask=None, 
     rows, length = hidden_states.shape[:2]
     x, _ = rms_norm(hidden_states, layer.input_layernorm.weight, _eps(layer.input_layernorm))
     cos, sin = position_embeddings
-    # Hugging Face's three projections, not one over joined weights (the module's docstring says why).
-    q, k = rope(attn.q_proj(x), attn.k_proj(x), cos, sin, attn.head_dim)
-    v = attn.v_proj(x).view(rows, length, -1, attn.head_dim).transpose(1, 2)
+    qkv = getattr(attn, "_engine_joined", None)
+    if qkv is not None and length == 1 and joined_decode:  # a decode step (the module's docstring)
+        q, k, v = qkv(x)
+    else:  # Hugging Face's three products, whose results are bitwise the stock layer's
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    q, k = rope(q, k, cos, sin, attn.head_dim)
+    v = v.view(rows, length, -1, attn.head_dim).transpose(1, 2)
     if past is not None:
         k, v = past.update(k, v, attn.layer_idx, {"sin": sin, "cos": cos, "cache_position": cache_position})
     implementation = attn.config._attn_implementation
@@ -353,7 +378,55 @@ def fused_forward(layer: Any, hidden_states: torch.Tensor, attention_mask=None, 
     out = attn.o_proj(out.reshape(rows, length, -1).contiguous())
     post = layer.post_attention_layernorm
     x, residual = rms_norm(out, post.weight, _eps(post), residual=hidden_states)
-    return residual + mlp.down_proj(silu_mul(mlp.gate_proj(x), mlp.up_proj(x)))
+    gate_up = getattr(mlp, "_engine_joined", None)
+    if gate_up is not None and length == 1 and joined_decode:
+        gate, up = gate_up(x)
+    else:
+        gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+    return residual + mlp.down_proj(silu_mul(gate, up))
+
+
+class Joined:
+    """Several projections of one input as one matrix product: their weights (and biases) become
+    row slices of one tensor, so the modules compute exactly what they did and no memory is added."""
+
+    def __init__(self, linears: list[torch.nn.Linear]):
+        first = linears[0].weight
+        self.sizes = [m.out_features for m in linears]
+        self.weight = torch.empty(sum(self.sizes), first.shape[1], dtype=first.dtype, device=first.device)
+        has_bias = linears[0].bias is not None
+        self.bias = torch.empty(sum(self.sizes), dtype=first.dtype, device=first.device) if has_bias else None
+        offset = 0
+        with torch.no_grad():
+            for module, size in zip(linears, self.sizes, strict=True):
+                part = slice(offset, offset + size)
+                self.weight[part].copy_(module.weight)
+                module.weight.data = self.weight[part]  # the old storage is freed: one layer's worth at a time
+                if has_bias:
+                    self.bias[part].copy_(module.bias)
+                    module.bias.data = self.bias[part]
+                offset += size
+
+    @staticmethod
+    def possible(linears: list[Any]) -> bool:
+        first = linears[0]
+        return all(
+            type(m) is torch.nn.Linear
+            and m.weight.dtype == first.weight.dtype
+            and m.weight.device == first.weight.device
+            and m.in_features == first.in_features
+            and (m.bias is None) == (first.bias is None)
+            for m in linears
+        )
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1))
+
+
+def _join(module: Any, names: tuple[str, ...]) -> None:
+    linears = [getattr(module, name) for name in names]
+    if Joined.possible(linears):
+        module._engine_joined = Joined(linears)
 
 
 def _layer_ok(layer: Any) -> bool:
@@ -398,6 +471,8 @@ def install(model: Any) -> bool:
     if not enabled(model):
         return False
     for layer in model.model.layers:
+        _join(layer.self_attn, ("q_proj", "k_proj", "v_proj"))
+        _join(layer.mlp, ("gate_proj", "up_proj"))
         original = layer.forward
 
         def forward(*args, _layer=layer, _original=original, **kwargs):

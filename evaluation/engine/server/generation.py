@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +24,9 @@ from evaluation.engine.server.static_decode import StaticDecoder
 log = logging.getLogger(__name__)
 
 GREEDY_TEMPERATURE = 1e-5
+# Greedy static-cache batches queue each step before the host reads the one before (StaticDecoder.launch);
+# `ENGINE_QUEUED_STEPS=0` (or the benchmarks) has the host choose every token before the next step.
+queued_steps = os.environ.get("ENGINE_QUEUED_STEPS", "1") != "0"
 # Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
 MIN_SHARED_PREFIX = 16
 # A few rows of a batch of several runs get a forward of their own for the prefix they share only if
@@ -405,7 +409,8 @@ class BatchGenerator:
         return int(order[min(j, max(nonzero - 1, 0))].item())
 
     def _choose(self, logits: torch.Tensor, rows: list[Row]) -> None:
-        """Pick the next token of every unfinished row from fp32 `logits` (B × vocab) and record it."""
+        """Pick the next token of every unfinished row from fp32 `logits` (B × vocab) and record it.
+        (StaticDecoder._forward computes the greedy choice the same way, on the GPU.)"""
         logprobs = torch.log_softmax(logits, dim=-1)
         finite = torch.isfinite(logits).all(dim=-1)
         choices = logits.argmax(dim=-1)
@@ -413,7 +418,10 @@ class BatchGenerator:
             if not row.finished and not row.greedy:
                 choices[i] = self._sample(logits[i], row)
         chosen = logprobs.gather(1, choices[:, None])[:, 0]
-        for row, token, logprob, ok in zip(rows, choices.tolist(), chosen.tolist(), finite.tolist(), strict=True):
+        self._record(rows, choices.tolist(), chosen.tolist(), finite.tolist())
+
+    def _record(self, rows: list[Row], choices: list[int], chosen: list[float], finite: list[bool]) -> None:
+        for row, token, logprob, ok in zip(rows, choices, chosen, finite, strict=True):
             if row.finished:
                 continue
             if not ok:
@@ -524,12 +532,37 @@ class BatchGenerator:
         self.static.start(cache, mask, next_pos, max_new)
         del cache
         slots = list(rows)
-        while any(not r.finished for r in slots):
+        self._feed(range(len(slots)), slots)
+        queued = None  # a greedy step launched and not yet read: (its choices, the slots' rows then)
+        while True:
+            # A queued step gives every row in it one more token: launch no step that no row needs.
+            ahead = queued is not None
+            if all(r.finished or len(r.tokens) + ahead >= r.max_new_tokens for r in slots):
+                if queued is None:
+                    break
+                self._record(queued[1], *queued[0].get())
+                queued = None
+                continue
             if joining is not None:
                 slots = self._join(joining, slots)
+            if queued_steps and all(r.greedy or r.finished for r in slots):
+                # The GPU feeds each step the step before's choices; the host reads them one step behind.
+                launched = self.static.launch()
+                self.last_decode_steps += 1
+                if queued is not None:
+                    self._record(queued[1], *queued[0].get())
+                queued = (launched, list(slots))
+                continue
+            if queued is not None:  # a sampled row: the host chooses every token before the next step
+                self._record(queued[1], *queued[0].get())
+                queued = None
+                continue
             logits = self.static.step([r.tokens[-1] if r.tokens else self.pad_id for r in slots])
             self.last_decode_steps += 1
             self._choose(logits, slots)
+
+    def _feed(self, places, rows: list[Row]) -> None:
+        self.static.feed(list(places), [r.tokens[-1] if r.tokens else self.pad_id for r in rows])
 
     def join_tokens(self, slots: list[Row], rows: list[Row]) -> int:
         """Cache tokens (slots × columns, unpadded, as the batch limits count them) the running static
@@ -561,6 +594,7 @@ class BatchGenerator:
             return slots
         del cache
         self._choose(last, new)
+        self._feed(places, new)
         # The batch's counters cover its joined rows too.
         self.last_shared_prefix = max(counts[0], self.last_shared_prefix)
         self.last_prefix_reused = counts[1] or self.last_prefix_reused

@@ -84,6 +84,9 @@ class _Buffers:
         ]
         self.mask = torch.zeros(rows, 1, 1, columns, dtype=torch.bool, device=device)
         self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
+        # Each step's greedy choice, its logprob and whether the row's logits were finite (float64
+        # holds token ids and fp32 logprobs exactly), copied to the host in one transfer.
+        self.chosen = torch.zeros(3, rows, dtype=torch.float64, device=device)
         self.positions = torch.zeros(rows, dtype=torch.long, device=device)
         self.column = torch.zeros(1, dtype=torch.long, device=device)
         self.cache = _StaticCache(self.keys, self.values, self.column)
@@ -92,6 +95,19 @@ class _Buffers:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+class Launched:
+    """A queued step's choices for each slot: (token, logprob, logits finite), once the GPU has them."""
+
+    def __init__(self, host: torch.Tensor, event: Any, rows: int):
+        self.host, self.event, self.rows = host, event, rows
+
+    def get(self) -> tuple[list[int], list[float], list[bool]]:
+        if self.event is not None:
+            self.event.synchronize()
+        tokens, logprobs, finite = self.host[:, : self.rows].tolist()
+        return [int(t) for t in tokens], logprobs, [bool(f) for f in finite]
 
 
 class StaticDecoder:
@@ -109,6 +125,9 @@ class StaticDecoder:
         self.end = 0  # the columns the batch's rows need, their new tokens included
         self._like: tuple[torch.Tensor, torch.Tensor] | None = None
         self._layers = 0
+        # Two host buffers for the choices of queued steps: one being read while the next is written.
+        self._host: list[torch.Tensor | None] = [None, None]
+        self._flip = 0
 
     # --- one step, as the model's own modules compute it ----------------------------------------
 
@@ -131,6 +150,13 @@ class StaticDecoder:
             hidden = out[0] if isinstance(out, tuple) else out
         hidden = self.inner.norm(hidden)
         logits = self.model.lm_head(hidden[:, -1, :]).float()
+        # The greedy choice, as BatchGenerator._choose computes it, and the next step's input: a batch of
+        # greedy rows steps on without waiting for the host (`launch`).
+        choice = logits.argmax(dim=-1)
+        b.chosen[0].copy_(choice)
+        b.chosen[1].copy_(torch.log_softmax(logits, dim=-1).gather(1, choice[:, None])[:, 0])
+        b.chosen[2].copy_(torch.isfinite(logits).all(dim=-1))
+        b.tokens.copy_(choice)
         b.positions.add_(1)
         b.column.add_(1)
         return logits
@@ -254,6 +280,7 @@ class StaticDecoder:
         new.mask[rows:, 0, 0, 0] = True
         if new is not old:
             new.positions[:rows].copy_(old.positions[:rows])
+            new.tokens[:rows].copy_(old.tokens[:rows])  # the next step's inputs of queued greedy steps
         new.column.fill_(width + shift)
         return new
 
@@ -263,13 +290,47 @@ class StaticDecoder:
         b = self.buffers
         assert b is not None and len(tokens) == self.rows
         b.tokens[: self.rows].copy_(torch.tensor(tokens, dtype=torch.long))
+        return self._run(b)[: self.rows]
+
+    def _run(self, b: _Buffers) -> torch.Tensor:
         if b.graph is not None:
             b.graph.replay()
             logits = b.logits
         else:
             logits = self._forward(b)
         self.column += 1
-        return logits[: self.rows]
+        return logits
+
+    # --- greedy batches: steps queued ahead of the host ---------------------------------------------
+
+    def feed(self, slots: list[int], tokens: list[int]) -> None:
+        """The tokens the given slots read at the next step (a batch's first tokens, joined rows')."""
+        b = self.buffers
+        assert b is not None
+        if slots:
+            index = torch.tensor(slots, dtype=torch.long)
+            values = torch.tensor(tokens, dtype=torch.long)
+            b.tokens.index_copy_(0, index.to(b.tokens.device), values.to(b.tokens.device))
+
+    @torch.inference_mode()
+    def launch(self) -> Launched:
+        """Queue one step whose input is each row's greedy choice of the step before (in `tokens`) and
+        start copying its choices to the host; `Launched.get` waits for them. The host prepares the
+        next step while the GPU runs this one, instead of the GPU waiting for the host between steps."""
+        b = self.buffers
+        assert b is not None
+        self._run(b)
+        host = self._host[self._flip]
+        if host is None or host.shape != b.chosen.shape:
+            pin = b.chosen.is_cuda
+            host = self._host[self._flip] = torch.empty(b.chosen.shape, dtype=b.chosen.dtype, pin_memory=pin)
+        self._flip ^= 1
+        host.copy_(b.chosen, non_blocking=True)
+        event = None
+        if b.chosen.is_cuda:
+            event = torch.cuda.Event()
+            event.record()
+        return Launched(host, event, self.rows)
 
     def release(self) -> None:
         self.buffers = None
