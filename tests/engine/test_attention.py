@@ -34,6 +34,21 @@ def test_grouped_attention_equals_repeat_kv_sdpa(length, mask_kind):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_decode_steps_mask_is_not_copied_per_head(monkeypatch):
+    rows, heads, kv_heads, keys, dim = 3, 8, 2, 11, 16
+    query, key = torch.randn(rows, heads, 1, dim), torch.randn(rows, kv_heads, keys, dim)
+    mask = torch.rand(rows, 1, 1, keys) > 0.3
+    mask[..., 0] = True
+    module = _Module()
+    module.num_key_value_groups = heads // kv_heads
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    want, _ = sdpa_attention_forward(module, query, key, key, mask, scaling=0.25)
+    monkeypatch.setattr(torch.Tensor, "repeat", lambda *a: pytest.fail("the mask was repeated"))
+    got, _ = grouped_attention(module, query, key, key, mask, scaling=0.25)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_without_a_mask_or_groups_it_is_hugging_faces_sdpa():
     from transformers.integrations import sdpa_attention
 

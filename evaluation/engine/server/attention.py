@@ -38,9 +38,9 @@ def grouped_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     # Query head h attends with key/value head h // group (repeat_kv's order); position p of its
     # r-th head (r = h % group) becomes query row r * length + p of that key/value head.
     grouped = query.reshape(rows, kv_heads, group * length, dim)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        grouped, key, value, attn_mask=mask.repeat(1, 1, group, 1), scale=scaling
-    )
+    # One query position a row (a decode step): its mask row serves every head of the group as it is.
+    mask = mask if length == 1 else mask.repeat(1, 1, group, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, key, value, attn_mask=mask, scale=scaling)
     return out.reshape(rows, heads, length, dim).transpose(1, 2).contiguous(), None
 
 
