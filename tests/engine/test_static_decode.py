@@ -141,3 +141,17 @@ def test_grouped_query_static_and_dynamic_paths_agree(grouped):
     for s, d in zip(static_rows, dynamic_rows, strict=True):
         assert s.tokens == d.tokens
         assert_close(s.logprobs, d.logprobs, tol=1e-5)
+
+
+def test_a_model_attending_eagerly_decodes_as_generate(tiny_llama_dir):
+    """Eager attention adds the mask to the scores: the static decoder's mask must be additive."""
+    from evaluation.engine.loading import load_model
+
+    loaded = load_model(tiny_llama_dir, device="cpu", dtype="float32")
+    loaded.model.config._attn_implementation = "eager"
+    model, tokenizer = loaded.model, loaded.tokenizer
+    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=8)
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    assert generator.static is not None
+    generator.generate(rows)
+    assert_like_generate(model, tokenizer, rows)

@@ -7,7 +7,8 @@ kernels on the same buffers and can be captured once and replayed.
 
 Results stay those of the model's own code: the step calls the model's own embedding, rotary,
 decoder layers, norm and head modules; only the cache (written at one column, since rows are padded
-on the left) and the attention mask (a boolean [rows, 1, 1, columns]) are ours, and for
+on the left) and the attention mask (kept as a boolean [rows, 1, 1, columns], handed to the layers
+as the additive bias SDPA would make of it) are ours, and for
 grouped-query models the attention call, as in every forward of the engine (attention.py). Masked
 columns weigh exactly zero, so the extra columns change nothing but rounding. Model types whose decoder layers
 need more than that (sliding windows, scaled embeddings, extra norms) keep the dynamic path.
@@ -135,12 +136,16 @@ class StaticDecoder:
         # The current token attends to itself: open its column before the layers read the mask.
         b.mask.index_fill_(3, b.column, True)
         hidden = self.inner.embed_tokens(b.tokens[:, None])
+        # The mask as the scores' additive bias, made once a step: SDPA would turn a boolean mask into
+        # this (zeros, -inf where masked) in every layer, and eager attention adds the mask as it is.
+        bias = torch.zeros(b.mask.shape, dtype=hidden.dtype, device=hidden.device)
+        bias.masked_fill_(b.mask.logical_not(), float("-inf"))
         position_ids = b.positions[:, None]
         position_embeddings = self.inner.rotary_emb(hidden, position_ids)
         for layer in self.inner.layers:
             out = layer(
                 hidden,
-                attention_mask=b.mask,
+                attention_mask=bias,
                 position_ids=position_ids,
                 past_key_values=b.cache,
                 use_cache=True,
