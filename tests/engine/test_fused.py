@@ -134,6 +134,18 @@ def test_projections_that_cannot_be_joined_stay_apart(tiny_llama_dir, fused_on):
     assert hasattr(model.model.layers[0].mlp, "_engine_joined")
 
 
+def test_weights_sharing_one_buffer_are_not_joined(tiny_llama_dir, fused_on):
+    """Re-laid, such weights would leave their buffer alive: the joined copy would add memory."""
+    model = _load(tiny_llama_dir).model
+    mlp = model.model.layers[0].mlp
+    flat = torch.cat([mlp.gate_proj.weight.detach().flatten(), mlp.up_proj.weight.detach().flatten()])
+    mlp.gate_proj.weight.data = flat[: mlp.gate_proj.weight.numel()].view_as(mlp.gate_proj.weight)
+    mlp.up_proj.weight.data = flat[mlp.gate_proj.weight.numel() :].view_as(mlp.up_proj.weight)
+    assert not fused.Joined.possible([mlp.gate_proj, mlp.up_proj])
+    assert fused.install(model) and not hasattr(mlp, "_engine_joined")
+    assert hasattr(model.model.layers[0].self_attn, "_engine_joined")
+
+
 def test_outside_the_engine_the_layers_are_hugging_faces(tiny_llama_dir, fused_on, counted):
     model = _load(tiny_llama_dir).model
     ids = torch.tensor([[5, 9, 33, 2, 17]])

@@ -409,13 +409,22 @@ class Joined:
 
     @staticmethod
     def possible(linears: list[Any]) -> bool:
+        """Plain Linear layers of one dtype, device and input size, each weight (and bias) the sole
+        tensor of its storage: one that shares a storage (a view into one buffer of all weights) would
+        stay alive after the re-layout, and the joined copy would add memory instead of replacing it."""
         first = linears[0]
+
+        def owns(t: torch.Tensor | None) -> bool:
+            return t is None or t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
         return all(
             type(m) is torch.nn.Linear
             and m.weight.dtype == first.weight.dtype
             and m.weight.device == first.weight.device
             and m.in_features == first.in_features
             and (m.bias is None) == (first.bias is None)
+            and owns(m.weight)
+            and owns(m.bias)
             for m in linears
         )
 
