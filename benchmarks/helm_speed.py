@@ -528,6 +528,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "_prepare":
         print(json.dumps(child_prepare(argv[1], argv[2], argv[3], argv[4] == "1")))
         return 0
+    if argv and argv[0] == "_ceilings":
+        import torch
+
+        from benchmarks import gpu_ceilings
+
+        print(json.dumps(gpu_ceilings.measure() if torch.cuda.is_available() else None))
+        return 0
     if argv and argv[0] == "_decode":
         print(json.dumps(child_decode_bench(argv[1], int(argv[2]), int(argv[3]), float(argv[4]))))
         return 0
@@ -573,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         results["ceilings"] = prep.get("ceilings")
         results["build_seconds"] = prep["build_seconds"]
         print(json.dumps({"prepared": prep}), flush=True)
+    else:  # a given model: the card's ceilings still, so that MFU and bandwidth shares are computed
+        results["ceilings"] = _child(["_ceilings"], timeout=max(left(), 60))
     save()
     if args.decode_bench:
         try:
