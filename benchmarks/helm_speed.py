@@ -137,7 +137,7 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
             "ms_per_step": 1000 * seconds / max(gen.last_decode_steps, 1),
             "tokens_per_s": sum(len(r.tokens) for r in batch) / seconds,
         }
-        fused.switched_on, fused.joined_decode, generation.queued_steps = True, True, True
+    fused.switched_on, fused.joined_decode, generation.queued_steps = True, True, True
     same = sum(a == b for a, b in zip(outputs["dynamic"], outputs["static"], strict=True))
     result["identical_rows_static_vs_dynamic"] = f"{same}/{rows}"
     result["fused"] = generators["static"].fused

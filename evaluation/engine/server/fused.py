@@ -20,7 +20,8 @@ of one fp32 sum (the RMS). Prefills (multiple choice, every prompt) call Hugging
 products. Decode steps, one token a row, run the q, k, v projections as one product and the gate and
 up projections as another (`Joined`: the weights are laid out as row slices of one tensor, no memory
 added): at a decode step's few rows the products read weights, and two larger ones read them faster
-(a 6.7 B step 6.9 → 6.1 ms, docs/benchmarks.md, session 7). cuBLAS then sums in another order, so a
+(session 7's first H200 call, which joined them in every forward: a 16-row 6.7 B decode step 6.08 ms
+against 6.93 ms, its rotary kernel also differing; docs/benchmarks.md; not yet measured as committed). cuBLAS then sums in another order, so a
 decode step's bf16 values differ from Hugging Face's layer at the same shape by rounding; they never
 were stock HELM's (one row at a time: other shapes, other kernels). `ENGINE_JOINED_DECODE=0` keeps
 the separate products.
@@ -356,11 +357,9 @@ def fused_forward(layer: Any, hidden_states: torch.Tensor, attention_mask=None, 
     rows, length = hidden_states.shape[:2]
     x, _ = rms_norm(hidden_states, layer.input_layernorm.weight, _eps(layer.input_layernorm))
     cos, sin = position_embeddings
-    qkv = getattr(attn, "_engine_joined", None)
-    if qkv is not None and length == 1 and joined_decode:  # a decode step (the module's docstring)
-        q, k, v = qkv(x)
-    else:  # Hugging Face's three products, whose results are bitwise the stock layer's
-        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    qkv = _joined_here(attn, length)
+    # Else Hugging Face's three products, whose results are bitwise the stock layer's.
+    q, k, v = qkv(x) if qkv is not None else (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
     q, k = rope(q, k, cos, sin, attn.head_dim)
     v = v.view(rows, length, -1, attn.head_dim).transpose(1, 2)
     if past is not None:
@@ -378,12 +377,15 @@ def fused_forward(layer: Any, hidden_states: torch.Tensor, attention_mask=None, 
     out = attn.o_proj(out.reshape(rows, length, -1).contiguous())
     post = layer.post_attention_layernorm
     x, residual = rms_norm(out, post.weight, _eps(post), residual=hidden_states)
-    gate_up = getattr(mlp, "_engine_joined", None)
-    if gate_up is not None and length == 1 and joined_decode:
-        gate, up = gate_up(x)
-    else:
-        gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+    gate_up = _joined_here(mlp, length)
+    gate, up = gate_up(x) if gate_up is not None else (mlp.gate_proj(x), mlp.up_proj(x))
     return residual + mlp.down_proj(silu_mul(gate, up))
+
+
+def _joined_here(module: Any, length: int) -> Joined | None:
+    """The module's joined projections if this forward is a decode step (one token a row)."""
+    joined = getattr(module, "_engine_joined", None)
+    return joined if length == 1 and joined_decode else None
 
 
 class Joined:

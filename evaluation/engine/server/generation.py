@@ -19,7 +19,7 @@ import torch
 from evaluation.engine.server import fused, packed, static_decode
 from evaluation.engine.server.attention import engine_attention
 from evaluation.engine.server.kv_cache import PrefixStore, cache_tensors, expanded, gathered, map_cache
-from evaluation.engine.server.static_decode import StaticDecoder
+from evaluation.engine.server.static_decode import StaticDecoder, greedy_choice
 
 log = logging.getLogger(__name__)
 
@@ -409,11 +409,8 @@ class BatchGenerator:
         return int(order[min(j, max(nonzero - 1, 0))].item())
 
     def _choose(self, logits: torch.Tensor, rows: list[Row]) -> None:
-        """Pick the next token of every unfinished row from fp32 `logits` (B × vocab) and record it.
-        (StaticDecoder._forward computes the greedy choice the same way, on the GPU.)"""
-        logprobs = torch.log_softmax(logits, dim=-1)
-        finite = torch.isfinite(logits).all(dim=-1)
-        choices = logits.argmax(dim=-1)
+        """Pick the next token of every unfinished row from fp32 `logits` (B × vocab) and record it."""
+        logprobs, choices, finite = greedy_choice(logits)
         for i, row in enumerate(rows):
             if not row.finished and not row.greedy:
                 choices[i] = self._sample(logits[i], row)

@@ -30,6 +30,12 @@ COLUMN_STEP = 128
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
+def greedy_choice(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log-softmax, argmax, all finite) of each row of fp32 logits: how every greedy token is chosen,
+    by the host (BatchGenerator._choose) and inside a decode step's graph alike."""
+    return torch.log_softmax(logits, dim=-1), logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
+
+
 def supports(model: Any) -> bool:
     """Whether this model's decoder is plain enough to step with a static cache."""
     config = getattr(model, "config", None)
@@ -126,9 +132,6 @@ class StaticDecoder:
         self.end = 0  # the columns the batch's rows need, their new tokens included
         self._like: tuple[torch.Tensor, torch.Tensor] | None = None
         self._layers = 0
-        # Two host buffers for the choices of queued steps: one being read while the next is written.
-        self._host: list[torch.Tensor | None] = [None, None]
-        self._flip = 0
 
     # --- one step, as the model's own modules compute it ----------------------------------------
 
@@ -155,12 +158,12 @@ class StaticDecoder:
             hidden = out[0] if isinstance(out, tuple) else out
         hidden = self.inner.norm(hidden)
         logits = self.model.lm_head(hidden[:, -1, :]).float()
-        # The greedy choice, as BatchGenerator._choose computes it, and the next step's input: a batch of
-        # greedy rows steps on without waiting for the host (`launch`).
-        choice = logits.argmax(dim=-1)
+        # The greedy choice, and the next step's input: a batch of greedy rows steps on without waiting
+        # for the host (`launch`).
+        logprobs, choice, finite = greedy_choice(logits)
         b.chosen[0].copy_(choice)
-        b.chosen[1].copy_(torch.log_softmax(logits, dim=-1).gather(1, choice[:, None])[:, 0])
-        b.chosen[2].copy_(torch.isfinite(logits).all(dim=-1))
+        b.chosen[1].copy_(logprobs.gather(1, choice[:, None])[:, 0])
+        b.chosen[2].copy_(finite)
         b.tokens.copy_(choice)
         b.positions.add_(1)
         b.column.add_(1)
@@ -325,11 +328,9 @@ class StaticDecoder:
         b = self.buffers
         assert b is not None
         self._run(b)
-        host = self._host[self._flip]
-        if host is None or host.shape != b.chosen.shape:
-            pin = b.chosen.is_cuda
-            host = self._host[self._flip] = torch.empty(b.chosen.shape, dtype=b.chosen.dtype, pin_memory=pin)
-        self._flip ^= 1
+        # Each queued step's own pinned tensor, held by its Launched until read (torch's caching host
+        # allocator serves it without a new pinned allocation once the sizes repeat).
+        host = torch.empty(b.chosen.shape, dtype=b.chosen.dtype, pin_memory=b.chosen.is_cuda)
         host.copy_(b.chosen, non_blocking=True)
         event = None
         if b.chosen.is_cuda:
