@@ -97,7 +97,7 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
     import torch
 
     from evaluation.engine.loading import load_model
-    from evaluation.engine.server import fused, generation
+    from evaluation.engine.server import fused, generation, static_decode
     from evaluation.engine.server.generation import BatchGenerator, Row
 
     loaded = load_model(model, device="cuda" if torch.cuda.is_available() else "cpu", memory_budget_gb=budget)
@@ -109,9 +109,11 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
     # The static path twice: its first batch pays for the graph capture, the second shows the steady state.
     # Then a static generator of its own (its own graphs) with Hugging Face's layers instead of fused.py's.
     # "static_separate": fused layers whose decode steps keep the separate q/k/v and gate/up products;
-    # "static_host": the host chooses every token before the next step is launched.
+    # "static_host": the host chooses every token before the next step is launched;
+    # "static_full": every step attends over the whole buffer, not only the columns filled so far.
     runs = [("dynamic", "dynamic"), ("static", "static"), ("static", "static_again")]
     runs += [("static_host", "static_host"), ("static_host", "static_host_again")]
+    runs += [("static_full", "static_full"), ("static_full", "static_full_again")]
     if generators["static"].fused:
         runs += [("static_unfused", "static_unfused"), ("static_unfused", "static_unfused_again")]
         runs += [("static_separate", "static_separate"), ("static_separate", "static_separate_again")]
@@ -122,6 +124,7 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
         fused.switched_on = mode != "static_unfused"
         fused.joined_decode = mode != "static_separate"
         generation.queued_steps = mode != "static_host"
+        static_decode.windowed = mode != "static_full"
         batch = [Row(prompt_ids=tok(p)["input_ids"], max_new_tokens=new_tokens) for p in prompts]
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -138,28 +141,35 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
             "tokens_per_s": sum(len(r.tokens) for r in batch) / seconds,
         }
     fused.switched_on, fused.joined_decode, generation.queued_steps = True, True, True
+    static_decode.windowed = True
     same = sum(a == b for a, b in zip(outputs["dynamic"], outputs["static"], strict=True))
     result["identical_rows_static_vs_dynamic"] = f"{same}/{rows}"
     result["fused"] = generators["static"].fused
-    for other in ("static_unfused", "static_separate", "static_host"):
+    for other in ("static_unfused", "static_separate", "static_host", "static_full"):
         if other in outputs:
             same = sum(a == b for a, b in zip(outputs[other], outputs["static"], strict=True))
             result[f"identical_rows_static_vs_{other}"] = f"{same}/{rows}"
     static = generators["static"].static
     if torch.cuda.is_available() and static is not None and static.buffers is not None and static.buffers.graph:
         # The step's graph replayed back to back: the GPU's time a step, without the loop's work between
-        # steps (choosing tokens on the CPU); the column is put back before each replay.
+        # steps (choosing tokens on the CPU); the column is put back before each replay. The whole
+        # buffer's graph, then each window's the batch captured.
         b = static.buffers
         column = b.column.clone()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for _ in range(2):  # the first pass warms up, the second is timed
-            start.record()
-            for _step in range(20):
-                b.column.copy_(column)
-                b.graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-        result["graph_replay_ms_per_step"] = start.elapsed_time(end) / 20
+        graphs = {b.columns: b.graph} | {w: g for w, (g, _) in b.windows.items()}
+        replay = {}
+        for window, graph in sorted(graphs.items()):
+            for _ in range(2):  # the first pass warms up, the second is timed
+                start.record()
+                for _step in range(20):
+                    b.column.copy_(column)
+                    graph.replay()
+                end.record()
+                torch.cuda.synchronize()
+            replay[window] = start.elapsed_time(end) / 20
+        result["graph_replay_ms_per_step"] = replay[b.columns]
+        result["graph_replay_ms_per_step_by_window"] = replay
     result["graph_captures"] = static.captures if static is not None else 0
     result["static_mode"] = (
         "none" if static is None else ("graphs" if static.use_graphs and not static.graph_failed else "eager")

@@ -155,3 +155,42 @@ def test_a_model_attending_eagerly_decodes_as_generate(tiny_llama_dir):
     assert generator.static is not None
     generator.generate(rows)
     assert_like_generate(model, tokenizer, rows)
+
+
+def test_steps_attend_only_over_the_columns_written_so_far(llama, monkeypatch):
+    """Each step reads the keys and values of the columns filled so far (its own included), rounded up
+    to WINDOW_STEP, not the whole buffer; the tokens stay generate's."""
+    model, tokenizer = llama.model, llama.tokenizer
+    seen = []  # per step (layer 0): the column written, the columns attended, the buffer's columns
+    update = static_decode._StaticCache.update
+
+    def spy(self, key, value, layer_idx, cache_kwargs=None):
+        keys, values = update(self, key, value, layer_idx, cache_kwargs)
+        assert keys.shape[2] == values.shape[2] == self.get_seq_length()
+        if layer_idx == 0:
+            seen.append((int(self.column), keys.shape[2], self.keys[0].shape[2]))
+        return keys, values
+
+    monkeypatch.setattr(static_decode._StaticCache, "update", spy)
+    monkeypatch.setattr(static_decode, "WINDOW_STEP", 8)  # short prompts then cross several windows
+    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=20)
+    BatchGenerator(model, tokenizer, decode="static").generate(rows)
+    assert len(seen) == 19
+    for column, window, columns in seen:
+        assert window == min(columns, -(-(column + 1) // 8) * 8) and window < columns
+    assert len({window for _, window, _ in seen}) >= 3
+    assert_like_generate(model, tokenizer, rows)
+
+
+def test_attending_over_the_whole_buffer_gives_the_same_results(llama, monkeypatch):
+    model, tokenizer = llama.model, llama.tokenizer
+    windowed = rows_for(tokenizer, PROMPTS, max_new_tokens=12)
+    BatchGenerator(model, tokenizer, decode="static").generate(windowed)
+    monkeypatch.setattr(static_decode, "windowed", False)
+    whole = rows_for(tokenizer, PROMPTS, max_new_tokens=12)
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    generator.generate(whole)
+    assert generator.static.buffers.cache.window == generator.static.buffers.columns
+    for w, h in zip(windowed, whole, strict=True):
+        assert w.tokens == h.tokens
+        assert_close(w.logprobs, h.logprobs, tol=1e-5)
