@@ -122,6 +122,28 @@ def test_decode_steps_use_the_joined_products_and_prefills_the_modules(tiny_llam
         assert calls == ["q_proj", "gate_proj"]
 
 
+def test_static_decode_steps_leave_each_residual_sum_to_the_next_norm(tiny_llama_dir, fused_on, monkeypatch):
+    """A fused static decode step makes each layer's residual sum in the next layer's input norm (the
+    last one's in the final norm), not as an add of its own; the tokens stay generate's."""
+    loaded = _load(tiny_llama_dir)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    assert generator.fused
+    pending, finals = [], []
+    parts, final = fused.layer_parts, fused.final_norm
+    monkeypatch.setattr(
+        fused, "layer_parts", lambda layer, h, p, *a, **k: pending.append(p is not None) or parts(layer, h, p, *a, **k)
+    )
+    monkeypatch.setattr(fused, "final_norm", lambda *a: finals.append(1) or final(*a))
+    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=6)
+    generator.generate(rows)
+    layers = len(model.model.layers)
+    assert generator.last_decode_steps == 5 and len(finals) == 5
+    # The prefill's layers make their own sums (fused_forward), then each step defers them.
+    assert pending == [False] * layers + [False, *[True] * (layers - 1)] * 5
+    assert_like_generate(model, tokenizer, rows)
+
+
 def test_projections_that_cannot_be_joined_stay_apart(tiny_llama_dir, fused_on):
     model = _load(tiny_llama_dir).model
     attn = model.model.layers[0].self_attn

@@ -348,14 +348,28 @@ def fused_forward(layer: Any, hidden_states: torch.Tensor, attention_mask=None, 
                   past_key_values=None, use_cache=False, cache_position=None, position_embeddings=None,
                   **kwargs):  # fmt: skip
     """Hugging Face's decoder layer, the same calls in the same order, fused where it can be."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     legacy = kwargs.pop("past_key_value", None)  # transformers 4.x's name
     past = past_key_values if past_key_values is not None else legacy
     kwargs.pop("output_attentions", None)
+    out, residual = layer_parts(layer, hidden_states, None, attention_mask, position_ids, past, cache_position,
+                                position_embeddings, **kwargs)  # fmt: skip
+    return residual + out
+
+
+def layer_parts(layer: Any, hidden_states: torch.Tensor, pending: torch.Tensor | None, attention_mask, position_ids,
+                past, cache_position, position_embeddings, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The layer as (MLP output, residual): the layer's output is their sum, left to the caller so that
+    the next layer's input norm adds it in its own kernel. `pending`: the layer before's MLP output
+    when `hidden_states` is its residual (the sum not made yet)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
     attn, mlp = layer.self_attn, layer.mlp
     rows, length = hidden_states.shape[:2]
-    x, _ = rms_norm(hidden_states, layer.input_layernorm.weight, _eps(layer.input_layernorm))
+    norm = layer.input_layernorm
+    if pending is None:
+        x, _ = rms_norm(hidden_states, norm.weight, _eps(norm))
+    else:
+        x, hidden_states = rms_norm(pending, norm.weight, _eps(norm), residual=hidden_states)
     cos, sin = position_embeddings
     qkv = _joined_here(attn, length)
     # Else Hugging Face's three products, whose results are bitwise the stock layer's.
@@ -379,7 +393,17 @@ def fused_forward(layer: Any, hidden_states: torch.Tensor, attention_mask=None, 
     x, residual = rms_norm(out, post.weight, _eps(post), residual=hidden_states)
     gate_up = _joined_here(mlp, length)
     gate, up = gate_up(x) if gate_up is not None else (mlp.gate_proj(x), mlp.up_proj(x))
-    return residual + mlp.down_proj(silu_mul(gate, up))
+    return mlp.down_proj(silu_mul(gate, up)), residual
+
+
+def final_norm(norm: Any, pending: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """The model's last norm of residual + pending (the last layer's sum), in one kernel."""
+    return rms_norm(pending, norm.weight, _eps(norm), residual=residual)[0]
+
+
+def runs_fused(model: Any) -> bool:
+    """Whether `model`'s layers run fused now (installed, and inside `active`)."""
+    return bool(_active and getattr(model, "_engine_fused", False))
 
 
 def _joined_here(module: Any, length: int) -> Joined | None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from evaluation.engine.server import fused
 from evaluation.engine.server.kv_cache import cache_tensors
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ def supports(model: Any) -> bool:
     return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb")) and hasattr(
         model, "lm_head"
     )
+
+
+def _plain_norm(norm: Any) -> bool:
+    """A Llama-style RMSNorm (weight × normalized), as fused.rms_norm computes it."""
+    return type(norm).__name__.endswith("RMSNorm") and not hasattr(norm, "offset") and hasattr(norm, "weight")
 
 
 def row_bucket(n: int) -> int:
@@ -164,18 +170,28 @@ class StaticDecoder:
         bias.masked_fill_(mask.logical_not(), float("-inf"))
         position_ids = b.positions[:, None]
         position_embeddings = self.inner.rotary_emb(hidden, position_ids)
-        for layer in self.inner.layers:
-            out = layer(
-                hidden,
-                attention_mask=bias,
-                position_ids=position_ids,
-                past_key_values=b.cache,
-                use_cache=True,
-                cache_position=b.column,
-                position_embeddings=position_embeddings,
-            )
-            hidden = out[0] if isinstance(out, tuple) else out
-        hidden = self.inner.norm(hidden)
+        if fused.runs_fused(self.model) and _plain_norm(self.inner.norm):
+            # Each layer's residual sum is made by the next layer's input norm (the last one's by the
+            # final norm): the same roundings, one kernel fewer a layer.
+            pending = None
+            for layer in self.inner.layers:
+                pending, hidden = fused.layer_parts(
+                    layer, hidden, pending, bias, position_ids, b.cache, b.column, position_embeddings
+                )
+            hidden = fused.final_norm(self.inner.norm, pending, hidden)
+        else:
+            for layer in self.inner.layers:
+                out = layer(
+                    hidden,
+                    attention_mask=bias,
+                    position_ids=position_ids,
+                    past_key_values=b.cache,
+                    use_cache=True,
+                    cache_position=b.column,
+                    position_embeddings=position_embeddings,
+                )
+                hidden = out[0] if isinstance(out, tuple) else out
+            hidden = self.inner.norm(hidden)
         logits = self.model.lm_head(hidden[:, -1, :]).float()
         # The greedy choice, and the next step's input: a batch of greedy rows steps on without waiting
         # for the host (`launch`).
