@@ -96,6 +96,25 @@ def check_kernels(device: str) -> list[dict]:
                 got = fused.rope(q, k, cos, sin, dim)
                 for name, g, e in zip("qk", got, want, strict=True):
                     out.append(_diff(f"rope_{name}_joined", dtype, g, e, fused._use_triton(q)) | {"length": length})
+            # A static decode step: rotated keys and the values written into the cache at its column.
+            qkv = torch.randn(3, 1, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device) * 4
+            q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+            cos, sin = _rotary(positions[:, :1], dim, dtype)
+            want_q, want_k = fused.rope_torch(q.clone(), k.clone(), cos, sin, dim)
+            caches = [torch.randn(4, kv_heads, 9, dim, dtype=dtype, device=device) for _ in range(2)]
+            column = torch.tensor([6], device=device)
+            want_kc, want_vc = (c.clone() for c in caches)
+            want_kc[:3].index_copy_(2, column, want_k)
+            want_vc[:3].index_copy_(2, column, v.view(3, 1, kv_heads, dim).transpose(1, 2))
+            got_q = fused.rope_store(q, k, v, cos, sin, dim, *caches, column)
+            used = got_q is not None
+            if used:
+                for name, g, e in (
+                    ("q", got_q, want_q),
+                    ("k_cache", caches[0], want_kc),
+                    ("v_cache", caches[1], want_vc),
+                ):
+                    out.append(_diff(f"rope_store_{name}", dtype, g, e, used) | {"heads": [heads, kv_heads]})
     return out
 
 
@@ -126,6 +145,47 @@ def check_model(device: str, dtype_name: str) -> dict:
         "positions": ids.numel(), "argmax_equal": int((got.argmax(-1) == plain.argmax(-1)).sum()),
         "max_abs_logit_diff": float((got - plain).abs().max()), "fused_layers_called": len(calls),
         "triton": not fused._triton_failed and fused._use_triton(got.to(dtype)),
+        "static_decode": check_static_decode(model, ids[:, :20], steps=5),
+    }  # fmt: skip
+
+
+def check_static_decode(model, prompt, steps: int) -> dict:
+    """Fused static-cache decode steps (deferred residual sums, keys rotated into the cache) against
+    Hugging Face's own decode steps over its cache, fed the same tokens."""
+    import torch
+
+    from evaluation.engine.server import fused
+    from evaluation.engine.server.static_decode import StaticDecoder
+
+    rows, width = prompt.shape
+    stores = []
+    store = fused.rope_store
+    fused.rope_store = lambda *a: (lambda q: stores.append(q is not None) or q)(store(*a))
+    try:
+        with torch.inference_mode():
+            out = model(prompt, use_cache=True)
+            tokens = out.logits[:, -1].argmax(-1)
+            decoder = StaticDecoder(model, use_graphs=False)
+            with fused.active(model):
+                decoder.start(out.past_key_values, torch.ones_like(prompt), torch.full((rows,), width), steps)
+                fed, got = [], []
+                for _ in range(steps):
+                    fed.append(tokens)
+                    logits = decoder.step(tokens.tolist())
+                    got.append(logits)
+                    tokens = logits.argmax(-1)
+            cache, want = out.past_key_values, []
+            for i, token in enumerate(fed):
+                step = model(token[:, None], past_key_values=cache, use_cache=True,
+                             position_ids=torch.full((rows, 1), width + i, device=prompt.device))  # fmt: skip
+                cache = step.past_key_values
+                want.append(step.logits[:, -1].float())
+    finally:
+        fused.rope_store = store
+    got, want = torch.stack(got), torch.stack(want)
+    return {
+        "positions": got.shape[0] * got.shape[1], "argmax_equal": int((got.argmax(-1) == want.argmax(-1)).sum()),
+        "max_abs_logit_diff": float((got - want).abs().max()), "cache_writes_fused": sum(stores),
     }  # fmt: skip
 
 

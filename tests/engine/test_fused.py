@@ -232,13 +232,17 @@ def test_kernels_under_tritons_interpreter():
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     checks = report["checks"]
     assert {c["op"] for c in checks} >= {"rms_norm", "add_rms_norm", "silu_mul", "rope_q", "rope_k", "merge",
-                                         "silu_mul_joined", "rope_q_joined", "rope_k_joined"}  # fmt: skip
+                                         "silu_mul_joined", "rope_q_joined", "rope_k_joined", "rope_store_q",
+                                         "rope_store_k_cache", "rope_store_v_cache"}  # fmt: skip
     assert all(c["triton"] for c in checks), checks
     half = [c for c in checks if c["dtype"] == "float16"]
     assert all(c["unequal"] == 0 for c in half if c["op"].startswith(("rope", "residual"))), checks
     assert all(c["unequal"] <= c["elements"] // 500 for c in half), checks
     layer = report["model"]["float16"]
     assert layer["fused_layers_called"] > 0 and layer["argmax_equal"] >= 0.95 * layer["positions"], layer
+    # Static decode steps through the kernels (keys rotated into the cache, residual sums deferred).
+    steps = layer["static_decode"]
+    assert steps["cache_writes_fused"] == 2 * 5 and steps["argmax_equal"] == steps["positions"], steps
 
 
 def _ptx(kernel, signature: dict, consts: dict) -> str:
@@ -264,6 +268,17 @@ def test_rotary_kernel_keeps_each_products_rounding_when_compiled_for_a_gpu(dtyp
     ints = {name: "i32" for name in ("length", "cos_batch", "cos_token", "q_token", "k_token")}
     consts = {"HEADS": 32, "KV_HEADS": 4, "HALF": 32, "BLOCK_H": 32, "EXACT": True}
     ptx = _ptx(fused._rope_kernel, pointers | ints, consts)
+    assert "fma" not in ptx
+    assert "mul.rn.f32" in ptx
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_rotary_cache_write_kernel_keeps_each_products_rounding_when_compiled_for_a_gpu(dtype):
+    pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "v_ptr", "kc_ptr", "vc_ptr")}
+    pointers |= {"col_ptr": "*i64", "cos_ptr": f"*{dtype}", "sin_ptr": f"*{dtype}"}
+    ints = {name: "i32" for name in ("cos_row", "q_row", "k_row", "v_row", "c_row", "c_head")}
+    consts = {"HEADS": 32, "KV_HEADS": 4, "HALF": 32, "BLOCK_H": 32, "EXACT": True}
+    ptx = _ptx(fused._rope_store_kernel, pointers | ints, consts)
     assert "fma" not in ptx
     assert "mul.rn.f32" in ptx
 

@@ -136,11 +136,56 @@ if triton is not None:
         x1 = tl.load(src, mask=keep, other=0.0).to(tl.float32)
         x2 = tl.load(src + HALF, mask=keep, other=0.0).to(tl.float32)
         dt = q_ptr.dtype.element_ty
+        o1, o2 = _rotated(x1, x2, c1, c2, s1, s2, dt, EXACT)
+        tl.store(src, o1.to(dt), mask=keep)
+        tl.store(src + HALF, o2.to(dt), mask=keep)
+
+    @triton.jit
+    def _rotated(x1, x2, c1, c2, s1, s2, dt: tl.constexpr, EXACT: tl.constexpr):
         # (x * cos) + (rotate_half(x) * sin), each product and the sum rounded as torch rounds them
         o1 = _mul_rounded(x1, c1, EXACT).to(dt).to(tl.float32) + _mul_rounded(-x2, s1, EXACT).to(dt).to(tl.float32)
         o2 = _mul_rounded(x2, c2, EXACT).to(dt).to(tl.float32) + _mul_rounded(x1, s2, EXACT).to(dt).to(tl.float32)
-        tl.store(src, o1.to(dt), mask=keep)
-        tl.store(src + HALF, o2.to(dt), mask=keep)
+        return o1, o2
+
+    @triton.jit
+    def _rope_store_kernel(
+        q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, col_ptr, cos_ptr, sin_ptr, cos_row, q_row, k_row, v_row, c_row, c_head,
+        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, EXACT: tl.constexpr,
+    ):  # fmt: skip
+        """A decode step (one token a row): queries rotated in place; keys rotated into the cache at
+        the step's column, values copied there (index_copy_'s work, without its two kernels)."""
+        row = tl.program_id(0).to(tl.int64)
+        is_q = tl.program_id(1) == 0
+        dim = 2 * HALF
+        heads = tl.arange(0, BLOCK_H)[:, None]
+        cols = tl.arange(0, HALF)[None, :]
+        trig = row * cos_row + cols
+        c1 = tl.load(cos_ptr + trig).to(tl.float32)
+        c2 = tl.load(cos_ptr + trig + HALF).to(tl.float32)
+        s1 = tl.load(sin_ptr + trig).to(tl.float32)
+        s2 = tl.load(sin_ptr + trig + HALF).to(tl.float32)
+        dt = q_ptr.dtype.element_ty
+        if is_q:
+            keep = heads < HEADS
+            src = q_ptr + row * q_row + heads * dim + cols
+            x1 = tl.load(src, mask=keep, other=0.0).to(tl.float32)
+            x2 = tl.load(src + HALF, mask=keep, other=0.0).to(tl.float32)
+            o1, o2 = _rotated(x1, x2, c1, c2, s1, s2, dt, EXACT)
+            tl.store(src, o1.to(dt), mask=keep)
+            tl.store(src + HALF, o2.to(dt), mask=keep)
+        else:
+            keep = heads < KV_HEADS
+            column = tl.load(col_ptr)
+            src = k_ptr + row * k_row + heads * dim + cols
+            dst = row * c_row + heads * c_head + column * dim + cols
+            x1 = tl.load(src, mask=keep, other=0.0).to(tl.float32)
+            x2 = tl.load(src + HALF, mask=keep, other=0.0).to(tl.float32)
+            o1, o2 = _rotated(x1, x2, c1, c2, s1, s2, dt, EXACT)
+            tl.store(kc_ptr + dst, o1.to(dt), mask=keep)
+            tl.store(kc_ptr + dst + HALF, o2.to(dt), mask=keep)
+            vsrc = v_ptr + row * v_row + heads * dim + cols
+            tl.store(vc_ptr + dst, tl.load(vsrc, mask=keep), mask=keep)
+            tl.store(vc_ptr + dst + HALF, tl.load(vsrc + HALF, mask=keep), mask=keep)
 
     @triton.jit
     def _merge_kernel(
@@ -309,6 +354,43 @@ def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     return _run_kernel(launch, lambda: rope_torch(q, k, cos, sin, dim))
 
 
+def rope_store(q, k, v, cos, sin, dim: int, key_cache: torch.Tensor, value_cache: torch.Tensor,
+               column: torch.Tensor) -> torch.Tensor | None:  # fmt: skip
+    """A decode step's rotary embedding and cache write in one kernel: q, k, v [rows, 1, heads × dim]
+    (projection outputs, column slices of a joined one too); the caches [rows, kv_heads, columns, dim]
+    get the rotated keys and the values at `column` (a one-element device tensor). Returns the rotated
+    queries [rows, heads, 1, dim], or None where the kernel does not apply (the caller then rotates
+    and writes as before)."""
+    rows, length = q.shape[:2]
+    strides = [_token_stride(t) for t in (q, k, v)]
+    usable = (
+        length == 1 and _use_triton(q) and None not in strides and cos.dtype == q.dtype and not dim % 2
+        and not dim & (dim - 1) and key_cache.is_contiguous() and value_cache.is_contiguous()
+        and key_cache.shape == value_cache.shape and key_cache.shape[0] >= rows and key_cache.shape[-1] == dim
+        and v.shape[-1] == k.shape[-1] and key_cache.dtype == k.dtype == v.dtype
+    )  # fmt: skip
+    if not usable:
+        return None
+    cos, sin = cos.expand(rows, 1, dim), sin.expand(rows, 1, dim)
+    if cos.stride(-1) != 1 or sin.stride() != cos.stride():
+        return None
+    heads, kv_heads = q.shape[-1] // dim, k.shape[-1] // dim
+    if kv_heads != key_cache.shape[1]:
+        return None
+
+    def launch():
+        if rows:
+            _rope_store_kernel[(rows, 2)](
+                q, k, v, key_cache, value_cache, column, cos, sin, cos.stride(0), *strides,
+                key_cache.stride(0), key_cache.stride(1),
+                HEADS=heads, KV_HEADS=kv_heads, HALF=dim // 2, BLOCK_H=triton.next_power_of_2(max(heads, kv_heads)),
+                EXACT=not _INTERPRET, num_warps=4,
+            )  # fmt: skip
+        return q.view(rows, 1, -1, dim).transpose(1, 2)
+
+    return _run_kernel(launch, lambda: None)
+
+
 def merge_torch(own: torch.Tensor, own_lse: torch.Tensor, pre: torch.Tensor, pre_lse: torch.Tensor) -> torch.Tensor:
     """Attention over two sets of keys from each set's result [tokens, heads, dim] and log-sum-exp
     [tokens, heads]: the second set's share of the softmax mass is sigmoid(lse_pre - lse_own)."""
@@ -374,10 +456,16 @@ def layer_parts(layer: Any, hidden_states: torch.Tensor, pending: torch.Tensor |
     qkv = _joined_here(attn, length)
     # Else Hugging Face's three products, whose results are bitwise the stock layer's.
     q, k, v = qkv(x) if qkv is not None else (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
-    q, k = rope(q, k, cos, sin, attn.head_dim)
-    v = v.view(rows, length, -1, attn.head_dim).transpose(1, 2)
-    if past is not None:
-        k, v = past.update(k, v, attn.layer_idx, {"sin": sin, "cos": cos, "cache_position": cache_position})
+    # The static decoder's cache takes a step's rotated keys and values from the rotary kernel itself.
+    store = getattr(past, "store_rotated", None) if length == 1 else None
+    stored = store(q, k, v, cos, sin, attn.head_dim, attn.layer_idx) if store is not None else None
+    if stored is not None:
+        q, k, v = stored
+    else:
+        q, k = rope(q, k, cos, sin, attn.head_dim)
+        v = v.view(rows, length, -1, attn.head_dim).transpose(1, 2)
+        if past is not None:
+            k, v = past.update(k, v, attn.layer_idx, {"sin": sin, "cos": cos, "cache_position": cache_position})
     implementation = attn.config._attn_implementation
     if implementation == "eager":
         from importlib import import_module

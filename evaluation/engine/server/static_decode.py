@@ -89,6 +89,14 @@ class _StaticCache:
         self.values[layer_idx].index_copy_(2, self.column, value)
         return self.keys[layer_idx][:, :, : self.window], self.values[layer_idx][:, :, : self.window]
 
+    def store_rotated(self, q, k, v, cos, sin, dim: int, layer_idx: int):
+        """(queries, keys, values) for attention, the step's key rotated straight into the cache and its
+        value written beside it by one kernel (fused layers on a GPU); None: rotate and `update`."""
+        q = fused.rope_store(q, k, v, cos, sin, dim, self.keys[layer_idx], self.values[layer_idx], self.column)
+        if q is None:
+            return None
+        return q, self.keys[layer_idx][:, :, : self.window], self.values[layer_idx][:, :, : self.window]
+
     def get_seq_length(self, layer_idx: int = 0) -> int:  # asked by some attention code paths
         return self.window
 
