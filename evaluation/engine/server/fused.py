@@ -26,6 +26,11 @@ decode step's bf16 values differ from Hugging Face's layer at the same shape by 
 were stock HELM's (one row at a time: other shapes, other kernels). `ENGINE_JOINED_DECODE=0` keeps
 the separate products.
 
+The static decoder's steps (static_decode.py) go further, with the same roundings: `layer_parts`
+leaves each layer's last residual add to the next layer's input-norm kernel (the last layer's to the
+final norm), and `rope_store` rotates a step's keys straight into the cache at the step's column and
+writes its values beside them (no index_copy_ kernels): three kernels fewer a layer.
+
 `install` applies to llama, mistral and qwen2 layers without sliding windows whose parts look as
 expected; anything else keeps Hugging Face's layer. Triton kernels on CUDA for half precision;
 elsewhere (and when Triton is missing or fails) the same arithmetic in torch operations.
