@@ -97,7 +97,7 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
     import torch
 
     from evaluation.engine.loading import load_model
-    from evaluation.engine.server import fused, generation, static_decode
+    from evaluation.engine.server import fused, generation
     from evaluation.engine.server.generation import BatchGenerator, Row
 
     loaded = load_model(model, device="cuda" if torch.cuda.is_available() else "cpu", memory_budget_gb=budget)
@@ -109,11 +109,9 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
     # The static path twice: its first batch pays for the graph capture, the second shows the steady state.
     # Then a static generator of its own (its own graphs) with Hugging Face's layers instead of fused.py's.
     # "static_separate": fused layers whose decode steps keep the separate q/k/v and gate/up products;
-    # "static_host": the host chooses every token before the next step is launched;
-    # "static_full": every step attends over the whole buffer, not only the columns filled so far.
+    # "static_host": the host chooses every token before the next step is launched.
     runs = [("dynamic", "dynamic"), ("static", "static"), ("static", "static_again")]
     runs += [("static_host", "static_host"), ("static_host", "static_host_again")]
-    runs += [("static_full", "static_full"), ("static_full", "static_full_again")]
     if generators["static"].fused:
         runs += [("static_unfused", "static_unfused"), ("static_unfused", "static_unfused_again")]
         runs += [("static_separate", "static_separate"), ("static_separate", "static_separate_again")]
@@ -128,7 +126,6 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
         fused.switched_on = mode != "static_unfused"
         fused.joined_decode = mode != "static_separate"
         generation.queued_steps = mode != "static_host"
-        static_decode.windowed = mode != "static_full"
         batch = [Row(prompt_ids=tok(p)["input_ids"], max_new_tokens=new_tokens) for p in prompts]
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -147,11 +144,10 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
         if key == "static_again":
             result.update(_graph_replay(gen.static))
     fused.switched_on, fused.joined_decode, generation.queued_steps = True, True, True
-    static_decode.windowed = True
     same = sum(a == b for a, b in zip(outputs["dynamic"], outputs["static"], strict=True))
     result["identical_rows_static_vs_dynamic"] = f"{same}/{rows}"
     result["fused"] = generators["static"].fused
-    for other in ("static_unfused", "static_separate", "static_host", "static_full"):
+    for other in ("static_unfused", "static_separate", "static_host"):
         if other in outputs:
             same = sum(a == b for a, b in zip(outputs[other], outputs["static"], strict=True))
             result[f"identical_rows_static_vs_{other}"] = f"{same}/{rows}"
@@ -176,28 +172,23 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
 
 def _graph_replay(static) -> dict:
     """The step's graph replayed back to back: the GPU's time a step, without the loop's work between
-    steps (choosing tokens on the CPU); the column is put back before each replay. The whole buffer's
-    graph, then each window's the batch captured."""
+    steps (choosing tokens on the CPU); the column is put back before each replay."""
     import torch
 
     if not torch.cuda.is_available() or static is None or static.buffers is None or not static.buffers.graph:
         return {}
     b = static.buffers
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graphs = {b.columns: b.graph} | {w: g for w, (g, _) in b.windows.items()}
-    replay = {}
     with torch.inference_mode():  # the buffers are inference tensors
         column = b.column.clone()
-        for window, graph in sorted(graphs.items()):
-            for _ in range(2):  # the first pass warms up, the second is timed
-                start.record()
-                for _step in range(20):
-                    b.column.copy_(column)
-                    graph.replay()
-                end.record()
-                torch.cuda.synchronize()
-            replay[window] = start.elapsed_time(end) / 20
-    return {"graph_replay_ms_per_step": replay[b.columns], "graph_replay_ms_per_step_by_window": replay}
+        for _ in range(2):  # the first pass warms up, the second is timed
+            start.record()
+            for _step in range(20):
+                b.column.copy_(column)
+                b.graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+    return {"graph_replay_ms_per_step": start.elapsed_time(end) / 20}
 
 
 def fp32_equality(device: str) -> dict:

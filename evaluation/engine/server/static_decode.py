@@ -12,19 +12,11 @@ as the additive bias SDPA would make of it) are ours, and for
 grouped-query models the attention call, as in every forward of the engine (attention.py). Masked
 columns weigh exactly zero, so the extra columns change nothing but rounding. Model types whose decoder layers
 need more than that (sliding windows, scaled embeddings, extra norms) keep the dynamic path.
-
-A step attends only over the columns written so far, rounded up to `WINDOW_STEP` (its window), not the
-whole buffer: a 128-token generation's buffer is up to ~2 × `COLUMN_STEP` wider than what its early steps
-have filled, and every layer would read those columns' keys and values for nothing. Each window a batch
-reaches is its own CUDA graph, captured when first needed (a capture records and runs nothing, so a running
-batch's buffers are untouched); the graphs share one memory pool. `ENGINE_DECODE_WINDOW=0` attends over
-the whole buffer.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
@@ -36,9 +28,6 @@ log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 COLUMN_STEP = 128
-WINDOW_STEP = 64
-# Off: every step attends over the whole buffer (one graph per shape), to compare.
-windowed = os.environ.get("ENGINE_DECODE_WINDOW", "1") != "0"
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
@@ -82,12 +71,11 @@ class _StaticCache:
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], column: torch.Tensor):
         self.keys, self.values, self.column = keys, values, column
-        self.window = keys[0].shape[2] if keys else 0  # the columns a step attends over, set per step
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs: Any = None):
         self.keys[layer_idx].index_copy_(2, self.column, key)
         self.values[layer_idx].index_copy_(2, self.column, value)
-        return self.keys[layer_idx][:, :, : self.window], self.values[layer_idx][:, :, : self.window]
+        return self.keys[layer_idx], self.values[layer_idx]
 
     def store_rotated(self, q, k, v, cos, sin, dim: int, layer_idx: int):
         """(queries, keys, values) for attention, the step's key rotated straight into the cache and its
@@ -95,10 +83,10 @@ class _StaticCache:
         q = fused.rope_store(q, k, v, cos, sin, dim, self.keys[layer_idx], self.values[layer_idx], self.column)
         if q is None:
             return None
-        return q, self.keys[layer_idx][:, :, : self.window], self.values[layer_idx][:, :, : self.window]
+        return q, self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # asked by some attention code paths
-        return self.window
+        return int(self.keys[layer_idx].shape[2])
 
 
 class _Buffers:
@@ -123,10 +111,8 @@ class _Buffers:
         self.positions = torch.zeros(rows, dtype=torch.long, device=device)
         self.column = torch.zeros(1, dtype=torch.long, device=device)
         self.cache = _StaticCache(self.keys, self.values, self.column)
-        self.graph: torch.cuda.CUDAGraph | None = None  # the step over all columns
+        self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
-        # Steps over fewer columns: window -> (graph, its logits), captured as the batch reaches them.
-        self.windows: dict[int, tuple[Any, torch.Tensor]] = {}
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
@@ -163,19 +149,14 @@ class StaticDecoder:
 
     # --- one step, as the model's own modules compute it ----------------------------------------
 
-    def _forward(self, b: _Buffers, window: int | None = None) -> torch.Tensor:
-        """One step attending over the first `window` columns (all by default); they must hold the
-        column this step writes."""
-        window = window or b.columns
-        b.cache.window = window
+    def _forward(self, b: _Buffers) -> torch.Tensor:
         # The current token attends to itself: open its column before the layers read the mask.
         b.mask.index_fill_(3, b.column, True)
         hidden = self.inner.embed_tokens(b.tokens[:, None])
         # The mask as the scores' additive bias, made once a step: SDPA would turn a boolean mask into
         # this (zeros, -inf where masked) in every layer, and eager attention adds the mask as it is.
-        mask = b.mask[..., :window]
-        bias = torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device)
-        bias.masked_fill_(mask.logical_not(), float("-inf"))
+        bias = torch.zeros(b.mask.shape, dtype=hidden.dtype, device=hidden.device)
+        bias.masked_fill_(b.mask.logical_not(), float("-inf"))
         position_ids = b.positions[:, None]
         position_embeddings = self.inner.rotary_emb(hidden, position_ids)
         if fused.runs_fused(self.model) and _plain_norm(self.inner.norm):
@@ -225,30 +206,6 @@ class StaticDecoder:
             b.logits = self._forward(b)
         b.graph = graph
         self.captures += 1
-
-    def _window_graph(self, b: _Buffers, window: int) -> tuple[Any, torch.Tensor]:
-        """The graph of a step over `window` columns, captured the first time a batch needs it. Capture
-        runs nothing, so it can happen between a running batch's steps; the whole-buffer graph's warm-up
-        served it. Should a capture fail, the whole-buffer step serves that window (same results)."""
-        if window >= b.columns:
-            return b.graph, b.logits
-        if window not in b.windows:
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph, pool=b.graph.pool(), capture_error_mode="thread_local"):
-                    logits = self._forward(b, window)
-                b.windows[window] = (graph, logits)
-                self.captures += 1
-            except Exception:
-                log.exception("CUDA graph capture of a %d-column window failed; using the whole buffer", window)
-                b.windows[window] = (b.graph, b.logits)
-        return b.windows[window]
-
-    def _window(self, b: _Buffers) -> int:
-        """The columns the next step attends over: those written so far and its own, rounded up."""
-        if not windowed:
-            return b.columns
-        return min(b.columns, -(-(self.column + 1) // WINDOW_STEP) * WINDOW_STEP)
 
     # --- a batch ----------------------------------------------------------------------------------
 
@@ -368,12 +325,11 @@ class StaticDecoder:
         return self._run(b)[: self.rows]
 
     def _run(self, b: _Buffers) -> torch.Tensor:
-        window = self._window(b)
         if b.graph is not None:
-            graph, logits = self._window_graph(b, window)
-            graph.replay()
+            b.graph.replay()
+            logits = b.logits
         else:
-            logits = self._forward(b, window)
+            logits = self._forward(b)
         self.column += 1
         return logits
 
