@@ -21,7 +21,8 @@ products. Decode steps, one token a row, run the q, k, v projections as one prod
 up projections as another (`Joined`: the weights are laid out as row slices of one tensor, no memory
 added): at a decode step's few rows the products read weights, and two larger ones read them faster
 (session 7's first H200 call, which joined them in every forward: a 16-row 6.7 B decode step 6.08 ms
-against 6.93 ms, its rotary kernel also differing; docs/benchmarks.md; not yet measured as committed). cuBLAS then sums in another order, so a
+against 6.93 ms, its rotary kernel also differing; as committed, measured only within whole
+evaluations together with queued steps: docs/benchmarks.md). cuBLAS then sums in another order, so a
 decode step's bf16 values differ from Hugging Face's layer at the same shape by rounding; they never
 were stock HELM's (one row at a time: other shapes, other kernels). `ENGINE_JOINED_DECODE=0` keeps
 the separate products.
