@@ -160,7 +160,13 @@ def check_static_decode(model, prompt, steps: int) -> dict:
     rows, width = prompt.shape
     stores = []
     store = fused.rope_store
-    fused.rope_store = lambda *a: (lambda q: stores.append(q is not None) or q)(store(*a))
+
+    def counted(*args):
+        q = store(*args)
+        stores.append(q is not None)
+        return q
+
+    fused.rope_store = counted
     try:
         with torch.inference_mode():
             out = model(prompt, use_cache=True)

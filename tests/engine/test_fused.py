@@ -264,21 +264,24 @@ def test_rotary_kernel_keeps_each_products_rounding_when_compiled_for_a_gpu(dtyp
     the sum, as torch does. Written plainly, LLVM turned the rounded products into half-precision
     multiplies that NVPTX fused with the sum (`fma.rn.bf16`): on the GPU 12 % of rotated elements
     then differed from Hugging Face's by one unit in the last place."""
-    pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "cos_ptr", "sin_ptr")}
-    ints = {name: "i32" for name in ("length", "cos_batch", "cos_token", "q_token", "k_token")}
-    consts = {"HEADS": 32, "KV_HEADS": 4, "HALF": 32, "BLOCK_H": 32, "EXACT": True}
-    ptx = _ptx(fused._rope_kernel, pointers | ints, consts)
+    ptx = _ptx(fused._rope_kernel, *_rope_signature(dtype, store=False))
     assert "fma" not in ptx
     assert "mul.rn.f32" in ptx
 
 
+def _rope_signature(dtype: str, store: bool) -> tuple[dict, dict]:
+    pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "cos_ptr", "sin_ptr", "v_ptr", "kc_ptr", "vc_ptr")}
+    pointers["col_ptr"] = "*i64"
+    ints = dict.fromkeys(
+        ("length", "cos_batch", "cos_token", "q_token", "k_token", "v_token", "c_row", "c_head"), "i32"
+    )
+    consts = {"HEADS": 32, "KV_HEADS": 4, "HALF": 32, "BLOCK_H": 32, "STORE": store, "EXACT": True}
+    return pointers | ints, consts
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_rotary_cache_write_kernel_keeps_each_products_rounding_when_compiled_for_a_gpu(dtype):
-    pointers = {name: f"*{dtype}" for name in ("q_ptr", "k_ptr", "v_ptr", "kc_ptr", "vc_ptr")}
-    pointers |= {"col_ptr": "*i64", "cos_ptr": f"*{dtype}", "sin_ptr": f"*{dtype}"}
-    ints = {name: "i32" for name in ("cos_row", "q_row", "k_row", "v_row", "c_row", "c_head")}
-    consts = {"HEADS": 32, "KV_HEADS": 4, "HALF": 32, "BLOCK_H": 32, "EXACT": True}
-    ptx = _ptx(fused._rope_store_kernel, pointers | ints, consts)
+    ptx = _ptx(fused._rope_kernel, *_rope_signature(dtype, store=True))
     assert "fma" not in ptx
     assert "mul.rn.f32" in ptx
 

@@ -29,8 +29,8 @@ the separate products.
 
 The static decoder's steps (static_decode.py) go further, with the same roundings: `layer_parts`
 leaves each layer's last residual add to the next layer's input-norm kernel (the last layer's to the
-final norm), and `rope_store` rotates a step's keys straight into the cache at the step's column and
-writes its values beside them (no index_copy_ kernels): three kernels fewer a layer.
+final norm), and `rope_store` has the rotary kernel write a step's rotated keys straight into the cache
+at the step's column and its values beside them (no index_copy_ kernels): three kernels fewer a layer.
 
 `install` applies to llama, mistral and qwen2 layers without sliding windows whose parts look as
 expected; anything else keeps Hugging Face's layer. Triton kernels on CUDA for half precision;
@@ -122,10 +122,14 @@ if triton is not None:
     @triton.jit
     def _rope_kernel(
         q_ptr, k_ptr, cos_ptr, sin_ptr, length, cos_batch, cos_token, q_token, k_token,
-        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, EXACT: tl.constexpr,
+        v_ptr, kc_ptr, vc_ptr, col_ptr, v_token, c_row, c_head,
+        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+        STORE: tl.constexpr, EXACT: tl.constexpr,
     ):  # fmt: skip
+        """Queries and keys rotated in place; with STORE (a decode step, one token a row) the keys are
+        written rotated into the cache at the column `col_ptr` holds, and the values beside them."""
         token = tl.program_id(0).to(tl.int64)
-        is_q = tl.program_id(1) == 0  # 0: this token's queries, 1: its keys, each rotated in place
+        is_q = tl.program_id(1) == 0  # 0: this token's queries, 1: its keys
         dim = 2 * HALF
         heads = tl.arange(0, BLOCK_H)[:, None]
         cols = tl.arange(0, HALF)[None, :]
@@ -142,56 +146,19 @@ if triton is not None:
         x1 = tl.load(src, mask=keep, other=0.0).to(tl.float32)
         x2 = tl.load(src + HALF, mask=keep, other=0.0).to(tl.float32)
         dt = q_ptr.dtype.element_ty
-        o1, o2 = _rotated(x1, x2, c1, c2, s1, s2, dt, EXACT)
-        tl.store(src, o1.to(dt), mask=keep)
-        tl.store(src + HALF, o2.to(dt), mask=keep)
-
-    @triton.jit
-    def _rotated(x1, x2, c1, c2, s1, s2, dt: tl.constexpr, EXACT: tl.constexpr):
         # (x * cos) + (rotate_half(x) * sin), each product and the sum rounded as torch rounds them
         o1 = _mul_rounded(x1, c1, EXACT).to(dt).to(tl.float32) + _mul_rounded(-x2, s1, EXACT).to(dt).to(tl.float32)
         o2 = _mul_rounded(x2, c2, EXACT).to(dt).to(tl.float32) + _mul_rounded(x1, s2, EXACT).to(dt).to(tl.float32)
-        return o1, o2
-
-    @triton.jit
-    def _rope_store_kernel(
-        q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, col_ptr, cos_ptr, sin_ptr, cos_row, q_row, k_row, v_row, c_row, c_head,
-        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr, EXACT: tl.constexpr,
-    ):  # fmt: skip
-        """A decode step (one token a row): queries rotated in place; keys rotated into the cache at
-        the step's column, values copied there (index_copy_'s work, without its two kernels)."""
-        row = tl.program_id(0).to(tl.int64)
-        is_q = tl.program_id(1) == 0
-        dim = 2 * HALF
-        heads = tl.arange(0, BLOCK_H)[:, None]
-        cols = tl.arange(0, HALF)[None, :]
-        trig = row * cos_row + cols
-        c1 = tl.load(cos_ptr + trig).to(tl.float32)
-        c2 = tl.load(cos_ptr + trig + HALF).to(tl.float32)
-        s1 = tl.load(sin_ptr + trig).to(tl.float32)
-        s2 = tl.load(sin_ptr + trig + HALF).to(tl.float32)
-        dt = q_ptr.dtype.element_ty
-        if is_q:
-            keep = heads < HEADS
-            src = q_ptr + row * q_row + heads * dim + cols
-            x1 = tl.load(src, mask=keep, other=0.0).to(tl.float32)
-            x2 = tl.load(src + HALF, mask=keep, other=0.0).to(tl.float32)
-            o1, o2 = _rotated(x1, x2, c1, c2, s1, s2, dt, EXACT)
-            tl.store(src, o1.to(dt), mask=keep)
-            tl.store(src + HALF, o2.to(dt), mask=keep)
-        else:
-            keep = heads < KV_HEADS
-            column = tl.load(col_ptr)
-            src = k_ptr + row * k_row + heads * dim + cols
-            dst = row * c_row + heads * c_head + column * dim + cols
-            x1 = tl.load(src, mask=keep, other=0.0).to(tl.float32)
-            x2 = tl.load(src + HALF, mask=keep, other=0.0).to(tl.float32)
-            o1, o2 = _rotated(x1, x2, c1, c2, s1, s2, dt, EXACT)
+        if STORE and not is_q:  # token == row: one token a row
+            dst = token * c_row + heads * c_head + tl.load(col_ptr) * dim + cols
             tl.store(kc_ptr + dst, o1.to(dt), mask=keep)
             tl.store(kc_ptr + dst + HALF, o2.to(dt), mask=keep)
-            vsrc = v_ptr + row * v_row + heads * dim + cols
-            tl.store(vc_ptr + dst, tl.load(vsrc, mask=keep), mask=keep)
-            tl.store(vc_ptr + dst + HALF, tl.load(vsrc + HALF, mask=keep), mask=keep)
+            values = v_ptr + token * v_token + heads * dim + cols
+            tl.store(vc_ptr + dst, tl.load(values, mask=keep), mask=keep)
+            tl.store(vc_ptr + dst + HALF, tl.load(values + HALF, mask=keep), mask=keep)
+        else:
+            tl.store(src, o1.to(dt), mask=keep)
+            tl.store(src + HALF, o2.to(dt), mask=keep)
 
     @triton.jit
     def _merge_kernel(
@@ -335,26 +302,43 @@ def rope_torch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     return (q * c) + (_rotate_half(q) * s), (k * c) + (_rotate_half(k) * s)
 
 
+def _rope_inputs(q, k, cos, sin, dim: int):
+    """(q's token stride, k's, cos and sin expanded to every token) for the rotary kernel, or None where
+    it does not apply (the torch operations then serve)."""
+    if not _use_triton(q) or cos.dtype != q.dtype or dim % 2 or dim & (dim - 1):
+        return None
+    q_token, k_token = _token_stride(q), _token_stride(k)
+    rows, length = q.shape[:2]
+    cos, sin = cos.expand(rows, length, dim), sin.expand(rows, length, dim)
+    if q_token is None or k_token is None or cos.stride(-1) != 1 or sin.stride() != cos.stride():
+        return None
+    return q_token, k_token, cos, sin
+
+
+def _launch_rope(q, k, dim: int, q_token: int, k_token: int, cos, sin, store: tuple | None = None) -> None:
+    """The rotary kernel; `store`: (values, key cache, value cache, column, values' token stride)."""
+    rows, length = q.shape[:2]
+    heads, kv_heads = q.shape[-1] // dim, k.shape[-1] // dim
+    v, key_cache, value_cache, column, v_token = store or (q, q, q, q, 0)  # unread without STORE
+    if rows * length:
+        _rope_kernel[(rows * length, 2)](
+            q, k, cos, sin, length, cos.stride(0), cos.stride(1), q_token, k_token,
+            v, key_cache, value_cache, column, v_token, key_cache.stride(0), key_cache.stride(1),
+            HEADS=heads, KV_HEADS=kv_heads, HALF=dim // 2, BLOCK_H=triton.next_power_of_2(max(heads, kv_heads)),
+            STORE=store is not None, EXACT=not _INTERPRET, num_warps=4,
+        )  # fmt: skip
+
+
 def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int):
     """As rope_torch; on a GPU one kernel for both, rotating them in place (the projections'
     outputs, used for nothing else; column slices of one joined product too)."""
+    inputs = _rope_inputs(q, k, cos, sin, dim)
+    if inputs is None:
+        return rope_torch(q, k, cos, sin, dim)
     rows, length = q.shape[:2]
-    q_token, k_token = _token_stride(q), _token_stride(k)
-    exotic = q_token is None or k_token is None or cos.dtype != q.dtype or dim % 2 or dim & (dim - 1)
-    if not _use_triton(q) or exotic:
-        return rope_torch(q, k, cos, sin, dim)
-    cos, sin = cos.expand(rows, length, dim), sin.expand(rows, length, dim)
-    if cos.stride(-1) != 1 or sin.stride() != cos.stride():
-        return rope_torch(q, k, cos, sin, dim)
-    heads, kv_heads = q.shape[-1] // dim, k.shape[-1] // dim
 
     def launch():
-        if rows * length:
-            _rope_kernel[(rows * length, 2)](
-                q, k, cos, sin, length, cos.stride(0), cos.stride(1), q_token, k_token,
-                HEADS=heads, KV_HEADS=kv_heads, HALF=dim // 2, BLOCK_H=triton.next_power_of_2(max(heads, kv_heads)),
-                EXACT=not _INTERPRET, num_warps=4,
-            )  # fmt: skip
+        _launch_rope(q, k, dim, *inputs)
         return tuple(t.view(rows, length, -1, dim).transpose(1, 2) for t in (q, k))
 
     return _run_kernel(launch, lambda: rope_torch(q, k, cos, sin, dim))
@@ -368,30 +352,19 @@ def rope_store(q, k, v, cos, sin, dim: int, key_cache: torch.Tensor, value_cache
     queries [rows, heads, 1, dim], or None where the kernel does not apply (the caller then rotates
     and writes as before)."""
     rows, length = q.shape[:2]
-    strides = [_token_stride(t) for t in (q, k, v)]
-    usable = (
-        length == 1 and _use_triton(q) and None not in strides and cos.dtype == q.dtype and not dim % 2
-        and not dim & (dim - 1) and key_cache.is_contiguous() and value_cache.is_contiguous()
-        and key_cache.shape == value_cache.shape and key_cache.shape[0] >= rows and key_cache.shape[-1] == dim
-        and v.shape[-1] == k.shape[-1] and key_cache.dtype == k.dtype == v.dtype
+    fits = (
+        length == 1 and key_cache.is_contiguous() and value_cache.is_contiguous()
+        and key_cache.shape == value_cache.shape and key_cache.shape[0] >= rows
+        and key_cache.shape[1] * dim == k.shape[-1] == v.shape[-1] and key_cache.shape[-1] == dim
+        and key_cache.dtype == k.dtype == v.dtype
     )  # fmt: skip
-    if not usable:
-        return None
-    cos, sin = cos.expand(rows, 1, dim), sin.expand(rows, 1, dim)
-    if cos.stride(-1) != 1 or sin.stride() != cos.stride():
-        return None
-    heads, kv_heads = q.shape[-1] // dim, k.shape[-1] // dim
-    if kv_heads != key_cache.shape[1]:
+    inputs = _rope_inputs(q, k, cos, sin, dim) if fits else None
+    v_token = _token_stride(v)
+    if inputs is None or v_token is None:
         return None
 
     def launch():
-        if rows:
-            _rope_store_kernel[(rows, 2)](
-                q, k, v, key_cache, value_cache, column, cos, sin, cos.stride(0), *strides,
-                key_cache.stride(0), key_cache.stride(1),
-                HEADS=heads, KV_HEADS=kv_heads, HALF=dim // 2, BLOCK_H=triton.next_power_of_2(max(heads, kv_heads)),
-                EXACT=not _INTERPRET, num_warps=4,
-            )  # fmt: skip
+        _launch_rope(q, k, dim, *inputs, store=(v, key_cache, value_cache, column, v_token))
         return q.view(rows, 1, -1, dim).transpose(1, 2)
 
     return _run_kernel(launch, lambda: None)
@@ -569,8 +542,12 @@ def _layer_ok(layer: Any) -> bool:
         return False
     if any(hasattr(attn, n) for n in ("q_norm", "k_norm")) or getattr(attn, "sliding_window", None):
         return False
-    norms = (layer.input_layernorm, layer.post_attention_layernorm)
-    return all(type(n).__name__.endswith("RMSNorm") and not hasattr(n, "offset") for n in norms)
+    return plain_rms_norm(layer.input_layernorm) and plain_rms_norm(layer.post_attention_layernorm)
+
+
+def plain_rms_norm(norm: Any) -> bool:
+    """A Llama-style RMSNorm (weight × normalized), as `rms_norm` computes it."""
+    return type(norm).__name__.endswith("RMSNorm") and not hasattr(norm, "offset") and hasattr(norm, "weight")
 
 
 def _setting() -> str:

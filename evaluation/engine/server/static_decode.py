@@ -52,11 +52,6 @@ def supports(model: Any) -> bool:
     )
 
 
-def _plain_norm(norm: Any) -> bool:
-    """A Llama-style RMSNorm (weight × normalized), as fused.rms_norm computes it."""
-    return type(norm).__name__.endswith("RMSNorm") and not hasattr(norm, "offset") and hasattr(norm, "weight")
-
-
 def row_bucket(n: int) -> int:
     return next((b for b in ROW_BUCKETS if b >= n), n)
 
@@ -159,7 +154,7 @@ class StaticDecoder:
         bias.masked_fill_(b.mask.logical_not(), float("-inf"))
         position_ids = b.positions[:, None]
         position_embeddings = self.inner.rotary_emb(hidden, position_ids)
-        if fused.runs_fused(self.model) and _plain_norm(self.inner.norm):
+        if fused.runs_fused(self.model) and fused.plain_rms_norm(self.inner.norm):
             # Each layer's residual sum is made by the next layer's input norm (the last one's by the
             # final norm): the same roundings, one kernel fewer a layer.
             pending = None
