@@ -5,6 +5,7 @@ together, orders it by length and runs it in as few forward passes as memory all
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -45,6 +46,12 @@ class Limits:
     # keep no cache: they are bounded by those tokens' activations.
     max_packed_tokens: int = 16384
     max_packed_rows: int = 1024
+    # Tokens a single-token batch should compute before it starts (0: start with what arrived). A
+    # batch's host work (Python, ~400 kernel launches) is the same for 40 rows as for 150; on a fast
+    # GPU a small model's batch of what HELM's threads send in a few milliseconds is over on the GPU
+    # long before the host has launched it. Waiting a little longer for more rows (Scheduler._fill)
+    # shares that cost among more of them.
+    fill_tokens: int = 0
 
     def tokens_beside_store(self) -> int:
         return max(self.max_batch_tokens - self.prefix_store_tokens, self.max_batch_tokens // 2)
@@ -65,6 +72,10 @@ class Work:
 def _decoding(rows: list[Row]) -> bool:
     """Rows of a decode batch: more than one new token, no echo (planned batches are of one kind)."""
     return all(r.needs_decode and not r.echo for r in rows)
+
+
+def _single_token(rows: list[Row]) -> bool:
+    return all(not r.echo and not r.needs_decode for r in rows)
 
 
 def _cost(rows: list[Row]) -> int:
@@ -217,6 +228,8 @@ class Scheduler:
         *,
         gather_seconds: float = 0.002,
         max_wait_seconds: float = 0.02,
+        fill_seconds: float = 0.06,
+        fill_gap_seconds: float = 0.01,
         out_of_memory_message: str = "the model ran out of GPU memory on a single request",
         joins: bool = True,
     ):
@@ -225,6 +238,9 @@ class Scheduler:
         self.limits = limits
         self.gather_seconds = gather_seconds
         self.max_wait_seconds = max_wait_seconds
+        self.fill_seconds = fill_seconds
+        self.fill_gap_seconds = fill_gap_seconds
+        self._tokens_per_row: float | None = None  # computed by the last packed batch, a row on average
         self.out_of_memory_message = out_of_memory_message
         self._queue: queue.Queue[Work | None] = queue.Queue()
         # Continuous batching (`take`): rows arriving while a decode batch runs join it.
@@ -267,6 +283,42 @@ class Scheduler:
             items.append(item)
         return items, False
 
+    def _fill(self, items: list[Work], started: float) -> tuple[list[Work], bool]:
+        """Single-token work too small to keep the GPU busy waits for more (Limits.fill_tokens), at
+        most `fill_seconds` from the gather's start, and only while requests keep arriving: a pause of
+        `fill_gap_seconds` means the senders have nothing more for now. Work of any other kind ends
+        the wait (a decode batch is worth starting at once)."""
+        target = self.limits.fill_tokens
+        if not target or not self.generator.packing:
+            return items, False
+        rows = [r for item in items for r in item.rows]
+        if not _single_token(rows):
+            return items, False
+        per_row = self._tokens_per_row or sum(len(r.prompt_ids) for r in rows) / len(rows)
+        wanted = max(1, int(target / max(per_row, 1.0)))
+        deadline = started + self.fill_seconds
+        stopping, waited, waiting_since = False, False, time.monotonic()
+        while len(rows) < wanted:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            waited = True
+            try:
+                item = self._queue.get(timeout=min(left, self.fill_gap_seconds))
+            except queue.Empty:
+                break
+            if item is None:
+                stopping = True
+                break
+            items.append(item)
+            rows += item.rows
+            if not _single_token(item.rows):
+                break
+        if waited:
+            self.stats.add("filled_batches")
+            self.stats.add("fill_wait_seconds", time.monotonic() - waiting_since)
+        return items, stopping
+
     def _loop(self) -> None:
         while True:
             if self._waiting:
@@ -275,8 +327,11 @@ class Scheduler:
                 first = self._queue.get()
             if first is None:
                 return
+            started = time.monotonic()
             items, stopping = self._gather(first)
             items, self._waiting = items + self._waiting, []
+            if not stopping:
+                items, stopping = self._fill(items, started)
             self._active = list(items)
             try:
                 self.run([row for item in items for row in item.rows])
@@ -389,6 +444,9 @@ class Scheduler:
             for row in batch:
                 row.error, row.finished, row.finish_reason = f"internal error: {type(e).__name__}: {e}", True, "error"
             return
+        if self.generator.packing and _single_token(batch):
+            computed = sum(len(r.prompt_ids) for r in batch) - self.generator.last_skipped_tokens
+            self._tokens_per_row = max(computed, len(batch)) / len(batch)
         joined = len(self.generator.last_joined)
         if joined:
             self.stats.add("joined_rows", joined)
@@ -431,6 +489,13 @@ class Scheduler:
         self._run_batch(batch[half:])
 
 
+# Model FLOPs a single-token batch should hold before it starts on a GPU (Limits.fill_tokens): ~30 ms
+# of an H200's matrix rate at the ~70 % a packed forward reaches, the host's time for one batch of a
+# 1.1 B model (docs/benchmarks.md, session 9's profile). About 6,800 tokens at 1.1 B, 1,100 at 6.7 B.
+# ENGINE_FILL_TOKENS overrides the tokens (0: no waiting).
+FILL_FLOPS = 15 * 10**12
+
+
 def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     """Batch limits from the memory left next to the weights (GPU) or modest fixed ones (CPU)."""
     if not device.startswith("cuda"):
@@ -461,7 +526,10 @@ def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     echo_tokens = int(0.2 * (free - store) / (vocab * (elem + 4)))  # echo batches leave the store in place
     # A packed token keeps no cache; its attention adds fp32 merges and its row's padded copies.
     packed_tokens = int(0.6 * (free - store) / (act_per_token + 24 * hidden))
+    params = sum(p.numel() for p in model.parameters())
+    fill = int(os.environ.get("ENGINE_FILL_TOKENS", FILL_FLOPS // (2 * max(params, 1))))
     return Limits(
+        fill_tokens=max(0, fill),
         max_batch_size=256,
         max_batch_tokens=max(1024, min(tokens, 1 << 20)),
         max_echo_tokens=max(512, min(echo_tokens, 1 << 18)),

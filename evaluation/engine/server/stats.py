@@ -33,6 +33,9 @@ class Stats:
     # Continuous batching: rows that joined a running decode batch, and joins refused for memory.
     joined_rows: int = 0
     declined_joins: int = 0
+    # Single-token batches that waited for more rows (Scheduler._fill), and how long in all.
+    filled_batches: int = 0
+    fill_wait_seconds: float = 0.0
     busy_seconds: float = 0.0
     # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering).
     # In one process they share one interpreter lock and the second slows the first; by default the
@@ -96,6 +99,8 @@ class Stats:
                 "out_of_memory_splits": self.out_of_memory_splits,
                 "joined_rows": self.joined_rows,
                 "declined_joins": self.declined_joins,
+                "filled_batches": self.filled_batches,
+                "fill_wait_seconds": round(self.fill_wait_seconds, 6),
                 "busy_seconds": round(self.busy_seconds, 6),
                 "model_cpu_seconds": round(self.model_cpu_seconds, 6),
                 "http_cpu_seconds": round(self.http_cpu_seconds, 6),
