@@ -27,6 +27,7 @@ def test_a_window_of_batches_is_timed_twice_and_profiled_without_changing_result
     assert [entry["rows"] for entry in window] == [2, 2]
     assert all(entry["seconds_under_load"] > 0 and entry["seconds_alone"] > 0 for entry in window)
     assert "aten::" in (tmp_path / "profile" / "profile.txt").read_text()
+    assert "traceEvents" in (tmp_path / "profile" / "trace.json").read_text()
     assert_like_generate(loaded.model, loaded.tokenizer, [r for rows in batches for r in rows])
 
 

@@ -3,7 +3,8 @@ time a window of batches, then run the same batches again at once while every HT
 them (no other Python work beside the model's), then once more under torch.profiler, and write:
 
 - `dir/batches.json`: per batch its rows, tokens, shared prefix, seconds under load and seconds alone;
-- `dir/profile.txt`: the profiler's operator tables of the last pass (by GPU time and by CPU time).
+- `dir/profile.txt`: the profiler's operator tables of the last pass (by GPU time and by CPU time);
+- `dir/trace.json`: that pass's timeline (chrome://tracing, Perfetto).
 
 If alone is much faster than under load, the model thread waits for the GIL or the HTTP threads;
 if both are slow, the table says which operators. Off unless the variable is set: no cost otherwise.
@@ -96,6 +97,8 @@ class BatchProfiler:
             _sync()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "batches.json").write_text(json.dumps(self.window, indent=1))
+        # The timeline: whether the GPU waits for the host's launches, and where.
+        profiler.export_chrome_trace(str(self.out_dir / "trace.json"))
         averages = profiler.key_averages()
         tables = [averages.table(sort_by="self_cpu_time_total", row_limit=40)]
         if torch.cuda.is_available():
