@@ -120,3 +120,23 @@ def test_a_stop_during_the_wait_still_answers_what_was_gathered(llama):
     assert works[0].done.wait(timeout=120)
     stopper.join(timeout=30)
     assert works[0].rows[0].finished and not works[0].rows[0].error
+
+
+def test_the_fill_target_from_the_environment():
+    from evaluation.engine.server.batching import FILL_FLOPS, fill_tokens
+
+    assert fill_tokens(1_100_000_000, "0") == 0
+    assert fill_tokens(1_100_000_000, "5000") == 5000
+    assert fill_tokens(1_100_000_000, "auto") == FILL_FLOPS // (2 * 1_100_000_000)
+    assert fill_tokens(6_700_000_000, "AUTO") < fill_tokens(1_100_000_000, "auto")
+    assert fill_tokens(1_100_000_000, "-3") == 0
+    assert fill_tokens(1_100_000_000, "lots") == 0  # a warning, no waiting, no crash
+
+
+def test_no_waiting_unless_asked(monkeypatch):
+    from evaluation.engine.server.batching import fill_tokens
+
+    monkeypatch.delenv("ENGINE_FILL_TOKENS", raising=False)
+    assert fill_tokens(1_100_000_000) == 0
+    monkeypatch.setenv("ENGINE_FILL_TOKENS", "auto")
+    assert fill_tokens(1_100_000_000) > 0

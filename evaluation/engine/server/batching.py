@@ -46,11 +46,11 @@ class Limits:
     # keep no cache: they are bounded by those tokens' activations.
     max_packed_tokens: int = 16384
     max_packed_rows: int = 1024
-    # Tokens a single-token batch should compute before it starts (0: start with what arrived). A
-    # batch's host work (Python, ~400 kernel launches) is the same for 40 rows as for 150; on a fast
-    # GPU a small model's batch of what HELM's threads send in a few milliseconds is over on the GPU
-    # long before the host has launched it. Waiting a little longer for more rows (Scheduler._fill)
-    # shares that cost among more of them.
+    # Tokens a single-token batch should compute before it starts (0: start with what arrived; see
+    # fill_tokens). A batch's host work (Python, ~400 kernel launches) is about the same for 40 rows
+    # as for 80; on a fast GPU a small model's batch of what HELM's threads send in a few milliseconds
+    # is done on the GPU long before the host has launched it. Waiting a little longer for more rows
+    # (Scheduler._fill) shares that cost among more of them, at the price of each request's latency.
     fill_tokens: int = 0
 
     def tokens_beside_store(self) -> int:
@@ -489,11 +489,26 @@ class Scheduler:
         self._run_batch(batch[half:])
 
 
-# Model FLOPs a single-token batch should hold before it starts on a GPU (Limits.fill_tokens): ~30 ms
-# of an H200's matrix rate at the ~70 % a packed forward reaches, the host's time for one batch of a
-# 1.1 B model (docs/benchmarks.md, session 9's profile). About 6,800 tokens at 1.1 B, 1,100 at 6.7 B.
-# ENGINE_FILL_TOKENS overrides the tokens (0: no waiting).
+# Model FLOPs a single-token batch holds before it starts when ENGINE_FILL_TOKENS=auto: ~30 ms of an
+# H200's matrix rate at the ~70 % a packed forward reaches, about the host's time for one batch of a
+# 1.1 B model (docs/benchmarks.md, session 9's profile): ~6,800 tokens at 1.1 B, ~1,100 at 6.7 B.
 FILL_FLOPS = 15 * 10**12
+
+
+def fill_tokens(params: int, setting: str | None = None) -> int:
+    """Limits.fill_tokens on a GPU from ENGINE_FILL_TOKENS: unset or 0, no waiting (the default); a
+    number of tokens; `auto`, FILL_FLOPS' worth for a model of `params` parameters. Off by default:
+    the wait adds to every request's latency, which the efficiency score counts, and only for small
+    models (a 6.7 B model's batches already reach the target), so it would move small models' scores
+    against large ones' (docs/benchmarks.md, session 10)."""
+    setting = (os.environ.get("ENGINE_FILL_TOKENS", "0") if setting is None else setting).strip().lower()
+    if setting == "auto":
+        return int(FILL_FLOPS // (2 * max(params, 1)))
+    try:
+        return max(0, int(setting))
+    except ValueError:
+        log.warning("ENGINE_FILL_TOKENS=%r is neither a number nor 'auto': no waiting", setting)
+        return 0
 
 
 def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
@@ -526,10 +541,8 @@ def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     echo_tokens = int(0.2 * (free - store) / (vocab * (elem + 4)))  # echo batches leave the store in place
     # A packed token keeps no cache; its attention adds fp32 merges and its row's padded copies.
     packed_tokens = int(0.6 * (free - store) / (act_per_token + 24 * hidden))
-    params = sum(p.numel() for p in model.parameters())
-    fill = int(os.environ.get("ENGINE_FILL_TOKENS", FILL_FLOPS // (2 * max(params, 1))))
     return Limits(
-        fill_tokens=max(0, fill),
+        fill_tokens=fill_tokens(sum(p.numel() for p in model.parameters())),
         max_batch_size=256,
         max_batch_tokens=max(1024, min(tokens, 1 << 20)),
         max_echo_tokens=max(512, min(echo_tokens, 1 << 18)),
