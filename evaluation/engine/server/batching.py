@@ -268,56 +268,53 @@ class Scheduler:
     def submit_async(self, rows: list[Row], on_done: Callable[[], None]) -> None:
         self._queue.put(Work(rows, on_done=on_done))
 
+    def _take_more(self, items: list[Work], deadline: float, gap: float, enough: Callable[[], bool]) -> bool:
+        """Append to `items` what arrives until `deadline`, a pause of `gap` seconds, or `enough()`;
+        True if the stop signal came."""
+        while not enough():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                item = self._queue.get(timeout=min(left, gap))
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            items.append(item)
+        return False
+
     def _gather(self, first: Work) -> tuple[list[Work], bool]:
         """Collect requests arriving right after `first`: HELM's threads send theirs within milliseconds.
         Work that arrived while the last batch ran (and did not join it) comes first."""
         items = [first]
         deadline = time.monotonic() + self.max_wait_seconds
-        while time.monotonic() < deadline:
-            try:
-                item = self._queue.get(timeout=self.gather_seconds)
-            except queue.Empty:
-                break
-            if item is None:
-                return items, True
-            items.append(item)
-        return items, False
+        return items, self._take_more(items, deadline, self.gather_seconds, lambda: False)
 
-    def _fill(self, items: list[Work], started: float) -> tuple[list[Work], bool]:
+    def _fill(self, items: list[Work], started: float) -> bool:
         """Single-token work too small to keep the GPU busy waits for more (Limits.fill_tokens), at
         most `fill_seconds` from the gather's start, and only while requests keep arriving: a pause of
         `fill_gap_seconds` means the senders have nothing more for now. Work of any other kind ends
-        the wait (a decode batch is worth starting at once)."""
+        the wait (a decode batch is worth starting at once). True if the stop signal came."""
         target = self.limits.fill_tokens
         if not target or not self.generator.packing:
-            return items, False
+            return False
         rows = [r for item in items for r in item.rows]
         if not _single_token(rows):
-            return items, False
+            return False
         per_row = self._tokens_per_row or sum(len(r.prompt_ids) for r in rows) / len(rows)
         wanted = max(1, int(target / max(per_row, 1.0)))
-        deadline = started + self.fill_seconds
-        stopping, waited, waiting_since = False, False, time.monotonic()
-        while len(rows) < wanted:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            waited = True
-            try:
-                item = self._queue.get(timeout=min(left, self.fill_gap_seconds))
-            except queue.Empty:
-                break
-            if item is None:
-                stopping = True
-                break
-            items.append(item)
-            rows += item.rows
-            if not _single_token(item.rows):
-                break
-        if waited:
-            self.stats.add("filled_batches")
-            self.stats.add("fill_wait_seconds", time.monotonic() - waiting_since)
-        return items, stopping
+
+        def enough() -> bool:
+            return sum(len(item.rows) for item in items) >= wanted or not _single_token(items[-1].rows)
+
+        if enough():
+            return False
+        waiting_since = time.monotonic()
+        stopping = self._take_more(items, started + self.fill_seconds, self.fill_gap_seconds, enough)
+        self.stats.add("filled_batches")
+        self.stats.add("fill_wait_seconds", time.monotonic() - waiting_since)
+        return stopping
 
     def _loop(self) -> None:
         while True:
@@ -331,7 +328,7 @@ class Scheduler:
             items, stopping = self._gather(first)
             items, self._waiting = items + self._waiting, []
             if not stopping:
-                items, stopping = self._fill(items, started)
+                stopping = self._fill(items, started)
             self._active = list(items)
             try:
                 self.run([row for item in items for row in item.rows])
@@ -444,7 +441,7 @@ class Scheduler:
             for row in batch:
                 row.error, row.finished, row.finish_reason = f"internal error: {type(e).__name__}: {e}", True, "error"
             return
-        if self.generator.packing and _single_token(batch):
+        if self.limits.fill_tokens and self.generator.packing and _single_token(batch):
             computed = sum(len(r.prompt_ids) for r in batch) - self.generator.last_skipped_tokens
             self._tokens_per_row = max(computed, len(batch)) / len(batch)
         joined = len(self.generator.last_joined)
