@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks import gpu_ceilings
-    from evaluation.engine.server import fused, packed
+    from evaluation.engine.server import fused, packed, packed_graphs
     from evaluation.engine.server.generation import BatchGenerator, Row
 
     out = Path(args.out)
@@ -115,20 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"attend_vs_float64": attend_errors}), flush=True)
     model, tokenizer = build(args.size)
     params = sum(p.numel() for p in model.parameters())
-    # "packed": varlen flash kernels where the GPU has them, fused layers (fused.py); "unfused": the same
-    # with Hugging Face's layers and the torch merge; "bucketed": packed, the portable attention;
-    # "padded": no packing.
+    # "packed": varlen flash kernels where the GPU has them, fused layers (fused.py); "graphs": the same
+    # at bucketed shapes replayed as CUDA graphs (packed_graphs.py); "unfused": packed with Hugging Face's
+    # layers and the torch merge; "bucketed": packed, the portable attention; "padded": no packing.
     generators = {
         mode: BatchGenerator(model, tokenizer, prefix_store_bytes=2 * 1024**3, packing=mode != "padded")
-        for mode in ("packed", "unfused", "bucketed", "padded")
+        for mode in ("packed", "graphs", "unfused", "bucketed", "padded")
     }
+    for mode, generator in generators.items():
+        if mode != "graphs":
+            generator.graphs = None
+        elif generator.graphs is None:
+            generator.graphs = packed_graphs.PackedGraphs(model, use_graphs=torch.cuda.is_available())
     results = {"ceilings": ceilings, "size": args.size, "parameters": params, "attend_vs_float64": attend_errors,
                "fused": generators["packed"].fused, "batches": []}  # fmt: skip
     for n in args.rows:
         seqs = prompts(n, args.prefix)
         answers = {}
         for mode, generator in generators.items():
-            packed.varlen_enabled = mode in ("packed", "unfused")
+            packed.varlen_enabled = mode in ("packed", "graphs", "unfused")
             fused.switched_on = mode != "unfused"
             batch = [Row(prompt_ids=s, max_new_tokens=1) for s in seqs]
             try:
@@ -149,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             answers[mode] = batch
             results["batches"].append({
                 "rows": n, "mode": mode, "packed": generator.last_packed, "varlen": packed.varlen_enabled,
+                "graph_batches": generator.graphs.served if generator.graphs else None,
+                "graph_captures": generator.graphs.captures if generator.graphs else None,
                 "ms": 1000 * seconds,
                 "ms_min": 1000 * min(times), "tokens_computed": computed, "tokens_per_s": computed / seconds,
                 "mfu": 2 * params * computed / seconds / (ceilings["bf16_matmul_tflops"] * 1e12),
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
         packed.varlen_enabled, fused.switched_on = True, True
-        for other in ("unfused", "bucketed", "padded"):
+        for other in ("graphs", "unfused", "bucketed", "padded"):
             if "packed" in answers and other in answers:
                 a, b = answers["packed"], answers[other]
                 same = sum(x.tokens == y.tokens for x, y in zip(a, b, strict=True))

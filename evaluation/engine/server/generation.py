@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from evaluation.engine.server import fused, packed, static_decode
+from evaluation.engine.server import fused, packed, packed_graphs, static_decode
 from evaluation.engine.server.attention import engine_attention
 from evaluation.engine.server.kv_cache import PrefixStore, cache_tensors, expanded, gathered, map_cache
 from evaluation.engine.server.static_decode import StaticDecoder, greedy_choice
@@ -198,6 +198,10 @@ class BatchGenerator:
         self.packing = packing and prefix_sharing and packed.supports(model)
         self.packed_max_length = packed.max_length(model) if self.packing else None
         self.last_packed = False
+        # Packed batches at bucketed shapes, replayed as CUDA graphs (packed_graphs.py).
+        self.graphs = None
+        if self.packing and packed_graphs.enabled(model, self.device):
+            self.graphs = packed_graphs.PackedGraphs(model, use_graphs=self.device.type == "cuda")
         if self.device.type == "cuda":
             # cuDNN's attention builds a new execution plan for every new shape, and every decode step
             # has a new key length: tens of milliseconds a step. Flash and memory-efficient kernels don't.
@@ -286,6 +290,8 @@ class BatchGenerator:
             self.static.release()  # its fixed-size cache is rebuilt at the size of the next batch
         if self.prefixes is not None:
             self.prefixes.clear()
+        if self.graphs is not None:
+            self.graphs.release()
 
     def _fill_prefixes(self, groups: list[PrefixGroup]) -> None:
         """Prefill (and store) the prefixes no earlier batch stored."""
@@ -338,6 +344,10 @@ class BatchGenerator:
             if group.length:
                 spans.append((start, len(ids), cache_tensors(group.cache)))
         keep = [ends[id(row)] for group in groups for row in group.rows]  # in the caller's row order
+        if self.graphs is not None:
+            logits = self.graphs.forward(ids, positions, lengths, spans, keep)
+            if logits is not None:
+                return logits
         plan = packed.PackedPlan(lengths, spans, self.device)
         with packed.active(self.model, plan):
             out = self.model(

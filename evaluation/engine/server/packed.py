@@ -38,7 +38,7 @@ PACKED_ATTENTION = "engine_packed"
 # the interface with the module's own scaling: nothing of theirs is left out here.
 MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
 _registered: bool | None = None
-_active: PackedPlan | None = None  # the plan of the forward in flight (one model thread owns it)
+_active: PackedPlan | StaticPlan | None = None  # the plan of the forward in flight (one model thread owns it)
 
 
 @dataclass
@@ -210,6 +210,59 @@ def _bucketed_attention(plan: PackedPlan, layer: int, query, key, value, scaling
     return out.transpose(0, 1)[None]
 
 
+@dataclass
+class StaticPlan:
+    """A packed forward at fixed shapes, for a CUDA graph (packed_graphs.py): every tensor here keeps its
+    address from one batch to the next, only their contents change. The sequence is padded to a fixed
+    token count, the padding split into rows of its own; rows beyond the batch's are empty. `own`
+    [rows + 1]: each row's boundaries; `queries` and `keys` [groups + 1]: each group's tokens and its
+    prefix's rows in `prefix_keys` / `prefix_values` (one [capacity, kv_heads, dim] buffer per layer),
+    the last group's tokens running to the end (the padding attends to its prefix too: every token's
+    result is finite); groups beyond the batch's are empty. `max_*`: the kernels' bounds (fixed, so the
+    launch grids are). `host`: the same boundaries as lists, for the portable path (the CPU)."""
+
+    own: torch.Tensor
+    queries: torch.Tensor
+    keys: torch.Tensor
+    max_own: int
+    max_queries: int
+    max_keys: int
+    prefix_keys: list[torch.Tensor]
+    prefix_values: list[torch.Tensor]
+    host: tuple[list[int], list[int], list[int]] = ([], [], [])
+    layers_seen: set[int] = field(default_factory=set)
+
+    def attend(self, layer: int, query, key, value, scaling) -> torch.Tensor:
+        q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)  # [tokens, heads, dim]
+        keys, values = self.prefix_keys[layer], self.prefix_values[layer]
+        if _varlen_usable(query):
+            out, lse = _flash_varlen(q, k, v, self.own, self.max_own, self.own, self.max_own, True, scaling)
+            pre, pre_lse = _flash_varlen(
+                q, keys, values, self.queries, self.max_queries, self.keys, self.max_keys, False, scaling
+            )
+        else:
+            own, queries, prefixes = self.host
+            out, lse = _each_part(q, k, v, zip(own, own[1:]), zip(own, own[1:]), True, scaling)
+            pre, pre_lse = _each_part(q, keys, values, zip(queries, queries[1:]), zip(prefixes, prefixes[1:]), False, scaling)
+        fused.merge_into(out, lse, pre, pre_lse)
+        return out[None]
+
+
+def _each_part(q, k, v, query_spans, key_spans, causal: bool, scaling):
+    """Sequence by sequence (the CPU; slow, plain): q [tokens, heads, dim] against k, v [keys, kv_heads,
+    dim], sequence i's queries query_spans[i] against its keys key_spans[i]."""
+    group = q.shape[1] // k.shape[1]
+    out = torch.zeros_like(q)
+    lse = torch.zeros(q.shape[:2], dtype=torch.float32, device=q.device)
+    for (a, b), (c, d) in zip(query_spans, key_spans, strict=True):
+        if b > a:
+            keys = k[c:d].repeat_interleave(group, dim=1).transpose(0, 1)[None]
+            values = v[c:d].repeat_interleave(group, dim=1).transpose(0, 1)[None]
+            o, l_ = attend(q[a:b].transpose(0, 1)[None].contiguous(), keys.contiguous(), values.contiguous(), causal, scaling)
+            out[a:b], lse[a:b] = o[0].transpose(0, 1), l_[0].transpose(0, 1)
+    return out, lse
+
+
 def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     """transformers' attention signature over the packed sequence: query [1, heads, T, dim], keys and
     values [1, kv_heads, T, dim] (the rows' own tokens, no cache); returns [1, T, heads, dim]."""
@@ -219,6 +272,8 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         raise RuntimeError("packed attention outside a packed forward")
     layer = module.layer_idx
     plan.layers_seen.add(layer)
+    if isinstance(plan, StaticPlan):
+        return plan.attend(layer, query, key, value, scaling), None
     if _varlen_usable(query):
         try:
             return _varlen_attention(plan, layer, query, key, value, scaling), None
@@ -271,7 +326,7 @@ def max_length(model: Any) -> int | None:
 
 
 @contextmanager
-def active(model: Any, plan: PackedPlan) -> Iterator[None]:
+def active(model: Any, plan: PackedPlan | StaticPlan) -> Iterator[None]:
     global _active
     config = model.config
     previous = config._attn_implementation

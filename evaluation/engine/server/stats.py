@@ -36,6 +36,9 @@ class Stats:
     # Single-token batches that waited for more rows (Scheduler._fill), and how long in all.
     filled_batches: int = 0
     fill_wait_seconds: float = 0.0
+    # Packed batches replayed as CUDA graphs at bucketed shapes (packed_graphs.py), and their captures.
+    graph_batches: int = 0
+    graph_captures: int = 0
     busy_seconds: float = 0.0
     # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering).
     # In one process they share one interpreter lock and the second slows the first; by default the
@@ -78,6 +81,10 @@ class Stats:
         with self.lock:
             setattr(self, name, getattr(self, name) + amount)
 
+    def put(self, name: str, value: float) -> None:
+        with self.lock:
+            setattr(self, name, value)
+
     def snapshot(self) -> dict:
         import torch
 
@@ -101,6 +108,8 @@ class Stats:
                 "declined_joins": self.declined_joins,
                 "filled_batches": self.filled_batches,
                 "fill_wait_seconds": round(self.fill_wait_seconds, 6),
+                "graph_batches": self.graph_batches,
+                "graph_captures": self.graph_captures,
                 "busy_seconds": round(self.busy_seconds, 6),
                 "model_cpu_seconds": round(self.model_cpu_seconds, 6),
                 "http_cpu_seconds": round(self.http_cpu_seconds, 6),

@@ -1,0 +1,178 @@
+"""Packed single-token batches at bucketed shapes (packed_graphs.py). On the CPU the same fixed shapes,
+padding and prefix buffers run without graphs (ENGINE_PACKED_GRAPHS=1): results equal `generate`'s
+and the plain packed forward's; batches it does not take run the plain packed forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evaluation.engine.server import packed, packed_graphs
+from evaluation.engine.server.generation import BatchGenerator
+from evaluation.engine.server.packed_graphs import Shape, layout, shape_for, token_bucket
+from tests.engine.reference import STORE_BYTES, assert_like_generate, rows_for
+from tests.engine.test_prefix_batches import run_prompts
+
+
+@pytest.fixture(scope="module", params=["mha", "gqa"])
+def loaded(request, tmp_path_factory):
+    from evaluation.engine.loading import load_model
+    from evaluation.engine.tiny import build_tiny_model
+
+    kv_heads = 2 if request.param == "gqa" else None
+    folder = build_tiny_model(
+        tmp_path_factory.mktemp(request.param), "llama", seed=5, num_heads=8, num_kv_heads=kv_heads
+    )
+    return load_model(folder, device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def graphs_on(monkeypatch):
+    monkeypatch.setenv("ENGINE_PACKED_GRAPHS", "1")
+
+
+def test_token_buckets_pad_at_most_a_fifth():
+    assert [token_bucket(n) for n in (1, 256, 257, 320, 321, 449, 512, 513, 5000)] == [
+        256, 256, 320, 320, 384, 512, 512, 640, 5120
+    ]  # fmt: skip
+    for n in range(200, 20000, 37):
+        assert n <= token_bucket(n) <= max(256, n * 1.25)
+
+
+def test_a_shape_holds_the_rows_and_the_padding_rows():
+    shape = shape_for([30, 90, 12], 2)
+    assert shape == Shape(tokens=256, rows=16, longest=128, groups=2)
+    assert shape_for([10] * 30, 3) == Shape(tokens=320, rows=32, longest=64, groups=4)
+    assert shape_for([10] * 3, 5) is None and shape_for([], 1) is None
+    assert shape_for([20000, 20000], 1) is None  # more than MAX_TOKENS: the plain packed forward
+
+
+def test_the_layout_covers_every_token_once_and_gives_the_padding_to_the_last_group():
+    lengths, ends, prefixes = [30, 90, 12, 40], [120, 172], [50, 70]
+    shape = shape_for(lengths, 2)
+    cuts = layout(shape, lengths, ends, prefixes)
+    own = cuts[: shape.rows + 1]
+    queries = cuts[shape.rows + 1 : shape.rows + shape.groups + 2]
+    keys = cuts[shape.rows + shape.groups + 2 :]
+    assert own[:5] == [0, 30, 120, 132, 172] and own[-1] == shape.tokens
+    assert all(b - a <= shape.longest for a, b in zip(own, own[1:], strict=False))  # padding rows fit the kernel's bound
+    assert own == sorted(own) and len(own) == shape.rows + 1
+    assert queries == [0, 120, shape.tokens] and keys == [0, 50, 120]
+
+
+def test_enabled_by_setting_and_model(loaded, monkeypatch, tiny_gpt2_dir):
+    from evaluation.engine.loading import load_model
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("ENGINE_PACKED_GRAPHS", raising=False)
+    assert not packed_graphs.enabled(loaded.model, cpu)  # auto: a GPU in half precision only
+    monkeypatch.setenv("ENGINE_PACKED_GRAPHS", "1")
+    assert packed_graphs.enabled(loaded.model, cpu)
+    assert not packed_graphs.enabled(load_model(tiny_gpt2_dir, device="cpu", dtype="float32").model, cpu)
+    monkeypatch.setenv("ENGINE_PACKED_GRAPHS", "0")
+    assert not packed_graphs.enabled(loaded.model, cpu)
+
+
+def _mixed_prompts() -> list[str]:
+    return [p for trio in zip(run_prompts(0, 4), run_prompts(1, 4), run_prompts(2, 4, 95), strict=True) for p in trio]
+
+
+def test_bucketed_batches_equal_generate_and_the_plain_packed_forward(loaded, graphs_on):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    plain = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES, packing=True)
+    plain.graphs = None
+    assert generator.graphs is not None
+    # Later batches from the stored prefixes (rows the first batch's prefixes do not cover are test_a_row_without...).
+    batches = [_mixed_prompts(), run_prompts(2, 3, 95) + run_prompts(0, 2, 4), run_prompts(1, 5, 4)]
+    for number, prompts in enumerate(batches, start=1):
+        rows = rows_for(tokenizer, prompts, max_new_tokens=1)
+        generator.generate(rows)
+        assert generator.last_packed and generator.graphs.served == number
+        assert_like_generate(model, tokenizer, rows)
+        again = rows_for(tokenizer, prompts, max_new_tokens=1)
+        plain.generate(again)
+        for row, other in zip(rows, again, strict=True):
+            assert row.tokens == other.tokens and abs(row.logprobs[0] - other.logprobs[0]) < 1e-5
+    # Three shapes or fewer, the prefixes of the last batch in the buffers.
+    assert 1 <= len(generator.graphs.graphs) <= 3 and len(generator.graphs._loaded) == 1
+
+
+def test_a_row_without_a_stored_prefix_runs_the_plain_packed_forward(loaded, graphs_on):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    rows = rows_for(tokenizer, [*run_prompts(0, 3), "The doctor and the nurse talked about his patients."], max_new_tokens=1)
+    generator.generate(rows)
+    assert generator.last_packed and generator.graphs.served == 0
+    assert_like_generate(model, tokenizer, rows)
+
+
+def test_layers_that_skip_packed_attention_turn_the_buckets_off(loaded, graphs_on):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    real = packed.packed_attention
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def skip_later_layers(module, *args, **kwargs):
+        if module.layer_idx == 0:
+            return real(module, *args, **kwargs)
+        return sdpa_attention_forward(module, *args, **kwargs)
+
+    AttentionInterface.register(packed.PACKED_ATTENTION, skip_later_layers)
+    try:
+        rows = rows_for(tokenizer, run_prompts(0, 3), max_new_tokens=1)
+        generator.generate(rows)
+    finally:
+        AttentionInterface.register(packed.PACKED_ATTENTION, real)
+    assert generator.graphs.failed and generator.graphs.served == 0
+    assert_like_generate(model, tokenizer, rows)
+
+
+def test_larger_prefixes_get_new_buffers_and_release_drops_everything(loaded, graphs_on):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    generator.generate(rows_for(tokenizer, run_prompts(0, 4), max_new_tokens=1))
+    first = generator.graphs.capacity
+    rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
+    generator.generate(rows)  # three prefixes: more than twice the first one's room
+    assert generator.graphs.capacity > first and generator.graphs.served == 2
+    assert_like_generate(model, tokenizer, rows)
+    generator.release_memory()
+    assert not generator.graphs.graphs and generator.graphs.capacity == 0
+
+
+def test_with_fused_layers_the_residual_sums_deferred_to_the_next_norm_give_the_same_results(
+    tmp_path, graphs_on, monkeypatch
+):
+    from evaluation.engine.loading import load_model
+    from evaluation.engine.server import fused
+    from evaluation.engine.tiny import build_tiny_model
+
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    loaded = load_model(build_tiny_model(tmp_path, "llama", seed=6, num_kv_heads=2), device="cpu", dtype="float32")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    assert generator.fused and generator.graphs is not None
+    parts = []
+    layer_parts = fused.layer_parts
+    # The layer before's MLP output handed on (`pending`): only the bucketed forward does that here.
+    monkeypatch.setattr(fused, "layer_parts", lambda *a, **k: parts.append(a[2] is not None) or layer_parts(*a, **k))
+    rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
+    generator.generate(rows)
+    assert generator.graphs.served == 1 and sum(parts) == model.config.num_hidden_layers - 1
+    assert_like_generate(model, tokenizer, rows)
+
+
+def test_stats_count_the_batches_run_at_bucketed_shapes(loaded, graphs_on):
+    from evaluation.engine.server.batching import Limits, Scheduler
+    from evaluation.engine.server.stats import Stats
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    stats = Stats()
+    rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
+    Scheduler(generator, stats, Limits(prefix_store_bytes=STORE_BYTES)).run(rows)
+    snapshot = stats.snapshot()
+    assert snapshot["graph_batches"] == generator.graphs.served >= 1 and snapshot["graph_captures"] == 0  # no GPU
+    assert_like_generate(model, tokenizer, rows)
