@@ -55,7 +55,9 @@ def test_the_layout_covers_every_token_once_and_gives_the_padding_to_the_last_gr
     queries = cuts[shape.rows + 1 : shape.rows + shape.groups + 2]
     keys = cuts[shape.rows + shape.groups + 2 :]
     assert own[:5] == [0, 30, 120, 132, 172] and own[-1] == shape.tokens
-    assert all(b - a <= shape.longest for a, b in zip(own, own[1:], strict=False))  # padding rows fit the kernel's bound
+    assert all(
+        b - a <= shape.longest for a, b in zip(own, own[1:], strict=False)
+    )  # padding rows fit the kernel's bound
     assert own == sorted(own) and len(own) == shape.rows + 1
     assert queries == [0, 120, shape.tokens] and keys == [0, 50, 120]
 
@@ -101,7 +103,9 @@ def test_bucketed_batches_equal_generate_and_the_plain_packed_forward(loaded, gr
 def test_a_row_without_a_stored_prefix_runs_the_plain_packed_forward(loaded, graphs_on):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    rows = rows_for(tokenizer, [*run_prompts(0, 3), "The doctor and the nurse talked about his patients."], max_new_tokens=1)
+    rows = rows_for(
+        tokenizer, [*run_prompts(0, 3), "The doctor and the nurse talked about his patients."], max_new_tokens=1
+    )
     generator.generate(rows)
     assert generator.last_packed and generator.graphs.served == 0
     assert_like_generate(model, tokenizer, rows)

@@ -241,9 +241,9 @@ class StaticPlan:
                 q, keys, values, self.queries, self.max_queries, self.keys, self.max_keys, False, scaling
             )
         else:
-            own, queries, prefixes = self.host
-            out, lse = _each_part(q, k, v, zip(own, own[1:]), zip(own, own[1:]), True, scaling)
-            pre, pre_lse = _each_part(q, keys, values, zip(queries, queries[1:]), zip(prefixes, prefixes[1:]), False, scaling)
+            own, queries, prefixes = (list(itertools.pairwise(cuts)) for cuts in self.host)
+            out, lse = _each_part(q, k, v, own, own, True, scaling)
+            pre, pre_lse = _each_part(q, keys, values, queries, prefixes, False, scaling)
         fused.merge_into(out, lse, pre, pre_lse)
         return out[None]
 
@@ -258,7 +258,9 @@ def _each_part(q, k, v, query_spans, key_spans, causal: bool, scaling):
         if b > a:
             keys = k[c:d].repeat_interleave(group, dim=1).transpose(0, 1)[None]
             values = v[c:d].repeat_interleave(group, dim=1).transpose(0, 1)[None]
-            o, l_ = attend(q[a:b].transpose(0, 1)[None].contiguous(), keys.contiguous(), values.contiguous(), causal, scaling)
+            o, l_ = attend(
+                q[a:b].transpose(0, 1)[None].contiguous(), keys.contiguous(), values.contiguous(), causal, scaling
+            )
             out[a:b], lse[a:b] = o[0].transpose(0, 1), l_[0].transpose(0, 1)
     return out, lse
 
