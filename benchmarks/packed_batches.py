@@ -3,7 +3,7 @@ what one batch costs, how close to the card's matrix rate it runs, and whether t
 
     python -m benchmarks.packed_batches --size 1b --rows 64 128 256 384 --out var/packed-1b
 
-Rows are three runs' multiple-choice prompts as HELM builds them: each run one few-shot prefix
+Rows are three runs' multiple-choice prompts as HELM builds them (and `--loners` rows of no run): each run one few-shot prefix
 (`--prefix` tokens, default 480) and questions of 30 to 100 tokens, random token ids (the model is a
 random-init Llama from benchmarks/engine_speed.py's shapes, bf16, built on the GPU, nothing
 downloaded). Each batch runs after its prefixes are stored, as every batch but a run's first does.
@@ -50,10 +50,12 @@ def build(size: str, vocab: int = 32000):
     return model, tokenizer
 
 
-def prompts(rows: int, prefix: int, seed: int = 0) -> list[list[int]]:
+def prompts(rows: int, prefix: int, seed: int = 0, loners: int = 0) -> list[list[int]]:
+    """`rows` rows of three runs, then `loners` rows that share no prefix with any other."""
     rng = random.Random(seed)
     prefixes = [[rng.randrange(1, 2048) for _ in range(prefix)] for _ in range(3)]
-    return [prefixes[i % 3] + [rng.randrange(1, 2048) for _ in range(rng.randint(30, 100))] for i in range(rows)]
+    runs = [prefixes[i % 3] + [rng.randrange(1, 2048) for _ in range(rng.randint(30, 100))] for i in range(rows)]
+    return runs + [[rng.randrange(1, 2048) for _ in range(rng.randint(30, 100))] for _ in range(loners)]
 
 
 def check_attend() -> dict:
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, nargs="+", default=[64, 128, 256, 384])
     p.add_argument("--prefix", type=int, default=480)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--loners", type=int, default=0, help="rows sharing no prefix, added to each batch")
     p.add_argument("--out", default="var/packed-batches")
     args = p.parse_args(argv)
 
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"ceilings": ceilings, "size": args.size, "parameters": params, "attend_vs_float64": attend_errors,
                "fused": generators["packed"].fused, "batches": []}  # fmt: skip
     for n in args.rows:
-        seqs = prompts(n, args.prefix)
+        seqs = prompts(n, args.prefix, loners=args.loners)
         answers = {}
         for mode, generator in generators.items():
             packed.varlen_enabled = mode in ("packed", "graphs", "unfused")

@@ -4,6 +4,8 @@ and the plain packed forward's; batches it does not take run the plain packed fo
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -40,26 +42,28 @@ def test_token_buckets_pad_at_most_a_fifth():
 
 
 def test_a_shape_holds_the_rows_and_the_padding_rows():
-    shape = shape_for([30, 90, 12], 2)
-    assert shape == Shape(tokens=256, rows=16, longest=128, groups=2)
-    assert shape_for([10] * 30, 3) == Shape(tokens=320, rows=32, longest=64, groups=4)
-    assert shape_for([10] * 3, 5) is None and shape_for([], 1) is None
+    assert shape_for([30, 90, 12], 2) == Shape(tokens=256, rows=64, longest=256)
+    assert shape_for([10] * 70, 3) == Shape(tokens=768, rows=128, longest=256)
+    assert shape_for([300, 20], 1) == Shape(tokens=320, rows=64, longest=512)
+    assert shape_for([10] * 3, packed_graphs.MAX_GROUPS + 1) is None and shape_for([10], 0) is None
+    assert shape_for([], 1) is None
     assert shape_for([20000, 20000], 1) is None  # more than MAX_TOKENS: the plain packed forward
 
 
-def test_the_layout_covers_every_token_once_and_gives_the_padding_to_the_last_group():
-    lengths, ends, prefixes = [30, 90, 12, 40], [120, 172], [50, 70]
+def test_the_layout_covers_every_token_once_and_ends_with_a_group_without_prefix():
+    lengths, ends, prefixes = [30, 90, 12, 40, 7], [120, 172], [50, 70]
     shape = shape_for(lengths, 2)
     cuts = layout(shape, lengths, ends, prefixes)
+    groups = packed_graphs.GROUPS
     own = cuts[: shape.rows + 1]
-    queries = cuts[shape.rows + 1 : shape.rows + shape.groups + 2]
-    keys = cuts[shape.rows + shape.groups + 2 :]
-    assert own[:5] == [0, 30, 120, 132, 172] and own[-1] == shape.tokens
-    assert all(
-        b - a <= shape.longest for a, b in zip(own, own[1:], strict=False)
-    )  # padding rows fit the kernel's bound
-    assert own == sorted(own) and len(own) == shape.rows + 1
-    assert queries == [0, 120, shape.tokens] and keys == [0, 50, 120]
+    queries = cuts[shape.rows + 1 : shape.rows + groups + 2]
+    keys = cuts[shape.rows + groups + 2 :]
+    assert len(own) == shape.rows + 1 and len(queries) == len(keys) == groups + 1
+    assert own[:6] == [0, 30, 120, 132, 172, 179] and own[-1] == shape.tokens and own == sorted(own)
+    assert all(b - a <= shape.longest for a, b in itertools.pairwise(own))  # padding rows fit the kernel's bound
+    # Two groups with their prefixes, then the row without one (172:179) and the padding, no keys.
+    assert queries[:4] == [0, 120, 172, shape.tokens] and set(queries[3:]) == {shape.tokens}
+    assert keys[:3] == [0, 50, 120] and set(keys[2:]) == {120}
 
 
 def test_enabled_by_setting_and_model(loaded, monkeypatch, tiny_gpt2_dir):
@@ -100,14 +104,19 @@ def test_bucketed_batches_equal_generate_and_the_plain_packed_forward(loaded, gr
     assert 1 <= len(generator.graphs.graphs) <= 3 and len(generator.graphs._loaded) == 1
 
 
-def test_a_row_without_a_stored_prefix_runs_the_plain_packed_forward(loaded, graphs_on):
+def test_rows_without_a_prefix_attend_only_to_themselves(loaded, graphs_on):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    rows = rows_for(
-        tokenizer, [*run_prompts(0, 3), "The doctor and the nurse talked about his patients."], max_new_tokens=1
-    )
+    generator.generate(rows_for(tokenizer, run_prompts(0, 4), max_new_tokens=1))  # stores the run's prefix
+    loners = ["The doctor and the nurse talked about his patients.", "A"]
+    rows = rows_for(tokenizer, [*run_prompts(0, 3, 4), *loners], max_new_tokens=1)
     generator.generate(rows)
-    assert generator.last_packed and generator.graphs.served == 0
+    assert generator.last_packed and generator.graphs.served == 2
+    assert_like_generate(model, tokenizer, rows)
+    # No stored prefix at all: the plain packed forward.
+    rows = rows_for(tokenizer, loners, max_new_tokens=1)
+    generator.generate(rows)
+    assert generator.last_packed and generator.graphs.served == 2
     assert_like_generate(model, tokenizer, rows)
 
 
@@ -178,5 +187,7 @@ def test_stats_count_the_batches_run_at_bucketed_shapes(loaded, graphs_on):
     rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
     Scheduler(generator, stats, Limits(prefix_store_bytes=STORE_BYTES)).run(rows)
     snapshot = stats.snapshot()
-    assert snapshot["graph_batches"] == generator.graphs.served >= 1 and snapshot["graph_captures"] == 0  # no GPU
+    assert (
+        snapshot["packed_graph_batches"] == generator.graphs.served >= 1 and snapshot["packed_graph_captures"] == 0
+    )  # no GPU
     assert_like_generate(model, tokenizer, rows)

@@ -449,8 +449,8 @@ class Scheduler:
             self.stats.add("joined_rows", joined)
         graphs = getattr(self.generator, "graphs", None)
         if graphs is not None:
-            self.stats.put("graph_batches", graphs.served)
-            self.stats.put("graph_captures", graphs.captures)
+            self.stats.put("packed_graph_batches", graphs.served)
+            self.stats.put("packed_graph_captures", graphs.captures)
         self.stats.record_batch(
             rows=len(batch) + joined,
             seconds=time.perf_counter() - started,

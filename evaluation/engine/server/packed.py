@@ -216,10 +216,10 @@ class StaticPlan:
     address from one batch to the next, only their contents change. The sequence is padded to a fixed
     token count, the padding split into rows of its own; rows beyond the batch's are empty. `own`
     [rows + 1]: each row's boundaries; `queries` and `keys` [groups + 1]: each group's tokens and its
-    prefix's rows in `prefix_keys` / `prefix_values` (one [capacity, kv_heads, dim] buffer per layer),
-    the last group's tokens running to the end (the padding attends to its prefix too: every token's
-    result is finite); groups beyond the batch's are empty. `max_*`: the kernels' bounds (fixed, so the
-    launch grids are). `host`: the same boundaries as lists, for the portable path (the CPU)."""
+    prefix's rows in `prefix_keys` / `prefix_values` (one [capacity, kv_heads, dim] buffer per layer).
+    The last group has no prefix: the rows without one and the padding; groups beyond the batch's are
+    empty. `max_*`: the kernels' bounds (fixed, so the launch grids are). `host`: the same boundaries
+    as lists, for the portable path (the CPU)."""
 
     own: torch.Tensor
     queries: torch.Tensor
@@ -240,6 +240,8 @@ class StaticPlan:
             pre, pre_lse = _flash_varlen(
                 q, keys, values, self.queries, self.max_queries, self.keys, self.max_keys, False, scaling
             )
+            # Flash gives a query with no keys out = 0 and lse = +inf; -inf weighs that part exactly 0.
+            pre_lse.masked_fill_(pre_lse.isposinf(), float("-inf"))
         else:
             own, queries, prefixes = (list(itertools.pairwise(cuts)) for cuts in self.host)
             out, lse = _each_part(q, k, v, own, own, True, scaling)
@@ -250,12 +252,13 @@ class StaticPlan:
 
 def _each_part(q, k, v, query_spans, key_spans, causal: bool, scaling):
     """Sequence by sequence (the CPU; slow, plain): q [tokens, heads, dim] against k, v [keys, kv_heads,
-    dim], sequence i's queries query_spans[i] against its keys key_spans[i]."""
+    dim], sequence i's queries query_spans[i] against its keys key_spans[i]; queries with no keys get
+    out = 0, lse = -inf (no weight when merged)."""
     group = q.shape[1] // k.shape[1]
     out = torch.zeros_like(q)
-    lse = torch.zeros(q.shape[:2], dtype=torch.float32, device=q.device)
+    lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
     for (a, b), (c, d) in zip(query_spans, key_spans, strict=True):
-        if b > a:
+        if b > a and d > c:
             keys = k[c:d].repeat_interleave(group, dim=1).transpose(0, 1)[None]
             values = v[c:d].repeat_interleave(group, dim=1).transpose(0, 1)[None]
             o, l_ = attend(

@@ -3,17 +3,18 @@
 A small model's packed batch is bound by the host: at 1.1 B a batch of ~40 rows is ~13 ms of GPU
 kernels but 30-37 ms of Python and ~400 kernel launches, more under HELM's load (benchmarks.md,
 sessions 9 and 10). Here the forward runs at a few fixed shapes: the packed sequence is padded to a
-token bucket (steps of an eighth to a quarter), the rows to a power of two, the groups (runs sharing a
-prefix) to 1, 2 or 4, and each shape's forward is captured once and replayed for every later batch of
-that shape; only the inputs are copied in (two transfers) and, when the batch's prefixes are not the
-ones already there, the prefixes' keys and values.
+token bucket (steps of an eighth to a quarter), the rows to a power of two, the longest row to a
+power of two, and the groups (runs sharing a prefix) always have room for `MAX_GROUPS`; each shape's
+forward is captured once and replayed for every later batch of that shape. Only the inputs are copied
+in (two transfers) and, when the batch's prefixes are not the ones already there, the prefixes' keys
+and values.
 
 Results are the packed forward's: the same modules (embedding, rotary, the decoder layers as fused.py
 runs them, norm, head) over the same tokens; the padding only adds rows of its own, which no real
 token attends to, and its results are dropped. What differs is the padded length the matrix products
 see (their kernels may sum in another order, as for any other batch size).
 
-Batches it does not take (a row without a stored prefix, more than 4 groups, more tokens than
+Batches it does not take (no stored prefix at all, more than `MAX_GROUPS` prefixes, more tokens than
 `MAX_TOKENS`) run the plain packed forward; so does everything if a capture fails.
 """
 
@@ -33,9 +34,14 @@ log = logging.getLogger(__name__)
 
 MIN_TOKENS = 256
 MAX_TOKENS = 32768
-MAX_GROUPS = 4
-MIN_ROWS = 16
-MIN_LONGEST = 64
+# Groups with a stored prefix a batch may hold; one more holds the rows without one and the padding.
+# Every shape has room for all: a group with no tokens costs only its kernels' empty blocks, while each
+# other shape is one more capture.
+MAX_GROUPS = 7
+GROUPS = MAX_GROUPS + 1
+# Floors for the same reason: most multiple-choice batches have 16-64 rows of under 256 tokens.
+MIN_ROWS = 64
+MIN_LONGEST = 256
 MAX_GRAPHS = 32
 # Models up to this size are host-bound (session 10: a 1.1 B batch's host time about its GPU time);
 # larger ones spend most of a batch on the GPU already and keep the track's memory for their weights.
@@ -64,36 +70,36 @@ class Shape:
     tokens: int
     rows: int
     longest: int
-    groups: int
 
 
 def shape_for(lengths: list[int], groups: int) -> Shape | None:
     """The bucket of a batch of rows with these own lengths in this many prefix groups, or None."""
     total = sum(lengths)
-    if not lengths or groups > MAX_GROUPS or total > MAX_TOKENS:
+    if not lengths or not 0 < groups <= MAX_GROUPS or total > MAX_TOKENS:
         return None
     tokens = token_bucket(total)
     longest = power_bucket(max(lengths), MIN_LONGEST)
     padding_rows = -(-(tokens - total) // longest)
-    return Shape(tokens, power_bucket(len(lengths) + padding_rows, MIN_ROWS), longest, power_bucket(groups, 1))
+    return Shape(tokens, power_bucket(len(lengths) + padding_rows, MIN_ROWS), longest)
 
 
 def layout(shape: Shape, lengths: list[int], group_ends: list[int], prefix_lengths: list[int]) -> list[int]:
-    """The boundaries a StaticPlan reads, as one list: own [rows + 1], queries [groups + 1], keys
-    [groups + 1]. The padding after the real tokens is cut into rows of at most `longest` tokens; the
-    last group's queries run to the end (the padding included)."""
+    """The boundaries a StaticPlan reads, as one list: own [rows + 1], queries [GROUPS + 1], keys
+    [GROUPS + 1]. The padding after the real tokens is cut into rows of at most `longest` tokens; after
+    the groups with a prefix (`group_ends`, `prefix_lengths`) one without runs to the end: the rows
+    after the last group's end, and the padding."""
     own = [0]
     for n in lengths:
         own.append(own[-1] + n)
     while own[-1] < shape.tokens:
         own.append(min(own[-1] + shape.longest, shape.tokens))
     own += [shape.tokens] * (shape.rows + 1 - len(own))
-    queries = [0, *group_ends[:-1], shape.tokens]
-    queries += [shape.tokens] * (shape.groups + 1 - len(queries))
+    queries = [0, *group_ends, shape.tokens]
+    queries += [shape.tokens] * (GROUPS + 1 - len(queries))
     keys = [0]
     for n in prefix_lengths:
         keys.append(keys[-1] + n)
-    keys += [keys[-1]] * (shape.groups + 1 - len(keys))
+    keys += [keys[-1]] * (GROUPS + 1 - len(keys))
     return own + queries + keys
 
 
@@ -102,7 +108,7 @@ class _Graph:
 
     def __init__(self, shape: Shape, device: torch.device, prefix_keys, prefix_values, capacity: int):
         self.shape = shape
-        t, r, g = shape.tokens, shape.rows, shape.groups
+        t, r, g = shape.tokens, shape.rows, GROUPS
         self.longs = torch.zeros(2 * t + r, dtype=torch.long, device=device)  # ids, positions, kept rows
         self.ids, self.positions = self.longs[:t].view(1, t), self.longs[t : 2 * t].view(1, t)
         self.keep = self.longs[2 * t :]
@@ -125,7 +131,7 @@ class _Graph:
         kept = keep + [0] * (self.shape.rows - len(keep))
         self.longs.copy_(torch.tensor(ids + [0] * pad + positions + [0] * pad + kept), non_blocking=True)
         self.cuts.copy_(torch.tensor(cuts, dtype=torch.int32), non_blocking=True)
-        r, g = self.shape.rows, self.shape.groups
+        r, g = self.shape.rows, GROUPS
         self.plan.host = (cuts[: r + 1], cuts[r + 1 : r + g + 2], cuts[r + g + 2 :])
 
 
@@ -257,8 +263,8 @@ class PackedGraphs:
         """Each kept row's logits (fp32, [rows, vocab]) from the packed sequence `ids`, or None when this
         batch is not one it takes. `spans`: (first token, end token, prefix cache) of each group, as
         packed.PackedPlan takes them; `keep`: each row's last token, in the caller's row order."""
-        if self.failed or not spans or spans[-1][1] != len(ids):
-            return None  # rows without a prefix: no group to hand the padding to
+        if self.failed:
+            return None
         shape = shape_for(lengths, len(spans))
         if shape is None:
             return None

@@ -37,8 +37,8 @@ class Stats:
     filled_batches: int = 0
     fill_wait_seconds: float = 0.0
     # Packed batches replayed as CUDA graphs at bucketed shapes (packed_graphs.py), and their captures.
-    graph_batches: int = 0
-    graph_captures: int = 0
+    packed_graph_batches: int = 0
+    packed_graph_captures: int = 0
     busy_seconds: float = 0.0
     # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering).
     # In one process they share one interpreter lock and the second slows the first; by default the
@@ -108,8 +108,8 @@ class Stats:
                 "declined_joins": self.declined_joins,
                 "filled_batches": self.filled_batches,
                 "fill_wait_seconds": round(self.fill_wait_seconds, 6),
-                "graph_batches": self.graph_batches,
-                "graph_captures": self.graph_captures,
+                "packed_graph_batches": self.packed_graph_batches,
+                "packed_graph_captures": self.packed_graph_captures,
                 "busy_seconds": round(self.busy_seconds, 6),
                 "model_cpu_seconds": round(self.model_cpu_seconds, 6),
                 "http_cpu_seconds": round(self.http_cpu_seconds, 6),
