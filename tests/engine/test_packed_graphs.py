@@ -5,13 +5,14 @@ and the plain packed forward's; batches it does not take run the plain packed fo
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 import torch
 
 from evaluation.engine.server import packed, packed_graphs
 from evaluation.engine.server.generation import BatchGenerator
-from evaluation.engine.server.packed_graphs import Shape, layout, shape_for, token_bucket
+from evaluation.engine.server.packed_graphs import Shape, chunks_for, layout
 from tests.engine.reference import STORE_BYTES, assert_like_generate, rows_for
 from tests.engine.test_prefix_batches import run_prompts
 
@@ -33,27 +34,48 @@ def graphs_on(monkeypatch):
     monkeypatch.setenv("ENGINE_PACKED_GRAPHS", "1")
 
 
-def test_token_buckets_pad_at_most_a_fifth():
-    assert [token_bucket(n) for n in (1, 256, 257, 320, 321, 449, 512, 513, 5000)] == [
-        256, 256, 320, 320, 384, 512, 512, 640, 5120
-    ]  # fmt: skip
-    for n in range(200, 20000, 37):
-        assert n <= token_bucket(n) <= max(256, n * 1.25)
+def _check_chunks(lengths):
+    chunks = chunks_for(lengths)
+    assert chunks[0].first == 0 and chunks[-1].end == len(lengths)
+    for chunk, after in itertools.pairwise(chunks):
+        assert chunk.end == after.first and chunk.end > chunk.first  # every row once, in order
+    for chunk in chunks:
+        rows = lengths[chunk.first : chunk.end]
+        padding = chunk.shape.tokens - sum(rows)
+        assert chunk.shape.tokens in packed_graphs.CHUNKS and padding >= 0
+        assert max(rows) <= chunk.shape.longest and chunk.shape.longest >= packed_graphs.MIN_LONGEST
+        assert len(rows) + -(-padding // chunk.shape.longest) <= chunk.shape.rows
+    return chunks
 
 
-def test_a_shape_holds_the_rows_and_the_padding_rows():
-    assert shape_for([30, 90, 12], 2) == Shape(tokens=256, rows=64, longest=256)
-    assert shape_for([10] * 70, 3) == Shape(tokens=768, rows=128, longest=256)
-    assert shape_for([300, 20], 1) == Shape(tokens=320, rows=64, longest=512)
-    assert shape_for([10] * 3, packed_graphs.MAX_GROUPS + 1) is None and shape_for([10], 0) is None
-    assert shape_for([], 1) is None
-    assert shape_for([20000, 20000], 1) is None  # more than MAX_TOKENS: the plain packed forward
+def test_batches_are_cut_into_chunks_of_whole_rows_with_little_padding():
+    assert [c.shape.tokens for c in _check_chunks([70] * 29)] == [2048]  # 2,030 tokens
+    assert [c.shape.tokens for c in _check_chunks([70] * 20)] == [1024, 512]  # 1,400 tokens: not 2,048
+    assert [c.shape.tokens for c in _check_chunks([90] * 100)] == [8192, 1024]
+    assert [c.shape.tokens for c in _check_chunks([3])] == [256]
+    for seed in range(40):
+        rng = random.Random(seed)
+        lengths = [rng.choice([1, 5, 30, 70, 120, 300, 900]) for _ in range(rng.randint(1, 200))]
+        chunks = _check_chunks(lengths)
+        padding = sum(c.shape.tokens for c in chunks) - sum(lengths)
+        # The last chunk's padding (under 256, or under a quarter of it) and under a row's at each cut.
+        assert padding <= max(256, sum(lengths) // 4) + 900 * (len(chunks) - 1)
+
+
+def test_many_short_rows_end_a_chunk_by_its_row_count_and_long_rows_get_their_own_shape():
+    chunks = _check_chunks([1] * 200)
+    assert len(chunks) > 1 and chunks[0].shape.rows == 64
+    (chunk,) = _check_chunks([600, 20])
+    assert chunk.shape == Shape(tokens=1024, rows=64, longest=1024)
+    assert chunks_for([9000]) is None and chunks_for([]) is None
 
 
 def test_the_layout_covers_every_token_once_and_ends_with_a_group_without_prefix():
-    lengths, ends, prefixes = [30, 90, 12, 40, 7], [120, 172], [50, 70]
-    shape = shape_for(lengths, 2)
-    cuts = layout(shape, lengths, ends, prefixes)
+    lengths = [30, 90, 12, 40, 7]
+    (chunk,) = chunks_for(lengths)
+    shape = chunk.shape
+    # Two groups (keys 50:100 and 100:170 of the buffers), then the row without a prefix and the padding.
+    cuts = layout(shape, lengths, [120, 172], [50, 100, 170])
     groups = packed_graphs.GROUPS
     own = cuts[: shape.rows + 1]
     queries = cuts[shape.rows + 1 : shape.rows + groups + 2]
@@ -61,9 +83,8 @@ def test_the_layout_covers_every_token_once_and_ends_with_a_group_without_prefix
     assert len(own) == shape.rows + 1 and len(queries) == len(keys) == groups + 1
     assert own[:6] == [0, 30, 120, 132, 172, 179] and own[-1] == shape.tokens and own == sorted(own)
     assert all(b - a <= shape.longest for a, b in itertools.pairwise(own))  # padding rows fit the kernel's bound
-    # Two groups with their prefixes, then the row without one (172:179) and the padding, no keys.
     assert queries[:4] == [0, 120, 172, shape.tokens] and set(queries[3:]) == {shape.tokens}
-    assert keys[:3] == [0, 50, 120] and set(keys[2:]) == {120}
+    assert keys[:3] == [50, 100, 170] and set(keys[2:]) == {170}
 
 
 def test_enabled_by_setting_and_model(loaded, monkeypatch, tiny_gpt2_dir):
@@ -190,4 +211,22 @@ def test_stats_count_the_batches_run_at_bucketed_shapes(loaded, graphs_on):
     assert (
         snapshot["packed_graph_batches"] == generator.graphs.served >= 1 and snapshot["packed_graph_captures"] == 0
     )  # no GPU
+    assert_like_generate(model, tokenizer, rows)
+
+
+def test_a_batch_over_several_chunks_cut_inside_its_groups_equals_generate(loaded, graphs_on, monkeypatch):
+    """Chunks small enough that the tiny model's batch needs several, cut inside prefix groups."""
+    monkeypatch.setattr(packed_graphs, "CHUNKS", (16, 32, 64))
+    monkeypatch.setattr(packed_graphs, "MIN_LONGEST", 16)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    generator.generate(rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1))  # stores three prefixes
+    cut = []
+    chunks_for = packed_graphs.chunks_for
+    monkeypatch.setattr(packed_graphs, "chunks_for", lambda lengths: cut.append(chunks_for(lengths)) or cut[-1])
+    loners = ["The doctor and the nurse talked about his patients.", "A"]
+    prompts = [*loners, *run_prompts(2, 4, 95), *run_prompts(0, 5, 4), *run_prompts(1, 5, 4)]
+    rows = rows_for(tokenizer, prompts, max_new_tokens=1)
+    generator.generate(rows)
+    assert generator.graphs.served == 2 and len(cut[-1]) >= 2
     assert_like_generate(model, tokenizer, rows)

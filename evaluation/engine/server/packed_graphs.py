@@ -1,25 +1,29 @@
-"""Packed single-token batches replayed as CUDA graphs, one graph per shape bucket.
+"""Packed single-token batches cut into chunks of a few fixed sizes, each size's forward captured once
+as a CUDA graph and replayed.
 
 A small model's packed batch is bound by the host: at 1.1 B a batch of ~40 rows is ~13 ms of GPU
 kernels but 30-37 ms of Python and ~400 kernel launches, more under HELM's load (benchmarks.md,
-sessions 9 and 10). Here the forward runs at a few fixed shapes: the packed sequence is padded to a
-token bucket (steps of an eighth to a quarter), the rows to a power of two, the longest row to a
-power of two, and the groups (runs sharing a prefix) always have room for `MAX_GROUPS`; each shape's
-forward is captured once and replayed for every later batch of that shape. Only the inputs are copied
-in (two transfers) and, when the batch's prefixes are not the ones already there, the prefixes' keys
-and values.
+sessions 9 and 10). Here a batch's rows are cut into chunks of whole rows of `CHUNKS` tokens (the
+last one padded); a chunk's shape also fixes its rows (padding rows included), its longest row (a
+power of two) and room for `MAX_GROUPS` prefixes. A shape's forward is captured the first time it is
+needed and replayed for every later chunk of that shape: an evaluation captures a handful, whatever
+its batch sizes (session 11: one graph per padded batch size captured 20-39 an evaluation). Only the
+inputs are copied in (two transfers a chunk) and, when the batch's prefixes are not the ones already
+there, the prefixes' keys and values.
 
 Results are the packed forward's: the same modules (embedding, rotary, the decoder layers as fused.py
-runs them, norm, head) over the same tokens; the padding only adds rows of its own, which no real
-token attends to, and its results are dropped. What differs is the padded length the matrix products
-see (their kernels may sum in another order, as for any other batch size).
+runs them, norm, head) over the same tokens; rows attend only to their own tokens and their prefix,
+so cutting between rows changes nothing; the padding only adds rows of its own, which no real token
+attends to, and its results are dropped. What differs is the length the matrix products see (their
+kernels may sum in another order, as for any other batch size).
 
-Batches it does not take (no stored prefix at all, more than `MAX_GROUPS` prefixes, more tokens than
-`MAX_TOKENS`) run the plain packed forward; so does everything if a capture fails.
+Batches it does not take (no stored prefix at all, more than `MAX_GROUPS` prefixes, a row longer than
+the largest chunk) run the plain packed forward; so does everything if a capture fails.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import OrderedDict
@@ -32,15 +36,18 @@ from evaluation.engine.server import fused, packed, static_decode
 
 log = logging.getLogger(__name__)
 
-MIN_TOKENS = 256
-MAX_TOKENS = 32768
-# Groups with a stored prefix a batch may hold; one more holds the rows without one and the padding.
-# Every shape has room for all: a group with no tokens costs only its kernels' empty blocks, while each
-# other shape is one more capture.
+# Every batch is cut into chunks of these token counts (whole rows each, the last chunk padded), and
+# each size's forward is captured once: a handful of captures an evaluation, whatever its batch sizes.
+CHUNKS = (256, 512, 1024, 2048, 4096, 8192)
+# A chunk is taken at the size that holds the rest of the batch when the rest fills at least this much
+# of it; else half that size now, and the rest after.
+FULL = 0.75
+# Groups with a stored prefix a chunk may hold; one more holds the rows without one and the padding.
+# Every shape has room for all: a group with no tokens costs only its kernels' empty blocks.
 MAX_GROUPS = 7
 GROUPS = MAX_GROUPS + 1
-# Floors for the same reason: most multiple-choice batches have 16-64 rows of under 256 tokens.
-MIN_ROWS = 64
+# The longest row a shape's own-tokens kernel reaches: a power of two, at least this (most
+# multiple-choice questions are shorter), so that nearly every chunk of a size has one shape.
 MIN_LONGEST = 256
 MAX_GRAPHS = 32
 # Models up to this size are host-bound (session 10: a 1.1 B batch's host time about its GPU time);
@@ -48,14 +55,9 @@ MAX_GRAPHS = 32
 AUTO_MAX_PARAMETERS = 3e9
 
 
-def token_bucket(n: int) -> int:
-    """The padded length for n tokens: 256 · 2^k · (1, 1.25, 1.5 or 1.75), so at most a fifth is padding."""
-    base = MIN_TOKENS
-    while True:
-        for step in (4, 5, 6, 7):
-            if n <= base * step // 4:
-                return base * step // 4
-        base *= 2
+def rows_for(tokens: int) -> int:
+    """Rows a chunk of `tokens` holds, its padding rows included."""
+    return max(64, tokens // 16)
 
 
 def power_bucket(n: int, low: int) -> int:
@@ -72,22 +74,49 @@ class Shape:
     longest: int
 
 
-def shape_for(lengths: list[int], groups: int) -> Shape | None:
-    """The bucket of a batch of rows with these own lengths in this many prefix groups, or None."""
-    total = sum(lengths)
-    if not lengths or not 0 < groups <= MAX_GROUPS or total > MAX_TOKENS:
+@dataclass(frozen=True)
+class Chunk:
+    shape: Shape
+    first: int  # its rows, first to end (exclusive), in packed order
+    end: int
+
+
+def _size_for(rest: int, first_row: int) -> int:
+    size = next((c for c in CHUNKS if c >= rest), CHUNKS[-1])
+    if rest < FULL * size and size > CHUNKS[0]:
+        size //= 2
+    while size < first_row:
+        size *= 2
+    return size
+
+
+def chunks_for(lengths: list[int]) -> list[Chunk] | None:
+    """Rows (their own token counts, in packed order) cut into chunks, or None for a row longer than
+    the largest chunk."""
+    if not lengths or max(lengths) > CHUNKS[-1]:
         return None
-    tokens = token_bucket(total)
-    longest = power_bucket(max(lengths), MIN_LONGEST)
-    padding_rows = -(-(tokens - total) // longest)
-    return Shape(tokens, power_bucket(len(lengths) + padding_rows, MIN_ROWS), longest)
+    chunks, i, rest = [], 0, sum(lengths)
+    while i < len(lengths):
+        size = _size_for(rest, lengths[i])
+        rows, tokens, j = rows_for(size), 0, i
+        # Whole rows while they fit, counting the padding rows (of MIN_LONGEST at most) the rest needs.
+        while j < len(lengths) and tokens + lengths[j] <= size:
+            if j - i + 1 + -(-(size - tokens - lengths[j]) // MIN_LONGEST) > rows:
+                break
+            tokens += lengths[j]
+            j += 1
+        longest = power_bucket(max(lengths[i:j]), MIN_LONGEST)
+        chunks.append(Chunk(Shape(size, rows, longest), i, j))
+        rest -= tokens
+        i = j
+    return chunks
 
 
-def layout(shape: Shape, lengths: list[int], group_ends: list[int], prefix_lengths: list[int]) -> list[int]:
+def layout(shape: Shape, lengths: list[int], group_ends: list[int], key_starts: list[int]) -> list[int]:
     """The boundaries a StaticPlan reads, as one list: own [rows + 1], queries [GROUPS + 1], keys
-    [GROUPS + 1]. The padding after the real tokens is cut into rows of at most `longest` tokens; after
-    the groups with a prefix (`group_ends`, `prefix_lengths`) one without runs to the end: the rows
-    after the last group's end, and the padding."""
+    [GROUPS + 1]. The padding after the real tokens is cut into rows of at most `longest` tokens. The
+    groups with a prefix end at `group_ends`, their keys run from key_starts[i] to key_starts[i + 1];
+    after them a group without keys runs to the end: the rows without a prefix, and the padding."""
     own = [0]
     for n in lengths:
         own.append(own[-1] + n)
@@ -96,10 +125,7 @@ def layout(shape: Shape, lengths: list[int], group_ends: list[int], prefix_lengt
     own += [shape.tokens] * (shape.rows + 1 - len(own))
     queries = [0, *group_ends, shape.tokens]
     queries += [shape.tokens] * (GROUPS + 1 - len(queries))
-    keys = [0]
-    for n in prefix_lengths:
-        keys.append(keys[-1] + n)
-    keys += [keys[-1]] * (GROUPS + 1 - len(keys))
+    keys = key_starts + [key_starts[-1]] * (GROUPS + 1 - len(key_starts))
     return own + queries + keys
 
 
@@ -182,7 +208,8 @@ class PackedGraphs:
 
     def _load_prefixes(self, layers: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[int]:
         """Copy each group's prefix (per layer (keys, values) [1, kv_heads, length, dim]) into the
-        buffers, unless they hold these already; returns the prefixes' lengths."""
+        buffers (in order, one after the other), unless they hold these already; returns the prefixes'
+        lengths."""
         lengths = [tensors[0][0].shape[-2] for tensors in layers]
         if sum(lengths) > self.capacity:
             # Room for about twice what this batch needs; graphs read the old buffers, so they go.
@@ -261,16 +288,39 @@ class PackedGraphs:
 
     def forward(self, ids: list[int], positions: list[int], lengths: list[int], spans: list, keep: list[int]):
         """Each kept row's logits (fp32, [rows, vocab]) from the packed sequence `ids`, or None when this
-        batch is not one it takes. `spans`: (first token, end token, prefix cache) of each group, as
-        packed.PackedPlan takes them; `keep`: each row's last token, in the caller's row order."""
-        if self.failed:
+        batch is not one it takes. `spans`: (first token, end token, prefix cache) of each group with a
+        prefix, as packed.PackedPlan takes them (the rows after the last have none); `keep`: each row's
+        last token, in the caller's row order."""
+        if self.failed or not spans or len(spans) > MAX_GROUPS:
+            return None  # no stored prefix: too little work to be worth a capture
+        chunks = chunks_for(lengths)
+        if chunks is None:
             return None
-        shape = shape_for(lengths, len(spans))
-        if shape is None:
-            return None
-        prefix_lengths = self._load_prefixes([tensors for _, _, tensors in spans])
-        g = self._graph(shape)
-        g.fill(ids, positions, keep, layout(shape, lengths, [end for _, end, _ in spans], prefix_lengths))
+        prefixes = self._load_prefixes([tensors for _, _, tensors in spans])
+        key_starts = [0, *itertools.accumulate(prefixes)]
+        starts = [0, *itertools.accumulate(lengths)]
+        results = []
+        for chunk in chunks:
+            s, e = starts[chunk.first], starts[chunk.end]
+            inside = [i for i, (a, b, _) in enumerate(spans) if a < e and b > s]  # consecutive groups
+            ends = [min(spans[i][1], e) - s for i in inside]
+            keys = key_starts[inside[0] : inside[-1] + 2] if inside else [0]
+            kept = [starts[r + 1] - 1 - s for r in range(chunk.first, chunk.end)]
+            g = self._graph(chunk.shape)
+            g.fill(ids[s:e], positions[s:e], kept, layout(chunk.shape, lengths[chunk.first : chunk.end], ends, keys))
+            logits = self._run(g)
+            if logits is None:
+                return None
+            results.append(logits[: chunk.end - chunk.first].float())  # the next replay overwrites logits
+        self.served += 1
+        logits = torch.cat(results) if len(results) > 1 else results[0]  # rows in packed order
+        row_of_last = {starts[i + 1] - 1: i for i in range(len(lengths))}
+        order = [row_of_last[t] for t in keep]
+        if order == list(range(len(order))):
+            return logits
+        return logits[torch.tensor(order, device=logits.device)]
+
+    def _run(self, g: _Graph) -> torch.Tensor | None:
         if not self.use_graphs:
             logits = self._forward(g)
         else:
@@ -283,8 +333,7 @@ class PackedGraphs:
             log.warning("packed attention was not used by every layer; packed batches run without graphs")
             self.failed = True
             return None
-        self.served += 1
-        return logits[: len(keep)].float()
+        return logits
 
     def _captured(self, g: _Graph) -> bool:
         """Capture g's graph (the first capture, or a retry, after a warm-up forward); False if it cannot be."""
