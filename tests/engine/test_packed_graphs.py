@@ -230,3 +230,39 @@ def test_a_batch_over_several_chunks_cut_inside_its_groups_equals_generate(loade
     generator.generate(rows)
     assert generator.graphs.served == 2 and len(cut[-1]) >= 2
     assert_like_generate(model, tokenizer, rows)
+
+
+class _ReplayedForward:
+    """A stand-in for a CUDA graph on the CPU: replays the forward into the captured logits' tensor."""
+
+    def __init__(self, graphs, g):
+        self.graphs, self.g = graphs, g
+
+    def replay(self):
+        self.g.logits.copy_(self.graphs._forward(self.g))
+
+
+def test_graphs_prepared_at_warm_up_serve_the_batches_without_more_captures(loaded, graphs_on, monkeypatch):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    graphs = generator.graphs
+    graphs.use_graphs = True
+
+    def capture(g, warm_up):
+        g.logits = graphs._forward(g)
+        g.graph = _ReplayedForward(graphs, g)
+        graphs.captures += 1
+
+    monkeypatch.setattr(graphs, "_capture", capture)
+    graphs.prepare()
+    assert graphs.prepared == graphs.captures == len(packed_graphs.CHUNKS)
+    assert graphs.capacity == packed_graphs.PREPARED_CAPACITY
+    from evaluation.engine.server.batching import Limits, Scheduler
+    from evaluation.engine.server.stats import Stats
+
+    stats = Stats()
+    rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
+    Scheduler(generator, stats, Limits(prefix_store_bytes=STORE_BYTES)).run(rows)
+    assert stats.packed_graph_batches >= 1 and stats.packed_graph_captures == 0
+    assert graphs.captures == graphs.prepared
+    assert_like_generate(model, tokenizer, rows)

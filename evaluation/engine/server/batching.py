@@ -450,7 +450,7 @@ class Scheduler:
         graphs = getattr(self.generator, "graphs", None)
         if graphs is not None:
             self.stats.put("packed_graph_batches", graphs.served)
-            self.stats.put("packed_graph_captures", graphs.captures)
+            self.stats.put("packed_graph_captures", graphs.captures - graphs.prepared)
         self.stats.record_batch(
             rows=len(batch) + joined,
             seconds=time.perf_counter() - started,

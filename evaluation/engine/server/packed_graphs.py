@@ -48,7 +48,9 @@ MAX_GROUPS = 7
 GROUPS = MAX_GROUPS + 1
 # The longest row a shape's own-tokens kernel reaches: a power of two, at least this (most
 # multiple-choice questions are shorter), so that nearly every chunk of a size has one shape.
-MIN_LONGEST = 256
+MIN_LONGEST = 512
+# Prefix tokens `prepare` makes room for: a few runs' few-shot prefixes.
+PREPARED_CAPACITY = 4096
 MAX_GRAPHS = 32
 # Models up to this size are host-bound (session 10: a 1.1 B batch's host time about its GPU time);
 # larger ones spend most of a batch on the GPU already and keep the track's memory for their weights.
@@ -191,6 +193,7 @@ class PackedGraphs:
         self.captures = 0
         self.replays = 0
         self.served = 0  # batches run here
+        self.prepared = 0  # graphs captured by `prepare`
         self.prefix_keys: list[torch.Tensor] = []
         self.prefix_values: list[torch.Tensor] = []
         self.capacity = 0
@@ -213,14 +216,8 @@ class PackedGraphs:
         lengths = [tensors[0][0].shape[-2] for tensors in layers]
         if sum(lengths) > self.capacity:
             # Room for about twice what this batch needs; graphs read the old buffers, so they go.
-            self.release()
-            self.capacity = -(-2 * sum(lengths) // 256) * 256
             k, v = layers[0][0]
-            shape_k = (self.capacity, k.shape[1], k.shape[3])
-            shape_v = (self.capacity, v.shape[1], v.shape[3])
-            count = len(layers[0])
-            self.prefix_keys = [torch.empty(shape_k, dtype=k.dtype, device=k.device) for _ in range(count)]
-            self.prefix_values = [torch.empty(shape_v, dtype=v.dtype, device=v.device) for _ in range(count)]
+            self._allocate(-(-2 * sum(lengths) // 256) * 256, k.shape[1], k.shape[3], v.shape[3], k.dtype)
         firsts = [tensors[0][0] for tensors in layers]  # a stored prefix keeps its tensors
         if len(firsts) != len(self._loaded) or any(a is not b for a, b in zip(firsts, self._loaded, strict=False)):
             start = 0
@@ -231,6 +228,35 @@ class PackedGraphs:
                 start += n
             self._loaded = firsts
         return lengths
+
+    def _allocate(self, capacity: int, kv_heads: int, key_dim: int, value_dim: int, dtype: torch.dtype) -> None:
+        self.release()
+        self.capacity = capacity
+        layers = len(self.inner.layers)
+        self.prefix_keys = [
+            torch.empty(capacity, kv_heads, key_dim, dtype=dtype, device=self.device) for _ in range(layers)
+        ]
+        self.prefix_values = [
+            torch.empty(capacity, kv_heads, value_dim, dtype=dtype, device=self.device) for _ in range(layers)
+        ]
+
+    def prepare(self, capacity: int = PREPARED_CAPACITY) -> None:
+        """Capture each chunk size's graph now (the server's warm-up, before any request), with room for
+        `capacity` prefix tokens: the batches then pay for no capture unless a row is longer than
+        MIN_LONGEST or the prefixes outgrow the room."""
+        if not self.use_graphs or self.failed:
+            return
+        config = self.model.config
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        self._allocate(capacity, kv_heads, head_dim, head_dim, next(self.model.parameters()).dtype)
+        for size in CHUNKS:
+            g = self._graph(Shape(size, rows_for(size), MIN_LONGEST))
+            g.fill([], [], [], layout(g.shape, [], [], [0]))  # all padding: only the shapes matter
+            if not self._captured(g):
+                return
+        self.prepared = self.captures
 
     # --- one forward ----------------------------------------------------------------------------
 

@@ -36,7 +36,8 @@ class Stats:
     # Single-token batches that waited for more rows (Scheduler._fill), and how long in all.
     filled_batches: int = 0
     fill_wait_seconds: float = 0.0
-    # Packed batches replayed as CUDA graphs at bucketed shapes (packed_graphs.py), and their captures.
+    # Packed batches run as CUDA graph replays, chunk by chunk (packed_graphs.py), and the captures
+    # batches waited for (those made at warm-up not counted).
     packed_graph_batches: int = 0
     packed_graph_captures: int = 0
     busy_seconds: float = 0.0
