@@ -113,7 +113,11 @@ def test_cancel_while_running_revokes_and_stores_nothing(workers, tiny_model):
         what="helm-run to start",
     )
     job = EvaluationJob.objects.get(submission=submission)
-    assert not SuiteResult.objects.filter(job=job).exists()
+    # On a fast box the open suite may be stored already: the hidden one's helm-run is then the one
+    # cancelled. Nothing is stored after the cancel either way.
+    stored = set(SuiteResult.objects.filter(job=job).values_list("id", flat=True))
+    records = MetricRecord.objects.filter(suite_result__job=job).count()
+    assert len(stored) < 2
     submission_cancel(
         submission_id=submission.pk, actor=UserFactory(is_staff=True), reason="Cancelled by the organizers."
     )
@@ -139,8 +143,8 @@ def test_cancel_while_running_revokes_and_stores_nothing(workers, tiny_model):
     submission.refresh_from_db()
     job.refresh_from_db()
     assert submission.status == S.CANCELLED and job.state == J.CANCELLED
-    assert not SuiteResult.objects.filter(job=job).exists()
-    assert not MetricRecord.objects.filter(suite_result__job=job).exists()
+    assert set(SuiteResult.objects.filter(job=job).values_list("id", flat=True)) == stored
+    assert MetricRecord.objects.filter(suite_result__job=job).count() == records
 
 
 def test_infrastructure_failure_is_retried_then_failed_without_using_quota(workers, tiny_model):

@@ -198,7 +198,7 @@ class BatchGenerator:
         self.packing = packing and prefix_sharing and packed.supports(model)
         self.packed_max_length = packed.max_length(model) if self.packing else None
         self.last_packed = False
-        # Packed batches at bucketed shapes, replayed as CUDA graphs (packed_graphs.py).
+        # Packed batches in chunks of a few fixed sizes, replayed as CUDA graphs (packed_graphs.py).
         self.graphs = None
         if self.packing and packed_graphs.enabled(model, self.device):
             self.graphs = packed_graphs.PackedGraphs(model, use_graphs=self.device.type == "cuda")

@@ -5,9 +5,10 @@ A small model's packed batch is bound by the host: at 1.1 B a batch of ~40 rows 
 kernels but 30-37 ms of Python and ~400 kernel launches, more under HELM's load (benchmarks.md,
 sessions 9 and 10). Here a batch's rows are cut into chunks of whole rows of `CHUNKS` tokens (the
 last one padded); a chunk's shape also fixes its rows (padding rows included), its longest row (a
-power of two) and room for `MAX_GROUPS` prefixes. A shape's forward is captured the first time it is
-needed and replayed for every later chunk of that shape: an evaluation captures a handful, whatever
-its batch sizes (session 11: one graph per padded batch size captured 20-39 an evaluation). Only the
+power of two) and room for `MAX_GROUPS` prefixes. Each chunk size's forward is captured at the
+server's warm-up (`prepare`; another shape, the first time a batch needs it) and replayed for every
+later chunk of that shape: a handful of captures, whatever the batch sizes (session 11: one graph per
+padded batch size captured 20-39 an evaluation, and cost what the replays saved). Only the
 inputs are copied in (two transfers a chunk) and, when the batch's prefixes are not the ones already
 there, the prefixes' keys and values.
 
@@ -181,7 +182,7 @@ def enabled(model: Any, device: torch.device) -> bool:
 
 
 class PackedGraphs:
-    """Runs packed single-token forwards at bucketed shapes, each shape's captured once (on a GPU)."""
+    """Runs packed single-token forwards chunk by chunk, each chunk shape's forward captured once (on a GPU)."""
 
     def __init__(self, model: Any, *, use_graphs: bool):
         self.model = model
@@ -250,13 +251,18 @@ class PackedGraphs:
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        self._allocate(capacity, kv_heads, head_dim, head_dim, next(self.model.parameters()).dtype)
-        for size in CHUNKS:
-            g = self._graph(Shape(size, rows_for(size), MIN_LONGEST))
-            g.fill([], [], [], layout(g.shape, [], [], [0]))  # all padding: only the shapes matter
-            if not self._captured(g):
-                return
-        self.prepared = self.captures
+        try:
+            self._allocate(capacity, kv_heads, head_dim, head_dim, next(self.model.parameters()).dtype)
+            for size in CHUNKS:
+                g = self._graph(Shape(size, rows_for(size), MIN_LONGEST))
+                g.fill([], [], [], layout(g.shape, [], [], [0]))  # all padding: only the shapes matter
+                if not self._captured(g):
+                    return
+                self.prepared = self.captures
+        except torch.cuda.OutOfMemoryError:  # batches capture what they need, within what is left
+            log.warning("no memory for the packed batches' graphs at warm-up; batches capture their own")
+            self.release()
+            torch.cuda.empty_cache()
 
     # --- one forward ----------------------------------------------------------------------------
 
