@@ -266,3 +266,30 @@ def test_graphs_prepared_at_warm_up_serve_the_batches_without_more_captures(load
     assert stats.packed_graph_batches >= 1 and stats.packed_graph_captures == 0
     assert graphs.captures == graphs.prepared
     assert_like_generate(model, tokenizer, rows)
+
+
+def test_the_warm_up_captures_the_forward_the_batches_run_fused_layers_included(tmp_path, graphs_on, monkeypatch):
+    """The graphs captured at warm-up ran Hugging Face's unfused layers (outside the generator's fused
+    context): every later replay then computed unfused (session 11, a profile on the GPU)."""
+    from evaluation.engine.loading import load_model
+    from evaluation.engine.server import fused
+    from evaluation.engine.server.app import ModelService
+    from evaluation.engine.server.batching import Limits
+    from evaluation.engine.tiny import build_tiny_model
+
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    loaded = load_model(build_tiny_model(tmp_path, "llama", seed=7), device="cpu", dtype="float32")
+    service = ModelService(loaded, Limits(prefix_store_bytes=STORE_BYTES))
+    graphs = service.generator.graphs
+    graphs.use_graphs = True
+    fused_when_captured = []
+
+    def capture(g, warm_up):
+        fused_when_captured.append(fused.runs_fused(loaded.model))
+        g.logits = graphs._forward(g)
+        g.graph = _ReplayedForward(graphs, g)
+        graphs.captures += 1
+
+    monkeypatch.setattr(graphs, "_capture", capture)
+    service.warm_up()
+    assert fused_when_captured == [True] * len(packed_graphs.CHUNKS)

@@ -294,8 +294,7 @@ class ModelService(Frontend):
         a decode step would capture a CUDA graph for one row, a shape later decode batches rarely
         have (the first decoding batch captures its own), while every evaluation waits for it."""
         self.scheduler.run([Row(prompt_ids=list(self.empty_prompt_ids), max_new_tokens=1)])
-        if self.generator.graphs is not None:  # while HELM starts, not in the first batches
-            self.generator.graphs.prepare()
+        self.generator.prepare_graphs()  # while HELM starts, not in the first batches
         # The counters describe the evaluation, not the warm-up.
         self.stats = self.scheduler.stats = Stats(device=self.loaded.device)
 

@@ -293,6 +293,13 @@ class BatchGenerator:
         if self.graphs is not None:
             self.graphs.release()
 
+    def prepare_graphs(self) -> None:
+        """Capture the packed batches' graphs now (the server's warm-up), in the context every batch
+        runs in: the engine's attention and the fused layers."""
+        if self.graphs is not None:
+            with engine_attention(self.model), fused.active(self.model):
+                self.graphs.prepare()
+
     def _fill_prefixes(self, groups: list[PrefixGroup]) -> None:
         """Prefill (and store) the prefixes no earlier batch stored."""
         for group in groups:
