@@ -293,9 +293,10 @@ class BatchGenerator:
         if self.graphs is not None:
             self.graphs.release()
 
+    @torch.inference_mode()
     def prepare_graphs(self) -> None:
         """Capture the packed batches' graphs now (the server's warm-up), in the context every batch
-        runs in: the engine's attention and the fused layers."""
+        runs in: inference mode, the engine's attention and the fused layers."""
         if self.graphs is not None:
             with engine_attention(self.model), fused.active(self.model):
                 self.graphs.prepare()
