@@ -233,13 +233,24 @@ def test_a_batch_over_several_chunks_cut_inside_its_groups_equals_generate(loade
 
 
 class _ReplayedForward:
-    """A stand-in for a CUDA graph on the CPU: replays the forward into the captured logits' tensor."""
+    """A stand-in for a CUDA graph on the CPU: replays the forward into the captured output's tensor."""
 
-    def __init__(self, graphs, g):
-        self.graphs, self.g = graphs, g
+    def __init__(self, forward, out):
+        self.forward, self.out = forward, out
 
     def replay(self):
-        self.g.logits.copy_(self.graphs._forward(self.g))
+        self.out.copy_(self.forward())
+
+
+def _stand_in_capture(graphs):
+    """Capturer._capture without a GPU: runs the forward once, and again at each replay."""
+
+    def capture(forward, warm_ups):
+        out = forward()
+        graphs.capturer.captures += 1
+        return _ReplayedForward(forward, out), out
+
+    return capture
 
 
 def test_graphs_prepared_at_warm_up_serve_the_batches_without_more_captures(loaded, graphs_on, monkeypatch):
@@ -248,12 +259,7 @@ def test_graphs_prepared_at_warm_up_serve_the_batches_without_more_captures(load
     graphs = generator.graphs
     graphs.use_graphs = True
 
-    def capture(g, warm_up):
-        g.logits = graphs._forward(g)
-        g.graph = _ReplayedForward(graphs, g)
-        graphs.captures += 1
-
-    monkeypatch.setattr(graphs, "_capture", capture)
+    monkeypatch.setattr(graphs.capturer, "_capture", _stand_in_capture(graphs))
     graphs.prepare()
     assert graphs.prepared == graphs.captures == len(packed_graphs.CHUNKS)
     assert graphs.capacity == packed_graphs.PREPARED_CAPACITY
@@ -284,12 +290,45 @@ def test_the_warm_up_captures_the_forward_the_batches_run_fused_layers_included(
     graphs.use_graphs = True
     fused_when_captured = []
 
-    def capture(g, warm_up):
-        fused_when_captured.append(fused.runs_fused(loaded.model))
-        g.logits = graphs._forward(g)
-        g.graph = _ReplayedForward(graphs, g)
-        graphs.captures += 1
+    stand_in = _stand_in_capture(graphs)
 
-    monkeypatch.setattr(graphs, "_capture", capture)
+    def capture(forward, warm_ups):
+        fused_when_captured.append(fused.runs_fused(loaded.model))
+        return stand_in(forward, warm_ups)
+
+    monkeypatch.setattr(graphs.capturer, "_capture", capture)
     service.warm_up()
     assert fused_when_captured == [True] * len(packed_graphs.CHUNKS)
+
+
+def test_only_the_first_capture_and_a_retry_run_warm_up_forwards(monkeypatch):
+    from evaluation.engine.server.cuda_graphs import Capturer
+
+    capturer = Capturer(shared_pool=True)
+    calls, fail_without_warm_up = [], [False]
+
+    def capture(forward, warm_ups):
+        calls.append(warm_ups)
+        if fail_without_warm_up[0] and not warm_ups:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        capturer.captures += 1
+        return "graph", forward()
+
+    monkeypatch.setattr(capturer, "_capture", capture)
+    assert capturer.capture(lambda: 1, warm_ups=2) == ("graph", 1) and calls == [2]
+    assert capturer.capture(lambda: 2, warm_ups=2) == ("graph", 2) and calls == [2, 0]
+    fail_without_warm_up[0] = True  # a shape that needs its warm-up: retried with it
+    assert capturer.capture(lambda: 3, warm_ups=2) == ("graph", 3) and calls == [2, 0, 0, 2]
+
+    def never(forward, warm_ups):
+        raise RuntimeError("no graphs here")
+
+    monkeypatch.setattr(capturer, "_capture", never)
+    assert capturer.capture(lambda: 4) is None  # the caller runs without graphs
+
+    def out_of_memory(forward, warm_ups):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(capturer, "_capture", out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        capturer.capture(lambda: 5)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from evaluation.engine.server import fused, packed, static_decode
+from evaluation.engine.server import cuda_graphs, fused, packed, static_decode
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class PackedGraphs:
         self.use_graphs = use_graphs
         self.graphs: OrderedDict[Shape, _Graph] = OrderedDict()
         self.failed = False
-        self.captures = 0
+        self.capturer = cuda_graphs.Capturer(shared_pool=True)  # shapes never replay at the same time
         self.replays = 0
         self.served = 0  # batches run here
         self.prepared = 0  # graphs captured by `prepare`
@@ -199,14 +199,12 @@ class PackedGraphs:
         self.prefix_values: list[torch.Tensor] = []
         self.capacity = 0
         self._loaded: list[torch.Tensor] = []  # the first layer's keys of each prefix the buffers hold
-        self._pool = None
-        self._stream: torch.cuda.Stream | None = None
 
     def release(self) -> None:
         """Drop every graph and buffer (after running out of memory)."""
         self.graphs.clear()
         self.prefix_keys, self.prefix_values, self.capacity, self._loaded = [], [], 0, []
-        self._pool = None
+        self.capturer.forget_pool()
 
     # --- the prefixes -------------------------------------------------------------------------
 
@@ -287,26 +285,6 @@ class PackedGraphs:
                 hidden = self.inner.norm(hidden)
         return self.model.lm_head(hidden[0, g.keep])
 
-    def _capture(self, g: _Graph, warm_up: bool) -> None:
-        if self._stream is None:
-            self._stream = torch.cuda.Stream()
-        if self._pool is None:  # one pool for every shape's graph: they never run at the same time
-            self._pool = torch.cuda.graph_pool_handle()
-        self._stream.wait_stream(torch.cuda.current_stream())
-        # Not torch.cuda.graph(): it collects garbage and empties the allocator's cache each time.
-        with torch.cuda.stream(self._stream):
-            if warm_up:  # cuBLAS's workspace on this stream, Triton's compiles for these shapes
-                self._forward(g)
-            graph = torch.cuda.CUDAGraph()
-            graph.capture_begin(pool=self._pool, capture_error_mode="thread_local")
-            try:
-                g.logits = self._forward(g)
-            finally:
-                graph.capture_end()
-        torch.cuda.current_stream().wait_stream(self._stream)
-        g.graph = graph
-        self.captures += 1
-
     def _graph(self, shape: Shape) -> _Graph:
         g = self.graphs.get(shape)
         if g is not None:
@@ -368,17 +346,15 @@ class PackedGraphs:
         return logits
 
     def _captured(self, g: _Graph) -> bool:
-        """Capture g's graph (the first capture, or a retry, after a warm-up forward); False if it cannot be."""
-        error: Exception | None = None
-        for warm_up in (True,) if self.captures == 0 else (False, True):
-            try:
-                self._capture(g, warm_up)
-                return True
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as e:  # a model or torch the graph cannot hold: packed batches still run
-                error = e
-        log.warning("CUDA graph capture of a packed batch failed; packed batches run without graphs", exc_info=error)
-        self.failed = True
-        self.graphs.pop(g.shape, None)
-        return False
+        """Capture g's graph; False (and no graphs from now on) if it cannot be."""
+        captured = self.capturer.capture(lambda: self._forward(g))
+        if captured is None:
+            self.failed = True
+            self.graphs.pop(g.shape, None)
+            return False
+        g.graph, g.logits = captured
+        return True
+
+    @property
+    def captures(self) -> int:
+        return self.capturer.captures

@@ -16,15 +16,12 @@ need more than that (sliding windows, scaled embeddings, extra norms) keep the d
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
-from evaluation.engine.server import fused
+from evaluation.engine.server import cuda_graphs, fused
 from evaluation.engine.server.kv_cache import cache_tensors
-
-log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 COLUMN_STEP = 128
@@ -134,7 +131,8 @@ class StaticDecoder:
         self.inner = model.model
         self.use_graphs = use_graphs
         self.buffers: _Buffers | None = None
-        self.captures = 0
+        # Each shape's own memory pool: one shape at a time, the old one's memory goes with its buffers.
+        self.capturer = cuda_graphs.Capturer(shared_pool=False)
         self.graph_failed = False
         self.rows = 0  # slots in use (rows of the batch, finished ones included)
         self.column = 0  # the column the next step writes (as `buffers.column` holds on the device)
@@ -188,19 +186,9 @@ class StaticDecoder:
         b.column.add_(1)
         return logits
 
-    def _capture(self, b: _Buffers) -> None:
-        """Record one step as a CUDA graph. The warm-up runs change the buffers; `start` refills them."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._forward(b)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            b.logits = self._forward(b)
-        b.graph = graph
-        self.captures += 1
+    @property
+    def captures(self) -> int:
+        return self.capturer.captures
 
     # --- a batch ----------------------------------------------------------------------------------
 
@@ -212,14 +200,12 @@ class StaticDecoder:
             return b
         b = _Buffers(self.model, bucket, columns, self._like, self._layers)
         if self.use_graphs and not self.graph_failed:
-            try:
-                self._capture(b)
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception:  # a model the graph cannot hold still decodes, step by step
-                log.exception("CUDA graph capture failed; decoding without graphs")
+            # The warm-up steps (first capture only) change the buffers; `start` and `_grown` refill them.
+            captured = self.capturer.capture(lambda: self._forward(b), warm_ups=2)
+            if captured is None:  # a model the graph cannot hold still decodes, step by step
                 self.graph_failed = True
-                b.graph, b.logits = None, None
+            else:
+                b.graph, b.logits = captured
         return b
 
     def start(self, cache: Any, mask: torch.Tensor, next_positions: torch.Tensor, max_new_tokens: int) -> None:
