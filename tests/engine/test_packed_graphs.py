@@ -1,4 +1,4 @@
-"""Packed single-token batches at bucketed shapes (packed_graphs.py). On the CPU the same fixed shapes,
+"""Packed single-token batches in chunks of fixed shapes (packed_graphs.py). On the CPU the same shapes,
 padding and prefix buffers run without graphs (ENGINE_PACKED_GRAPHS=1): results equal `generate`'s
 and the plain packed forward's; batches it does not take run the plain packed forward."""
 
@@ -104,13 +104,13 @@ def _mixed_prompts() -> list[str]:
     return [p for trio in zip(run_prompts(0, 4), run_prompts(1, 4), run_prompts(2, 4, 95), strict=True) for p in trio]
 
 
-def test_bucketed_batches_equal_generate_and_the_plain_packed_forward(loaded, graphs_on):
+def test_chunked_batches_equal_generate_and_the_plain_packed_forward(loaded, graphs_on):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    plain = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES, packing=True)
-    plain.graphs = None
+    plain = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    plain.graphs = None  # the plain packed forward
     assert generator.graphs is not None
-    # Later batches from the stored prefixes (rows the first batch's prefixes do not cover are test_a_row_without...).
+    # Later batches from the stored prefixes (rows without one: test_rows_without_a_prefix_...).
     batches = [_mixed_prompts(), run_prompts(2, 3, 95) + run_prompts(0, 2, 4), run_prompts(1, 5, 4)]
     for number, prompts in enumerate(batches, start=1):
         rows = rows_for(tokenizer, prompts, max_new_tokens=1)
@@ -121,7 +121,7 @@ def test_bucketed_batches_equal_generate_and_the_plain_packed_forward(loaded, gr
         plain.generate(again)
         for row, other in zip(rows, again, strict=True):
             assert row.tokens == other.tokens and abs(row.logprobs[0] - other.logprobs[0]) < 1e-5
-    # Three shapes or fewer, the prefixes of the last batch in the buffers.
+    # A few chunk shapes, the prefixes of the last batch in the buffers.
     assert 1 <= len(generator.graphs.graphs) <= 3 and len(generator.graphs._loaded) == 1
 
 
