@@ -511,8 +511,9 @@ def render(results: dict) -> str:
     lines = [
         "| model | suite | mode | budget (GB) | wall (s) | speed-up vs A | prompt tok/s | output tok/s | MFU | "
         "bandwidth share | peak GPU memory (GB) | same predictions as A | worst metric diff vs A (points) | "
-        "same predictions as fp32 | server load + warm-up (s) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "same predictions as fp32 | server load + warm-up (s) | busy (s) | batches × mean rows | "
+        "packed graph batches / captures | mean latency (s) |",
+        "| --- " * 19 + "|",
     ]
 
     def same_as(agree: dict | None) -> str:
@@ -531,9 +532,24 @@ def render(results: dict) -> str:
             f"{same} | "
             f"{fmt((r.get('metrics_vs_A') or {}).get('max_diff_points'), '.2f')} | "
             f"{same_as(r.get('vs_fp32'))} | "
-            f"{'' if not r.get('server_startup') else '{load_s} + {warm_up_s}'.format(**r['server_startup'])} |"
+            f"{'' if not r.get('server_startup') else '{load_s} + {warm_up_s}'.format(**r['server_startup'])} | "
+            f"{server_columns(r.get('server_stats'))} |"
         )
     return "\n".join(lines)
+
+
+def server_columns(stats: dict | None) -> str:
+    """The server's busy time, its batches, the packed batches replayed as graphs and the captures they
+    waited for, and the mean request latency (empty for A and B, which have no such server)."""
+    if not stats:
+        return " | | |"
+    latency = (stats.get("latency_seconds") or {}).get("mean")
+    return (
+        f"{fmt(stats.get('busy_seconds'), '.2f')} | "
+        f"{stats.get('batches', '–')} × {fmt(stats.get('mean_batch_rows'), '.0f')} | "
+        f"{stats.get('packed_graph_batches', '–')} / {stats.get('packed_graph_captures', '–')} | "
+        f"{fmt(latency, '.3f')}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,3 +36,17 @@ def test_the_decode_benchmark_holds_one_static_cache_at_a_time(tiny_llama_dir, m
     result = child_decode_bench(str(tiny_llama_dir), 2, 4, 24)
     assert len(decoders) >= 2 and held and max(held) == 0
     assert result["static_again"]["steps"] == 3
+
+
+def test_the_table_shows_the_servers_batches_graphs_and_latency():
+    from benchmarks.helm_speed import render
+
+    stats = {"busy_seconds": 2.27, "batches": 125, "mean_batch_rows": 24.0, "packed_graph_batches": 120,
+             "packed_graph_captures": 3, "latency_seconds": {"mean": 0.0541}}  # fmt: skip
+    rows = [
+        {"model": "1b", "suite": "prefill-mc", "mode": "warm", "budget": 24, "wall_s": 9.1, "server_stats": stats},
+        {"model": "1b", "suite": "prefill-mc", "mode": "A", "budget": None, "wall_s": 184.9},
+    ]
+    header, rule, warm, a = render({"rows": rows}).splitlines()
+    assert header.count("|") == rule.count("|") == warm.count("|") == a.count("|")
+    assert warm.endswith("| 2.27 | 125 × 24 | 120 / 3 | 0.054 |")
