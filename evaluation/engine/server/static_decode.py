@@ -198,6 +198,10 @@ class StaticDecoder:
         b = self.buffers
         if b is not None and b.rows == bucket and b.columns == columns:
             return b
+        if self.use_graphs and not self.graph_failed:
+            # A queued step of the old shape may still run; the old graph and buffers go once this
+            # shape replaces them (torch.cuda.graph() synchronized here too).
+            torch.cuda.current_stream().synchronize()
         b = _Buffers(self.model, bucket, columns, self._like, self._layers)
         if self.use_graphs and not self.graph_failed:
             # The warm-up steps (first capture only) change the buffers; `start` and `_grown` refill them.
