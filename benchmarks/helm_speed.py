@@ -486,6 +486,12 @@ def efficiency(row: dict, counts: dict, ceilings: dict | None, params: int, weig
         steps = stats.get("decode_steps") or counts["output_tokens"]  # one-at-a-time: a step per token
         moved = steps * weight_bytes + counts["kv_token_reads"] * kv_bytes_token
         eff["bandwidth_share"] = moved / busy / (ceilings["copy_bandwidth_tb_s"] * 1e12)
+        # The decode loop's own steps: its time less loading its first rows and the rows that joined.
+        steps_s = (stats.get("decode_seconds") or 0.0) - (stats.get("decode_start_seconds") or 0.0)
+        steps_s -= stats.get("decode_join_seconds") or 0.0
+        if steps_s > 0:
+            eff["steps_s"] = steps_s
+            eff["bandwidth_share_steps"] = moved / steps_s / (ceilings["copy_bandwidth_tb_s"] * 1e12)
     eff["wall_s"] = wall
     return eff
 
@@ -527,7 +533,7 @@ def render(results: dict) -> str:
             f"| {r['model']} | {r['suite']} | {r['mode']} | {fmt(r.get('budget'), 'g')} | {r['wall_s']:.1f} | "
             f"{fmt(r.get('speedup_vs_A'), '.1f')}{'×' if r.get('speedup_vs_A') else ''} | "
             f"{fmt(e.get('prompt_tok_per_s'), ',.0f')} | {fmt(e.get('output_tok_per_s'), ',.0f')} | "
-            f"{fmt(e.get('mfu'), '.0%')} | {fmt(e.get('bandwidth_share'), '.1%')} | "
+            f"{fmt(e.get('mfu'), '.0%')} | {fmt(e.get('bandwidth_share'), '.1%')}{steps_share(e)} | "
             f"{fmt(r.get('peak_gpu_gb'), '.1f')} | "
             f"{same} | "
             f"{fmt((r.get('metrics_vs_A') or {}).get('max_diff_points'), '.2f')} | "
@@ -536,6 +542,11 @@ def render(results: dict) -> str:
             f"{server_columns(r.get('server_stats'))} |"
         )
     return "\n".join(lines)
+
+
+def steps_share(eff: dict) -> str:
+    share = eff.get("bandwidth_share_steps")
+    return "" if share is None else f" (steps {share:.1%})"
 
 
 def server_columns(stats: dict | None) -> str:

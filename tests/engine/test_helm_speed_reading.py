@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.helm_speed import server_startup
 
 
@@ -50,3 +52,19 @@ def test_the_table_shows_the_servers_batches_graphs_and_latency():
     header, rule, warm, a = render({"rows": rows}).splitlines()
     assert header.count("|") == rule.count("|") == warm.count("|") == a.count("|")
     assert warm.endswith("| 2.27 | 125 × 24 | 120 / 3 | 0.054 |")
+
+
+def test_the_decode_steps_bandwidth_share_leaves_out_the_first_rows_and_the_joins():
+    from benchmarks.helm_speed import efficiency, render
+
+    stats = {"busy_seconds": 2.0, "decode_steps": 100, "decode_seconds": 1.5, "decode_start_seconds": 0.2,
+             "decode_join_seconds": 0.3}  # fmt: skip
+    row = {"wall_s": 5.0, "helm_s": 4.0, "server_stats": stats}
+    counts = {"prompt_tokens": 1000, "output_tokens": 100, "kv_token_reads": 0}
+    ceilings = {"bf16_matmul_tflops": 1.0, "copy_bandwidth_tb_s": 1.0}
+    eff = efficiency(row, counts, ceilings, 10**9, 10**10, 0, "decode")  # 100 steps × 10 GB = 1 TB moved
+    assert eff["bandwidth_share"] == pytest.approx(1 / 2.0) and eff["steps_s"] == pytest.approx(1.0)
+    assert eff["bandwidth_share_steps"] == pytest.approx(1.0)
+    table = render({"rows": [{"model": "7b", "suite": "generation", "mode": "warm", "budget": 24, **row,
+                              "efficiency": eff}]})  # fmt: skip
+    assert "| 50.0% (steps 100.0%) |" in table

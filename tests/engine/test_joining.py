@@ -184,6 +184,11 @@ def test_requests_arriving_during_a_decode_batch_join_it_and_each_is_answered_wh
     assert answered == ["first", "later"]
     assert stats.batches == 1 and stats.joined_rows == 4 and stats.decode_steps < 3 + 12
     assert_like_generate(model, tokenizer, first.rows + later_rows)
+    # Where the decode loop's time went: its first rows, the rows that joined, the steps (the rest).
+    snapshot = stats.snapshot()
+    assert 0 < snapshot["decode_start_seconds"] and 0 < snapshot["decode_join_seconds"]
+    assert snapshot["decode_start_seconds"] + snapshot["decode_join_seconds"] < snapshot["decode_seconds"]
+    assert snapshot["decode_seconds"] <= snapshot["busy_seconds"]
 
 
 def test_nothing_joins_while_other_work_waits(llama):

@@ -447,6 +447,14 @@ class Scheduler:
         joined = len(self.generator.last_joined)
         if joined:
             self.stats.add("joined_rows", joined)
+        times = getattr(self.generator, "last_decode_times", None) or {}
+        for key, name in (
+            ("total", "decode_seconds"),
+            ("start", "decode_start_seconds"),
+            ("joins", "decode_join_seconds"),
+        ):
+            if key in times:
+                self.stats.add(name, times[key])
         graphs = getattr(self.generator, "graphs", None)
         if graphs is not None:
             self.stats.put("packed_graph_batches", graphs.served)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -192,6 +193,9 @@ class BatchGenerator:
         self.last_prefix_reused = False
         self.last_skipped_tokens = 0
         self.last_decode_steps = 0
+        # Host seconds of the last batch's static decode loop: in all, loading its first rows (and
+        # capturing their step), and rows joining it (their prefills, growing the buffers, captures).
+        self.last_decode_times: dict[str, float] = {}
         self.last_joined: list[Row] = []  # rows that joined the last batch while it decoded
         self.static = self._static_decoder(decode)
         # Single-token batches as one packed sequence (packed.py) where the model allows it.
@@ -497,6 +501,7 @@ class BatchGenerator:
             if row.max_new_tokens <= 0 and not row.finished:
                 row.finished, row.finish_reason = True, "length"
         self.last_decode_steps = 0
+        self.last_decode_times = {}
         self.last_packed = not use_cache and not all_logits and self._packs(rows)
         if self.last_packed:
             last = self._packed_prefill(groups)
@@ -543,11 +548,13 @@ class BatchGenerator:
     ) -> None:
         """The decode loop over the static cache: finished rows ride along (their logits are ignored)
         so every step has the shape its graph was captured for, until a joining row takes their slot."""
+        started = time.perf_counter()
         max_new = max(r.max_new_tokens for r in rows)
         self.static.start(cache, mask, next_pos, max_new)
         del cache
         slots = list(rows)
         self._feed(range(len(slots)), slots)
+        times = self.last_decode_times = {"start": time.perf_counter() - started, "joins": 0.0}
         queued = None  # a greedy step launched and not yet read: (its choices, the slots' rows then)
         while True:
             # A queued step gives every row in it one more token: launch no step that no row needs.
@@ -559,7 +566,9 @@ class BatchGenerator:
                 queued = None
                 continue
             if joining is not None:
+                joined_at = time.perf_counter()
                 slots = self._join(joining, slots)
+                times["joins"] += time.perf_counter() - joined_at
             if queued_steps and all(r.greedy or r.finished for r in slots):
                 # The GPU feeds each step the step before's choices; the host reads them one step behind.
                 launched = self.static.launch()
@@ -575,6 +584,7 @@ class BatchGenerator:
             logits = self.static.step([r.tokens[-1] if r.tokens else self.pad_id for r in slots])
             self.last_decode_steps += 1
             self._choose(logits, slots)
+        times["total"] = time.perf_counter() - started
 
     def _feed(self, places, rows: list[Row]) -> None:
         self.static.feed(list(places), [r.tokens[-1] if r.tokens else self.pad_id for r in rows])

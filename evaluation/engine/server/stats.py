@@ -40,6 +40,10 @@ class Stats:
     # batches waited for (those made at warm-up not counted).
     packed_graph_batches: int = 0
     packed_graph_captures: int = 0
+    # Static decode loops: in all, loading each batch's first rows, and rows joining (host seconds).
+    decode_seconds: float = 0.0
+    decode_start_seconds: float = 0.0
+    decode_join_seconds: float = 0.0
     busy_seconds: float = 0.0
     # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering).
     # In one process they share one interpreter lock and the second slows the first; by default the
@@ -111,6 +115,9 @@ class Stats:
                 "fill_wait_seconds": round(self.fill_wait_seconds, 6),
                 "packed_graph_batches": self.packed_graph_batches,
                 "packed_graph_captures": self.packed_graph_captures,
+                "decode_seconds": round(self.decode_seconds, 6),
+                "decode_start_seconds": round(self.decode_start_seconds, 6),
+                "decode_join_seconds": round(self.decode_join_seconds, 6),
                 "busy_seconds": round(self.busy_seconds, 6),
                 "model_cpu_seconds": round(self.model_cpu_seconds, 6),
                 "http_cpu_seconds": round(self.http_cpu_seconds, 6),
