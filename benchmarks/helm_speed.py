@@ -485,13 +485,14 @@ def efficiency(row: dict, counts: dict, ceilings: dict | None, params: int, weig
     else:
         steps = stats.get("decode_steps") or counts["output_tokens"]  # one-at-a-time: a step per token
         moved = steps * weight_bytes + counts["kv_token_reads"] * kv_bytes_token
-        eff["bandwidth_share"] = moved / busy / (ceilings["copy_bandwidth_tb_s"] * 1e12)
-        # The decode loop's own steps: its time less loading its first rows and the rows that joined.
-        steps_s = (stats.get("decode_seconds") or 0.0) - (stats.get("decode_start_seconds") or 0.0)
-        steps_s -= stats.get("decode_join_seconds") or 0.0
+        bandwidth = ceilings["copy_bandwidth_tb_s"] * 1e12
+        eff["bandwidth_share"] = moved / busy / bandwidth
+        # The decode loops' own steps: their time less loading their first rows and the rows that joined.
+        start, joins = stats.get("decode_start_seconds") or 0.0, stats.get("decode_join_seconds") or 0.0
+        steps_s = (stats.get("decode_seconds") or 0.0) - start - joins
         if steps_s > 0:
             eff["steps_s"] = steps_s
-            eff["bandwidth_share_steps"] = moved / steps_s / (ceilings["copy_bandwidth_tb_s"] * 1e12)
+            eff["bandwidth_share_steps"] = moved / steps_s / bandwidth
     eff["wall_s"] = wall
     return eff
 

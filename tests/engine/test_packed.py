@@ -3,6 +3,8 @@ by side in one forward, results equal to `generate` and to the padded batches.""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -132,13 +134,14 @@ def test_packed_rows_with_zero_new_tokens_and_a_prompt_of_one_token(loaded):
     assert_like_generate(model, tokenizer, [rows[0], rows[2]])
 
 
-def test_a_model_whose_layers_skip_packed_attention_falls_back_to_padding(loaded):
-    """If some layer attended on its own, it saw the whole packed sequence: the batch is redone padded."""
-    model, tokenizer = loaded.model, loaded.tokenizer
-    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    real = packed.packed_attention
+@contextmanager
+def later_layers_skipping_packed_attention():
+    """Layers after the first attend with SDPA over whatever they are given (a model whose attention
+    does not all go through the interface)."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    real = packed.packed_attention
 
     def skip_later_layers(module, *args, **kwargs):
         if module.layer_idx == 0:
@@ -147,10 +150,18 @@ def test_a_model_whose_layers_skip_packed_attention_falls_back_to_padding(loaded
 
     AttentionInterface.register(packed.PACKED_ATTENTION, skip_later_layers)
     try:
-        rows = rows_for(tokenizer, run_prompts(0, 3), max_new_tokens=1)
-        generator.generate(rows)
+        yield
     finally:
         AttentionInterface.register(packed.PACKED_ATTENTION, real)
+
+
+def test_a_model_whose_layers_skip_packed_attention_falls_back_to_padding(loaded):
+    """If some layer attended on its own, it saw the whole packed sequence: the batch is redone padded."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    rows = rows_for(tokenizer, run_prompts(0, 3), max_new_tokens=1)
+    with later_layers_skipping_packed_attention():
+        generator.generate(rows)
     assert not generator.packing and not generator.last_packed
     assert_like_generate(model, tokenizer, rows)
 

@@ -10,10 +10,11 @@ import random
 import pytest
 import torch
 
-from evaluation.engine.server import packed, packed_graphs
+from evaluation.engine.server import packed_graphs
 from evaluation.engine.server.generation import BatchGenerator
 from evaluation.engine.server.packed_graphs import Shape, chunks_for, layout
 from tests.engine.reference import STORE_BYTES, assert_like_generate, rows_for
+from tests.engine.test_packed import later_layers_skipping_packed_attention
 from tests.engine.test_prefix_batches import run_prompts
 
 
@@ -141,24 +142,12 @@ def test_rows_without_a_prefix_attend_only_to_themselves(loaded, graphs_on):
     assert_like_generate(model, tokenizer, rows)
 
 
-def test_layers_that_skip_packed_attention_turn_the_buckets_off(loaded, graphs_on):
+def test_layers_that_skip_packed_attention_turn_the_graphs_off(loaded, graphs_on):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    real = packed.packed_attention
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    def skip_later_layers(module, *args, **kwargs):
-        if module.layer_idx == 0:
-            return real(module, *args, **kwargs)
-        return sdpa_attention_forward(module, *args, **kwargs)
-
-    AttentionInterface.register(packed.PACKED_ATTENTION, skip_later_layers)
-    try:
-        rows = rows_for(tokenizer, run_prompts(0, 3), max_new_tokens=1)
+    rows = rows_for(tokenizer, run_prompts(0, 3), max_new_tokens=1)
+    with later_layers_skipping_packed_attention():
         generator.generate(rows)
-    finally:
-        AttentionInterface.register(packed.PACKED_ATTENTION, real)
     assert generator.graphs.failed and generator.graphs.served == 0
     assert_like_generate(model, tokenizer, rows)
 
@@ -198,18 +187,18 @@ def test_with_fused_layers_the_residual_sums_deferred_to_the_next_norm_give_the_
     assert_like_generate(model, tokenizer, rows)
 
 
-def test_stats_count_the_batches_run_at_bucketed_shapes(loaded, graphs_on):
-    from evaluation.engine.server.batching import Limits, Scheduler
-    from evaluation.engine.server.stats import Stats
+def test_stats_count_the_batches_run_in_chunks(loaded, graphs_on):
+    from evaluation.engine.server.app import ModelService
+    from evaluation.engine.server.batching import Limits
 
     model, tokenizer = loaded.model, loaded.tokenizer
-    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    stats = Stats()
+    service = ModelService(loaded, Limits(prefix_store_bytes=STORE_BYTES))
     rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
-    Scheduler(generator, stats, Limits(prefix_store_bytes=STORE_BYTES)).run(rows)
-    snapshot = stats.snapshot()
+    service.scheduler.run(rows)
+    snapshot = service.stats_snapshot()
     assert (
-        snapshot["packed_graph_batches"] == generator.graphs.served >= 1 and snapshot["packed_graph_captures"] == 0
+        snapshot["packed_graph_batches"] == service.generator.graphs.served >= 1
+        and snapshot["packed_graph_captures"] == 0
     )  # no GPU
     assert_like_generate(model, tokenizer, rows)
 
@@ -254,22 +243,21 @@ def _stand_in_capture(graphs):
 
 
 def test_graphs_prepared_at_warm_up_serve_the_batches_without_more_captures(loaded, graphs_on, monkeypatch):
-    model, tokenizer = loaded.model, loaded.tokenizer
-    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    graphs = generator.graphs
-    graphs.use_graphs = True
+    from evaluation.engine.server.app import ModelService
+    from evaluation.engine.server.batching import Limits
 
+    model, tokenizer = loaded.model, loaded.tokenizer
+    service = ModelService(loaded, Limits(prefix_store_bytes=STORE_BYTES))
+    graphs = service.generator.graphs
+    graphs.use_graphs = True
     monkeypatch.setattr(graphs.capturer, "_capture", _stand_in_capture(graphs))
-    graphs.prepare()
+    service.warm_up()
     assert graphs.prepared == graphs.captures == len(packed_graphs.CHUNKS)
     assert graphs.capacity == packed_graphs.PREPARED_CAPACITY
-    from evaluation.engine.server.batching import Limits, Scheduler
-    from evaluation.engine.server.stats import Stats
-
-    stats = Stats()
     rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
-    Scheduler(generator, stats, Limits(prefix_store_bytes=STORE_BYTES)).run(rows)
-    assert stats.packed_graph_batches >= 1 and stats.packed_graph_captures == 0
+    service.scheduler.run(rows)
+    snapshot = service.stats_snapshot()
+    assert snapshot["packed_graph_batches"] >= 1 and snapshot["packed_graph_captures"] == 0
     assert graphs.captures == graphs.prepared
     assert_like_generate(model, tokenizer, rows)
 

@@ -308,6 +308,10 @@ class ModelService(Frontend):
             else ("static" if not static.use_graphs or static.graph_failed else "cuda-graphs"),
             "graph_captures": static.captures if static is not None else 0,
         }
+        # Packed batches replayed as CUDA graphs, and the captures batches waited for (not the warm-up's).
+        graphs = self.generator.graphs
+        data["packed_graph_batches"] = graphs.served if graphs is not None else 0
+        data["packed_graph_captures"] = graphs.captures - graphs.prepared if graphs is not None else 0
         return data
 
 

@@ -455,10 +455,6 @@ class Scheduler:
         ):
             if key in times:
                 self.stats.add(name, times[key])
-        graphs = getattr(self.generator, "graphs", None)
-        if graphs is not None:
-            self.stats.put("packed_graph_batches", graphs.served)
-            self.stats.put("packed_graph_captures", graphs.captures - graphs.prepared)
         self.stats.record_batch(
             rows=len(batch) + joined,
             seconds=time.perf_counter() - started,

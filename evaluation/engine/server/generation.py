@@ -12,6 +12,8 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -297,12 +299,10 @@ class BatchGenerator:
         if self.graphs is not None:
             self.graphs.release()
 
-    @torch.inference_mode()
     def prepare_graphs(self) -> None:
-        """Capture the packed batches' graphs now (the server's warm-up), in the context every batch
-        runs in: inference mode, the engine's attention and the fused layers."""
+        """Capture the packed batches' graphs now (the server's warm-up), as a batch would run them."""
         if self.graphs is not None:
-            with engine_attention(self.model), fused.active(self.model):
+            with self._running():
                 self.graphs.prepare()
 
     def _fill_prefixes(self, groups: list[PrefixGroup]) -> None:
@@ -480,7 +480,13 @@ class BatchGenerator:
 
     # --- the whole batch -----------------------------------------------------------------------
 
-    @torch.inference_mode()
+    @contextmanager
+    def _running(self) -> Iterator[None]:
+        """What every forward of the engine runs in: inference mode, the engine's attention and the
+        fused layers (a CUDA graph captured outside it would replay other kernels)."""
+        with torch.inference_mode(), engine_attention(self.model), fused.active(self.model):
+            yield
+
     def generate(self, rows: list[Row], joining: Joining | None = None) -> list[Row]:
         """Fill in tokens, logprobs, prompt logprobs (echo rows) and finish reasons of every row.
         `joining`: while the rows decode over the static cache, rows it gives join them (continuous
@@ -488,7 +494,7 @@ class BatchGenerator:
         self.last_joined = []
         if not rows:
             return rows
-        with engine_attention(self.model), fused.active(self.model):
+        with self._running():
             return self._generate(rows, joining)
 
     def _generate(self, rows: list[Row], joining: Joining | None = None) -> list[Row]:

@@ -233,39 +233,37 @@ class StaticPlan:
     layers_seen: set[int] = field(default_factory=set)
 
     def attend(self, layer: int, query, key, value, scaling) -> torch.Tensor:
+        if not _varlen_usable(query):
+            return _bucketed_attention(self._portable(layer), layer, query, key, value, scaling)
         q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)  # [tokens, heads, dim]
         keys, values = self.prefix_keys[layer], self.prefix_values[layer]
-        if _varlen_usable(query):
-            out, lse = _flash_varlen(q, k, v, self.own, self.max_own, self.own, self.max_own, True, scaling)
-            pre, pre_lse = _flash_varlen(
-                q, keys, values, self.queries, self.max_queries, self.keys, self.max_keys, False, scaling
-            )
-            # Flash gives a query with no keys out = 0 and lse = +inf; -inf weighs that part exactly 0.
-            pre_lse.masked_fill_(pre_lse.isposinf(), float("-inf"))
-        else:
-            own, queries, prefixes = (list(itertools.pairwise(cuts)) for cuts in self.host)
-            out, lse = _each_part(q, k, v, own, own, True, scaling)
-            pre, pre_lse = _each_part(q, keys, values, queries, prefixes, False, scaling)
+        out, lse = _flash_varlen(q, k, v, self.own, self.max_own, self.own, self.max_own, True, scaling)
+        pre, pre_lse = _flash_varlen(
+            q, keys, values, self.queries, self.max_queries, self.keys, self.max_keys, False, scaling
+        )
+        # Flash gives a query with no keys out = 0 and lse = +inf; -inf weighs that part exactly 0.
+        pre_lse.masked_fill_(pre_lse.isposinf(), float("-inf"))
         fused.merge_into(out, lse, pre, pre_lse)
         return out[None]
 
-
-def _each_part(q, k, v, query_spans, key_spans, causal: bool, scaling):
-    """Sequence by sequence (the CPU; slow, plain): q [tokens, heads, dim] against k, v [keys, kv_heads,
-    dim], sequence i's queries query_spans[i] against its keys key_spans[i]; queries with no keys get
-    out = 0, lse = -inf (no weight when merged)."""
-    group = q.shape[1] // k.shape[1]
-    out = torch.zeros_like(q)
-    lse = torch.full(q.shape[:2], float("-inf"), dtype=torch.float32, device=q.device)
-    for (a, b), (c, d) in zip(query_spans, key_spans, strict=True):
-        if b > a and d > c:
-            keys = k[c:d].repeat_interleave(group, dim=1).transpose(0, 1)[None]
-            values = v[c:d].repeat_interleave(group, dim=1).transpose(0, 1)[None]
-            o, l_ = attend(
-                q[a:b].transpose(0, 1)[None].contiguous(), keys.contiguous(), values.contiguous(), causal, scaling
+    def _portable(self, layer: int) -> PackedPlan:
+        """The same batch as a PackedPlan for the portable path (the CPU): the non-empty rows, and each
+        group with keys reading its prefix from this layer's buffers."""
+        own, queries, keys = (list(itertools.pairwise(cuts)) for cuts in self.host)
+        groups = [
+            (
+                a,
+                b,
+                {
+                    layer: tuple(
+                        t[layer][c:d].transpose(0, 1)[None].contiguous() for t in (self.prefix_keys, self.prefix_values)
+                    )
+                },
             )
-            out[a:b], lse[a:b] = o[0].transpose(0, 1), l_[0].transpose(0, 1)
-    return out, lse
+            for (a, b), (c, d) in zip(queries, keys, strict=True)
+            if b > a and d > c
+        ]
+        return PackedPlan([b - a for a, b in own if b > a], groups, self.own.device)
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):

@@ -192,7 +192,6 @@ class PackedGraphs:
         self.graphs: OrderedDict[Shape, _Graph] = OrderedDict()
         self.failed = False
         self.capturer = cuda_graphs.Capturer(shared_pool=True)  # shapes never replay at the same time
-        self.replays = 0
         self.served = 0  # batches run here
         self.prepared = 0  # graphs captured by `prepare`
         self.prefix_keys: list[torch.Tensor] = []
@@ -338,7 +337,6 @@ class PackedGraphs:
                 return None
             g.graph.replay()
             logits = g.logits
-            self.replays += 1
         if len(g.plan.layers_seen) != len(self.inner.layers):
             log.warning("packed attention was not used by every layer; packed batches run without graphs")
             self.failed = True

@@ -36,10 +36,6 @@ class Stats:
     # Single-token batches that waited for more rows (Scheduler._fill), and how long in all.
     filled_batches: int = 0
     fill_wait_seconds: float = 0.0
-    # Packed batches run as CUDA graph replays, chunk by chunk (packed_graphs.py), and the captures
-    # batches waited for (those made at warm-up not counted).
-    packed_graph_batches: int = 0
-    packed_graph_captures: int = 0
     # Static decode loops: in all, loading each batch's first rows, and rows joining (host seconds).
     decode_seconds: float = 0.0
     decode_start_seconds: float = 0.0
@@ -86,10 +82,6 @@ class Stats:
         with self.lock:
             setattr(self, name, getattr(self, name) + amount)
 
-    def put(self, name: str, value: float) -> None:
-        with self.lock:
-            setattr(self, name, value)
-
     def snapshot(self) -> dict:
         import torch
 
@@ -113,8 +105,6 @@ class Stats:
                 "declined_joins": self.declined_joins,
                 "filled_batches": self.filled_batches,
                 "fill_wait_seconds": round(self.fill_wait_seconds, 6),
-                "packed_graph_batches": self.packed_graph_batches,
-                "packed_graph_captures": self.packed_graph_captures,
                 "decode_seconds": round(self.decode_seconds, 6),
                 "decode_start_seconds": round(self.decode_start_seconds, 6),
                 "decode_join_seconds": round(self.decode_join_seconds, 6),
