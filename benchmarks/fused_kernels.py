@@ -115,6 +115,41 @@ def check_kernels(device: str) -> list[dict]:
                     ("v_cache", caches[1], want_vc),
                 ):
                     out.append(_diff(f"rope_store_{name}", dtype, g, e, used) | {"heads": [heads, kv_heads]})
+        out += check_decode_attention(device, dtype)
+    return out
+
+
+def check_decode_attention(device: str, dtype) -> list[dict]:
+    """The decode step's attention over each row's filled columns against SDPA over the mask the
+    bounds describe; every column outside them holds NaN for the kernel (it must not read them) and
+    zero for SDPA. Sums in another order: compared by their largest difference."""
+    import torch
+
+    from evaluation.engine.server import decode_attention, fused
+
+    out = []
+    device = torch.device(device)
+    for heads, kv_heads, dim, splits in ((8, 2, 16, 1), (8, 2, 16, 3), (32, 32, 128, None), (32, 4, 64, None)):
+        rows, columns, column = 5, 200, 150
+        # a prefix and a suffix; none; an empty suffix (the step's column alone); a long one; a padding row
+        bounds = torch.tensor([[3, 40, 60], [0, 0, 10], [20, 90, column], [0, 0, 0], [0, 0, column]], device=device)
+        q = torch.randn(rows, 1, heads * dim, dtype=dtype, device=device).view(rows, 1, heads, dim).transpose(1, 2)
+        keys, values = (torch.randn(rows, kv_heads, columns, dim, dtype=dtype, device=device) for _ in range(2))
+        filled = decode_attention.bounds_mask(bounds, torch.tensor([column], device=device), columns)
+        for cache in (keys, values):
+            cache.masked_fill_(~filled[:, None, :, None], 0.0)
+        want = decode_attention.attend_torch(q, keys, values, bounds, torch.tensor([column], device=device), dim**-0.5)
+        for cache in (keys, values):
+            cache.masked_fill_(~filled[:, None, :, None], float("nan"))
+        work = decode_attention.Workspace(rows, heads, kv_heads, columns, dim, device, splits=splits)
+        column_t = torch.tensor([column], device=device)
+        got = decode_attention.attend(q, keys, values, bounds, column_t, dim**-0.5, work)
+        used = got is not None and fused._use_triton(q)
+        if got is None:
+            got = want
+        out.append(_diff("decode_attention", dtype, got, want, used) | {
+            "heads": [heads, kv_heads], "splits": work.splits, "finite": bool(torch.isfinite(got).all()),
+        })  # fmt: skip
     return out
 
 
@@ -259,6 +294,67 @@ def time_layers() -> list[dict]:
     return results
 
 
+def _replayed_ms(run) -> float:
+    """One call of `run` captured as a CUDA graph, replayed 50 times: ms a replay."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for _ in range(3):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(50):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 50
+
+
+def time_decode_attention() -> list[dict]:
+    """One layer's decode-step attention, bf16: SDPA through the static decoder's mask (as before
+    session 12) against the kernel over each row's filled columns; the rows' prompts fill about half
+    of the buffer's columns, as a generation batch's do midway. GB/s: the filled keys and values read."""
+    import torch
+
+    from evaluation.engine.server import decode_attention
+    from evaluation.engine.server.attention import grouped_attention
+
+    results = []
+    device = torch.device("cuda")
+    for size, rows, heads, kv_heads, dim, columns in (("6.7b", 24, 32, 32, 128, 384), ("1.1b", 64, 32, 4, 64, 384)):
+        torch.manual_seed(0)
+        q = torch.randn(rows, heads, 1, dim, dtype=torch.bfloat16, device=device)
+        keys, values = (torch.randn(rows, kv_heads, columns, dim, dtype=torch.bfloat16, device=device) for _ in range(2))
+        widths = torch.randint(60, 190, (rows,), device=device)
+        column = torch.tensor([190 + 64], device=device)
+        bounds = torch.stack([torch.zeros_like(widths), torch.zeros_like(widths), 190 - widths], dim=1)
+        mask = decode_attention.bounds_mask(bounds, column, columns)[:, None, None, :]
+        bias = torch.zeros(mask.shape, dtype=torch.bfloat16, device=device).masked_fill_(~mask, float("-inf"))
+        module = type("Attn", (), {"is_causal": False, "training": False})()
+        work = decode_attention.Workspace(rows, heads, kv_heads, columns, dim, device)
+        with torch.inference_mode():
+            sdpa_ms = _replayed_ms(lambda: grouped_attention(module, q, keys, values, bias, scaling=dim**-0.5))
+            ours_ms = _replayed_ms(
+                lambda: decode_attention.attend(q, keys, values, bounds, column, dim**-0.5, work)
+            )
+            want = grouped_attention(module, q, keys, values, bias, scaling=dim**-0.5)[0]
+            got = decode_attention.attend(q, keys, values, bounds, column, dim**-0.5, work)
+        filled = int(mask.sum()) * kv_heads * dim * 2 * 2
+        results.append({
+            "size": size, "rows": rows, "columns": columns, "filled_share": float(mask.float().mean()),
+            "splits": work.splits, "sdpa_mask_ms": sdpa_ms, "bounds_ms": ours_ms,
+            "bounds_gb_s": filled / ours_ms / 1e6, "max_abs_diff": float((got.float() - want.float()).abs().max()),
+        })  # fmt: skip
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -272,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     report["model"] = {d: check_model(args.device, d) for d in dtypes}
     if not args.check_only and args.device == "cuda":
         report["layers"] = time_layers()
+        report["decode_attention"] = time_decode_attention()
+        for row in report["decode_attention"]:
+            print(f"decode attention {row['size']} {row['rows']} rows: mask {row['sdpa_mask_ms']:.3f} ms, "
+                  f"bounds {row['bounds_ms']:.3f} ms", file=sys.stderr)  # fmt: skip
         for row in report["layers"]:
             print(f"{row['size']} {row['rows']}×{row['tokens']}: HF {row['hf_ms']:.3f} ms, fused "
                   f"{row['fused_ms']:.3f} ms ({row['speedup']:.2f}×)", file=sys.stderr)  # fmt: skip

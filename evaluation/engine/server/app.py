@@ -307,6 +307,7 @@ class ModelService(Frontend):
             if static is None
             else ("static" if not static.use_graphs or static.graph_failed else "cuda-graphs"),
             "graph_captures": static.captures if static is not None else 0,
+            "graph_capture_seconds": round(static.capturer.seconds, 6) if static is not None else 0.0,
         }
         # Packed batches replayed as CUDA graphs, and the captures batches waited for (not the warm-up's).
         graphs = self.generator.graphs

@@ -450,6 +450,7 @@ class Scheduler:
         times = getattr(self.generator, "last_decode_times", None) or {}
         for key, name in (
             ("total", "decode_seconds"),
+            ("prefill", "decode_prefill_seconds"),
             ("start", "decode_start_seconds"),
             ("joins", "decode_join_seconds"),
         ):

@@ -11,6 +11,7 @@ were captured without them (session 11: 8-15 packed shapes an evaluation on an H
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ class Capturer:
     def __init__(self, *, shared_pool: bool):
         self.shared_pool = shared_pool
         self.captures = 0
+        self.seconds = 0.0  # host time in captures, their warm-up forwards included
         self._stream: torch.cuda.Stream | None = None
         self._pool: Any = None
 
@@ -35,6 +37,7 @@ class Capturer:
         self._pool = None
 
     def _capture(self, forward: Callable[[], Any], warm_ups: int) -> tuple[torch.cuda.CUDAGraph, Any]:
+        started = time.perf_counter()
         if self._stream is None:
             self._stream = torch.cuda.Stream()
         if self.shared_pool and self._pool is None:
@@ -51,6 +54,7 @@ class Capturer:
                 graph.capture_end()
         torch.cuda.current_stream().wait_stream(self._stream)
         self.captures += 1
+        self.seconds += time.perf_counter() - started
         return graph, out
 
     def capture(self, forward: Callable[[], Any], *, warm_ups: int = 1) -> tuple[torch.cuda.CUDAGraph, Any] | None:

@@ -445,16 +445,20 @@ def layer_parts(layer: Any, hidden_states: torch.Tensor, pending: torch.Tensor |
         v = v.view(rows, length, -1, attn.head_dim).transpose(1, 2)
         if past is not None:
             k, v = past.update(k, v, attn.layer_idx, {"sin": sin, "cos": cos, "cache_position": cache_position})
-    implementation = attn.config._attn_implementation
-    if implementation == "eager":
-        from importlib import import_module
+    # The static decoder's cache attends over each row's filled columns only (decode_attention.py).
+    attend = getattr(past, "attend", None) if length == 1 else None
+    out = attend(q, attn.layer_idx, attn.scaling) if attend is not None else None
+    if out is None:
+        implementation = attn.config._attn_implementation
+        if implementation == "eager":
+            from importlib import import_module
 
-        interface = import_module(type(attn).__module__).eager_attention_forward
-    else:
-        interface = ALL_ATTENTION_FUNCTIONS[implementation]
-    out, _ = interface(
-        attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling, position_ids=position_ids, **kwargs
-    )
+            interface = import_module(type(attn).__module__).eager_attention_forward
+        else:
+            interface = ALL_ATTENTION_FUNCTIONS[implementation]
+        out, _ = interface(
+            attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling, position_ids=position_ids, **kwargs
+        )
     out = attn.o_proj(out.reshape(rows, length, -1).contiguous())
     post = layer.post_attention_layernorm
     x, residual = rms_norm(out, post.weight, _eps(post), residual=hidden_states)

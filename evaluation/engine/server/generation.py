@@ -300,10 +300,16 @@ class BatchGenerator:
             self.graphs.release()
 
     def prepare_graphs(self) -> None:
-        """Capture the packed batches' graphs now (the server's warm-up), as a batch would run them."""
-        if self.graphs is not None:
-            with self._running():
+        """The server's warm-up: capture the packed batches' graphs as a batch would run them, and
+        compile the decode steps' attention kernels."""
+        with self._running():
+            if self.graphs is not None:
                 self.graphs.prepare()
+            if self.static is not None:
+                weight = next(self.model.parameters())
+                config = self.model.config
+                dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+                self.static.prepare(torch.empty(0, dim, dtype=weight.dtype, device=weight.device))
 
     def _fill_prefixes(self, groups: list[PrefixGroup]) -> None:
         """Prefill (and store) the prefixes no earlier batch stored."""
@@ -498,6 +504,7 @@ class BatchGenerator:
             return self._generate(rows, joining)
 
     def _generate(self, rows: list[Row], joining: Joining | None = None) -> list[Row]:
+        began = time.perf_counter()
         use_cache = any(r.needs_decode for r in rows)
         all_logits = any(r.echo for r in rows)
         # Every position's logits (echo) come from a whole prompt's own forward: nothing shared.
@@ -522,7 +529,7 @@ class BatchGenerator:
         self._choose(last, rows)
         live = rows
         if self.static is not None and cache is not None and any(not r.finished for r in rows):
-            self._decode_static(rows, cache, mask, next_pos, joining)
+            self._decode_static(rows, cache, mask, next_pos, joining, began)
             return rows
         tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in rows], device=self.device)
         while any(not r.finished for r in live):
@@ -550,7 +557,8 @@ class BatchGenerator:
         return rows
 
     def _decode_static(
-        self, rows: list[Row], cache: Any, mask: torch.Tensor, next_pos: torch.Tensor, joining: Joining | None
+        self, rows: list[Row], cache: Any, mask: torch.Tensor, next_pos: torch.Tensor, joining: Joining | None,
+        began: float,
     ) -> None:
         """The decode loop over the static cache: finished rows ride along (their logits are ignored)
         so every step has the shape its graph was captured for, until a joining row takes their slot."""
@@ -560,7 +568,9 @@ class BatchGenerator:
         del cache
         slots = list(rows)
         self._feed(range(len(slots)), slots)
-        times = self.last_decode_times = {"start": time.perf_counter() - started, "joins": 0.0}
+        times = self.last_decode_times = {
+            "prefill": started - began, "start": time.perf_counter() - started, "joins": 0.0
+        }  # fmt: skip
         queued = None  # a greedy step launched and not yet read: (its choices, the slots' rows then)
         while True:
             # A queued step gives every row in it one more token: launch no step that no row needs.

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from evaluation.engine.server import cuda_graphs, fused
+from evaluation.engine.server import cuda_graphs, decode_attention, fused
 from evaluation.engine.server.kv_cache import cache_tensors
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
@@ -59,10 +59,14 @@ def _columns(n: int) -> int:
 
 class _StaticCache:
     """What the model's attention modules see as `past_key_values`: writes the step's key and value
-    at the current column and hands back the whole buffers."""
+    at the current column and hands back the whole buffers; `attend` (fused layers) reads only each
+    row's filled columns while `bounded` (decode_attention.py)."""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], column: torch.Tensor):
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], column: torch.Tensor,
+                 bounds: torch.Tensor, work: decode_attention.Workspace | None):  # fmt: skip
         self.keys, self.values, self.column = keys, values, column
+        self.bounds, self.work = bounds, work
+        self.bounded = work is not None
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs: Any = None):
         self.keys[layer_idx].index_copy_(2, self.column, key)
@@ -76,6 +80,13 @@ class _StaticCache:
         if q is None:
             return None
         return q, self.keys[layer_idx], self.values[layer_idx]
+
+    def attend(self, q: torch.Tensor, layer_idx: int, scaling: float) -> torch.Tensor | None:
+        """The step's attention output [rows, 1, heads, dim], or None: attend through the mask."""
+        if not self.bounded:
+            return None
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        return decode_attention.attend(q, keys, values, self.bounds, self.column, scaling, self.work)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:  # asked by some attention code paths
         return int(self.keys[layer_idx].shape[2])
@@ -102,7 +113,13 @@ class _Buffers:
         self.chosen = torch.zeros(3, rows, dtype=torch.float64, device=device)
         self.positions = torch.zeros(rows, dtype=torch.long, device=device)
         self.column = torch.zeros(1, dtype=torch.long, device=device)
-        self.cache = _StaticCache(self.keys, self.values, self.column)
+        # Each row's filled columns (decode_attention.row_bounds), beside the mask that says the same.
+        self.bounds = torch.zeros(rows, 3, dtype=torch.long, device=device)
+        work = None
+        if decode_attention.applies(like[0], model):
+            heads = model.config.num_attention_heads
+            work = decode_attention.Workspace(rows, heads, kv_heads, columns, head_dim, device)
+        self.cache = _StaticCache(self.keys, self.values, self.column, self.bounds, work)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
 
@@ -186,6 +203,10 @@ class StaticDecoder:
         b.column.add_(1)
         return logits
 
+    def prepare(self, like: torch.Tensor) -> None:
+        """The server's warm-up: compile the kernels of steps attending by bounds (decode_attention)."""
+        decode_attention.prepare(self.model, like)
+
     @property
     def captures(self) -> int:
         return self.capturer.captures
@@ -196,7 +217,8 @@ class StaticDecoder:
         """Buffers of this shape, with their graph: the current ones, or new ones (whose contents the
         caller must fill: the capture's warm-up steps write into them)."""
         b = self.buffers
-        if b is not None and b.rows == bucket and b.columns == columns:
+        graphs = self.use_graphs and not self.graph_failed
+        if b is not None and b.rows == bucket and b.columns == columns and (b.graph is not None or not graphs):
             return b
         if self.use_graphs and not self.graph_failed:
             # A queued step of the old shape may still run; the old graph and buffers go once this
@@ -223,6 +245,8 @@ class StaticDecoder:
         if self.buffers is not None and (self.buffers.rows, self.buffers.columns) != (bucket, columns):
             self.buffers = None  # one shape at a time: the budget of a small track has no room for several caches
         b = self.buffers = self._shape(bucket, columns)
+        if b.graph is None:  # eager steps: a batch before may have turned the bounds off
+            b.cache.bounded = b.cache.work is not None
         for (k, v), bk, bv in zip(layers, b.keys, b.values, strict=True):
             bk[:rows, :, :width].copy_(k)
             bv[:rows, :, :width].copy_(v)
@@ -233,6 +257,11 @@ class StaticDecoder:
         b.mask.zero_()
         b.mask[:rows, 0, 0, :width].copy_(mask.bool())
         b.mask[rows:, 0, 0, 0] = True  # bucket padding rows attend somewhere, so their softmax is finite
+        bounds, fits = decode_attention.row_bounds(mask)
+        b.bounds[:rows].copy_(bounds)
+        b.bounds[rows:] = torch.tensor([0, 0, width])  # padding rows: their own steps' columns
+        if not fits:
+            self._unbounded(b)
         b.positions.zero_()
         b.positions[:rows].copy_(next_positions)
         b.column.fill_(width)
@@ -277,6 +306,10 @@ class StaticDecoder:
         row_mask = torch.zeros(rows, 1, 1, columns, dtype=torch.bool, device=b.mask.device)
         row_mask[:, 0, 0, start : self.column] = mask.bool()
         b.mask.index_copy_(0, index, row_mask)
+        bounds, fits = decode_attention.row_bounds(mask)
+        b.bounds.index_copy_(0, index, bounds + start)
+        if not fits:
+            self._unbounded(b)
         b.positions.index_copy_(0, index, next_positions.to(b.positions.dtype))
         self.rows, self.end = used, end
 
@@ -295,11 +328,23 @@ class StaticDecoder:
             target.zero_()
             target[:rows].narrow(dim, shift, width).copy_(part)
         new.mask[rows:, 0, 0, 0] = True
+        bounds = old.bounds[:rows] + shift
+        new.bounds[:rows].copy_(bounds)
+        new.bounds[rows:] = torch.tensor([0, 0, width + shift])
+        if not old.cache.bounded:
+            self._unbounded(new)
         if new is not old:
             new.positions[:rows].copy_(old.positions[:rows])
             new.tokens[:rows].copy_(old.tokens[:rows])  # the next step's inputs of queued greedy steps
         new.column.fill_(width + shift)
         return new
+
+    def _unbounded(self, b: _Buffers) -> None:
+        """A row whose mask the bounds cannot describe: this batch attends through the mask, eagerly (its
+        graph attends by bounds; the next batch's shape gets a graph of its own)."""
+        if b.cache.bounded:
+            b.cache.bounded = False
+            b.graph = b.logits = None
 
     @torch.inference_mode()
     def step(self, tokens: list[int]) -> torch.Tensor:

@@ -36,8 +36,10 @@ class Stats:
     # Single-token batches that waited for more rows (Scheduler._fill), and how long in all.
     filled_batches: int = 0
     fill_wait_seconds: float = 0.0
-    # Static decode loops: in all, loading each batch's first rows, and rows joining (host seconds).
+    # Static decode loops: in all, loading each batch's first rows, and rows joining (host seconds);
+    # and the prefills of those first rows before their loop.
     decode_seconds: float = 0.0
+    decode_prefill_seconds: float = 0.0
     decode_start_seconds: float = 0.0
     decode_join_seconds: float = 0.0
     busy_seconds: float = 0.0
@@ -107,6 +109,7 @@ class Stats:
                 "fill_wait_seconds": round(self.fill_wait_seconds, 6),
                 "decode_seconds": round(self.decode_seconds, 6),
                 "decode_start_seconds": round(self.decode_start_seconds, 6),
+                "decode_prefill_seconds": round(self.decode_prefill_seconds, 6),
                 "decode_join_seconds": round(self.decode_join_seconds, 6),
                 "busy_seconds": round(self.busy_seconds, 6),
                 "model_cpu_seconds": round(self.model_cpu_seconds, 6),

@@ -1,0 +1,224 @@
+"""A static decode step's attention over each row's filled columns only.
+
+The static decoder's cache has one fixed number of columns per batch (static_decode.py): room for
+the widest prompt and the most new tokens, so that one captured graph serves every step. Attending
+through a mask, every step read every column of every row: columns no step has written yet, the
+left padding of shorter prompts, the row bucket's padding rows, and the mask. Here a row's keys are
+described by three numbers held on the GPU (`bounds`): its stored prefix's columns [a1, b1) and its
+own tokens' [a2, column], `column` being the step's own (a device tensor too). Every row's mask has
+that shape, as the prefill builds it (a prefix right-aligned to a common width, then the suffix
+padded on the left, then the new tokens); `row_bounds` checks it and the decoder keeps the mask for
+a batch whose rows do not. So the graph captured once reads, at each replay, the columns the step
+needs and no more.
+
+The kernel splits each row's columns among `splits` programs per key/value head (more of them when
+a batch has few rows, so that the GPU's SMs all work), each with the query heads of its group as the
+rows of one product, then merges the parts by their log-sum-exp. The same sums as any attention, in
+another order: a bf16 step's values differ from SDPA's by rounding. Triton on CUDA for half
+precision; `attend_torch` is the same attention through SDPA and the mask the bounds describe (the
+tests' reference, and the decoder's path when `everywhere` is set on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from evaluation.engine.server import fused
+
+BLOCK_N = 64
+MAX_SPLITS = 16
+everywhere = False  # tests: the torch reference wherever the kernel would not run (CPU, fp32)
+
+if fused.triton is not None:
+    import triton
+    import triton.language as tl
+
+    # `splits` varies with a batch's rows: a number, not a constant, or every new count would compile a
+    # kernel of its own inside a batch (session 12: 0.65-0.9 s of a 1.1 B evaluation's first captures).
+    @triton.jit(do_not_specialize=["splits"])
+    def _attend_kernel(
+        q_ptr, k_ptr, v_ptr, bounds_ptr, col_ptr, out_ptr, part_ptr, lse_ptr,
+        q_row, q_head, k_row, k_head, v_row, v_head, out_row, out_head, heads, scale, splits,
+        GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0).to(tl.int64)
+        kv = tl.program_id(1)
+        split = tl.program_id(2)
+        a1 = tl.load(bounds_ptr + row * 3).to(tl.int32)
+        b1 = tl.load(bounds_ptr + row * 3 + 1).to(tl.int32)
+        a2 = tl.load(bounds_ptr + row * 3 + 2).to(tl.int32)
+        n1 = b1 - a1
+        # The row's keys: its prefix's, then its own up to the step's column.
+        n = n1 + tl.load(col_ptr).to(tl.int32) - a2 + 1
+        per = tl.cdiv(tl.cdiv(n, splits), BLOCK) * BLOCK
+        lo = split * per
+        hi = tl.minimum(n, lo + per)
+        g = tl.arange(0, G_PAD)
+        d = tl.arange(0, DIM)
+        head = kv * GROUP + g
+        in_group = g < GROUP
+        q = tl.load(q_ptr + row * q_row + head[:, None] * q_head + d[None, :], mask=in_group[:, None], other=0.0)
+        k_base = k_ptr + row * k_row + kv * k_head
+        v_base = v_ptr + row * v_row + kv * v_head
+        m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+        l_i = tl.zeros([G_PAD], tl.float32)
+        acc = tl.zeros([G_PAD, DIM], tl.float32)
+        for start in range(lo, hi, BLOCK):
+            j = start + tl.arange(0, BLOCK)
+            valid = j < hi
+            column = tl.where(j < n1, a1 + j, a2 + j - n1).to(tl.int64)
+            k = tl.load(k_base + column[:, None] * DIM + d[None, :], mask=valid[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.where(valid[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the block's first key is valid
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(v_base + column[:, None] * DIM + d[None, :], mask=valid[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        empty = l_i == 0.0  # a split past the row's last key
+        l_i = tl.where(empty, 1.0, l_i)
+        o = acc / l_i[:, None]
+        if ONE:  # one split a row: the output itself
+            out = out_ptr + row * out_row + head[:, None] * out_head + d[None, :]
+            tl.store(out, o.to(out_ptr.dtype.element_ty), mask=in_group[:, None])
+        else:
+            part = (row * heads + head) * splits + split
+            tl.store(lse_ptr + part, tl.where(empty, float("-inf"), m_i + tl.log(l_i)), mask=in_group)
+            tl.store(part_ptr + part[:, None] * DIM + d[None, :], o, mask=in_group[:, None])
+
+    @triton.jit(do_not_specialize=["splits"])
+    def _merge_splits_kernel(
+        part_ptr, lse_ptr, out_ptr, out_row, out_head, heads, splits, S_PAD: tl.constexpr, DIM: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0).to(tl.int64)
+        head = tl.program_id(1)
+        s = tl.arange(0, S_PAD)
+        d = tl.arange(0, DIM)
+        first = (row * heads + head) * splits
+        lse = tl.load(lse_ptr + first + s, mask=s < splits, other=float("-inf"))
+        weight = tl.exp(lse - tl.max(lse, 0))  # an empty split's -inf weighs 0
+        part = tl.load(part_ptr + (first + s)[:, None] * DIM + d[None, :], mask=(s < splits)[:, None], other=0.0)
+        o = tl.sum(weight[:, None] * part, 0) / tl.sum(weight, 0)
+        tl.store(out_ptr + row * out_row + head * out_head + d, o.to(out_ptr.dtype.element_ty))
+
+
+def applies(like: torch.Tensor, model) -> bool:
+    """Whether a static decoder of this cache (its dtype and device) and model attends by bounds: the
+    fused layers call `attend`, and the kernel runs (CUDA, half precision) or `everywhere` is set.
+    `ENGINE_BOUNDED_DECODE=0` keeps the mask (benchmarks compare the two)."""
+    if os.environ.get("ENGINE_BOUNDED_DECODE", "1") == "0":
+        return False
+    return fused.runs_fused(model) and (everywhere or fused._use_triton(like))
+
+
+def row_bounds(mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(bounds [rows, 3] int64: a1, b1, a2 per row, whether every row's mask [rows, width] has the
+    shape they describe: ones at [a1, b1) and from a2 to its end, zeros elsewhere). One host sync."""
+    mask = mask.bool()
+    rows, width = mask.shape
+    columns = torch.arange(width, device=mask.device)
+    # a2: where the row's last run of ones starts (width when its last column is masked).
+    trailing = mask.flip(1).long().cumprod(1).sum(1)
+    a2 = width - trailing
+    before = mask & (columns[None, :] < a2[:, None])
+    count = before.sum(1)
+    a1 = torch.where(before, columns[None, :], width).amin(1)
+    b1 = torch.where(before, columns[None, :] + 1, 0).amax(1)
+    a1 = torch.where(count > 0, a1, 0)
+    b1 = torch.where(count > 0, b1, 0)
+    fits = bool((count == b1 - a1).all()) if rows else True
+    return torch.stack([a1, b1, a2], dim=1), fits
+
+
+def bounds_mask(bounds: torch.Tensor, column: torch.Tensor, columns: int) -> torch.Tensor:
+    """The [rows, columns] boolean mask `bounds` describe at the step writing `column`."""
+    a1, b1, a2 = (bounds[:, i : i + 1] for i in range(3))
+    at = torch.arange(columns, device=bounds.device)[None, :]
+    return ((at >= a1) & (at < b1)) | ((at >= a2) & (at <= column.reshape(1, 1)))
+
+
+def attend_torch(q, keys, values, bounds, column, scaling) -> torch.Tensor:
+    """The reference: q [rows, heads, 1, dim], caches [rows, kv_heads, columns, dim]; [rows, 1, heads, dim]."""
+    rows, heads, _, dim = q.shape
+    kv_heads, columns = keys.shape[1], keys.shape[2]
+    mask = bounds_mask(bounds, column, columns)[:, None, None, :]
+    grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scaling)
+    return out.reshape(rows, 1, heads, dim)
+
+
+def splits_for(rows: int, kv_heads: int, columns: int, device: torch.device) -> int:
+    """Programs per row and key/value head: about two per SM over the batch, no more than its blocks."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    wanted = -(-2 * sms // max(rows * kv_heads, 1))
+    return max(1, min(MAX_SPLITS, wanted, -(-columns // BLOCK_N)))
+
+
+def prepare(model, like: torch.Tensor) -> None:
+    """Compile (or load from Triton's cache) the kernels this model's steps will run, both ways (one
+    split and several): the server's warm-up calls it, so no batch waits for a compilation."""
+    if not applies(like, model) or not fused._use_triton(like):
+        return
+    config = model.config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    dim = like.shape[-1]
+    q = torch.zeros(1, heads, 1, dim, dtype=like.dtype, device=like.device)
+    keys = torch.zeros(1, kv_heads, 2 * BLOCK_N, dim, dtype=like.dtype, device=like.device)
+    bounds = torch.zeros(1, 3, dtype=torch.long, device=like.device)
+    column = torch.tensor([BLOCK_N], device=like.device)
+    for splits in (1, 2):
+        work = Workspace(1, heads, kv_heads, 2 * BLOCK_N, dim, like.device, splits=splits)
+        attend(q, keys, keys, bounds, column, dim**-0.5, work)
+
+
+class Workspace:
+    """The splits' partial outputs and log-sum-exps, one set for every layer of a step (they run in turn)."""
+
+    def __init__(self, rows: int, heads: int, kv_heads: int, columns: int, dim: int, device: torch.device,
+                 splits: int | None = None):  # fmt: skip
+        self.splits = splits or splits_for(rows, kv_heads, columns, device)
+        self.part = torch.empty(rows, heads, self.splits, dim, dtype=torch.float32, device=device)
+        self.lse = torch.empty(rows, heads, self.splits, dtype=torch.float32, device=device)
+
+
+def _fits(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
+    rows, heads, length, dim = q.shape
+    kv_heads = keys.shape[1]
+    return (
+        length == 1 and heads % kv_heads == 0 and keys.shape == values.shape and keys.is_contiguous()
+        and values.is_contiguous() and q.stride(-1) == 1 and q.dtype == keys.dtype == values.dtype
+    )  # fmt: skip
+
+
+def attend(q, keys, values, bounds, column, scaling, work: Workspace | None) -> torch.Tensor | None:
+    """The step's attention output [rows, 1, heads, dim], or None where neither the kernel nor (with
+    `everywhere`) the reference applies: the caller then attends through the mask."""
+    if work is None or not _fits(q, keys, values):
+        return None
+    rows, heads, _, dim = q.shape
+    if not fused._use_triton(q) or dim not in (16, 32, 64, 128, 256):  # the kernel's products: 16 and up
+        return attend_torch(q, keys, values, bounds, column, scaling) if everywhere else None
+    kv_heads = keys.shape[1]
+    group = heads // kv_heads
+    splits = work.splits
+    out = torch.empty(rows, 1, heads, dim, dtype=q.dtype, device=q.device)
+
+    def launch():
+        _attend_kernel[(rows, kv_heads, splits)](
+            q, keys, values, bounds, column, out, work.part, work.lse,
+            q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
+            out.stride(0), out.stride(2), heads, float(scaling), splits,
+            GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=BLOCK_N, ONE=splits == 1,
+        )  # fmt: skip
+        if splits > 1:
+            _merge_splits_kernel[(rows, heads)](
+                work.part, work.lse, out, out.stride(0), out.stride(2), heads, splits, S_PAD=MAX_SPLITS, DIM=dim,
+            )  # fmt: skip
+        return out
+
+    return fused._run_kernel(launch, lambda: None)

@@ -1,0 +1,141 @@
+"""Static decode steps that attend over each row's filled columns (decode_attention.py): the bounds say
+what the mask says, and decoding through them gives `generate`'s tokens (fp32 on the CPU through the
+torch reference, fused layers on). The Triton kernel itself is checked against that reference under
+Triton's interpreter (test_fused.test_kernels_under_tritons_interpreter) and compiled for a GPU there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evaluation.engine.server import decode_attention
+from evaluation.engine.server.generation import BatchGenerator
+from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_like_generate, rows_for
+from tests.engine.test_joining import Arrivals
+
+
+@pytest.fixture
+def bounded(monkeypatch):
+    """Fused layers, bounded attention on the CPU, and a count of the steps' attention calls by bounds."""
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    monkeypatch.setattr(decode_attention, "everywhere", True)
+    calls = []
+    reference = decode_attention.attend_torch
+
+    def counted(*args, **kwargs):
+        calls.append(args[3].shape[0])
+        return reference(*args, **kwargs)
+
+    monkeypatch.setattr(decode_attention, "attend_torch", counted)
+    return calls
+
+
+def _load(folder):
+    from evaluation.engine.loading import load_model
+
+    return load_model(folder, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def grouped_dir(tmp_path_factory):
+    from evaluation.engine.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gqa-bounds"), "llama", seed=4, num_heads=8, num_kv_heads=2)
+
+
+def test_bounds_describe_the_masks_a_prefill_builds():
+    masks = torch.tensor([
+        [0, 0, 1, 1, 0, 1, 1],  # a prefix right-aligned to the shared width, then a left-padded suffix
+        [1, 1, 1, 1, 1, 1, 1],  # no padding
+        [0, 0, 0, 0, 1, 1, 1],  # a left-padded prompt with no prefix
+        [0, 1, 1, 0, 0, 0, 0],  # a prefix and an empty suffix: its own tokens start at the step's column
+    ])  # fmt: skip
+    bounds, fits = decode_attention.row_bounds(masks)
+    assert fits
+    assert bounds.tolist() == [[2, 4, 5], [0, 0, 0], [0, 0, 4], [1, 3, 7]]
+    # At the last prompt column the bounds give the mask back; a step's column opens for every row.
+    last = decode_attention.bounds_mask(bounds, torch.tensor([6]), 8)
+    assert torch.equal(last[:, :7], masks.bool()) and not last[:, 7].any()
+    step = decode_attention.bounds_mask(bounds, torch.tensor([7]), 8)
+    assert step[:, 7].all()
+
+
+def test_a_mask_of_three_runs_does_not_fit():
+    assert decode_attention.row_bounds(torch.tensor([[0, 1, 0, 1], [1, 0, 1, 1], [1, 0, 0, 1]]))[1]
+    assert not decode_attention.row_bounds(torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 0, 1]]))[1]
+    assert not decode_attention.row_bounds(torch.tensor([[1, 1, 0, 1, 0]]))[1]  # a gap at the end
+
+
+def test_bounded_steps_equal_generate_with_padding_rows_and_shared_prefixes(tiny_llama_dir, bounded):
+    llama = _load(tiny_llama_dir)
+    model, tokenizer = llama.model, llama.tokenizer
+    rows = rows_for(tokenizer, PROMPTS, max_new_tokens=10) + rows_for(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=7)
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    generator.generate(rows[:6])  # six rows in a bucket of eight
+    generator.generate(rows[6:])  # a stored prefix, each row's suffix padded on the left
+    assert generator.last_shared_prefix >= 16
+    assert generator.static.buffers.cache.bounded
+    # Every layer of every step attended by bounds.
+    assert len(bounded) >= model.config.num_hidden_layers * (generator.last_decode_steps + 9)
+    assert_like_generate(model, tokenizer, rows)
+
+
+def test_joining_rows_and_the_running_rows_shifted_right_keep_their_bounds(tiny_llama_dir, bounded):
+    llama = _load(tiny_llama_dir)
+    model, tokenizer = llama.model, llama.tokenizer
+    first = rows_for(tokenizer, PROMPTS[:3], max_new_tokens=10)
+    later = rows_for(tokenizer, PROMPTS[3:], max_new_tokens=12)  # wider: the running rows move right
+    prefixed = rows_for(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=6)
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    generator.generate(first, Arrivals({2: later, 5: prefixed}))
+    assert len(generator.last_joined) == len(later) + len(prefixed)
+    assert generator.static.buffers.cache.bounded and bounded
+    assert_like_generate(model, tokenizer, first + later + prefixed)
+
+
+def test_grouped_query_model_attends_by_bounds(grouped_dir, bounded):
+    loaded = _load(grouped_dir)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    rows = rows_for(tokenizer, FEW_SHOT_PROMPTS + PROMPTS[:2], max_new_tokens=8)
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    generator.generate(rows[:2], Arrivals({3: rows[2:]}))
+    assert bounded
+    assert_like_generate(model, tokenizer, rows)
+
+
+def test_a_row_the_bounds_cannot_describe_attends_through_the_mask(tiny_llama_dir, bounded, monkeypatch):
+    llama = _load(tiny_llama_dir)
+    model, tokenizer = llama.model, llama.tokenizer
+    first = rows_for(tokenizer, PROMPTS[:3], max_new_tokens=8)
+    later = rows_for(tokenizer, PROMPTS[3:5], max_new_tokens=8)
+    real = decode_attention.row_bounds
+    seen = []
+
+    def second_does_not_fit(mask):
+        bounds, fits = real(mask)
+        seen.append(mask.shape)
+        return bounds, fits and len(seen) == 1
+
+    monkeypatch.setattr(decode_attention, "row_bounds", second_does_not_fit)
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    generator.generate(first, Arrivals({2: later}))
+    assert len(seen) == 2 and not generator.static.buffers.cache.bounded
+    calls = len(bounded)
+    assert calls  # steps before the join attended by bounds, the later ones through the mask
+    assert_like_generate(model, tokenizer, first + later)
+    # The next batch of the same shape attends by bounds again.
+    monkeypatch.setattr(decode_attention, "row_bounds", real)
+    again = rows_for(tokenizer, PROMPTS[:3], max_new_tokens=8)
+    generator.generate(again)
+    assert generator.static.buffers.cache.bounded and len(bounded) > calls
+    assert_like_generate(model, tokenizer, again)
+
+
+def test_without_the_kernel_or_the_setting_the_mask_serves(tiny_llama_dir, monkeypatch):
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    llama = _load(tiny_llama_dir)
+    rows = rows_for(llama.tokenizer, PROMPTS[:3], max_new_tokens=4)
+    generator = BatchGenerator(llama.model, llama.tokenizer, decode="static")
+    generator.generate(rows)  # fp32 on the CPU: no kernel, and `everywhere` is off
+    assert not generator.static.buffers.cache.bounded
+    assert_like_generate(llama.model, llama.tokenizer, rows)
