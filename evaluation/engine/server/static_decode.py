@@ -10,7 +10,8 @@ decoder layers, norm and head modules; only the cache (written at one column, si
 on the left) and the attention mask (kept as a boolean [rows, 1, 1, columns], handed to the layers
 as the additive bias SDPA would make of it) are ours, and for
 grouped-query models the attention call, as in every forward of the engine (attention.py). Masked
-columns weigh exactly zero, so the extra columns change nothing but rounding. Model types whose decoder layers
+columns weigh exactly zero, so the extra columns change nothing but rounding. Fused steps on a GPU
+attend over each row's filled columns only (decode_attention.py: `bounds` say the same as the mask). Model types whose decoder layers
 need more than that (sliding windows, scaled embeddings, extra norms) keep the dynamic path.
 """
 
