@@ -16,6 +16,7 @@ Prints one JSON line; writes results.json to --out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -331,7 +332,9 @@ def time_decode_attention() -> list[dict]:
     for size, rows, heads, kv_heads, dim, columns in (("6.7b", 24, 32, 32, 128, 384), ("1.1b", 64, 32, 4, 64, 384)):
         torch.manual_seed(0)
         q = torch.randn(rows, heads, 1, dim, dtype=torch.bfloat16, device=device)
-        keys, values = (torch.randn(rows, kv_heads, columns, dim, dtype=torch.bfloat16, device=device) for _ in range(2))
+        keys, values = (
+            torch.randn(rows, kv_heads, columns, dim, dtype=torch.bfloat16, device=device) for _ in range(2)
+        )
         widths = torch.randint(60, 190, (rows,), device=device)
         column = torch.tensor([190 + 64], device=device)
         bounds = torch.stack([torch.zeros_like(widths), torch.zeros_like(widths), 190 - widths], dim=1)
@@ -340,12 +343,10 @@ def time_decode_attention() -> list[dict]:
         module = type("Attn", (), {"is_causal": False, "training": False})()
         work = decode_attention.Workspace(rows, heads, kv_heads, columns, dim, device)
         with torch.inference_mode():
-            sdpa_ms = _replayed_ms(lambda: grouped_attention(module, q, keys, values, bias, scaling=dim**-0.5))
-            ours_ms = _replayed_ms(
-                lambda: decode_attention.attend(q, keys, values, bounds, column, dim**-0.5, work)
-            )
-            want = grouped_attention(module, q, keys, values, bias, scaling=dim**-0.5)[0]
-            got = decode_attention.attend(q, keys, values, bounds, column, dim**-0.5, work)
+            masked = functools.partial(grouped_attention, module, q, keys, values, bias, scaling=dim**-0.5)
+            by_bounds = functools.partial(decode_attention.attend, q, keys, values, bounds, column, dim**-0.5, work)
+            sdpa_ms, ours_ms = _replayed_ms(masked), _replayed_ms(by_bounds)
+            want, got = masked()[0], by_bounds()
         filled = int(mask.sum()) * kv_heads * dim * 2 * 2
         results.append({
             "size": size, "rows": rows, "columns": columns, "filled_share": float(mask.float().mean()),

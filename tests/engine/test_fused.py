@@ -313,9 +313,14 @@ KERNELS = {  # name: (signature of its tensors and numbers, constexprs)
 
 
 def _attend_signature():
-    pointers = dict.fromkeys(("q_ptr", "k_ptr", "v_ptr", "out_ptr"), "*bf16") | {"bounds_ptr": "*i64", "col_ptr": "*i64"}
+    pointers = dict.fromkeys(("q_ptr", "k_ptr", "v_ptr", "out_ptr"), "*bf16") | {
+        "bounds_ptr": "*i64",
+        "col_ptr": "*i64",
+    }
     pointers |= {"part_ptr": "*fp32", "lse_ptr": "*fp32"}
-    ints = dict.fromkeys(("q_row", "q_head", "k_row", "k_head", "v_row", "v_head", "out_row", "out_head", "heads"), "i32")
+    ints = dict.fromkeys(
+        ("q_row", "q_head", "k_row", "k_head", "v_row", "v_head", "out_row", "out_head", "heads"), "i32"
+    )
     return pointers | ints | {"scale": "fp32", "splits": "i32"}
 
 

@@ -189,6 +189,9 @@ def test_requests_arriving_during_a_decode_batch_join_it_and_each_is_answered_wh
     assert 0 < snapshot["decode_start_seconds"] and 0 < snapshot["decode_join_seconds"]
     assert snapshot["decode_start_seconds"] + snapshot["decode_join_seconds"] < snapshot["decode_seconds"]
     assert snapshot["decode_seconds"] <= snapshot["busy_seconds"]
+    # The first rows' prefill, before the loop: inside the batch's busy time, outside the loop's.
+    assert 0 < snapshot["decode_prefill_seconds"]
+    assert snapshot["decode_prefill_seconds"] + snapshot["decode_seconds"] <= snapshot["busy_seconds"]
 
 
 def test_nothing_joins_while_other_work_waits(llama):

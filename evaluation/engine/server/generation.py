@@ -557,7 +557,12 @@ class BatchGenerator:
         return rows
 
     def _decode_static(
-        self, rows: list[Row], cache: Any, mask: torch.Tensor, next_pos: torch.Tensor, joining: Joining | None,
+        self,
+        rows: list[Row],
+        cache: Any,
+        mask: torch.Tensor,
+        next_pos: torch.Tensor,
+        joining: Joining | None,
         began: float,
     ) -> None:
         """The decode loop over the static cache: finished rows ride along (their logits are ignored)

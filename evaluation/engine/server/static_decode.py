@@ -218,8 +218,7 @@ class StaticDecoder:
         """Buffers of this shape, with their graph: the current ones, or new ones (whose contents the
         caller must fill: the capture's warm-up steps write into them)."""
         b = self.buffers
-        graphs = self.use_graphs and not self.graph_failed
-        if b is not None and b.rows == bucket and b.columns == columns and (b.graph is not None or not graphs):
+        if b is not None and b.rows == bucket and b.columns == columns:
             return b
         if self.use_graphs and not self.graph_failed:
             # A queued step of the old shape may still run; the old graph and buffers go once this
@@ -243,8 +242,11 @@ class StaticDecoder:
         self._layers = len(layers)
         rows, width = mask.shape
         bucket, columns = row_bucket(rows), _columns(width + max_new_tokens)
-        if self.buffers is not None and (self.buffers.rows, self.buffers.columns) != (bucket, columns):
-            self.buffers = None  # one shape at a time: the budget of a small track has no room for several caches
+        old = self.buffers
+        dropped_graph = old is not None and old.graph is None and self.use_graphs and not self.graph_failed
+        if old is not None and ((old.rows, old.columns) != (bucket, columns) or dropped_graph):
+            # One shape at a time: the budget of a small track has no room for several caches.
+            self.buffers = None
         b = self.buffers = self._shape(bucket, columns)
         if b.graph is None:  # eager steps: a batch before may have turned the bounds off
             b.cache.bounded = b.cache.work is not None
