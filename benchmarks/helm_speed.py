@@ -519,8 +519,8 @@ def render(results: dict) -> str:
         "| model | suite | mode | budget (GB) | wall (s) | speed-up vs A | prompt tok/s | output tok/s | MFU | "
         "bandwidth share | peak GPU memory (GB) | same predictions as A | worst metric diff vs A (points) | "
         "same predictions as fp32 | server load + warm-up (s) | busy (s) | batches × mean rows | "
-        "packed graph batches / captures | mean latency (s) |",
-        "| --- " * 19 + "|",
+        "packed graph batches / captures | mean latency (s) | decode prefill / start / joins / captures (s) |",
+        "| --- " * 20 + "|",
     ]
 
     def same_as(agree: dict | None) -> str:
@@ -552,15 +552,22 @@ def steps_share(eff: dict) -> str:
 
 def server_columns(stats: dict | None) -> str:
     """The server's busy time, its batches, the packed batches replayed as graphs and the captures they
-    waited for, and the mean request latency (empty for A and B, which have no such server)."""
+    waited for, the mean request latency, and for decoding runs where the decode batches' time beside
+    their steps went: the first rows' prefill, loading them, the joins, the graph captures (within the
+    two before); empty for A and B, which have no such server."""
     if not stats:
-        return " | | |"
+        return " | | | |"
     latency = (stats.get("latency_seconds") or {}).get("mean")
+    decode = ""
+    if stats.get("decode_seconds"):
+        parts = [stats.get(f"decode_{name}_seconds") for name in ("prefill", "start", "join")]
+        parts.append((stats.get("decode") or {}).get("graph_capture_seconds"))
+        decode = " / ".join(fmt(part, ".2f") for part in parts)
     return (
         f"{fmt(stats.get('busy_seconds'), '.2f')} | "
         f"{stats.get('batches', '–')} × {fmt(stats.get('mean_batch_rows'), '.0f')} | "
         f"{stats.get('packed_graph_batches', '–')} / {stats.get('packed_graph_captures', '–')} | "
-        f"{fmt(latency, '.3f')}"
+        f"{fmt(latency, '.3f')} | {decode}"
     )
 
 
