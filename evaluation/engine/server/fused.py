@@ -31,6 +31,8 @@ The static decoder's steps (static_decode.py) go further, with the same rounding
 leaves each layer's last residual add to the next layer's input-norm kernel (the last layer's to the
 final norm), and `rope_store` has the rotary kernel write a step's rotated keys straight into the cache
 at the step's column and its values beside them (no index_copy_ kernels): three kernels fewer a layer.
+Their attention is the cache's own (`attend`, decode_attention.py): it reads each row's filled columns
+only, not the whole buffer through the mask.
 
 `install` applies to llama, mistral and qwen2 layers without sliding windows whose parts look as
 expected; anything else keeps Hugging Face's layer. Triton kernels on CUDA for half precision;
