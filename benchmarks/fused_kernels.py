@@ -132,19 +132,19 @@ def check_decode_attention(device: str, dtype) -> list[dict]:
     device = torch.device(device)
     for heads, kv_heads, dim, splits in ((8, 2, 16, 1), (8, 2, 16, 3), (32, 32, 128, None), (32, 4, 64, None)):
         rows, columns, column = 5, 200, 150
+        step = torch.tensor([column], device=device)
         # a prefix and a suffix; none; an empty suffix (the step's column alone); a long one; a padding row
         bounds = torch.tensor([[3, 40, 60], [0, 0, 10], [20, 90, column], [0, 0, 0], [0, 0, column]], device=device)
         q = torch.randn(rows, 1, heads * dim, dtype=dtype, device=device).view(rows, 1, heads, dim).transpose(1, 2)
         keys, values = (torch.randn(rows, kv_heads, columns, dim, dtype=dtype, device=device) for _ in range(2))
-        filled = decode_attention.bounds_mask(bounds, torch.tensor([column], device=device), columns)
+        filled = decode_attention.bounds_mask(bounds, step, columns)
         for cache in (keys, values):
             cache.masked_fill_(~filled[:, None, :, None], 0.0)
-        want = decode_attention.attend_torch(q, keys, values, bounds, torch.tensor([column], device=device), dim**-0.5)
+        want = decode_attention.attend_torch(q, keys, values, bounds, step, dim**-0.5)
         for cache in (keys, values):
             cache.masked_fill_(~filled[:, None, :, None], float("nan"))
         work = decode_attention.Workspace(rows, heads, kv_heads, columns, dim, device, splits=splits)
-        column_t = torch.tensor([column], device=device)
-        got = decode_attention.attend(q, keys, values, bounds, column_t, dim**-0.5, work)
+        got = decode_attention.attend(q, keys, values, bounds, step, dim**-0.5, work)
         used = got is not None and fused._use_triton(q)
         if got is None:
             got = want
@@ -268,23 +268,7 @@ def time_layers() -> list[dict]:
                         return layer(x, attention_mask=None, position_ids=positions, position_embeddings=pe)
 
                 with torch.inference_mode():
-                    stream = torch.cuda.Stream()
-                    stream.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(stream):
-                        run()
-                    torch.cuda.current_stream().wait_stream(stream)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph):
-                        outs[name] = run()
-                    for _ in range(3):
-                        graph.replay()
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    for _ in range(20):
-                        graph.replay()
-                    end.record()
-                    torch.cuda.synchronize()
-                row[f"{name}_ms"] = start.elapsed_time(end) / 20
+                    row[f"{name}_ms"], outs[name] = _replayed_ms(run, replays=20)
             fused.switched_on = True
             row["speedup"] = row["hf_ms"] / row["fused_ms"]
             row["max_abs_diff"] = float((outs["hf"].float() - outs["fused"].float()).abs().max())
@@ -295,8 +279,8 @@ def time_layers() -> list[dict]:
     return results
 
 
-def _replayed_ms(run) -> float:
-    """One call of `run` captured as a CUDA graph, replayed 50 times: ms a replay."""
+def _replayed_ms(run, replays: int = 50) -> tuple[float, object]:
+    """One call of `run` captured as a CUDA graph and replayed: (ms a replay, the captured call's output)."""
     import torch
 
     stream = torch.cuda.Stream()
@@ -306,16 +290,16 @@ def _replayed_ms(run) -> float:
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        run()
+        out = run()
     for _ in range(3):
         graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    for _ in range(50):
+    for _ in range(replays):
         graph.replay()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / 50
+    return start.elapsed_time(end) / replays, out
 
 
 def time_decode_attention() -> list[dict]:
@@ -345,7 +329,7 @@ def time_decode_attention() -> list[dict]:
         with torch.inference_mode():
             masked = functools.partial(grouped_attention, module, q, keys, values, bias, scaling=dim**-0.5)
             by_bounds = functools.partial(decode_attention.attend, q, keys, values, bounds, column, dim**-0.5, work)
-            sdpa_ms, ours_ms = _replayed_ms(masked), _replayed_ms(by_bounds)
+            (sdpa_ms, _), (ours_ms, _) = _replayed_ms(masked), _replayed_ms(by_bounds)
             want, got = masked()[0], by_bounds()
         filled = int(mask.sum()) * kv_heads * dim * 2 * 2
         results.append({

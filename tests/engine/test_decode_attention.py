@@ -136,6 +136,7 @@ def test_without_the_kernel_or_the_setting_the_mask_serves(tiny_llama_dir, monke
     llama = _load(tiny_llama_dir)
     rows = rows_for(llama.tokenizer, PROMPTS[:3], max_new_tokens=4)
     generator = BatchGenerator(llama.model, llama.tokenizer, decode="static")
+    generator.prepare_graphs()  # the warm-up: no kernel to compile here
     generator.generate(rows)  # fp32 on the CPU: no kernel, and `everywhere` is off
     assert not generator.static.buffers.cache.bounded
     assert_like_generate(llama.model, llama.tokenizer, rows)

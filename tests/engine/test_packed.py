@@ -16,17 +16,21 @@ from tests.engine.reference import STORE_BYTES, assert_like_generate, forward_to
 from tests.engine.test_prefix_batches import run_prompts
 
 
-@pytest.fixture(scope="module", params=["mha", "gqa"])
-def loaded(request, tmp_path_factory):
-    """Tiny Llama models with as many key/value heads as query heads, and with four times fewer."""
+def tiny_llama(request, tmp_path_factory, seed: int):
+    """A tiny fp32 Llama with as many key/value heads as query heads ("mha") or four times fewer ("gqa")."""
     from evaluation.engine.loading import load_model
     from evaluation.engine.tiny import build_tiny_model
 
     kv_heads = 2 if request.param == "gqa" else None
     folder = build_tiny_model(
-        tmp_path_factory.mktemp(request.param), "llama", seed=3, num_heads=8, num_kv_heads=kv_heads
+        tmp_path_factory.mktemp(request.param), "llama", seed=seed, num_heads=8, num_kv_heads=kv_heads
     )
     return load_model(folder, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module", params=["mha", "gqa"])
+def loaded(request, tmp_path_factory):
+    return tiny_llama(request, tmp_path_factory, seed=3)
 
 
 def reference_attention(q, k, v, causal, scale):

@@ -14,20 +14,13 @@ from evaluation.engine.server import packed_graphs
 from evaluation.engine.server.generation import BatchGenerator
 from evaluation.engine.server.packed_graphs import Shape, chunks_for, layout
 from tests.engine.reference import STORE_BYTES, assert_like_generate, rows_for
-from tests.engine.test_packed import later_layers_skipping_packed_attention
+from tests.engine.test_packed import later_layers_skipping_packed_attention, tiny_llama
 from tests.engine.test_prefix_batches import run_prompts
 
 
 @pytest.fixture(scope="module", params=["mha", "gqa"])
 def loaded(request, tmp_path_factory):
-    from evaluation.engine.loading import load_model
-    from evaluation.engine.tiny import build_tiny_model
-
-    kv_heads = 2 if request.param == "gqa" else None
-    folder = build_tiny_model(
-        tmp_path_factory.mktemp(request.param), "llama", seed=5, num_heads=8, num_kv_heads=kv_heads
-    )
-    return load_model(folder, device="cpu", dtype="float32")
+    return tiny_llama(request, tmp_path_factory, seed=5)
 
 
 @pytest.fixture

@@ -158,15 +158,17 @@ def splits_for(rows: int, kv_heads: int, columns: int, device: torch.device) -> 
     return max(1, min(MAX_SPLITS, wanted, -(-columns // BLOCK_N)))
 
 
-def prepare(model, like: torch.Tensor) -> None:
+def prepare(model) -> None:
     """Compile (or load from Triton's cache) the kernels this model's steps will run, both ways (one
     split and several): the server's warm-up calls it, so no batch waits for a compilation."""
+    weight = next(model.parameters())
+    like = torch.empty(0, dtype=weight.dtype, device=weight.device)
     if not applies(like, model) or not fused._use_triton(like):
         return
     config = model.config
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    dim = like.shape[-1]
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     q = torch.zeros(1, heads, 1, dim, dtype=like.dtype, device=like.device)
     keys = torch.zeros(1, kv_heads, 2 * BLOCK_N, dim, dtype=like.dtype, device=like.device)
     bounds = torch.zeros(1, 3, dtype=torch.long, device=like.device)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from evaluation.engine.server import fused, packed, packed_graphs, static_decode
+from evaluation.engine.server import decode_attention, fused, packed, packed_graphs, static_decode
 from evaluation.engine.server.attention import engine_attention
 from evaluation.engine.server.kv_cache import PrefixStore, cache_tensors, expanded, gathered, map_cache
 from evaluation.engine.server.static_decode import StaticDecoder, greedy_choice
@@ -306,10 +306,7 @@ class BatchGenerator:
             if self.graphs is not None:
                 self.graphs.prepare()
             if self.static is not None:
-                weight = next(self.model.parameters())
-                config = self.model.config
-                dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-                self.static.prepare(torch.empty(0, dim, dtype=weight.dtype, device=weight.device))
+                decode_attention.prepare(self.model)
 
     def _fill_prefixes(self, groups: list[PrefixGroup]) -> None:
         """Prefill (and store) the prefixes no earlier batch stored."""

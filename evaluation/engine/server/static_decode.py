@@ -204,10 +204,6 @@ class StaticDecoder:
         b.column.add_(1)
         return logits
 
-    def prepare(self, like: torch.Tensor) -> None:
-        """The server's warm-up: compile the kernels of steps attending by bounds (decode_attention)."""
-        decode_attention.prepare(self.model, like)
-
     @property
     def captures(self) -> int:
         return self.capturer.captures
