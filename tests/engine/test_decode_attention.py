@@ -140,3 +140,41 @@ def test_without_the_kernel_or_the_setting_the_mask_serves(tiny_llama_dir, monke
     generator.generate(rows)  # fp32 on the CPU: no kernel, and `everywhere` is off
     assert not generator.static.buffers.cache.bounded
     assert_like_generate(llama.model, llama.tokenizer, rows)
+
+
+def test_the_servers_warm_up_steps_run_on_a_one_row_buffer(tiny_llama_dir, bounded):
+    """`StaticDecoder.prepare` runs the first capture's warm-up steps at the server's warm-up: on a GPU
+    on the capture stream (stood in for here: the steps run as they would there)."""
+    from evaluation.engine.server.static_decode import StaticDecoder
+
+    loaded = _load(tiny_llama_dir)
+    generator = BatchGenerator(loaded.model, loaded.tokenizer, decode="static")
+    decoder = StaticDecoder(loaded.model, use_graphs=True)  # no CUDA here: graphs only in name
+    outputs = []
+
+    def warm_up(forward, times=2):
+        outputs.extend(forward() for _ in range(times))
+        decoder.capturer.warmed = True
+
+    decoder.capturer.warm_up = warm_up
+    with generator._running():
+        decoder.prepare()
+        decoder.prepare()  # once is enough
+    assert len(outputs) == 2 and len(bounded) == 2 * len(loaded.model.model.layers)  # by bounds
+    assert all(o.shape == (1, loaded.model.config.vocab_size) and torch.isfinite(o).all() for o in outputs)
+    assert decoder.buffers is None  # nothing kept
+
+
+def test_captures_after_the_warm_up_steps_skip_their_own(monkeypatch):
+    from evaluation.engine.server.cuda_graphs import Capturer
+
+    counts = []
+    capturer = Capturer(shared_pool=False)
+    monkeypatch.setattr(capturer, "_capture", lambda forward, count: counts.append(count) or ("graph", None))
+    capturer.capture(lambda: None, warm_ups=2)
+    assert counts == [2]  # the first capture warms up first
+    fresh = Capturer(shared_pool=False)
+    monkeypatch.setattr(fresh, "_capture", lambda forward, count: counts.append(count) or ("graph", None))
+    fresh.warmed = True
+    fresh.capture(lambda: None, warm_ups=2)
+    assert counts == [2, 0]

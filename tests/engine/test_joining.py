@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from evaluation.engine.server.batching import Limits, Scheduler, Work
-from evaluation.engine.server.generation import BatchGenerator, Row
+from evaluation.engine.server.generation import BatchGenerator, Row, common_prefix_length
 from evaluation.engine.server.stats import Stats
-from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_like_generate, rows_for
+from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_like_generate, forward_tokens, rows_for
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,36 @@ def test_joining_rows_needing_more_columns_and_sharing_a_prefix(llama):
     assert generator.last_shared_prefix >= 16 and generator.last_skipped_tokens > 0
     assert generator.static.buffers.columns > columns[0]
     assert_like_generate(model, tokenizer, first + later)
+
+
+def test_a_decoding_batch_prefills_a_prefix_apart_only_where_it_skips_enough_tokens(llama):
+    """On a GPU a forward of its own for a prefix costs as long as thousands of tokens' work
+    (`decode_prefix_saving`); a generation suite's one-shot prefix saves far less. The first rows and
+    the rows joining them then each take one forward, prefix tokens included, with the same tokens."""
+    model, tokenizer = llama.model, llama.tokenizer
+    first = rows_for(tokenizer, FEW_SHOT_PROMPTS[:2], max_new_tokens=6)
+    later = rows_for(tokenizer, FEW_SHOT_PROMPTS[2:], max_new_tokens=6)
+    prefix = common_prefix_length([r.prompt_ids for r in first + later])
+
+    def passes(saving: int) -> tuple[list[int], BatchGenerator]:
+        generator = BatchGenerator(model, tokenizer, decode="static")
+        generator.decode_prefix_saving = saving
+        rows = first + later
+        for row in rows:
+            row.reset()
+        seen = forward_tokens(model, lambda: generator.generate(rows[:2], Arrivals({1: rows[2:]})))
+        assert _ids(generator.last_joined) == _ids(rows[2:])
+        assert_like_generate(model, tokenizer, rows)
+        return seen, generator
+
+    shared, generator = passes(0)  # the CPU's rule: any prefix worth sharing is
+    assert generator.last_shared_prefix >= 16 and generator.last_skipped_tokens > 0
+    assert shared[0] == generator.last_shared_prefix  # the first rows' prefix, one row's forward
+    own, generator = passes(len(FEW_SHOT_PROMPTS) * prefix)
+    assert generator.last_shared_prefix == 0 and generator.last_skipped_tokens == 0
+    prompts = [len(r.prompt_ids) for r in first]
+    # No prefix forward: the first rows' one forward, then the joining rows' one.
+    assert own[0] == 2 * max(prompts) and len(own) == len(shared) - 1
 
 
 def test_grouped_query_model_rows_joining_twice(grouped):

@@ -291,8 +291,9 @@ class ModelService(Frontend):
 
     def warm_up(self) -> None:
         """One tiny forward so the first real request does not pay for kernel set-up. One token only:
-        a decode step would capture a CUDA graph for one row, a shape later decode batches rarely
-        have (the first decoding batch captures its own), while every evaluation waits for it."""
+        a decode batch would capture a CUDA graph for one row, a shape later decode batches rarely
+        have (the first decoding batch captures its own), while every evaluation waits for it; the
+        decode steps' kernels and their capture stream are warmed without a graph (prepare_graphs)."""
         self.scheduler.run([Row(prompt_ids=list(self.empty_prompt_ids), max_new_tokens=1)])
         self.generator.prepare_graphs()  # while HELM starts, not in the first batches
         # The counters describe the evaluation, not the warm-up.

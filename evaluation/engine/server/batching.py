@@ -17,6 +17,7 @@ import torch
 
 from evaluation.engine.loading import allocator_cap_bytes
 from evaluation.engine.server.generation import (
+    FORWARD_FLOPS,
     MIN_SHARED_PREFIX,
     BatchGenerator,
     Row,
@@ -496,9 +497,8 @@ class Scheduler:
 
 
 # Model FLOPs a single-token batch holds before it starts when ENGINE_FILL_TOKENS=auto: ~30 ms of an
-# H200's matrix rate at the ~70 % a packed forward reaches, about the host's time for one batch of a
-# 1.1 B model (docs/benchmarks.md, session 9's profile): ~6,800 tokens at 1.1 B, ~1,100 at 6.7 B.
-FILL_FLOPS = 15 * 10**12
+# H200's matrix rate at the ~70 % a packed forward reaches, about the host's time for one batch.
+FILL_FLOPS = FORWARD_FLOPS
 
 
 def fill_tokens(params: int, setting: str | None = None) -> int:

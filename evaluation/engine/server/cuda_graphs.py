@@ -5,7 +5,8 @@ Not `torch.cuda.graph()`: on entering it synchronizes, collects garbage and empt
 cache, every capture, and the next forwards then allocate their memory from the driver again. Here
 every capture runs on one stream of its own, and only the first one (or a retry after a failed
 capture) runs warm-up forwards first, for what must not first happen inside a capture; later shapes
-were captured without them (session 11: 8-15 packed shapes an evaluation on an H100).
+were captured without them (session 11: 8-15 packed shapes an evaluation on an H100). `warm_up` runs
+those forwards ahead (the server's warm-up), so that no capture in an evaluation needs them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,19 @@ class Capturer:
         self.seconds = 0.0  # host time in captures, their warm-up forwards included
         self._stream: torch.cuda.Stream | None = None
         self._pool: Any = None
+        self.warmed = False  # warm-up forwards ran on the stream (warm_up): no capture needs them
+
+    def warm_up(self, forward: Callable[[], Any], times: int = 2) -> None:
+        """Run `forward` on the capture stream as the first capture's warm-ups would (a server's
+        warm-up, before any request): later captures then skip them."""
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        self._stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._stream):
+            for _ in range(times):
+                forward()
+        torch.cuda.current_stream().wait_stream(self._stream)
+        self.warmed = True
 
     def forget_pool(self) -> None:
         """After every graph of the shared pool is dropped: the next capture starts a new pool."""
@@ -61,7 +75,7 @@ class Capturer:
         """(graph, the captured forward's output), or None if `forward` cannot be captured (logged).
         Warm-up forwards run before the first capture, and before a retry of one that failed without."""
         error: Exception | None = None
-        for count in (warm_ups,) if self.captures == 0 else (0, warm_ups):
+        for count in (warm_ups,) if self.captures == 0 and not self.warmed else (0, warm_ups):
             try:
                 return self._capture(forward, count)
             except torch.cuda.OutOfMemoryError:

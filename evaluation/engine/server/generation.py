@@ -36,6 +36,9 @@ MIN_SHARED_PREFIX = 16
 # it skips this many tokens: on a GPU, one more forward of a small model costs as long as computing
 # thousands of tokens (most of it launching kernels). A batch that is all one group keeps the rule above.
 MIN_PREFIX_SAVING = 1024
+# Model FLOPs worth one forward's host time (Python and ~400 kernel launches, ~30 ms) for a small
+# model on a fast GPU: ~6,800 tokens at 1.1 B, ~1,100 at 6.7 B (docs/benchmarks.md, session 9's profile).
+FORWARD_FLOPS = 15 * 10**12
 
 
 @dataclass
@@ -181,6 +184,12 @@ class BatchGenerator:
         self.fused = fused.install(model)
         self.prefix_sharing = prefix_sharing
         self.min_shared_prefix = min_shared_prefix
+        # Tokens a decoding batch's own forward of a prefix no batch stored must skip to be worth it,
+        # whole batches too: a generation suite's one-shot prefix (~40 tokens) skipped a few thousand
+        # tokens' work at the cost of a forward per run (session 13). On the CPU the forward's cost is
+        # its arithmetic: any shared prefix is worth it (and the tests decode from shared prefixes).
+        params = sum(p.numel() for p in model.parameters())
+        self.decode_prefix_saving = FORWARD_FLOPS // (2 * max(params, 1)) if self.device.type == "cuda" else 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_ids = self._eos_ids(model, tokenizer)
         self._keep_arg = None
@@ -275,9 +284,10 @@ class BatchGenerator:
             return limit, None
         return 0, None
 
-    def _groups(self, rows: list[Row]) -> list[PrefixGroup]:
+    def _groups(self, rows: list[Row], decoding: bool = False) -> list[PrefixGroup]:
         """The batch's rows by the prefix each starts from: several runs' rows can share one forward,
-        each run's from its own prefix."""
+        each run's from its own prefix. A prefix no batch stored gets a forward of its own only where
+        it skips enough tokens (`decoding`: the batch's rows go on decoding, see decode_prefix_saving)."""
         seqs = [r.prompt_ids for r in rows]
         if not self.prefix_sharing or len(rows) == 1:
             return [PrefixGroup(rows, *self._shared_prefix(seqs))]
@@ -285,7 +295,10 @@ class BatchGenerator:
         for indices, _ in prefix_groups(seqs, self.min_shared_prefix):
             length, cache = self._shared_prefix([seqs[i] for i in indices])
             whole_batch = len(indices) == len(rows)
-            if cache is None and not whole_batch and (len(indices) - 1) * length < MIN_PREFIX_SAVING:
+            saving = (len(indices) - 1) * length
+            if cache is None and (
+                (decoding and saving < self.decode_prefix_saving) or (not whole_batch and saving < MIN_PREFIX_SAVING)
+            ):
                 length = 0
             groups.append(PrefixGroup([rows[i] for i in indices], length, cache))
         return groups
@@ -300,13 +313,14 @@ class BatchGenerator:
             self.graphs.release()
 
     def prepare_graphs(self) -> None:
-        """The server's warm-up: capture the packed batches' graphs as a batch would run them, and
-        compile the decode steps' attention kernels."""
+        """The server's warm-up: capture the packed batches' graphs as a batch would run them, compile
+        the decode steps' attention kernels and run the decode graphs' warm-up steps."""
         with self._running():
             if self.graphs is not None:
                 self.graphs.prepare()
             if self.static is not None:
                 decode_attention.prepare(self.model)
+                self.static.prepare()
 
     def _fill_prefixes(self, groups: list[PrefixGroup]) -> None:
         """Prefill (and store) the prefixes no earlier batch stored."""
@@ -505,7 +519,7 @@ class BatchGenerator:
         use_cache = any(r.needs_decode for r in rows)
         all_logits = any(r.echo for r in rows)
         # Every position's logits (echo) come from a whole prompt's own forward: nothing shared.
-        groups = [PrefixGroup(rows)] if all_logits else self._groups(rows)
+        groups = [PrefixGroup(rows)] if all_logits else self._groups(rows, decoding=use_cache)
         rows = [r for g in groups for r in g.rows]  # grouped; results stay in the Row objects
         for row in rows:
             if row.max_new_tokens <= 0 and not row.finished:
@@ -622,7 +636,7 @@ class BatchGenerator:
         if not new:
             return slots
         counts = (self.last_shared_prefix, self.last_prefix_reused, self.last_skipped_tokens)
-        groups = self._groups(new)
+        groups = self._groups(new, decoding=True)
         new = [r for g in groups for r in g.rows]
         free = [i for i, r in enumerate(slots) if r.finished][: len(new)]
         places = free + list(range(len(slots), len(slots) + len(new) - len(free)))
