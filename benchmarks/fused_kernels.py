@@ -123,14 +123,16 @@ def check_kernels(device: str) -> list[dict]:
 def check_decode_attention(device: str, dtype) -> list[dict]:
     """The decode step's attention over each row's filled columns against SDPA over the mask the
     bounds describe; every column outside them holds NaN for the kernel (it must not read them) and
-    zero for SDPA. Sums in another order: compared by their largest difference."""
+    zero for SDPA. Sums in another order: compared by their largest difference. Then the same with the
+    step's rotary embedding and cache write in the kernel (`rope_attend`): the rotated key and the
+    value it writes at the step's column against `fused.rope_torch`'s."""
     import torch
 
     from evaluation.engine.server import decode_attention, fused
 
     out = []
     device = torch.device(device)
-    for heads, kv_heads, dim, splits in ((8, 2, 16, 1), (8, 2, 16, 3), (32, 32, 128, None), (32, 4, 64, None)):
+    for heads, kv_heads, dim, splits in ((8, 2, 32, 1), (8, 2, 32, 3), (32, 32, 128, None), (32, 4, 64, None)):
         rows, columns, column = 5, 200, 150
         step = torch.tensor([column], device=device)
         # a prefix and a suffix; none; an empty suffix (the step's column alone); a long one; a padding row
@@ -141,6 +143,13 @@ def check_decode_attention(device: str, dtype) -> list[dict]:
         for cache in (keys, values):
             cache.masked_fill_(~filled[:, None, :, None], 0.0)
         want = decode_attention.attend_torch(q, keys, values, bounds, step, dim**-0.5)
+        # The projections' outputs of the step (a joined product's column slices) and its rotary embedding.
+        qkv = torch.randn(rows, 1, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device) * 4
+        new_q, new_k, new_v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+        cos, sin = _rotary(torch.arange(rows, device=device)[:, None] * 7 + 300, dim, dtype)
+        want_caches = [keys.clone(), values.clone()]
+        want_rope = decode_attention.rope_attend_torch(new_q, new_k, new_v, cos, sin, *want_caches, bounds, step,
+                                                       dim**-0.5)  # fmt: skip
         for cache in (keys, values):
             cache.masked_fill_(~filled[:, None, :, None], float("nan"))
         work = decode_attention.Workspace(rows, heads, kv_heads, columns, dim, device, splits=splits)
@@ -148,9 +157,24 @@ def check_decode_attention(device: str, dtype) -> list[dict]:
         used = got is not None and fused._use_triton(q)
         if got is None:
             got = want
-        out.append(_diff("decode_attention", dtype, got, want, used) | {
-            "heads": [heads, kv_heads], "splits": work.splits, "finite": bool(torch.isfinite(got).all()),
-        })  # fmt: skip
+        shape = {"heads": [heads, kv_heads], "splits": work.splits}
+        out.append(
+            _diff("decode_attention", dtype, got, want, used) | shape | {"finite": bool(torch.isfinite(got).all())}
+        )
+        for cache in (keys, values):
+            cache[:, :, column] = float("nan")  # the kernel writes it before any read
+        got = decode_attention.rope_attend(new_q, new_k, new_v, cos, sin, keys, values, bounds, step, dim**-0.5, work)
+        used = got is not None and fused._use_triton(new_q)
+        if got is None:
+            got, keys, values = want_rope, *want_caches
+        out.append(
+            _diff("rope_attend", dtype, got, want_rope, used) | shape | {"finite": bool(torch.isfinite(got).all())}
+        )
+        for name, cache, expected in (
+            ("rope_attend_k_cache", keys, want_caches[0]),
+            ("rope_attend_v_cache", values, want_caches[1]),
+        ):
+            out.append(_diff(name, dtype, cache[:, :, column], expected[:, :, column], used) | shape)
     return out
 
 
@@ -190,19 +214,23 @@ def check_static_decode(model, prompt, steps: int) -> dict:
     Hugging Face's own decode steps over its cache, fed the same tokens."""
     import torch
 
-    from evaluation.engine.server import fused
+    from evaluation.engine.server import decode_attention, fused
     from evaluation.engine.server.static_decode import StaticDecoder
 
     rows, width = prompt.shape
     stores = []
-    store = fused.rope_store
+    store, rope_attend = fused.rope_store, decode_attention.rope_attend
 
-    def counted(*args):
-        q = store(*args)
-        stores.append(q is not None)
-        return q
+    def counted(function):
+        def call(*args):
+            out = function(*args)
+            stores.append(out is not None)
+            return out
 
-    fused.rope_store = counted
+        return call
+
+    # The step's keys go into the cache from a kernel: the rotary one, or the attention's own.
+    fused.rope_store, decode_attention.rope_attend = counted(store), counted(rope_attend)
     try:
         with torch.inference_mode():
             out = model(prompt, use_cache=True)
@@ -223,7 +251,7 @@ def check_static_decode(model, prompt, steps: int) -> dict:
                 cache = step.past_key_values
                 want.append(step.logits[:, -1].float())
     finally:
-        fused.rope_store = store
+        fused.rope_store, decode_attention.rope_attend = store, rope_attend
     got, want = torch.stack(got), torch.stack(want)
     return {
         "positions": got.shape[0] * got.shape[1], "argmax_equal": int((got.argmax(-1) == want.argmax(-1)).sum()),

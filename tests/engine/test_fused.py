@@ -233,14 +233,20 @@ def test_kernels_under_tritons_interpreter():
     checks = report["checks"]
     assert {c["op"] for c in checks} >= {"rms_norm", "add_rms_norm", "silu_mul", "rope_q", "rope_k", "merge",
                                          "silu_mul_joined", "rope_q_joined", "rope_k_joined", "rope_store_q",
-                                         "rope_store_k_cache", "rope_store_v_cache", "decode_attention"}  # fmt: skip
+                                         "rope_store_k_cache", "rope_store_v_cache", "decode_attention",
+                                         "rope_attend", "rope_attend_k_cache", "rope_attend_v_cache"}  # fmt: skip
     assert all(c["triton"] for c in checks), checks
     # The decode attention sums in another order than SDPA and never reads a column outside the bounds
     # (they hold NaN): a few units of fp16's last place, with one split a row and with several.
     attention = [c for c in checks if c["op"] == "decode_attention"]
     assert {c["splits"] == 1 for c in attention} == {True, False}, attention
     assert all(c["finite"] and c["max_abs_diff"] < 2e-3 for c in attention), attention
-    half = [c for c in checks if c["dtype"] == "float16" and c["op"] != "decode_attention"]
+    # With the step's rotary embedding in the kernel (inputs four times larger: values up to ~8, where
+    # fp16's last place is 0.004): the key and value it writes are exactly the rotary kernel's.
+    fused_rope = [c for c in checks if c["op"] == "rope_attend"]
+    assert {c["splits"] == 1 for c in fused_rope} == {True, False}, fused_rope
+    assert all(c["finite"] and c["max_abs_diff"] <= 1e-2 for c in fused_rope), fused_rope
+    half = [c for c in checks if c["dtype"] == "float16" and c["op"] not in ("decode_attention", "rope_attend")]
     assert all(c["unequal"] == 0 for c in half if c["op"].startswith(("rope", "residual"))), checks
     assert all(c["unequal"] <= c["elements"] // 500 for c in half), checks
     layer = report["model"]["float16"]
@@ -321,12 +327,20 @@ def _attend_signature():
     ints = dict.fromkeys(
         ("q_row", "q_head", "k_row", "k_head", "v_row", "v_head", "out_row", "out_head", "heads"), "i32"
     )
-    return pointers | ints | {"scale": "fp32", "splits": "i32"}
+    rope = dict.fromkeys(("new_k_ptr", "new_v_ptr", "cos_ptr", "sin_ptr"), "*bf16")
+    rope |= dict.fromkeys(("new_k_row", "new_v_row", "cos_row"), "i32")
+    return pointers | ints | {"scale": "fp32", "splits": "i32"} | rope
+
+
+def _attend(group: int, dim: int, one: bool, rope: bool) -> dict:
+    return {"GROUP": group, "G_PAD": 16, "DIM": dim, "BLOCK": 64, "ONE": one, "ROPE": rope, "EXACT": True}
 
 
 DECODE_KERNELS = {
-    "attend": (_attend_signature(), {"GROUP": 8, "G_PAD": 16, "DIM": 64, "BLOCK": 64, "ONE": False}),
-    "attend_one_split": (_attend_signature(), {"GROUP": 1, "G_PAD": 16, "DIM": 128, "BLOCK": 64, "ONE": True}),
+    "attend": (_attend_signature(), _attend(8, 64, False, False)),
+    "attend_one_split": (_attend_signature(), _attend(1, 128, True, False)),
+    "rope_attend": (_attend_signature(), _attend(8, 64, False, True)),
+    "rope_attend_one_split": (_attend_signature(), _attend(1, 128, True, True)),
     "merge_splits": (
         {"part_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*bf16", "out_row": "i32", "out_head": "i32",
          "heads": "i32", "splits": "i32"},

@@ -17,6 +17,12 @@ rows of one product, then merges the parts by their log-sum-exp. The same sums a
 another order: a bf16 step's values differ from SDPA's by rounding. Triton on CUDA for half
 precision; `attend_torch` is the same attention through SDPA and the mask the bounds describe (the
 tests' reference, and the decoder's path when `everywhere` is set on the CPU).
+
+`rope_attend` (session 13) takes the step's queries, key and value straight from the projections:
+each program rotates its queries and the step's key as `fused.rope` does (the same roundings), the
+first split writes the rotated key and the value into the cache at the step's column, and the last
+split adds that key and value from registers. One kernel a layer fewer than the rotary kernel's
+cache write (`fused.rope_store`) followed by `attend`, which serve where it does not apply.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from evaluation.engine.server import fused
 BLOCK_N = 64
 MAX_SPLITS = 16
 everywhere = False  # tests: the torch reference wherever the kernel would not run (CPU, fp32)
+# The step's rotary embedding and cache write inside the attention kernel (`rope_attend`); benchmarks
+# turn it off to compare (`ENGINE_ROPE_ATTEND=0`: the rotary kernel writes the cache, then `attend`).
+rope_inside = os.environ.get("ENGINE_ROPE_ATTEND", "1") != "0"
 
 if fused.triton is not None:
     import triton
@@ -41,27 +50,56 @@ if fused.triton is not None:
     def _attend_kernel(
         q_ptr, k_ptr, v_ptr, bounds_ptr, col_ptr, out_ptr, part_ptr, lse_ptr,
         q_row, q_head, k_row, k_head, v_row, v_head, out_row, out_head, heads, scale, splits,
+        new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row,
         GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
+        ROPE: tl.constexpr, EXACT: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         kv = tl.program_id(1)
         split = tl.program_id(2)
+        HALF: tl.constexpr = DIM // 2
         a1 = tl.load(bounds_ptr + row * 3).to(tl.int32)
         b1 = tl.load(bounds_ptr + row * 3 + 1).to(tl.int32)
         a2 = tl.load(bounds_ptr + row * 3 + 2).to(tl.int32)
+        step = tl.load(col_ptr).to(tl.int32)
         n1 = b1 - a1
-        # The row's keys: its prefix's, then its own up to the step's column.
-        n = n1 + tl.load(col_ptr).to(tl.int32) - a2 + 1
+        # The row's keys in the cache: its prefix's, then its own up to the step's column (ROPE: up to
+        # the one before; the step's own key is rotated here, written by split 0, added by the last split).
+        if ROPE:
+            n = n1 + step - a2
+        else:
+            n = n1 + step - a2 + 1
         per = tl.cdiv(tl.cdiv(n, splits), BLOCK) * BLOCK
         lo = split * per
         hi = tl.minimum(n, lo + per)
         g = tl.arange(0, G_PAD)
+        h = tl.arange(0, HALF)
         d = tl.arange(0, DIM)
         head = kv * GROUP + g
         in_group = g < GROUP
-        q = tl.load(q_ptr + row * q_row + head[:, None] * q_head + d[None, :], mask=in_group[:, None], other=0.0)
+        dt = k_ptr.dtype.element_ty
+        # Each query in halves (rotary embeddings pair element i with i + DIM/2).
+        q_at = q_ptr + row * q_row + head[:, None] * q_head + h[None, :]
+        q1 = tl.load(q_at, mask=in_group[:, None], other=0.0)
+        q2 = tl.load(q_at + HALF, mask=in_group[:, None], other=0.0)
         k_base = k_ptr + row * k_row + kv * k_head
         v_base = v_ptr + row * v_row + kv * v_head
+        if ROPE:  # q, the step's key and value straight from the projections, rotated as `fused.rope` does
+            trig = row * cos_row + h
+            c1 = tl.load(cos_ptr + trig).to(tl.float32)
+            c2 = tl.load(cos_ptr + trig + HALF).to(tl.float32)
+            s1 = tl.load(sin_ptr + trig).to(tl.float32)
+            s2 = tl.load(sin_ptr + trig + HALF).to(tl.float32)
+            q1, q2 = fused._rotated(q1.to(tl.float32), q2.to(tl.float32), c1[None, :], c2[None, :], s1[None, :],
+                                    s2[None, :], dt, EXACT)  # fmt: skip
+            new_k = new_k_ptr + row * new_k_row + kv * DIM + h
+            k1_new, k2_new = fused._rotated(tl.load(new_k).to(tl.float32), tl.load(new_k + HALF).to(tl.float32),
+                                            c1, c2, s1, s2, dt, EXACT)  # fmt: skip
+            v_new = tl.load(new_v_ptr + row * new_v_row + kv * DIM + d)
+            if split == 0:  # no program reads the step's column from the cache
+                tl.store(k_base + step * DIM + h, k1_new)
+                tl.store(k_base + step * DIM + HALF + h, k2_new)
+                tl.store(v_base + step * DIM + d, v_new)
         m_i = tl.full([G_PAD], float("-inf"), tl.float32)
         l_i = tl.zeros([G_PAD], tl.float32)
         acc = tl.zeros([G_PAD, DIM], tl.float32)
@@ -69,16 +107,28 @@ if fused.triton is not None:
             j = start + tl.arange(0, BLOCK)
             valid = j < hi
             column = tl.where(j < n1, a1 + j, a2 + j - n1).to(tl.int64)
-            k = tl.load(k_base + column[:, None] * DIM + d[None, :], mask=valid[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale
+            k_at = k_base + column[:, None] * DIM + h[None, :]
+            k1 = tl.load(k_at, mask=valid[:, None], other=0.0)
+            k2 = tl.load(k_at + HALF, mask=valid[:, None], other=0.0)
+            s = (tl.dot(q1, tl.trans(k1)) + tl.dot(q2, tl.trans(k2))) * scale
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the block's first key is valid
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(v_base + column[:, None] * DIM + d[None, :], mask=valid[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(dt), v)
             m_i = m_new
+        if ROPE:
+            if split == splits - 1:  # the step's own key and value, from registers
+                own = tl.sum(q1.to(tl.float32) * k1_new.to(tl.float32)[None, :], 1)
+                own = (own + tl.sum(q2.to(tl.float32) * k2_new.to(tl.float32)[None, :], 1)) * scale
+                m_new = tl.maximum(m_i, own)
+                alpha = tl.exp(m_i - m_new)
+                p_own = tl.exp(own - m_new)
+                l_i = l_i * alpha + p_own
+                acc = acc * alpha[:, None] + p_own.to(dt).to(tl.float32)[:, None] * v_new.to(tl.float32)[None, :]
+                m_i = m_new
         empty = l_i == 0.0  # a split past the row's last key
         l_i = tl.where(empty, 1.0, l_i)
         o = acc / l_i[:, None]
@@ -159,7 +209,7 @@ def splits_for(rows: int, kv_heads: int, columns: int, device: torch.device) -> 
 
 
 def prepare(model) -> None:
-    """Compile (or load from Triton's cache) the kernels this model's steps will run, both ways (one
+    """Compile (or load from Triton's cache) the kernel this model's steps will run, both ways (one
     split and several): the server's warm-up calls it, so no batch waits for a compilation."""
     weight = next(model.parameters())
     like = torch.empty(0, dtype=weight.dtype, device=weight.device)
@@ -169,13 +219,16 @@ def prepare(model) -> None:
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    q = torch.zeros(1, heads, 1, dim, dtype=like.dtype, device=like.device)
-    keys = torch.zeros(1, kv_heads, 2 * BLOCK_N, dim, dtype=like.dtype, device=like.device)
-    bounds = torch.zeros(1, 3, dtype=torch.long, device=like.device)
-    column = torch.tensor([BLOCK_N], device=like.device)
+
+    def zeros(*shape, dtype=like.dtype):
+        return torch.zeros(*shape, dtype=dtype, device=like.device)
+
+    keys, values, cos = zeros(1, kv_heads, 2 * BLOCK_N, dim), zeros(1, kv_heads, 2 * BLOCK_N, dim), zeros(1, 1, dim)
+    bounds, column = zeros(1, 3, dtype=torch.long), torch.tensor([BLOCK_N], device=like.device)
     for splits in (1, 2):
         work = Workspace(1, heads, kv_heads, 2 * BLOCK_N, dim, like.device, splits=splits)
-        attend(q, keys, keys, bounds, column, dim**-0.5, work)
+        q, k = zeros(1, 1, heads * dim), zeros(1, 1, kv_heads * dim)
+        rope_attend(q, k, k, cos, cos, keys, values, bounds, column, dim**-0.5, work)
 
 
 class Workspace:
@@ -198,24 +251,73 @@ def _fits(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
 
 
 def attend(q, keys, values, bounds, column, scaling, work: Workspace | None) -> torch.Tensor | None:
-    """The step's attention output [rows, 1, heads, dim], or None where neither the kernel nor (with
-    `everywhere`) the reference applies: the caller then attends through the mask."""
+    """The step's attention output [rows, 1, heads, dim] for rotated queries q [rows, heads, 1, dim] and
+    caches holding the step's key and value, or None where neither the kernel nor (with `everywhere`)
+    the reference applies: the caller then attends through the mask."""
     if work is None or not _fits(q, keys, values):
         return None
-    rows, heads, _, dim = q.shape
-    if not fused._use_triton(q) or dim not in (16, 32, 64, 128, 256):  # the kernel's products: 16 and up
+    if not _kernel_runs(q, keys.shape[-1]):
         return attend_torch(q, keys, values, bounds, column, scaling) if everywhere else None
-    kv_heads = keys.shape[1]
+    return _launch(q, q.stride(0), q.stride(1), keys, values, bounds, column, scaling, work, None)
+
+
+def rope_attend_torch(q, k, v, cos, sin, keys, values, bounds, column, scaling) -> torch.Tensor:
+    """The reference of `rope_attend`: fused.rope_torch, the cache written at `column`, attend_torch."""
+    rows, dim = q.shape[0], keys.shape[-1]
+    q, k = fused.rope_torch(q, k, cos, sin, dim)
+    keys.index_copy_(2, column, k)
+    values.index_copy_(2, column, v.view(rows, 1, -1, dim).transpose(1, 2))
+    return attend_torch(q, keys, values, bounds, column, scaling)
+
+
+def rope_attend(
+    q, k, v, cos, sin, keys, values, bounds, column, scaling, work: Workspace | None
+) -> torch.Tensor | None:
+    """A decode step's rotary embedding, cache write and attention in one kernel: q, k, v the
+    projections' outputs [rows, 1, heads × dim] (column slices of a joined one too), cos and sin
+    [rows, 1, dim]. The rotated key and the value go to the caches at `column` as `fused.rope_store`
+    writes them, and the output [rows, 1, heads, dim] is `attend`'s. None where neither the kernel nor
+    (with `everywhere`) the reference applies: the caller rotates, stores and attends apart."""
+    if work is None or not rope_inside:
+        return None
+    rows, length, width = q.shape
+    kv_heads, dim = keys.shape[1], keys.shape[-1]
+    heads = width // dim
+    fits = (
+        length == 1 and heads * dim == width and heads % kv_heads == 0 and keys.shape == values.shape
+        and keys.shape[0] == rows and k.shape[-1] == v.shape[-1] == kv_heads * dim and keys.is_contiguous()
+        and values.is_contiguous() and q.dtype == k.dtype == v.dtype == keys.dtype == values.dtype
+    )  # fmt: skip
+    if not fits:
+        return None
+    cos, sin = cos.expand(rows, 1, dim), sin.expand(rows, 1, dim)
+    strides = [fused._token_stride(t) for t in (q, k, v)]
+    if not (_kernel_runs(q, dim) and cos.dtype == q.dtype and None not in strides and cos.stride(-1) == 1
+            and sin.stride() == cos.stride()):  # fmt: skip
+        return rope_attend_torch(q, k, v, cos, sin, keys, values, bounds, column, scaling) if everywhere else None
+    rope = (k, v, cos, sin, strides[1], strides[2], cos.stride(0))
+    return _launch(q, strides[0], dim, keys, values, bounds, column, scaling, work, rope)
+
+
+def _kernel_runs(q: torch.Tensor, dim: int) -> bool:
+    return fused._use_triton(q) and dim in (32, 64, 128, 256)  # halves of 16 and up: the kernel's products
+
+
+def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Workspace, rope) -> torch.Tensor:
+    rows, heads, kv_heads, dim = q.shape[0], work.part.shape[1], keys.shape[1], keys.shape[-1]
     group = heads // kv_heads
     splits = work.splits
     out = torch.empty(rows, 1, heads, dim, dtype=q.dtype, device=q.device)
+    new_k, new_v, cos, sin, k_row, v_row, cos_row = rope or (q, q, q, q, 0, 0, 0)  # unread without ROPE
 
     def launch():
         _attend_kernel[(rows, kv_heads, splits)](
             q, keys, values, bounds, column, out, work.part, work.lse,
-            q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
+            q_row, q_head, keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
             out.stride(0), out.stride(2), heads, float(scaling), splits,
+            new_k, new_v, cos, sin, k_row, v_row, cos_row,
             GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=BLOCK_N, ONE=splits == 1,
+            ROPE=rope is not None, EXACT=not fused._INTERPRET,
         )  # fmt: skip
         if splits > 1:
             _merge_splits_kernel[(rows, heads)](

@@ -31,8 +31,8 @@ The static decoder's steps (static_decode.py) go further, with the same rounding
 leaves each layer's last residual add to the next layer's input-norm kernel (the last layer's to the
 final norm), and `rope_store` has the rotary kernel write a step's rotated keys straight into the cache
 at the step's column and its values beside them (no index_copy_ kernels): three kernels fewer a layer.
-Their attention is the cache's own (`attend`, decode_attention.py): it reads each row's filled columns
-only, not the whole buffer through the mask.
+Their attention is the cache's own (`rope_attend`, decode_attention.py): it reads each row's filled
+columns only, not the whole buffer through the mask, and rotates and stores the step's key itself.
 
 `install` applies to llama, mistral and qwen2 layers without sliding windows whose parts look as
 expected; anything else keeps Hugging Face's layer. Triton kernels on CUDA for half precision;
@@ -122,6 +122,14 @@ if triton is not None:
         return a * b  # Triton's interpreter (the tests, on the CPU) rounds each operation as written
 
     @triton.jit
+    def _rotated(x1, x2, c1, c2, s1, s2, dt: tl.constexpr, EXACT: tl.constexpr):
+        """(x * cos) + (rotate_half(x) * sin) in halves (fp32 in, `dt` out), each product and the sum
+        rounded as torch rounds them."""
+        o1 = _mul_rounded(x1, c1, EXACT).to(dt).to(tl.float32) + _mul_rounded(-x2, s1, EXACT).to(dt).to(tl.float32)
+        o2 = _mul_rounded(x2, c2, EXACT).to(dt).to(tl.float32) + _mul_rounded(x1, s2, EXACT).to(dt).to(tl.float32)
+        return o1.to(dt), o2.to(dt)
+
+    @triton.jit
     def _rope_kernel(
         q_ptr, k_ptr, cos_ptr, sin_ptr, length, cos_batch, cos_token, q_token, k_token,
         v_ptr, kc_ptr, vc_ptr, col_ptr, v_token, c_row, c_head,
@@ -147,20 +155,17 @@ if triton is not None:
         s2 = tl.load(sin_ptr + trig + HALF).to(tl.float32)
         x1 = tl.load(src, mask=keep, other=0.0).to(tl.float32)
         x2 = tl.load(src + HALF, mask=keep, other=0.0).to(tl.float32)
-        dt = q_ptr.dtype.element_ty
-        # (x * cos) + (rotate_half(x) * sin), each product and the sum rounded as torch rounds them
-        o1 = _mul_rounded(x1, c1, EXACT).to(dt).to(tl.float32) + _mul_rounded(-x2, s1, EXACT).to(dt).to(tl.float32)
-        o2 = _mul_rounded(x2, c2, EXACT).to(dt).to(tl.float32) + _mul_rounded(x1, s2, EXACT).to(dt).to(tl.float32)
+        o1, o2 = _rotated(x1, x2, c1, c2, s1, s2, q_ptr.dtype.element_ty, EXACT)
         if STORE and not is_q:  # token == row: one token a row
             dst = token * c_row + heads * c_head + tl.load(col_ptr) * dim + cols
-            tl.store(kc_ptr + dst, o1.to(dt), mask=keep)
-            tl.store(kc_ptr + dst + HALF, o2.to(dt), mask=keep)
+            tl.store(kc_ptr + dst, o1, mask=keep)
+            tl.store(kc_ptr + dst + HALF, o2, mask=keep)
             values = v_ptr + token * v_token + heads * dim + cols
             tl.store(vc_ptr + dst, tl.load(values, mask=keep), mask=keep)
             tl.store(vc_ptr + dst + HALF, tl.load(values + HALF, mask=keep), mask=keep)
         else:
-            tl.store(src, o1.to(dt), mask=keep)
-            tl.store(src + HALF, o2.to(dt), mask=keep)
+            tl.store(src, o1, mask=keep)
+            tl.store(src + HALF, o2, mask=keep)
 
     @triton.jit
     def _merge_kernel(
@@ -424,8 +429,6 @@ def layer_parts(layer: Any, hidden_states: torch.Tensor, pending: torch.Tensor |
     """The layer as (MLP output, residual): the layer's output is their sum, left to the caller so that
     the next layer's input norm adds it in its own kernel. `pending`: the layer before's MLP output
     when `hidden_states` is its residual (the sum not made yet)."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     attn, mlp = layer.self_attn, layer.mlp
     rows, length = hidden_states.shape[:2]
     norm = layer.input_layernorm
@@ -437,6 +440,25 @@ def layer_parts(layer: Any, hidden_states: torch.Tensor, pending: torch.Tensor |
     qkv = _joined_here(attn, length)
     # Else Hugging Face's three products, whose results are bitwise the stock layer's.
     q, k, v = qkv(x) if qkv is not None else (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
+    # The static decoder's cache rotates a step's queries and key, stores its key and value and
+    # attends over each row's filled columns only, in one kernel (decode_attention.py).
+    rope_attend = getattr(past, "rope_attend", None) if length == 1 else None
+    out = rope_attend(q, k, v, cos, sin, attn.layer_idx, attn.scaling) if rope_attend is not None else None
+    if out is None:
+        out = _attention(attn, q, k, v, cos, sin, attention_mask, position_ids, past, cache_position, **kwargs)
+    out = attn.o_proj(out.reshape(rows, length, -1).contiguous())
+    post = layer.post_attention_layernorm
+    x, residual = rms_norm(out, post.weight, _eps(post), residual=hidden_states)
+    gate_up = _joined_here(mlp, length)
+    gate, up = gate_up(x) if gate_up is not None else (mlp.gate_proj(x), mlp.up_proj(x))
+    return mlp.down_proj(silu_mul(gate, up)), residual
+
+
+def _attention(attn, q, k, v, cos, sin, attention_mask, position_ids, past, cache_position, **kwargs):
+    """The attention output [rows, tokens, heads, dim] of the projections' outputs, rotated and cached."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    rows, length = q.shape[:2]
     # The static decoder's cache takes a step's rotated keys and values from the rotary kernel itself.
     store = getattr(past, "store_rotated", None) if length == 1 else None
     stored = store(q, k, v, cos, sin, attn.head_dim, attn.layer_idx) if store is not None else None
@@ -461,12 +483,7 @@ def layer_parts(layer: Any, hidden_states: torch.Tensor, pending: torch.Tensor |
         out, _ = interface(
             attn, q, k, v, attention_mask, dropout=0.0, scaling=attn.scaling, position_ids=position_ids, **kwargs
         )
-    out = attn.o_proj(out.reshape(rows, length, -1).contiguous())
-    post = layer.post_attention_layernorm
-    x, residual = rms_norm(out, post.weight, _eps(post), residual=hidden_states)
-    gate_up = _joined_here(mlp, length)
-    gate, up = gate_up(x) if gate_up is not None else (mlp.gate_proj(x), mlp.up_proj(x))
-    return mlp.down_proj(silu_mul(gate, up)), residual
+    return out
 
 
 def final_norm(norm: Any, pending: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
