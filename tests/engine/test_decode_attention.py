@@ -178,3 +178,17 @@ def test_captures_after_the_warm_up_steps_skip_their_own(monkeypatch):
     fresh.warmed = True
     fresh.capture(lambda: None, warm_ups=2)
     assert counts == [2, 0]
+
+
+def test_failed_warm_up_steps_leave_the_server_starting(tiny_llama_dir, caplog):
+    from evaluation.engine.server.static_decode import StaticDecoder
+
+    loaded = _load(tiny_llama_dir)
+    decoder = StaticDecoder(loaded.model, use_graphs=True)
+
+    def fails(forward, times=2):
+        raise RuntimeError("no stream here")
+
+    decoder.capturer.warm_up = fails
+    decoder.prepare()
+    assert not decoder.capturer.warmed and "decode warm-up steps failed" in caplog.text

@@ -289,3 +289,19 @@ def test_a_declined_join_runs_after_the_batch_and_nothing_else_joins_it(llama, m
     _run(Arriving(generator, stats, Limits(), arrivals=[later, last]), first, [later, last])
     assert stats.declined_joins == 1 and stats.joined_rows == 0
     assert_like_generate(model, tokenizer, first.rows + later.rows + last.rows)
+
+
+def test_batches_outside_the_profilers_window_still_take_joining_rows(llama, monkeypatch, tmp_path):
+    """ENGINE_PROFILE_DIR replays only its window's batches (those run without joins, so that the replay
+    is the same batch): every other batch of the profiled evaluation runs as it would unprofiled."""
+    monkeypatch.setenv("ENGINE_PROFILE_DIR", str(tmp_path / "profile"))
+    monkeypatch.setenv("ENGINE_PROFILE_START", "5")
+    model, tokenizer = llama.model, llama.tokenizer
+    first = Work(rows_for(tokenizer, PROMPTS[:2], max_new_tokens=3))
+    later = Work(rows_for(tokenizer, PROMPTS[2:], max_new_tokens=12))
+    stats = Stats()
+    scheduler = Arriving(BatchGenerator(model, tokenizer, decode="static"), stats, Limits(), arrivals=[later])
+    assert scheduler.profiler is not None
+    _run(scheduler, first, [later])
+    assert stats.batches == 1 and stats.joined_rows == 4
+    assert_like_generate(model, tokenizer, first.rows + later.rows)

@@ -432,7 +432,7 @@ class Scheduler:
             if self.profiler is None:
                 self.generator.generate(batch, joining)
             else:
-                self.profiler.run(batch, self.generator)
+                self.profiler.run(batch, self.generator, joining)
         except torch.cuda.OutOfMemoryError:
             self._after_out_of_memory(self._unanswered(batch + self.generator.last_joined))
             return

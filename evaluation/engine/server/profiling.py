@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.engine.server.generation import BatchGenerator, Row
+from evaluation.engine.server.generation import BatchGenerator, Joining, Row
 
 
 def _sync() -> None:
@@ -49,12 +49,13 @@ class BatchProfiler:
         count = int(os.environ.get("ENGINE_PROFILE_COUNT", "12"))
         return cls(Path(path), start, count)
 
-    def run(self, batch: list[Row], generator: BatchGenerator) -> None:
-        """Runs `generator.generate(batch)`, timing it when it falls in the window."""
+    def run(self, batch: list[Row], generator: BatchGenerator, joining: Joining | None = None) -> None:
+        """Runs `generator.generate(batch, joining)`, or, when it falls in the window, times it without
+        joins (its replays must be the same batch)."""
         index = self.seen
         self.seen += 1
         if not self.start <= index < self.start + self.count:
-            generator.generate(batch)
+            generator.generate(batch, joining)
             return
         # Sampled rows draw from their own generators: replay only greedy ones.
         self.replays.append([_fresh(r) for r in batch if r.greedy])

@@ -17,12 +17,15 @@ need more than that (sliding windows, scaled embeddings, extra norms) keep the d
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from evaluation.engine.server import cuda_graphs, decode_attention, fused
 from evaluation.engine.server.kv_cache import cache_tensors
+
+log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 COLUMN_STEP = 128
@@ -234,7 +237,10 @@ class StaticDecoder:
         like = torch.empty(0, kv_heads, 0, dim, dtype=weight.dtype, device=weight.device)
         b = _Buffers(self.model, 1, COLUMN_STEP, (like, like), len(self.inner.layers))
         b.mask[:, 0, 0, 0] = True  # the row attends to its own first column, as a padding row does
-        self.capturer.warm_up(lambda: self._forward(b))
+        try:
+            self.capturer.warm_up(lambda: self._forward(b))
+        except Exception:  # the server still starts: the first capture then warms up itself
+            log.warning("decode warm-up steps failed", exc_info=True)
 
     # --- a batch ----------------------------------------------------------------------------------
 
