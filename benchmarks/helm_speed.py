@@ -519,7 +519,7 @@ def render(results: dict) -> str:
         "| model | suite | mode | budget (GB) | wall (s) | speed-up vs A | prompt tok/s | output tok/s | MFU | "
         "bandwidth share | peak GPU memory (GB) | same predictions as A | worst metric diff vs A (points) | "
         "same predictions as fp32 | server load + warm-up (s) | busy (s) | batches × mean rows | "
-        "packed graph batches / captures | mean latency (s) | decode prefill / start / joins / captures (s) |",
+        "packed graph batches / captures | mean latency (s) | decode prefill / start / joins (count) / captures (s) |",
         "| --- " * 20 + "|",
     ]
 
@@ -560,9 +560,11 @@ def server_columns(stats: dict | None) -> str:
     latency = (stats.get("latency_seconds") or {}).get("mean")
     decode = ""
     if stats.get("decode_seconds"):
-        parts = [stats.get(f"decode_{name}_seconds") for name in ("prefill", "start", "join")]
-        parts.append((stats.get("decode") or {}).get("graph_capture_seconds"))
-        decode = " / ".join(fmt(part, ".2f") for part in parts)
+        parts = [fmt(stats.get(f"decode_{name}_seconds"), ".2f") for name in ("prefill", "start", "join")]
+        if stats.get("decode_joins") is not None:  # how many joins (servers since session 13)
+            parts[-1] += f" ({stats['decode_joins']})"
+        parts.append(fmt((stats.get("decode") or {}).get("graph_capture_seconds"), ".2f"))
+        decode = " / ".join(parts)
     return (
         f"{fmt(stats.get('busy_seconds'), '.2f')} | "
         f"{stats.get('batches', '–')} × {fmt(stats.get('mean_batch_rows'), '.0f')} | "

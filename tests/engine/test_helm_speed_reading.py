@@ -58,7 +58,8 @@ def test_the_decode_steps_bandwidth_share_leaves_out_the_first_rows_and_the_join
     from benchmarks.helm_speed import efficiency, render
 
     stats = {"busy_seconds": 2.0, "decode_steps": 100, "decode_seconds": 1.5, "decode_start_seconds": 0.2,
-             "decode_join_seconds": 0.3, "decode_prefill_seconds": 0.25, "decode": {"graph_capture_seconds": 0.08}}  # fmt: skip
+             "decode_join_seconds": 0.3, "decode_prefill_seconds": 0.25, "decode": {"graph_capture_seconds": 0.08},
+             "decode_joins": 3}  # fmt: skip
     row = {"wall_s": 5.0, "helm_s": 4.0, "server_stats": stats}
     counts = {"prompt_tokens": 1000, "output_tokens": 100, "kv_token_reads": 0}
     ceilings = {"bf16_matmul_tflops": 1.0, "copy_bandwidth_tb_s": 1.0}
@@ -68,4 +69,4 @@ def test_the_decode_steps_bandwidth_share_leaves_out_the_first_rows_and_the_join
     table = render({"rows": [{"model": "7b", "suite": "generation", "mode": "warm", "budget": 24, **row,
                               "efficiency": eff}]})  # fmt: skip
     assert "| 50.0% (steps 100.0%) |" in table
-    assert table.endswith("| 0.25 / 0.20 / 0.30 / 0.08 |")
+    assert table.endswith("| 0.25 / 0.20 / 0.30 (3) / 0.08 |")

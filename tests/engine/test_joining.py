@@ -217,6 +217,7 @@ def test_requests_arriving_during_a_decode_batch_join_it_and_each_is_answered_wh
     # Where the decode loop's time went: its first rows, the rows that joined, the steps (the rest).
     snapshot = stats.snapshot()
     assert 0 < snapshot["decode_start_seconds"] and 0 < snapshot["decode_join_seconds"]
+    assert snapshot["decode_joins"] == 1  # the later request's rows joined at once
     assert snapshot["decode_start_seconds"] + snapshot["decode_join_seconds"] < snapshot["decode_seconds"]
     assert snapshot["decode_seconds"] <= snapshot["busy_seconds"]
     # The first rows' prefill, before the loop: inside the batch's busy time, outside the loop's.

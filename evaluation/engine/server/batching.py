@@ -454,6 +454,7 @@ class Scheduler:
             ("prefill", "decode_prefill_seconds"),
             ("start", "decode_start_seconds"),
             ("joins", "decode_join_seconds"),
+            ("join_count", "decode_joins"),
         ):
             if key in times:
                 self.stats.add(name, times[key])

@@ -585,7 +585,7 @@ class BatchGenerator:
         slots = list(rows)
         self._feed(range(len(slots)), slots)
         times = self.last_decode_times = {
-            "prefill": started - began, "start": time.perf_counter() - started, "joins": 0.0
+            "prefill": started - began, "start": time.perf_counter() - started, "joins": 0.0, "join_count": 0
         }  # fmt: skip
         queued = None  # a greedy step launched and not yet read: (its choices, the slots' rows then)
         while True:
@@ -598,9 +598,10 @@ class BatchGenerator:
                 queued = None
                 continue
             if joining is not None:
-                joined_at = time.perf_counter()
+                joined_at, before = time.perf_counter(), slots
                 slots = self._join(joining, slots)
                 times["joins"] += time.perf_counter() - joined_at
+                times["join_count"] += slots is not before  # a new list: rows joined
             if queued_steps and all(r.greedy or r.finished for r in slots):
                 # The GPU feeds each step the step before's choices; the host reads them one step behind.
                 launched = self.static.launch()

@@ -42,6 +42,7 @@ class Stats:
     decode_prefill_seconds: float = 0.0
     decode_start_seconds: float = 0.0
     decode_join_seconds: float = 0.0
+    decode_joins: int = 0  # times rows joined a running decode batch (each a prefill of its own)
     busy_seconds: float = 0.0
     # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering).
     # In one process they share one interpreter lock and the second slows the first; by default the
@@ -111,6 +112,7 @@ class Stats:
                 "decode_start_seconds": round(self.decode_start_seconds, 6),
                 "decode_prefill_seconds": round(self.decode_prefill_seconds, 6),
                 "decode_join_seconds": round(self.decode_join_seconds, 6),
+                "decode_joins": self.decode_joins,
                 "busy_seconds": round(self.busy_seconds, 6),
                 "model_cpu_seconds": round(self.model_cpu_seconds, 6),
                 "http_cpu_seconds": round(self.http_cpu_seconds, 6),
