@@ -60,11 +60,18 @@ def _register() -> bool:
     return _registered
 
 
-def is_grouped(model: Any) -> bool:
-    config = model.config
-    heads = getattr(config, "num_attention_heads", None)
+def attention_shape(config: Any) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head size) of a Llama-style config."""
+    heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    return bool(heads) and kv_heads < heads
+    return heads, kv_heads, getattr(config, "head_dim", None) or config.hidden_size // heads
+
+
+def is_grouped(model: Any) -> bool:
+    if not getattr(model.config, "num_attention_heads", None):
+        return False
+    heads, kv_heads, _ = attention_shape(model.config)
+    return kv_heads < heads
 
 
 @contextmanager

@@ -22,6 +22,7 @@ from evaluation.engine.server.generation import (
     BatchGenerator,
     Row,
     adjacent_shared,
+    forward_worth_tokens,
     prefix_groups,
 )
 from evaluation.engine.server.profiling import BatchProfiler
@@ -510,7 +511,7 @@ def fill_tokens(params: int, setting: str | None = None) -> int:
     against large ones' (docs/benchmarks.md, session 10)."""
     setting = (os.environ.get("ENGINE_FILL_TOKENS", "0") if setting is None else setting).strip().lower()
     if setting == "auto":
-        return int(FILL_FLOPS // (2 * max(params, 1)))
+        return forward_worth_tokens(params)
     try:
         return max(0, int(setting))
     except ValueError:

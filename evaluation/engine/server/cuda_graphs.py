@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -34,16 +35,22 @@ class Capturer:
         self._pool: Any = None
         self.warmed = False  # warm-up forwards ran on the stream (warm_up): no capture needs them
 
-    def warm_up(self, forward: Callable[[], Any], times: int = 2) -> None:
-        """Run `forward` on the capture stream as the first capture's warm-ups would (a server's
-        warm-up, before any request): later captures then skip them."""
+    @contextmanager
+    def _on_stream(self) -> Iterator[None]:
+        """Run on the capture stream, ordered after the current stream's work and before its next."""
         if self._stream is None:
             self._stream = torch.cuda.Stream()
         self._stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self._stream):
+            yield
+        torch.cuda.current_stream().wait_stream(self._stream)
+
+    def warm_up(self, forward: Callable[[], Any], times: int = 2) -> None:
+        """Run `forward` on the capture stream as the first capture's warm-ups would (a server's
+        warm-up, before any request): later captures then skip them."""
+        with self._on_stream():
             for _ in range(times):
                 forward()
-        torch.cuda.current_stream().wait_stream(self._stream)
         self.warmed = True
 
     def forget_pool(self) -> None:
@@ -52,12 +59,9 @@ class Capturer:
 
     def _capture(self, forward: Callable[[], Any], warm_ups: int) -> tuple[torch.cuda.CUDAGraph, Any]:
         started = time.perf_counter()
-        if self._stream is None:
-            self._stream = torch.cuda.Stream()
         if self.shared_pool and self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        self._stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self._stream):
+        with self._on_stream():
             for _ in range(warm_ups):  # cuBLAS's workspace on this stream, kernels compiled and loaded
                 forward()
             graph = torch.cuda.CUDAGraph()
@@ -66,7 +70,6 @@ class Capturer:
                 out = forward()
             finally:
                 graph.capture_end()
-        torch.cuda.current_stream().wait_stream(self._stream)
         self.captures += 1
         self.seconds += time.perf_counter() - started
         return graph, out

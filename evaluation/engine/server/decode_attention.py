@@ -32,6 +32,7 @@ import os
 import torch
 
 from evaluation.engine.server import fused
+from evaluation.engine.server.attention import attention_shape
 
 BLOCK_N = 64
 MAX_SPLITS = 16
@@ -158,7 +159,7 @@ if fused.triton is not None:
 
 def applies(like: torch.Tensor, model) -> bool:
     """Whether a static decoder of this cache (its dtype and device) and model attends by bounds: the
-    fused layers call `attend`, and the kernel runs (CUDA, half precision) or `everywhere` is set.
+    fused layers call `rope_attend` (or `attend`), and the kernel runs (CUDA, half precision) or `everywhere` is set.
     `ENGINE_BOUNDED_DECODE=0` keeps the mask (benchmarks compare the two)."""
     if os.environ.get("ENGINE_BOUNDED_DECODE", "1") == "0":
         return False
@@ -215,10 +216,7 @@ def prepare(model) -> None:
     like = torch.empty(0, dtype=weight.dtype, device=weight.device)
     if not applies(like, model) or not fused._use_triton(like):
         return
-    config = model.config
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    heads, kv_heads, dim = attention_shape(model.config)
 
     def zeros(*shape, dtype=like.dtype):
         return torch.zeros(*shape, dtype=dtype, device=like.device)
@@ -227,8 +225,11 @@ def prepare(model) -> None:
     bounds, column = zeros(1, 3, dtype=torch.long), torch.tensor([BLOCK_N], device=like.device)
     for splits in (1, 2):
         work = Workspace(1, heads, kv_heads, 2 * BLOCK_N, dim, like.device, splits=splits)
-        q, k = zeros(1, 1, heads * dim), zeros(1, 1, kv_heads * dim)
-        rope_attend(q, k, k, cos, cos, keys, values, bounds, column, dim**-0.5, work)
+        if rope_inside:  # the variant the steps run (`ENGINE_ROPE_ATTEND=0`: rotated queries, `attend`)
+            q, k = zeros(1, 1, heads * dim), zeros(1, 1, kv_heads * dim)
+            rope_attend(q, k, k, cos, cos, keys, values, bounds, column, dim**-0.5, work)
+        else:
+            attend(zeros(1, heads, 1, dim), keys, values, bounds, column, dim**-0.5, work)
 
 
 class Workspace:

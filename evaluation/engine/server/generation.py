@@ -41,6 +41,11 @@ MIN_PREFIX_SAVING = 1024
 FORWARD_FLOPS = 15 * 10**12
 
 
+def forward_worth_tokens(params: int) -> int:
+    """Tokens whose model work (2 × params FLOPs each) is worth one forward's host time."""
+    return int(FORWARD_FLOPS // (2 * max(params, 1)))
+
+
 @dataclass
 class Row:
     """One sequence to generate: a request asking for n sequences becomes n rows."""
@@ -185,11 +190,11 @@ class BatchGenerator:
         self.prefix_sharing = prefix_sharing
         self.min_shared_prefix = min_shared_prefix
         # Tokens a decoding batch's own forward of a prefix no batch stored must skip to be worth it,
-        # whole batches too: a generation suite's one-shot prefix (~40 tokens) skipped a few thousand
+        # whole batches too: a generation suite's one-shot prefix (~85 tokens) skipped a few hundred
         # tokens' work at the cost of a forward per run (session 13). On the CPU the forward's cost is
         # its arithmetic: any shared prefix is worth it (and the tests decode from shared prefixes).
         params = sum(p.numel() for p in model.parameters())
-        self.decode_prefix_saving = FORWARD_FLOPS // (2 * max(params, 1)) if self.device.type == "cuda" else 0
+        self.decode_prefix_saving = forward_worth_tokens(params) if self.device.type == "cuda" else 0
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_ids = self._eos_ids(model, tokenizer)
         self._keep_arg = None

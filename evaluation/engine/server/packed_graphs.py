@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from evaluation.engine.server import cuda_graphs, fused, packed, static_decode
+from evaluation.engine.server.attention import attention_shape
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +245,7 @@ class PackedGraphs:
         MIN_LONGEST or the prefixes outgrow the room."""
         if not self.use_graphs or self.failed:
             return
-        config = self.model.config
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        _, kv_heads, head_dim = attention_shape(self.model.config)
         try:
             self._allocate(capacity, kv_heads, head_dim, head_dim, next(self.model.parameters()).dtype)
             for size in CHUNKS:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from evaluation.engine.server import cuda_graphs, decode_attention, fused
+from evaluation.engine.server.attention import attention_shape
 from evaluation.engine.server.kv_cache import cache_tensors
 
 log = logging.getLogger(__name__)
@@ -225,14 +226,11 @@ class StaticDecoder:
     def prepare(self) -> None:
         """The server's warm-up: two eager steps of one row on the capture stream, which the first
         capture would otherwise run inside an evaluation (cuBLAS's workspace on that stream, the
-        step's kernels loaded: ~0.04 s of a 1.1 B evaluation's first decode batch on an H100). No
+        step's kernels loaded: two steps' host time of the first decode batch; not yet measured). No
         graph: a one-row shape is one later batches rarely have, and each shape captures its own."""
         if not self.use_graphs or self.graph_failed or self.capturer.warmed:
             return
-        config = self.model.config
-        heads = config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        _, kv_heads, dim = attention_shape(self.model.config)
         weight = next(self.model.parameters())
         like = torch.empty(0, kv_heads, 0, dim, dtype=weight.dtype, device=weight.device)
         b = _Buffers(self.model, 1, COLUMN_STEP, (like, like), len(self.inner.layers))
