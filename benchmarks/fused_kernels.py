@@ -175,6 +175,10 @@ def check_decode_attention(device: str, dtype) -> list[dict]:
             ("rope_attend_v_cache", values, want_caches[1]),
         ):
             out.append(_diff(name, dtype, cache[:, :, column], expected[:, :, column], used) | shape)
+        # The server's warm-up check (`verify_rope_attend`) at these shapes.
+        why = decode_attention.rope_attend_disagreement(heads, kv_heads, dim, dtype, device)
+        out.append({"op": "rope_attend_warm_up_check", "dtype": str(dtype).removeprefix("torch."), "triton": used,
+                    "heads": [heads, kv_heads], "agrees": why is None, "why": why})  # fmt: skip
     return out
 
 

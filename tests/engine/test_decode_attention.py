@@ -192,3 +192,52 @@ def test_failed_warm_up_steps_leave_the_server_starting(tiny_llama_dir, caplog):
     decoder.capturer.warm_up = fails
     decoder.prepare()
     assert not decoder.capturer.warmed and "decode warm-up steps failed" in caplog.text
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_warm_up_check_passes_the_reference_rope_attend(monkeypatch, dtype):
+    """With the torch reference standing in for the kernel (CPU), `rope_attend` agrees with rotating,
+    storing and attending apart; the kernel itself is checked the same way under Triton's interpreter
+    (test_fused) and on the GPU (benchmarks.fused_kernels: rope_attend_warm_up_check)."""
+    monkeypatch.setattr(decode_attention, "everywhere", True)
+    monkeypatch.setattr(decode_attention, "rope_inside", True)
+    assert decode_attention.rope_attend_disagreement(8, 2, 32, dtype, torch.device("cpu")) is None
+    assert decode_attention.verify_rope_attend(8, 2, 32, dtype, torch.device("cpu"))
+    assert decode_attention.rope_inside
+
+
+@pytest.mark.parametrize(
+    "fault, why",
+    [
+        ("column", "the key or value written at the step's column differs"),
+        ("output", "outputs differ by up to"),
+        ("nan", "outputs not finite"),
+        ("raises", "RuntimeError: no kernel for sm_00"),
+    ],
+)
+def test_a_rope_attend_that_disagrees_is_turned_off_at_the_warm_up(monkeypatch, caplog, fault, why):
+    """A fused kernel that writes the wrong column, computes other outputs or fails on this GPU never
+    serves a step: the warm-up turns it off (the separate kernels serve, as `ENGINE_ROPE_ATTEND=0`) and
+    says why."""
+    monkeypatch.setattr(decode_attention, "everywhere", True)
+    monkeypatch.setattr(decode_attention, "rope_inside", True)
+    reference = decode_attention.rope_attend_torch
+
+    def faulty(q, k, v, cos, sin, keys, values, bounds, column, scaling):
+        if fault == "raises":
+            raise RuntimeError("no kernel for sm_00")
+        out = reference(q, k, v, cos, sin, keys, values, bounds, column, scaling)
+        if fault == "column":
+            keys[:, :, column + 1] = keys[:, :, column]
+        elif fault == "output":
+            out = out + 0.5
+        elif fault == "nan":
+            out[0, 0, 0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(decode_attention, "rope_attend_torch", faulty)
+    assert not decode_attention.verify_rope_attend(8, 2, 32, torch.float32, torch.device("cpu"))
+    assert not decode_attention.rope_inside
+    assert why in caplog.text and "rotate, store and attend in separate kernels" in caplog.text
+    work = decode_attention.Workspace(1, 8, 2, 64, 32, torch.device("cpu"))
+    assert decode_attention.rope_attend(torch.zeros(1, 1, 8 * 32), *([None] * 9), work) is None  # steps: apart

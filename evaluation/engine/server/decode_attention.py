@@ -27,12 +27,15 @@ cache write (`fused.rope_store`) followed by `attend`, which serve where it does
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
 from evaluation.engine.server import fused
 from evaluation.engine.server.attention import attention_shape
+
+log = logging.getLogger(__name__)
 
 BLOCK_N = 64
 MAX_SPLITS = 16
@@ -223,6 +226,7 @@ def prepare(model) -> None:
 
     keys, values, cos = zeros(1, kv_heads, 2 * BLOCK_N, dim), zeros(1, kv_heads, 2 * BLOCK_N, dim), zeros(1, 1, dim)
     bounds, column = zeros(1, 3, dtype=torch.long), torch.tensor([BLOCK_N], device=like.device)
+    verify_rope_attend(heads, kv_heads, dim, like.dtype, like.device)
     for splits in (1, 2):
         work = Workspace(1, heads, kv_heads, 2 * BLOCK_N, dim, like.device, splits=splits)
         if rope_inside:  # the variant the steps run (`ENGINE_ROPE_ATTEND=0`: rotated queries, `attend`)
@@ -230,6 +234,75 @@ def prepare(model) -> None:
             rope_attend(q, k, k, cos, cos, keys, values, bounds, column, dim**-0.5, work)
         else:
             attend(zeros(1, heads, 1, dim), keys, values, bounds, column, dim**-0.5, work)
+
+
+def rope_attend_disagreement(heads: int, kv_heads: int, dim: int, dtype, device) -> str | None:
+    """Why `rope_attend` does not agree with the two kernels it replaces (`fused.rope_store`, then
+    `attend`) at this model's shapes, or None where it does: the key and value written at the step's
+    column bitwise equal, the outputs finite and within a few units of the last place. One split a row
+    and several; rows with a prefix, without, and a padding row with no key but its own."""
+    rows, columns, step = 4, 3 * BLOCK_N, 2 * BLOCK_N + 5
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(dtype=dtype, device=device)
+
+    column = torch.tensor([step], device=device)
+    bounds = torch.tensor([[3, 40, 60], [0, 0, 10], [20, 90, step], [0, 0, step]], device=device)
+    qkv = randn(rows, 1, (heads + 2 * kv_heads) * dim)
+
+    def projections():  # fresh for each path: the rotary kernel rotates the queries in place
+        return qkv.clone().split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+
+    inv = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim))
+    angles = (torch.arange(rows, device=device)[:, None, None] * 37 + 500).float() * inv
+    emb = torch.cat([angles, angles], -1)
+    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+    keys = randn(rows, kv_heads, columns, dim)
+    values = randn(rows, kv_heads, columns, dim)
+    scale = dim**-0.5
+    for splits in (1, 3):
+        work = Workspace(rows, heads, kv_heads, columns, dim, device, splits=splits)
+        got_k, got_v = keys.clone(), values.clone()
+        q, k, v = projections()
+        got = rope_attend(q, k, v, cos, sin, got_k, got_v, bounds, column, scale, work)
+        if got is None:
+            return None  # neither path is the kernel here: nothing to compare
+        want_k, want_v = keys.clone(), values.clone()
+        q, k, v = projections()
+        rotated = fused.rope_store(q, k, v, cos, sin, dim, want_k, want_v, column)
+        if rotated is None:  # the torch operations the decoder would run instead
+            rotated, key = fused.rope_torch(q, k, cos, sin, dim)
+            want_k.index_copy_(2, column, key)
+            want_v.index_copy_(2, column, v.view(rows, 1, -1, dim).transpose(1, 2))
+        want = attend(rotated, want_k, want_v, bounds, column, scale, work)
+        if want is None:
+            want = attend_torch(rotated, want_k, want_v, bounds, column, scale)
+        if not (torch.equal(got_k, want_k) and torch.equal(got_v, want_v)):
+            return f"{splits} split(s): the key or value written at the step's column differs"
+        if not bool(torch.isfinite(got).all()):
+            return f"{splits} split(s): outputs not finite"
+        diff = float((got.float() - want.float()).abs().max())
+        if diff > 0.02 + 0.02 * float(want.float().abs().max()):
+            return f"{splits} split(s): outputs differ by up to {diff:.4g}"
+    return None
+
+
+def verify_rope_attend(heads: int, kv_heads: int, dim: int, dtype, device) -> bool:
+    """The server's warm-up, before any step: `rope_attend` runs only where it agrees with the kernels
+    it replaces on this GPU, its compiler and this model's shapes; otherwise the decoder keeps them
+    (as `ENGINE_ROPE_ATTEND=0`), and the log says why. Scores never depend on the faster kernel."""
+    global rope_inside
+    if not rope_inside:
+        return False
+    try:
+        why = rope_attend_disagreement(heads, kv_heads, dim, dtype, device)
+    except Exception as exc:  # a kernel that fails to compile or run here
+        why = f"{type(exc).__name__}: {exc}"
+    if why is not None:
+        rope_inside = False
+        log.warning("decode steps rotate, store and attend in separate kernels: rope_attend %s", why)
+    return rope_inside
 
 
 class Workspace:
