@@ -22,7 +22,8 @@ tests' reference, and the decoder's path when `everywhere` is set on the CPU).
 each program rotates its queries and the step's key as `fused.rope` does (the same roundings), the
 first split writes the rotated key and the value into the cache at the step's column, and the last
 split adds that key and value from registers. One kernel a layer fewer than the rotary kernel's
-cache write (`fused.rope_store`) followed by `attend`, which serve where it does not apply.
+cache write (`fused.rope_store`) followed by `attend`, which serve where it does not apply, and
+wherever the server's warm-up found it disagreeing with them on the GPU at hand (`verify_rope_attend`).
 """
 
 from __future__ import annotations
@@ -213,8 +214,9 @@ def splits_for(rows: int, kv_heads: int, columns: int, device: torch.device) -> 
 
 
 def prepare(model) -> None:
-    """Compile (or load from Triton's cache) the kernel this model's steps will run, both ways (one
-    split and several): the server's warm-up calls it, so no batch waits for a compilation."""
+    """Check `rope_attend` here (`verify_rope_attend`), then compile (or load from Triton's cache) the
+    kernel this model's steps will run, both ways (one split and several): the server's warm-up calls
+    it, so no batch waits for a compilation."""
     weight = next(model.parameters())
     like = torch.empty(0, dtype=weight.dtype, device=weight.device)
     if not applies(like, model) or not fused._use_triton(like):
