@@ -565,6 +565,8 @@ def server_columns(stats: dict | None) -> str:
             parts[-1] += f" ({stats['decode_joins']})"
         parts.append(fmt((stats.get("decode") or {}).get("graph_capture_seconds"), ".2f"))
         decode = " / ".join(parts)
+        if (stats.get("decode") or {}).get("rope_attend") is False:  # separate rotary and attention kernels
+            decode += " (rope_attend off)"
     return (
         f"{fmt(stats.get('busy_seconds'), '.2f')} | "
         f"{stats.get('batches', '–')} × {fmt(stats.get('mean_batch_rows'), '.0f')} | "

@@ -241,3 +241,17 @@ def test_a_rope_attend_that_disagrees_is_turned_off_at_the_warm_up(monkeypatch, 
     assert why in caplog.text and "rotate, store and attend in separate kernels" in caplog.text
     work = decode_attention.Workspace(1, 8, 2, 64, 32, torch.device("cpu"))
     assert decode_attention.rope_attend(torch.zeros(1, 1, 8 * 32), *([None] * 9), work) is None  # steps: apart
+
+
+def test_stats_say_whether_the_steps_run_rope_attend(tiny_llama_dir, monkeypatch):
+    from evaluation.engine.server import fused
+
+    loaded = _load(tiny_llama_dir)
+    assert decode_attention.rope_attend_state(loaded.model) is None  # CPU: no kernel at all
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    monkeypatch.setattr(fused, "_use_triton", lambda x: True)  # as on a GPU
+    assert fused.install(loaded.model)
+    monkeypatch.setattr(decode_attention, "rope_inside", True)
+    assert decode_attention.rope_attend_state(loaded.model) is True
+    monkeypatch.setattr(decode_attention, "rope_inside", False)  # the warm-up's check turned it off
+    assert decode_attention.rope_attend_state(loaded.model) is False

@@ -70,3 +70,17 @@ def test_the_decode_steps_bandwidth_share_leaves_out_the_first_rows_and_the_join
                               "efficiency": eff}]})  # fmt: skip
     assert "| 50.0% (steps 100.0%) |" in table
     assert table.endswith("| 0.25 / 0.20 / 0.30 (3) / 0.08 |")
+
+
+def test_a_run_whose_warm_up_turned_rope_attend_off_says_so():
+    """The decode column tells a run measured with the separate rotary and attention kernels (the
+    server's warm-up check turned the fused one off) from one measured with it."""
+    from benchmarks.helm_speed import server_columns
+
+    stats = {"busy_seconds": 1.0, "decode_seconds": 0.8, "decode_prefill_seconds": 0.1, "decode_start_seconds": 0.05,
+             "decode_join_seconds": 0.04, "decode_joins": 2, "decode": {"graph_capture_seconds": 0.03}}  # fmt: skip
+    assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03")
+    stats["decode"]["rope_attend"] = True
+    assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03")
+    stats["decode"]["rope_attend"] = False
+    assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03 (rope_attend off)")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from evaluation.engine.loading import LoadedModel
+from evaluation.engine.server import decode_attention
 from evaluation.engine.server.batching import Limits, Scheduler
 from evaluation.engine.server.generation import BatchGenerator, Row
 from evaluation.engine.server.stats import Stats
@@ -309,6 +310,7 @@ class ModelService(Frontend):
             else ("static" if not static.use_graphs or static.graph_failed else "cuda-graphs"),
             "graph_captures": static.captures if static is not None else 0,
             "graph_capture_seconds": round(static.capturer.seconds, 6) if static is not None else 0.0,
+            "rope_attend": decode_attention.rope_attend_state(static.model) if static is not None else None,
         }
         # Packed batches replayed as CUDA graphs, and the captures batches waited for (not the warm-up's).
         graphs = self.generator.graphs

@@ -165,9 +165,11 @@ def applies(like: torch.Tensor, model) -> bool:
     """Whether a static decoder of this cache (its dtype and device) and model attends by bounds: the
     fused layers call `rope_attend` (or `attend`), and the kernel runs (CUDA, half precision) or `everywhere` is set.
     `ENGINE_BOUNDED_DECODE=0` keeps the mask (benchmarks compare the two)."""
-    if os.environ.get("ENGINE_BOUNDED_DECODE", "1") == "0":
-        return False
-    return fused.runs_fused(model) and (everywhere or fused._use_triton(like))
+    return _bounded_setting() and fused.runs_fused(model) and (everywhere or fused._use_triton(like))
+
+
+def _bounded_setting() -> bool:
+    return os.environ.get("ENGINE_BOUNDED_DECODE", "1") != "0"
 
 
 def row_bounds(mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -213,13 +215,29 @@ def splits_for(rows: int, kv_heads: int, columns: int, device: torch.device) -> 
     return max(1, min(MAX_SPLITS, wanted, -(-columns // BLOCK_N)))
 
 
+def _like(model) -> torch.Tensor:
+    weight = next(model.parameters())
+    return torch.empty(0, dtype=weight.dtype, device=weight.device)
+
+
+def kernel_runs(model) -> bool:
+    """Whether this model's static decode steps attend by bounds through the Triton kernel (asked
+    outside the batches too: by /stats)."""
+    return _bounded_setting() and fused.installed(model) and fused._use_triton(_like(model))
+
+
+def rope_attend_state(model) -> bool | None:
+    """For /stats: whether the steps rotate, store and attend in one kernel (False: the warm-up's check
+    or `ENGINE_ROPE_ATTEND=0` turned it off); None where the kernel does not run at all."""
+    return rope_inside if kernel_runs(model) else None
+
+
 def prepare(model) -> None:
     """Check `rope_attend` here (`verify_rope_attend`), then compile (or load from Triton's cache) the
     kernel this model's steps will run, both ways (one split and several): the server's warm-up calls
     it, so no batch waits for a compilation."""
-    weight = next(model.parameters())
-    like = torch.empty(0, dtype=weight.dtype, device=weight.device)
-    if not applies(like, model) or not fused._use_triton(like):
+    like = _like(model)
+    if not kernel_runs(model):
         return
     heads, kv_heads, dim = attention_shape(model.config)
 

@@ -496,6 +496,11 @@ def runs_fused(model: Any) -> bool:
     return bool(_active and getattr(model, "_engine_fused", False))
 
 
+def installed(model: Any) -> bool:
+    """Whether `model`'s layers run fused inside the engine's batches (any thread may ask)."""
+    return bool(getattr(model, "_engine_fused", False) and switched_on)
+
+
 def _joined_here(module: Any, length: int) -> Joined | None:
     """The module's joined projections if this forward is a decode step (one token a row)."""
     joined = getattr(module, "_engine_joined", None)
