@@ -259,7 +259,7 @@ def prepare(model) -> None:
 def rope_attend_disagreement(heads: int, kv_heads: int, dim: int, dtype, device) -> str | None:
     """Why `rope_attend` does not agree with the two kernels it replaces (`fused.rope_store`, then
     `attend`) at this model's shapes, or None where it does: the key and value written at the step's
-    column bitwise equal, the outputs finite and within a few units of the last place. One split a row
+    column bitwise equal, the outputs finite and within 0.02 + 2 % of the largest. One split a row
     and several; rows with a prefix, without, and a padding row with no key but its own."""
     rows, columns, step = 4, 3 * BLOCK_N, 2 * BLOCK_N + 5
     gen = torch.Generator(device="cpu").manual_seed(0)
