@@ -26,15 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("ENGINE_FUSED", "1")
 
 
-def _rotary(positions, dim, dtype):
-    import torch
-
-    inv = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=positions.device).float() / dim))
-    freqs = positions[..., None].float() * inv
-    emb = torch.cat([freqs, freqs], -1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
 def _diff(op, dtype, got, want, used_triton) -> dict:
     return {
         "op": op, "dtype": str(dtype).removeprefix("torch."), "triton": used_triton,
@@ -82,7 +73,7 @@ def check_kernels(device: str) -> list[dict]:
             q = torch.randn(3, 5, heads * dim, dtype=dtype, device=device) * 4
             k = torch.randn(3, 5, kv_heads * dim, dtype=dtype, device=device) * 4
             positions = torch.arange(5, device=device)[None] + torch.tensor([[0], [3], [9]], device=device)
-            cos, sin = _rotary(positions[:1] if shared else positions, dim, dtype)
+            cos, sin = fused.rotary_tables(positions[:1] if shared else positions, dim, dtype)
             want = fused.rope_torch(q, k, cos, sin, dim)
             got = fused.rope(q.clone(), k.clone(), cos, sin, dim)
             for name, g, e in zip("qk", got, want, strict=True):
@@ -92,7 +83,7 @@ def check_kernels(device: str) -> list[dict]:
             for length in (1, 5):
                 qkv = torch.randn(3, length, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device) * 4
                 q, k, _ = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
-                cos, sin = _rotary(positions[:, :length], dim, dtype)
+                cos, sin = fused.rotary_tables(positions[:, :length], dim, dtype)
                 want = fused.rope_torch(q.clone(), k.clone(), cos, sin, dim)
                 got = fused.rope(q, k, cos, sin, dim)
                 for name, g, e in zip("qk", got, want, strict=True):
@@ -100,7 +91,7 @@ def check_kernels(device: str) -> list[dict]:
             # A static decode step: rotated keys and the values written into the cache at its column.
             qkv = torch.randn(3, 1, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device) * 4
             q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
-            cos, sin = _rotary(positions[:, :1], dim, dtype)
+            cos, sin = fused.rotary_tables(positions[:, :1], dim, dtype)
             want_q, want_k = fused.rope_torch(q.clone(), k.clone(), cos, sin, dim)
             caches = [torch.randn(4, kv_heads, 9, dim, dtype=dtype, device=device) for _ in range(2)]
             column = torch.tensor([6], device=device)
@@ -146,7 +137,7 @@ def check_decode_attention(device: str, dtype) -> list[dict]:
         # The projections' outputs of the step (a joined product's column slices) and its rotary embedding.
         qkv = torch.randn(rows, 1, (heads + 2 * kv_heads) * dim, dtype=dtype, device=device) * 4
         new_q, new_k, new_v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
-        cos, sin = _rotary(torch.arange(rows, device=device)[:, None] * 7 + 300, dim, dtype)
+        cos, sin = fused.rotary_tables(torch.arange(rows, device=device)[:, None] * 7 + 300, dim, dtype)
         want_caches = [keys.clone(), values.clone()]
         want_rope = decode_attention.rope_attend_torch(new_q, new_k, new_v, cos, sin, *want_caches, bounds, step,
                                                        dim**-0.5)  # fmt: skip

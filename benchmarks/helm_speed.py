@@ -559,13 +559,14 @@ def server_columns(stats: dict | None) -> str:
         return " | | | |"
     latency = (stats.get("latency_seconds") or {}).get("mean")
     decode = ""
+    decode_stats = stats.get("decode") or {}
     if stats.get("decode_seconds"):
         parts = [fmt(stats.get(f"decode_{name}_seconds"), ".2f") for name in ("prefill", "start", "join")]
         if stats.get("decode_joins") is not None:  # how many joins (servers since session 13)
             parts[-1] += f" ({stats['decode_joins']})"
-        parts.append(fmt((stats.get("decode") or {}).get("graph_capture_seconds"), ".2f"))
+        parts.append(fmt(decode_stats.get("graph_capture_seconds"), ".2f"))
         decode = " / ".join(parts)
-        if (stats.get("decode") or {}).get("rope_attend") is False:  # separate rotary and attention kernels
+        if decode_stats.get("rope_attend") is False:  # separate rotary and attention kernels
             decode += " (rope_attend off)"
     return (
         f"{fmt(stats.get('busy_seconds'), '.2f')} | "

@@ -255,3 +255,26 @@ def test_stats_say_whether_the_steps_run_rope_attend(tiny_llama_dir, monkeypatch
     assert decode_attention.rope_attend_state(loaded.model) is True
     monkeypatch.setattr(decode_attention, "rope_inside", False)  # the warm-up's check turned it off
     assert decode_attention.rope_attend_state(loaded.model) is False
+
+
+@pytest.mark.parametrize("agrees", [True, False])
+def test_prepare_checks_rope_attend_and_readies_attend_only_where_it_is_off(tiny_llama_dir, monkeypatch, agrees):
+    """The warm-up's check runs both kernels the steps could run, so nothing more is compiled after it
+    agrees; where it turned rope_attend off, `attend` is run both ways (one split, several)."""
+    loaded = _load(tiny_llama_dir)
+    monkeypatch.setattr(decode_attention, "kernel_runs", lambda model: True)  # as on a GPU
+    monkeypatch.setattr(decode_attention, "everywhere", True)
+    monkeypatch.setattr(decode_attention, "rope_inside", True)
+    if not agrees:
+        monkeypatch.setattr(decode_attention, "rope_attend_disagreement", lambda *a: "outputs differ by up to 1")
+    splits = []
+    reference = decode_attention.attend
+
+    def counted(q, keys, values, bounds, column, scaling, work):
+        splits.append(work.splits)
+        return reference(q, keys, values, bounds, column, scaling, work)
+
+    monkeypatch.setattr(decode_attention, "attend", counted)
+    decode_attention.prepare(loaded.model)
+    assert decode_attention.rope_inside is agrees
+    assert splits == ([1, 3] if agrees else [1, 2])  # the check's comparisons, or the compile loop's

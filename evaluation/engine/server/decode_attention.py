@@ -236,24 +236,21 @@ def prepare(model) -> None:
     """Check `rope_attend` here (`verify_rope_attend`), then compile (or load from Triton's cache) the
     kernel this model's steps will run, both ways (one split and several): the server's warm-up calls
     it, so no batch waits for a compilation."""
-    like = _like(model)
     if not kernel_runs(model):
         return
+    like = _like(model)
     heads, kv_heads, dim = attention_shape(model.config)
+    if verify_rope_attend(heads, kv_heads, dim, like.dtype, like.device):
+        return  # its comparison ran both kernels the steps could run, one split and several
 
     def zeros(*shape, dtype=like.dtype):
         return torch.zeros(*shape, dtype=dtype, device=like.device)
 
-    keys, values, cos = zeros(1, kv_heads, 2 * BLOCK_N, dim), zeros(1, kv_heads, 2 * BLOCK_N, dim), zeros(1, 1, dim)
+    keys, values = zeros(1, kv_heads, 2 * BLOCK_N, dim), zeros(1, kv_heads, 2 * BLOCK_N, dim)
     bounds, column = zeros(1, 3, dtype=torch.long), torch.tensor([BLOCK_N], device=like.device)
-    verify_rope_attend(heads, kv_heads, dim, like.dtype, like.device)
-    for splits in (1, 2):
+    for splits in (1, 2):  # `attend`, the steps' kernel where rope_attend is off
         work = Workspace(1, heads, kv_heads, 2 * BLOCK_N, dim, like.device, splits=splits)
-        if rope_inside:  # the variant the steps run (`ENGINE_ROPE_ATTEND=0`: rotated queries, `attend`)
-            q, k = zeros(1, 1, heads * dim), zeros(1, 1, kv_heads * dim)
-            rope_attend(q, k, k, cos, cos, keys, values, bounds, column, dim**-0.5, work)
-        else:
-            attend(zeros(1, heads, 1, dim), keys, values, bounds, column, dim**-0.5, work)
+        attend(zeros(1, heads, 1, dim), keys, values, bounds, column, dim**-0.5, work)
 
 
 def rope_attend_disagreement(heads: int, kv_heads: int, dim: int, dtype, device) -> str | None:
@@ -274,10 +271,7 @@ def rope_attend_disagreement(heads: int, kv_heads: int, dim: int, dtype, device)
     def projections():  # fresh for each path: the rotary kernel rotates the queries in place
         return qkv.clone().split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
 
-    inv = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device).float() / dim))
-    angles = (torch.arange(rows, device=device)[:, None, None] * 37 + 500).float() * inv
-    emb = torch.cat([angles, angles], -1)
-    cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = fused.rotary_tables(torch.arange(rows, device=device)[:, None] * 37 + 500, dim, dtype)
     keys = randn(rows, kv_heads, columns, dim)
     values = randn(rows, kv_heads, columns, dim)
     scale = dim**-0.5
@@ -292,9 +286,7 @@ def rope_attend_disagreement(heads: int, kv_heads: int, dim: int, dtype, device)
         q, k, v = projections()
         rotated = fused.rope_store(q, k, v, cos, sin, dim, want_k, want_v, column)
         if rotated is None:  # the torch operations the decoder would run instead
-            rotated, key = fused.rope_torch(q, k, cos, sin, dim)
-            want_k.index_copy_(2, column, key)
-            want_v.index_copy_(2, column, v.view(rows, 1, -1, dim).transpose(1, 2))
+            rotated = _rope_store_torch(q, k, v, cos, sin, want_k, want_v, column)
         want = attend(rotated, want_k, want_v, bounds, column, scale, work)
         if want is None:
             want = attend_torch(rotated, want_k, want_v, bounds, column, scale)
@@ -310,8 +302,8 @@ def rope_attend_disagreement(heads: int, kv_heads: int, dim: int, dtype, device)
 
 def verify_rope_attend(heads: int, kv_heads: int, dim: int, dtype, device) -> bool:
     """The server's warm-up, before any step: `rope_attend` runs only where it agrees with the kernels
-    it replaces on this GPU, its compiler and this model's shapes; otherwise the decoder keeps them
-    (as `ENGINE_ROPE_ATTEND=0`), and the log says why. Scores never depend on the faster kernel."""
+    it replaces on this GPU, its compiler and this model's shapes (at the check's few rows and splits);
+    otherwise the decoder keeps them (as `ENGINE_ROPE_ATTEND=0`), and the log says why."""
     global rope_inside
     if not rope_inside:
         return False
@@ -355,12 +347,18 @@ def attend(q, keys, values, bounds, column, scaling, work: Workspace | None) -> 
     return _launch(q, q.stride(0), q.stride(1), keys, values, bounds, column, scaling, work, None)
 
 
-def rope_attend_torch(q, k, v, cos, sin, keys, values, bounds, column, scaling) -> torch.Tensor:
-    """The reference of `rope_attend`: fused.rope_torch, the cache written at `column`, attend_torch."""
+def _rope_store_torch(q, k, v, cos, sin, keys, values, column) -> torch.Tensor:
+    """`fused.rope_store` in torch operations: the rotated queries [rows, heads, 1, dim]."""
     rows, dim = q.shape[0], keys.shape[-1]
     q, k = fused.rope_torch(q, k, cos, sin, dim)
     keys.index_copy_(2, column, k)
     values.index_copy_(2, column, v.view(rows, 1, -1, dim).transpose(1, 2))
+    return q
+
+
+def rope_attend_torch(q, k, v, cos, sin, keys, values, bounds, column, scaling) -> torch.Tensor:
+    """The reference of `rope_attend`: the torch rotary embedding and cache write, then attend_torch."""
+    q = _rope_store_torch(q, k, v, cos, sin, keys, values, column)
     return attend_torch(q, keys, values, bounds, column, scaling)
 
 

@@ -300,6 +300,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rotary_tables(positions: torch.Tensor, dim: int, dtype: torch.dtype, base: float = 10000.0):
+    """(cos, sin) [*positions.shape, dim] of a plain rotary embedding (Llama's default, no scaling):
+    inputs for the kernels' checks, which need no model."""
+    inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=positions.device).float() / dim))
+    freqs = positions[..., None].float() * inv
+    emb = torch.cat([freqs, freqs], -1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
 def rope_torch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dim: int):
     """Queries and keys [rows, heads, tokens, dim] from the projections' outputs [rows, tokens, heads
     × dim], rotated as Hugging Face's apply_rotary_pos_emb rotates them."""
