@@ -152,16 +152,6 @@ def check_decode_attention(device: str, dtype) -> list[dict]:
         out.append(
             _diff("decode_attention", dtype, got, want, used) | shape | {"finite": bool(torch.isfinite(got).all())}
         )
-        if used and work.splits > 1:  # the splits merged by the last of them, against the merge kernel
-            args = (q, q.stride(0), q.stride(1), keys, values, bounds, step, dim**-0.5, work, None)
-            apart = decode_attention._launch(*args, merge=False)
-            inside = decode_attention._launch(*args, merge=True)
-            out.append(
-                _diff("merge_inside", dtype, inside, apart, used) | shape | {"counters_zero": not work.count.any()}
-            )
-        # The server's warm-up check (`verify_merge_inside`) at these shapes.
-        why = decode_attention.merge_disagreement(heads, kv_heads, dim, dtype, device)
-        out.append(_warm_up_check("merge_inside", dtype, used, heads, kv_heads, why))
         for cache in (keys, values):
             cache[:, :, column] = float("nan")  # the kernel writes it before any read
         got = decode_attention.rope_attend(new_q, new_k, new_v, cos, sin, keys, values, bounds, step, dim**-0.5, work)
@@ -178,13 +168,9 @@ def check_decode_attention(device: str, dtype) -> list[dict]:
             out.append(_diff(name, dtype, cache[:, :, column], expected[:, :, column], used) | shape)
         # The server's warm-up check (`verify_rope_attend`) at these shapes.
         why = decode_attention.rope_attend_disagreement(heads, kv_heads, dim, dtype, device)
-        out.append(_warm_up_check("rope_attend", dtype, used, heads, kv_heads, why))
+        out.append({"op": "rope_attend_warm_up_check", "dtype": str(dtype).removeprefix("torch."), "triton": used,
+                    "heads": [heads, kv_heads], "agrees": why is None, "why": why})  # fmt: skip
     return out
-
-
-def _warm_up_check(name, dtype, used_triton, heads, kv_heads, why) -> dict:
-    return {"op": f"{name}_warm_up_check", "dtype": str(dtype).removeprefix("torch."), "triton": used_triton,
-            "heads": [heads, kv_heads], "agrees": why is None, "why": why}  # fmt: skip
 
 
 def check_model(device: str, dtype_name: str) -> dict:

@@ -568,8 +568,6 @@ def server_columns(stats: dict | None) -> str:
         decode = " / ".join(parts)
         if decode_stats.get("rope_attend") is False:  # separate rotary and attention kernels
             decode += " (rope_attend off)"
-        if decode_stats.get("merge_inside") is False:  # the splits merged by a kernel of their own
-            decode += " (merged apart)"
     return (
         f"{fmt(stats.get('busy_seconds'), '.2f')} | "
         f"{stats.get('batches', '–')} × {fmt(stats.get('mean_batch_rows'), '.0f')} | "

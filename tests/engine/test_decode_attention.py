@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from evaluation.engine.server import decode_attention
-from evaluation.engine.server.attention import attention_shape
 from evaluation.engine.server.generation import BatchGenerator
 from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_like_generate, rows_for
 from tests.engine.test_joining import Arrivals
@@ -256,38 +255,6 @@ def test_stats_say_whether_the_steps_run_rope_attend(tiny_llama_dir, monkeypatch
     assert decode_attention.rope_attend_state(loaded.model) is True
     monkeypatch.setattr(decode_attention, "rope_inside", False)  # the warm-up's check turned it off
     assert decode_attention.rope_attend_state(loaded.model) is False
-    monkeypatch.setattr(decode_attention, "merge_inside", False)
-    assert decode_attention.merge_inside_state(loaded.model) is False
-
-
-def test_the_merge_check_has_nothing_to_compare_without_the_kernel():
-    """On the CPU `attend` is the torch reference, which merges nothing: the check agrees and the
-    setting stays as it was (the kernel's merge is compared under Triton's interpreter, test_fused)."""
-    cpu = torch.device("cpu")
-    assert decode_attention.merge_disagreement(8, 2, 32, torch.float32, cpu) is None
-    assert decode_attention.merge_disagreement(8, 2, 32, torch.bfloat16, cpu) is None
-
-
-@pytest.mark.parametrize("fault", ["differs", "raises"])
-def test_splits_merged_inside_that_disagree_are_merged_apart(monkeypatch, caplog, fault):
-    """Where the last split's merge disagrees with the merge kernel on this GPU, or fails, the steps
-    keep the merge kernel (as `ENGINE_MERGE_INSIDE=0`) and the log says why; `attend` then launches
-    the merge kernel (the launch's argument says which)."""
-    monkeypatch.setattr(decode_attention, "merge_inside", True)
-
-    def disagreement(*shape):
-        if fault == "raises":
-            raise RuntimeError("atomics unsupported")
-        return "3 splits, launch 2: a split counter left at 2"
-
-    monkeypatch.setattr(decode_attention, "merge_disagreement", disagreement)
-    assert not decode_attention.verify_merge_inside(8, 2, 32, torch.bfloat16, torch.device("cpu"))
-    assert not decode_attention.merge_inside
-    why = "a split counter left at 2" if fault == "differs" else "RuntimeError: atomics unsupported"
-    assert why in caplog.text and "merges its splits in a kernel of its own" in caplog.text
-    # Checked once: a setting already off is not checked again.
-    monkeypatch.setattr(decode_attention, "merge_disagreement", lambda *shape: pytest.fail("checked again"))
-    assert not decode_attention.verify_merge_inside(8, 2, 32, torch.bfloat16, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("agrees", [True, False])
@@ -298,9 +265,6 @@ def test_prepare_checks_rope_attend_and_readies_attend_only_where_it_is_off(tiny
     monkeypatch.setattr(decode_attention, "kernel_runs", lambda model: True)  # as on a GPU
     monkeypatch.setattr(decode_attention, "everywhere", True)
     monkeypatch.setattr(decode_attention, "rope_inside", True)
-    monkeypatch.setattr(decode_attention, "merge_inside", True)
-    checked = []
-    monkeypatch.setattr(decode_attention, "merge_disagreement", lambda *shape: checked.append(shape))
     if not agrees:
         monkeypatch.setattr(decode_attention, "rope_attend_disagreement", lambda *a: "outputs differ by up to 1")
     splits = []
@@ -313,7 +277,4 @@ def test_prepare_checks_rope_attend_and_readies_attend_only_where_it_is_off(tiny
     monkeypatch.setattr(decode_attention, "attend", counted)
     decode_attention.prepare(loaded.model)
     assert decode_attention.rope_inside is agrees
-    shape = attention_shape(loaded.model.config)  # heads, key/value heads, head size
-    assert checked == [(*shape, torch.float32, torch.device("cpu"))]
-    assert decode_attention.merge_inside
     assert splits == ([1, 3] if agrees else [1, 2])  # the check's comparisons, or the compile loop's

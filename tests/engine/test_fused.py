@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -250,13 +249,8 @@ def test_kernels_under_tritons_interpreter():
     # The server's warm-up compares the fused kernel with the two it replaces before any step runs.
     warm_up = [c for c in checks if c["op"] == "rope_attend_warm_up_check"]
     assert len(warm_up) == len(fused_rope) and all(c["agrees"] for c in warm_up), warm_up
-    # Several splits merged by the last of them: the merge kernel's outputs, every counter back at zero.
-    inside = [c for c in checks if c["op"] == "merge_inside"]
-    assert len(inside) == 3 and all(c["unequal"] == 0 and c["counters_zero"] for c in inside), inside
-    merge_check = [c for c in checks if c["op"] == "merge_inside_warm_up_check"]
-    assert len(merge_check) == len(fused_rope) and all(c["agrees"] for c in merge_check), merge_check
-    half = [c for c in checks if c["dtype"] == "float16" and c["op"] not in ("decode_attention", "rope_attend")
-            and not c["op"].endswith("_warm_up_check")]  # fmt: skip
+    half = [c for c in checks if c["dtype"] == "float16" and c["op"] not in ("decode_attention", "rope_attend",
+                                                                            "rope_attend_warm_up_check")]  # fmt: skip
     assert all(c["unequal"] == 0 for c in half if c["op"].startswith(("rope", "residual"))), checks
     assert all(c["unequal"] <= c["elements"] // 500 for c in half), checks
     layer = report["model"]["float16"]
@@ -277,21 +271,6 @@ def _ptx(kernel, signature: dict, consts: dict) -> str:
         return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
     except (ImportError, FileNotFoundError) as e:  # pragma: no cover - a Triton build without its CUDA tool chain
         pytest.skip(f"cannot compile for CUDA here: {e}")
-
-
-def test_splits_merged_inside_the_kernel_count_in_with_an_acquire_release_atomic_on_the_gpu():
-    """What the interpreter (one program at a time) cannot show: compiled for the GPU, the split that
-    counts itself in last orders the others' stores before its reads (an acquire-release atomic at the
-    GPU's scope) and reads their parts from L2 (`ld.global.cg`), and the merge kernel is not needed."""
-    from evaluation.engine.server import decode_attention
-
-    ptx = _ptx(decode_attention._attend_kernel, *DECODE_KERNELS["rope_attend_merge_inside"])
-    assert re.search(r"atom\.global\.(gpu\.acq_rel|acq_rel\.gpu)\.add", ptx)
-    count = re.search(r"atom\.global\.(gpu\.acq_rel|acq_rel\.gpu)\.add", ptx).start()
-    assert "bar.sync" in ptx[ptx.rindex("st.global", 0, count) : count]  # every thread's part stored first
-    assert "ld.global.cg" in ptx
-    apart = _ptx(decode_attention._attend_kernel, *DECODE_KERNELS["rope_attend"])
-    assert "atom." not in apart
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
@@ -348,7 +327,7 @@ def _attend_signature():
         "bounds_ptr": "*i64",
         "col_ptr": "*i64",
     }
-    pointers |= {"part_ptr": "*fp32", "lse_ptr": "*fp32", "count_ptr": "*i32"}
+    pointers |= {"part_ptr": "*fp32", "lse_ptr": "*fp32"}
     ints = dict.fromkeys(
         ("q_row", "q_head", "k_row", "k_head", "v_row", "v_head", "out_row", "out_head", "heads"), "i32"
     )
@@ -357,9 +336,8 @@ def _attend_signature():
     return pointers | ints | {"scale": "fp32", "splits": "i32"} | rope
 
 
-def _attend(group: int, dim: int, one: bool, rope: bool, merge: bool = False) -> dict:
-    return {"GROUP": group, "G_PAD": 16, "DIM": dim, "BLOCK": 64, "ONE": one, "ROPE": rope, "EXACT": True,
-            "MERGE": merge, "S_PAD": 16}  # fmt: skip
+def _attend(group: int, dim: int, one: bool, rope: bool) -> dict:
+    return {"GROUP": group, "G_PAD": 16, "DIM": dim, "BLOCK": 64, "ONE": one, "ROPE": rope, "EXACT": True}
 
 
 DECODE_KERNELS = {
@@ -367,8 +345,6 @@ DECODE_KERNELS = {
     "attend_one_split": (_attend_signature(), _attend(1, 128, True, False)),
     "rope_attend": (_attend_signature(), _attend(8, 64, False, True)),
     "rope_attend_one_split": (_attend_signature(), _attend(1, 128, True, True)),
-    "attend_merge_inside": (_attend_signature(), _attend(8, 64, False, False, merge=True)),
-    "rope_attend_merge_inside": (_attend_signature(), _attend(8, 64, False, True, merge=True)),
     "merge_splits": (
         {"part_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*bf16", "out_row": "i32", "out_head": "i32",
          "heads": "i32", "splits": "i32"},

@@ -84,5 +84,3 @@ def test_a_run_whose_warm_up_turned_rope_attend_off_says_so():
     assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03")
     stats["decode"]["rope_attend"] = False
     assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03 (rope_attend off)")
-    stats["decode"]["merge_inside"] = False
-    assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03 (rope_attend off) (merged apart)")

@@ -115,7 +115,6 @@ def test_the_front_process_answers_as_the_single_process_server(servers):
     assert stats["http_cpu_seconds"] > 0 and stats["prompt_tokens"] > 0 and stats["output_tokens"] > 0
     assert stats["limits"]["max_batch_size"] > 0 and stats["decode"]["mode"] == "dynamic"
     assert stats["decode"]["rope_attend"] is None  # no static decoder, no kernel
-    assert stats["decode"]["merge_inside"] is None
     tokens = requests.post(f"{split_ready['url']}/tokenize", json={"text": "The quick"}, timeout=10).json()["tokens"]
     text = requests.post(f"{split_ready['url']}/decode", json={"tokens": tokens}, timeout=10).json()["text"]
     assert text == "The quick"

@@ -311,7 +311,6 @@ class ModelService(Frontend):
             "graph_captures": static.captures if static is not None else 0,
             "graph_capture_seconds": round(static.capturer.seconds, 6) if static is not None else 0.0,
             "rope_attend": decode_attention.rope_attend_state(static.model) if static is not None else None,
-            "merge_inside": decode_attention.merge_inside_state(static.model) if static is not None else None,
         }
         # Packed batches replayed as CUDA graphs, and the captures batches waited for (not the warm-up's).
         graphs = self.generator.graphs

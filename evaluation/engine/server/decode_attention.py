@@ -24,13 +24,6 @@ first split writes the rotated key and the value into the cache at the step's co
 split adds that key and value from registers. One kernel a layer fewer than the rotary kernel's
 cache write (`fused.rope_store`) followed by `attend`, which serve where it does not apply, and
 wherever the server's warm-up found it disagreeing with them on the GPU at hand (`verify_rope_attend`).
-
-With several splits, the last of a row's splits to finish merges them (session 15,
-`ENGINE_MERGE_INSIDE`): each split stores its part, then counts itself in on a counter of its row and
-key/value head; the one that finds the others done reads their parts and writes the output, then
-zeroes the counter for the next layer and the next replay. One kernel a layer fewer than the merge
-kernel (`_merge_splits_kernel`), which serves where the warm-up's check (`verify_merge_inside`)
-finds the two disagreeing.
 """
 
 from __future__ import annotations
@@ -51,8 +44,6 @@ everywhere = False  # tests: the torch reference wherever the kernel would not r
 # The step's rotary embedding and cache write inside the attention kernel (`rope_attend`); benchmarks
 # turn it off to compare (`ENGINE_ROPE_ATTEND=0`: the rotary kernel writes the cache, then `attend`).
 rope_inside = os.environ.get("ENGINE_ROPE_ATTEND", "1") != "0"
-# The splits merged by the last of them instead of a kernel of its own (`ENGINE_MERGE_INSIDE=0`: apart).
-merge_inside = os.environ.get("ENGINE_MERGE_INSIDE", "1") != "0"
 
 if fused.triton is not None:
     import triton
@@ -62,11 +53,11 @@ if fused.triton is not None:
     # kernel of its own inside a batch (session 12: 0.65-0.9 s of a 1.1 B evaluation's first captures).
     @triton.jit(do_not_specialize=["splits"])
     def _attend_kernel(
-        q_ptr, k_ptr, v_ptr, bounds_ptr, col_ptr, out_ptr, part_ptr, lse_ptr, count_ptr,
+        q_ptr, k_ptr, v_ptr, bounds_ptr, col_ptr, out_ptr, part_ptr, lse_ptr,
         q_row, q_head, k_row, k_head, v_row, v_head, out_row, out_head, heads, scale, splits,
         new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row,
         GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
-        ROPE: tl.constexpr, EXACT: tl.constexpr, MERGE: tl.constexpr, S_PAD: tl.constexpr,
+        ROPE: tl.constexpr, EXACT: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         kv = tl.program_id(1)
@@ -153,37 +144,21 @@ if fused.triton is not None:
             part = (row * heads + head) * splits + split
             tl.store(lse_ptr + part, tl.where(empty, float("-inf"), m_i + tl.log(l_i)), mask=in_group)
             tl.store(part_ptr + part[:, None] * DIM + d[None, :], o, mask=in_group[:, None])
-            if MERGE:
-                # Every thread's part stored before this program counts itself in; the count's
-                # release and acquire order those stores before the last split's reads.
-                tl.debug_barrier()
-                count = count_ptr + row * tl.num_programs(1) + kv
-                if tl.atomic_add(count, 1, sem="acq_rel") == splits - 1:
-                    for i in range(GROUP):
-                        _merge_head(part_ptr, lse_ptr, out_ptr, out_row, out_head, heads, splits, row,
-                                    kv * GROUP + i, S_PAD, DIM)  # fmt: skip
-                    tl.atomic_xchg(count, 0, sem="relaxed")  # for the next layer's launch
-
-    @triton.jit
-    def _merge_head(part_ptr, lse_ptr, out_ptr, out_row, out_head, heads, splits, row, head,
-                    S_PAD: tl.constexpr, DIM: tl.constexpr):  # fmt: skip
-        s = tl.arange(0, S_PAD)
-        d = tl.arange(0, DIM)
-        first = (row * heads + head) * splits
-        # .cg: from L2, never a line an SM cached before another program wrote it.
-        lse = tl.load(lse_ptr + first + s, mask=s < splits, other=float("-inf"), cache_modifier=".cg")
-        weight = tl.exp(lse - tl.max(lse, 0))  # an empty split's -inf weighs 0
-        part = tl.load(part_ptr + (first + s)[:, None] * DIM + d[None, :], mask=(s < splits)[:, None], other=0.0,
-                       cache_modifier=".cg")  # fmt: skip
-        o = tl.sum(weight[:, None] * part, 0) / tl.sum(weight, 0)
-        tl.store(out_ptr + row * out_row + head * out_head + d, o.to(out_ptr.dtype.element_ty))
 
     @triton.jit(do_not_specialize=["splits"])
     def _merge_splits_kernel(
         part_ptr, lse_ptr, out_ptr, out_row, out_head, heads, splits, S_PAD: tl.constexpr, DIM: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
-        _merge_head(part_ptr, lse_ptr, out_ptr, out_row, out_head, heads, splits, row, tl.program_id(1), S_PAD, DIM)
+        head = tl.program_id(1)
+        s = tl.arange(0, S_PAD)
+        d = tl.arange(0, DIM)
+        first = (row * heads + head) * splits
+        lse = tl.load(lse_ptr + first + s, mask=s < splits, other=float("-inf"))
+        weight = tl.exp(lse - tl.max(lse, 0))  # an empty split's -inf weighs 0
+        part = tl.load(part_ptr + (first + s)[:, None] * DIM + d[None, :], mask=(s < splits)[:, None], other=0.0)
+        o = tl.sum(weight[:, None] * part, 0) / tl.sum(weight, 0)
+        tl.store(out_ptr + row * out_row + head * out_head + d, o.to(out_ptr.dtype.element_ty))
 
 
 def applies(like: torch.Tensor, model) -> bool:
@@ -257,22 +232,14 @@ def rope_attend_state(model) -> bool | None:
     return rope_inside if kernel_runs(model) else None
 
 
-def merge_inside_state(model) -> bool | None:
-    """For /stats: whether the last split merges a row's splits (False: the warm-up's check or
-    `ENGINE_MERGE_INSIDE=0` left it to the merge kernel); None where the kernel does not run at all."""
-    return merge_inside if kernel_runs(model) else None
-
-
 def prepare(model) -> None:
-    """Check the splits merged inside the kernel (`verify_merge_inside`), then `rope_attend`
-    (`verify_rope_attend`), then compile (or load from Triton's cache) the kernel this model's steps
-    will run, both ways (one split and several): the server's warm-up calls it, so no batch waits for a
-    compilation."""
+    """Check `rope_attend` here (`verify_rope_attend`), then compile (or load from Triton's cache) the
+    kernel this model's steps will run, both ways (one split and several): the server's warm-up calls
+    it, so no batch waits for a compilation."""
     if not kernel_runs(model):
         return
     like = _like(model)
     heads, kv_heads, dim = attention_shape(model.config)
-    verify_merge_inside(heads, kv_heads, dim, like.dtype, like.device)
     if verify_rope_attend(heads, kv_heads, dim, like.dtype, like.device):
         return  # its comparison ran both kernels the steps could run, one split and several
 
@@ -325,45 +292,11 @@ def rope_attend_disagreement(heads: int, kv_heads: int, dim: int, dtype, device)
             want = attend_torch(rotated, want_k, want_v, bounds, column, scale)
         if not (torch.equal(got_k, want_k) and torch.equal(got_v, want_v)):
             return f"{splits} split(s): the key or value written at the step's column differs"
-        why = _outputs_differ(got, want)
-        if why:
-            return f"{splits} split(s): {why}"
-    return None
-
-
-def merge_disagreement(heads: int, kv_heads: int, dim: int, dtype, device) -> str | None:
-    """Why `attend` with its splits merged by the last of them does not agree with the same splits
-    merged by the merge kernel at this model's shapes, or None where it does: outputs finite and within
-    0.02 + 2 % of the largest, twice in a row (as two layers share a workspace), and every counter back
-    at zero after. Three splits a row and the most (all but three of them past the row's last key)."""
-    rows, columns, step = 4, 3 * BLOCK_N, 2 * BLOCK_N + 5
-    gen = torch.Generator(device="cpu").manual_seed(1)
-    q = torch.randn(rows, heads, 1, dim, generator=gen).to(dtype=dtype, device=device)
-    keys, values = (torch.randn(rows, kv_heads, columns, dim, generator=gen).to(dtype=dtype, device=device)
-                    for _ in range(2))  # fmt: skip
-    column = torch.tensor([step], device=device)
-    bounds = torch.tensor([[3, 40, 60], [0, 0, 10], [20, 90, step], [0, 0, step]], device=device)
-    if not (_fits(q, keys, values) and _kernel_runs(q, dim)):
-        return None  # no kernel here, no merge to compare
-    for splits in (3, MAX_SPLITS):
-        work = Workspace(rows, heads, kv_heads, columns, dim, device, splits=splits)
-        want = _launch(q, q.stride(0), q.stride(1), keys, values, bounds, column, dim**-0.5, work, None, merge=False)
-        for layer in (1, 2):
-            got = _launch(q, q.stride(0), q.stride(1), keys, values, bounds, column, dim**-0.5, work, None, merge=True)
-            why = _outputs_differ(got, want)
-            if why:
-                return f"{splits} splits, launch {layer}: {why}"
-            if bool(work.count.any()):
-                return f"{splits} splits, launch {layer}: a split counter left at {int(work.count.max())}"
-    return None
-
-
-def _outputs_differ(got: torch.Tensor, want: torch.Tensor) -> str | None:
-    if not bool(torch.isfinite(got).all()):
-        return "outputs not finite"
-    diff = float((got.float() - want.float()).abs().max())
-    if diff > 0.02 + 0.02 * float(want.float().abs().max()):
-        return f"outputs differ by up to {diff:.4g}"
+        if not bool(torch.isfinite(got).all()):
+            return f"{splits} split(s): outputs not finite"
+        diff = float((got.float() - want.float()).abs().max())
+        if diff > 0.02 + 0.02 * float(want.float().abs().max()):
+            return f"{splits} split(s): outputs differ by up to {diff:.4g}"
     return None
 
 
@@ -371,29 +304,17 @@ def verify_rope_attend(heads: int, kv_heads: int, dim: int, dtype, device) -> bo
     """The server's warm-up, before any step: `rope_attend` runs only where it agrees with the kernels
     it replaces on this GPU, its compiler and this model's shapes (at the check's few rows and splits);
     otherwise the decoder keeps them (as `ENGINE_ROPE_ATTEND=0`), and the log says why."""
-    what = "decode steps rotate, store and attend in separate kernels: rope_attend"
-    return _verified("rope_inside", rope_attend_disagreement, (heads, kv_heads, dim, dtype, device), what)
-
-
-def verify_merge_inside(heads: int, kv_heads: int, dim: int, dtype, device) -> bool:
-    """As `verify_rope_attend`, for the splits merged inside the attention kernel (`merge_inside`):
-    where they disagree with the merge kernel, or fail, the steps keep it (`ENGINE_MERGE_INSIDE=0`)."""
-    what = "decode attention merges its splits in a kernel of its own: merged inside"
-    return _verified("merge_inside", merge_disagreement, (heads, kv_heads, dim, dtype, device), what)
-
-
-def _verified(setting: str, disagreement, shape: tuple, what: str) -> bool:
-    """Turn the module's `setting` off, with a warning, where `disagreement(*shape)` says why or fails."""
-    if not globals()[setting]:
+    global rope_inside
+    if not rope_inside:
         return False
     try:
-        why = disagreement(*shape)
+        why = rope_attend_disagreement(heads, kv_heads, dim, dtype, device)
     except Exception as exc:  # a kernel that fails to compile or run here
         why = f"{type(exc).__name__}: {exc}"
     if why is not None:
-        globals()[setting] = False
-        log.warning("%s %s", what, why)
-    return globals()[setting]
+        rope_inside = False
+        log.warning("decode steps rotate, store and attend in separate kernels: rope_attend %s", why)
+    return rope_inside
 
 
 class Workspace:
@@ -404,8 +325,6 @@ class Workspace:
         self.splits = splits or splits_for(rows, kv_heads, columns, device)
         self.part = torch.empty(rows, heads, self.splits, dim, dtype=torch.float32, device=device)
         self.lse = torch.empty(rows, heads, self.splits, dtype=torch.float32, device=device)
-        # Splits done so far of each row and key/value head (`merge_inside`); the last one zeroes it.
-        self.count = torch.zeros(rows, kv_heads, dtype=torch.int32, device=device)
 
 
 def _fits(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
@@ -476,24 +395,23 @@ def _kernel_runs(q: torch.Tensor, dim: int) -> bool:
     return fused._use_triton(q) and dim in (32, 64, 128, 256)  # halves of 16 and up: the kernel's products
 
 
-def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Workspace, rope, merge=None) -> torch.Tensor:
+def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Workspace, rope) -> torch.Tensor:
     rows, heads, kv_heads, dim = q.shape[0], work.part.shape[1], keys.shape[1], keys.shape[-1]
     group = heads // kv_heads
     splits = work.splits
-    merge = (merge_inside if merge is None else merge) and splits > 1
     out = torch.empty(rows, 1, heads, dim, dtype=q.dtype, device=q.device)
     new_k, new_v, cos, sin, k_row, v_row, cos_row = rope or (q, q, q, q, 0, 0, 0)  # unread without ROPE
 
     def launch():
         _attend_kernel[(rows, kv_heads, splits)](
-            q, keys, values, bounds, column, out, work.part, work.lse, work.count,
+            q, keys, values, bounds, column, out, work.part, work.lse,
             q_row, q_head, keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
             out.stride(0), out.stride(2), heads, float(scaling), splits,
             new_k, new_v, cos, sin, k_row, v_row, cos_row,
             GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=BLOCK_N, ONE=splits == 1,
-            ROPE=rope is not None, EXACT=not fused._INTERPRET, MERGE=merge, S_PAD=MAX_SPLITS,
+            ROPE=rope is not None, EXACT=not fused._INTERPRET,
         )  # fmt: skip
-        if splits > 1 and not merge:
+        if splits > 1:
             _merge_splits_kernel[(rows, heads)](
                 work.part, work.lse, out, out.stride(0), out.stride(2), heads, splits, S_PAD=MAX_SPLITS, DIM=dim,
             )  # fmt: skip
