@@ -28,7 +28,9 @@ wherever the server's warm-up found it disagreeing with them on the GPU at hand 
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
 
 import torch
@@ -209,10 +211,29 @@ def attend_torch(q, keys, values, bounds, column, scaling) -> torch.Tensor:
 
 
 def splits_for(rows: int, kv_heads: int, columns: int, device: torch.device) -> int:
-    """Programs per row and key/value head: about two per SM over the batch, no more than its blocks."""
+    """Programs per row and key/value head: about `ENGINE_DECODE_WAVES` (2) per SM over the batch, no
+    more than its blocks. One split needs no merge kernel; more keep every SM busy when rows are few."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
-    wanted = -(-2 * sms // max(rows * kv_heads, 1))
+    wanted = math.ceil(_waves() * sms / max(rows * kv_heads, 1))
     return max(1, min(MAX_SPLITS, wanted, -(-columns // BLOCK_N)))
+
+
+def _waves() -> float:
+    """Programs per SM the splits aim at; benchmarks compare settings (a 1.1 B model's 4 key/value heads
+    on an H100's 132 SMs: one split a row from 33 rows with 1, from 66 rows with 2)."""
+    return _waves_from(os.environ.get("ENGINE_DECODE_WAVES", "2"))
+
+
+@functools.cache  # one warning per setting, not one per batch shape
+def _waves_from(setting: str) -> float:
+    try:
+        waves = float(setting)
+    except ValueError:
+        waves = 0.0
+    if not 0 < waves <= MAX_SPLITS:  # NaN included
+        log.warning("ENGINE_DECODE_WAVES=%r is not a number in (0, %d]: 2 programs per SM", setting, MAX_SPLITS)
+        return 2.0
+    return waves
 
 
 def _like(model) -> torch.Tensor:
