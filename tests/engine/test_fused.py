@@ -273,6 +273,62 @@ def _ptx(kernel, signature: dict, consts: dict) -> str:
         pytest.skip(f"cannot compile for CUDA here: {e}")
 
 
+def test_the_warm_up_readies_the_prefix_merge_at_the_models_shapes(tiny_llama_dir, fused_on, monkeypatch):
+    """The warm-up's one-token forward has no prefix: `prepare_graphs` runs the prefix merge once at
+    the model's heads and head size, in flash's log-sum-exp layout, so no batch compiles it."""
+    from evaluation.engine.server.attention import attention_shape
+
+    loaded = _load(tiny_llama_dir)
+    merges = []
+    monkeypatch.setattr(fused, "merge_into", lambda own, own_lse, pre, pre_lse: merges.append((own, own_lse)))
+    assert not fused.prepare_merge(loaded.model)  # not installed: nothing to ready
+    assert fused.install(loaded.model)
+    assert not fused.prepare_merge(loaded.model) and not merges  # the CPU: torch's operations, nothing to compile
+    monkeypatch.setattr(fused, "_use_triton", lambda x: True)  # as on a GPU
+    generator = BatchGenerator(loaded.model, loaded.tokenizer)
+    generator.prepare_graphs()
+    heads, _, dim = attention_shape(loaded.model.config)
+    [(own, lse)] = merges
+    assert own.shape == (2, heads, dim) and lse.shape == (2, heads) and lse.stride() == (1, 2)
+
+
+def _specialization(kernel, **args) -> list:
+    """What Triton compiles `kernel` for with these arguments (one kernel per distinct list)."""
+    pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    bind = create_function_from_signature(kernel.signature, kernel.params, make_backend(GPUTarget("cuda", 90, 32)))
+    return bind(**args)[1]
+
+
+def test_the_kernels_the_warm_up_compiles_serve_every_prompt_length():
+    """Triton compiles a kernel for each specialization of its int arguments (equal to 1, divisible by
+    16, other). The server's warm-up runs a one-token forward: the rotary kernel it compiles must be
+    the one a prefill of any length runs, or a new machine's first evaluation compiles inside its
+    batches (session 15: the first prefill 0.16 s against 0.08 s once Triton's cache held it); the
+    prefix merge's, whose log-sum-exp strides are a batch's token counts, likewise for any batch."""
+    t = torch.zeros(64, dtype=torch.bfloat16)
+    lse = torch.zeros(64, dtype=torch.float32)
+
+    def rope(length: int) -> list:
+        pointers = dict.fromkeys(("q_ptr", "k_ptr", "cos_ptr", "sin_ptr", "v_ptr", "kc_ptr", "vc_ptr", "col_ptr"), t)
+        ints = {"cos_batch": 64 * length, "cos_token": 64, "q_token": 2048, "k_token": 256, "v_token": 256,
+                "c_row": 0, "c_head": 0}  # fmt: skip
+        consts = {"HEADS": 32, "KV_HEADS": 4, "HALF": 32, "BLOCK_H": 32, "STORE": False, "EXACT": True}
+        return _specialization(fused._rope_kernel, **pointers, **ints, **consts, length=length)
+
+    def merge(tokens: int, queries: int) -> list:
+        out = {"own_ptr": t, "own_lse_ptr": lse, "pre_ptr": t, "pre_lse_ptr": lse, "heads": 32, "o_row": 2048,
+               "o_head": 64, "l_row": 1, "l_head": tokens, "p_row": 2048, "p_head": 64, "q_row": 1,
+               "q_head": queries}  # fmt: skip
+        return _specialization(fused._merge_kernel, **out, DIM=64, BLOCK_H=32, EXACT=True)
+
+    assert rope(1) == rope(16) == rope(126)
+    assert merge(1, 1) == merge(256, 16) == merge(300, 126)
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_rotary_kernel_keeps_each_products_rounding_when_compiled_for_a_gpu(dtype):
     """Compiled for the GPU, the rotary kernel multiplies in fp32 and rounds each product before

@@ -52,6 +52,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from evaluation.engine.server.attention import attention_shape
+
 log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -129,7 +131,10 @@ if triton is not None:
         o2 = _mul_rounded(x2, c2, EXACT).to(dt).to(tl.float32) + _mul_rounded(x1, s2, EXACT).to(dt).to(tl.float32)
         return o1.to(dt), o2.to(dt)
 
-    @triton.jit
+    # `length` (tokens a row) a number, not specialized: Triton compiles a kernel of its own for an int
+    # equal to 1, one divisible by 16 and any other, so the warm-up's one-token forward compiled only the
+    # first, and an evaluation's first prefills compiled the others (on a new machine, inside its batches).
+    @triton.jit(do_not_specialize=["length"])
     def _rope_kernel(
         q_ptr, k_ptr, cos_ptr, sin_ptr, length, cos_batch, cos_token, q_token, k_token,
         v_ptr, kc_ptr, vc_ptr, col_ptr, v_token, c_row, c_head,
@@ -167,7 +172,9 @@ if triton is not None:
             tl.store(src, o1, mask=keep)
             tl.store(src + HALF, o2, mask=keep)
 
-    @triton.jit
+    # The log-sum-exps' head strides are the batch's token counts (flash's [heads, tokens] transposed):
+    # numbers, not specialized, or each batch's counts (1, divisible by 16, other) compile their own.
+    @triton.jit(do_not_specialize=["l_head", "q_head"])
     def _merge_kernel(
         own_ptr, own_lse_ptr, pre_ptr, pre_lse_ptr, heads, o_row, o_head, l_row, l_head, p_row, p_head,
         q_row, q_head, DIM: tl.constexpr, BLOCK_H: tl.constexpr, EXACT: tl.constexpr,
@@ -412,6 +419,22 @@ def merge_into(own: torch.Tensor, own_lse: torch.Tensor, pre: torch.Tensor, pre_
             )  # fmt: skip
 
     _run_kernel(launch, lambda: own.copy_(merge_torch(own, own_lse, pre, pre_lse)))
+
+
+def prepare_merge(model: Any) -> bool:
+    """The server's warm-up: compile (or load from Triton's cache) the prefix merge at the model's
+    heads and head size. The warm-up's one-token forward has no prefix, so without this a new
+    machine's first batch with one compiled it. Whether the kernel ran."""
+    like = next(model.parameters())
+    if not installed(model) or not _use_triton(like):
+        return False
+    heads, _, dim = attention_shape(model.config)
+    if dim & (dim - 1):
+        return False
+    own = torch.zeros(2, heads, dim, dtype=like.dtype, device=like.device)
+    lse = torch.zeros(heads, 2, dtype=torch.float32, device=like.device).t()  # flash's layout, transposed
+    merge_into(own, lse, own.clone(), lse.clone())
+    return True
 
 
 # --- the layer ------------------------------------------------------------------------------------

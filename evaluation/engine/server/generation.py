@@ -323,6 +323,7 @@ class BatchGenerator:
         with self._running():
             if self.graphs is not None:
                 self.graphs.prepare()
+            fused.prepare_merge(self.model)
             if self.static is not None:
                 decode_attention.prepare(self.model)
                 self.static.prepare()
