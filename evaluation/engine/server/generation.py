@@ -319,7 +319,8 @@ class BatchGenerator:
 
     def prepare_graphs(self) -> None:
         """The server's warm-up: capture the packed batches' graphs as a batch would run them, compile
-        the decode steps' attention kernels and run the decode graphs' warm-up steps."""
+        the prefix merge and the decode steps' attention kernels and run the decode graphs' warm-up
+        steps."""
         with self._running():
             if self.graphs is not None:
                 self.graphs.prepare()
