@@ -770,7 +770,8 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
                         r["metrics_vs_A"] = metric_diff(ref["_records"], r["_records"])
             results["rows"] = [x for x in results["rows"] if not (x["model"] == label and x["suite"] == suite_name)]
             results["rows"] += [{k: v for k, v in x.items() if k != "_records"} for x in rows]
-            summary = {k: record.get(k) for k in ("wall_s", "peak_gpu_gb", "torch_peak_gb", "efficiency", "vs_A")}
+            keys = ("wall_s", "peak_gpu_gb", "torch_peak_gb", "efficiency", "vs_A", "server_startup")
+            summary = {k: record.get(k) for k in keys}
             print(json.dumps({tag: summary}, default=str), flush=True)
             save()
     return ran

@@ -181,6 +181,15 @@ def test_the_servers_warm_up_steps_run_on_a_one_row_buffer(tiny_llama_dir, bound
     assert decoder.buffers is None  # nothing kept
 
 
+def test_the_warm_up_times_each_of_its_parts(tiny_llama_dir, bounded):
+    """`prepare_graphs` records each part's seconds for the server's start-up line (`warm_up_parts`)."""
+    loaded = _load(tiny_llama_dir)
+    generator = BatchGenerator(loaded.model, loaded.tokenizer, decode="static")
+    generator.prepare_graphs()
+    assert set(generator.warm_up_seconds) == {"prefix_merge", "decode_kernels", "decode_steps"}
+    assert all(s >= 0 for s in generator.warm_up_seconds.values())
+
+
 def test_captures_after_the_warm_up_steps_skip_their_own(monkeypatch):
     from evaluation.engine.server.cuda_graphs import Capturer
 

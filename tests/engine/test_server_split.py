@@ -108,6 +108,11 @@ def test_the_front_process_answers_as_the_single_process_server(servers):
         k: v for k, v in single_ready.items() if k not in ("url", "startup")
     }
     _assert_same(_answers(split_ready["url"]), _answers(single_ready["url"]))
+    # The warm-up's seconds part by part (what a GPU's warm-up spends them on), within its whole.
+    startup = split_ready["startup"]
+    parts = startup["warm_up_parts"]
+    assert {"forward", "prefix_merge"} <= parts.keys() and all(s >= 0 for s in parts.values())
+    assert sum(parts.values()) <= startup["warm_up_s"] + 0.01
 
     stats = requests.get(f"{split_ready['url']}/stats", timeout=10).json()
     assert stats["requests"] == len(REQUESTS) and stats["latency_seconds"]["count"] == len(REQUESTS)

@@ -91,7 +91,9 @@ def create_service(args: argparse.Namespace):
     heap.freeze(collect=False)  # imports and model stay for the process's life: no full collection walks them
     # Where the start-up time goes (reported by /health; the speed benchmark prints it).
     service.startup = {"load_s": round(loaded_at - started, 2), "warm_up_s": round(time.monotonic() - loaded_at, 2)}
-    log.info("loaded in %.1f s (imports included), warmed up in %.1f s", *service.startup.values())
+    log.info("loaded in %.1f s (imports included), warmed up in %.1f s", service.startup["load_s"],
+             service.startup["warm_up_s"])  # fmt: skip
+    service.startup["warm_up_parts"] = dict(service.generator.warm_up_seconds)
     return service
 
 

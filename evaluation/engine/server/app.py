@@ -95,7 +95,7 @@ class Frontend:
         self.facts = facts
         self.seed = seed
         self.stats = Stats(device=facts["device"])
-        self.startup: dict[str, float] | None = None  # seconds to load and warm up, set by the launcher
+        self.startup: dict[str, Any] | None = None  # seconds to load and warm up, set by the launcher
         fallback = [t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None]
         self.empty_prompt_ids = fallback[:1] or [0]
 
@@ -295,7 +295,9 @@ class ModelService(Frontend):
         a decode batch would capture a CUDA graph for one row, a shape later decode batches rarely
         have (the first decoding batch captures its own), while every evaluation waits for it; the
         decode steps' kernels and their capture stream are warmed without a graph (prepare_graphs)."""
+        started = time.monotonic()
         self.scheduler.run([Row(prompt_ids=list(self.empty_prompt_ids), max_new_tokens=1)])
+        self.generator.warm_up_seconds["forward"] = round(time.monotonic() - started, 3)
         self.generator.prepare_graphs()  # while HELM starts, not in the first batches
         # The counters describe the evaluation, not the warm-up.
         self.stats = self.scheduler.stats = Stats(device=self.loaded.device)

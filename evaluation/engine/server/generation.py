@@ -209,6 +209,7 @@ class BatchGenerator:
         self.last_prefix_reused = False
         self.last_skipped_tokens = 0
         self.last_decode_steps = 0
+        self.warm_up_seconds: dict[str, float] = {}  # the server's warm-up, part by part
         # Host seconds of the last batch's static decode loop: in all, loading its first rows (and
         # capturing their step), and rows joining it (their prefills, growing the buffers, captures).
         self.last_decode_times: dict[str, float] = {}
@@ -323,11 +324,19 @@ class BatchGenerator:
         steps."""
         with self._running():
             if self.graphs is not None:
-                self.graphs.prepare()
-            fused.prepare_merge(self.model)
+                self._timed("packed_graphs", self.graphs.prepare)
+            self._timed("prefix_merge", fused.prepare_merge, self.model)
             if self.static is not None:
-                decode_attention.prepare(self.model)
-                self.static.prepare()
+                self._timed("decode_kernels", decode_attention.prepare, self.model)
+                self._timed("decode_steps", self.static.prepare)
+
+    def _timed(self, part: str, prepare, *args) -> None:
+        """Run one part of the warm-up; its seconds (the GPU's work included) go to `warm_up_seconds`."""
+        started = time.monotonic()
+        prepare(*args)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.warm_up_seconds[part] = round(time.monotonic() - started, 3)
 
     def _fill_prefixes(self, groups: list[PrefixGroup]) -> None:
         """Prefill (and store) the prefixes no earlier batch stored."""
