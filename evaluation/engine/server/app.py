@@ -295,9 +295,8 @@ class ModelService(Frontend):
         a decode batch would capture a CUDA graph for one row, a shape later decode batches rarely
         have (the first decoding batch captures its own), while every evaluation waits for it; the
         decode steps' kernels and their capture stream are warmed without a graph (prepare_graphs)."""
-        started = time.monotonic()
-        self.scheduler.run([Row(prompt_ids=list(self.empty_prompt_ids), max_new_tokens=1)])
-        self.generator.warm_up_seconds["forward"] = round(time.monotonic() - started, 3)
+        self.generator.time_warm_up("forward", self.scheduler.run, [Row(prompt_ids=list(self.empty_prompt_ids),
+                                                                        max_new_tokens=1)])  # fmt: skip
         self.generator.prepare_graphs()  # while HELM starts, not in the first batches
         # The counters describe the evaluation, not the warm-up.
         self.stats = self.scheduler.stats = Stats(device=self.loaded.device)

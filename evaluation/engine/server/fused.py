@@ -424,13 +424,12 @@ def merge_into(own: torch.Tensor, own_lse: torch.Tensor, pre: torch.Tensor, pre_
 def prepare_merge(model: Any) -> bool:
     """The server's warm-up: compile (or load from Triton's cache) the prefix merge at the model's
     heads and head size. The warm-up's one-token forward has no prefix, so without this a new
-    machine's first batch with one compiled it. Whether the kernel ran."""
+    machine's first packed batch with one compiled it. Whether it ran `merge_into` (which keeps
+    torch's operations where the kernel does not apply)."""
     like = next(model.parameters())
     if not installed(model) or not _use_triton(like):
         return False
     heads, _, dim = attention_shape(model.config)
-    if dim & (dim - 1):
-        return False
     own = torch.zeros(2, heads, dim, dtype=like.dtype, device=like.device)
     lse = torch.zeros(heads, 2, dtype=torch.float32, device=like.device).t()  # flash's layout, transposed
     merge_into(own, lse, own.clone(), lse.clone())

@@ -323,15 +323,17 @@ class BatchGenerator:
         the prefix merge and the decode steps' attention kernels and run the decode graphs' warm-up
         steps."""
         with self._running():
-            if self.graphs is not None:
-                self._timed("packed_graphs", self.graphs.prepare)
-            self._timed("prefix_merge", fused.prepare_merge, self.model)
+            if self.graphs is not None:  # its captures run the prefix merge too
+                self.time_warm_up("packed_graphs", self.graphs.prepare)
+            elif self.packing:  # packed batches are the prefix merge's only caller
+                self.time_warm_up("prefix_merge", fused.prepare_merge, self.model)
             if self.static is not None:
-                self._timed("decode_kernels", decode_attention.prepare, self.model)
-                self._timed("decode_steps", self.static.prepare)
+                self.time_warm_up("decode_kernels", decode_attention.prepare, self.model)
+                self.time_warm_up("decode_steps", self.static.prepare)
 
-    def _timed(self, part: str, prepare, *args) -> None:
-        """Run one part of the warm-up; its seconds (the GPU's work included) go to `warm_up_seconds`."""
+    def time_warm_up(self, part: str, prepare, *args) -> None:
+        """Run one part of the server's warm-up; its seconds (the GPU's work included) go to
+        `warm_up_seconds`."""
         started = time.monotonic()
         prepare(*args)
         if self.device.type == "cuda":
