@@ -108,6 +108,57 @@ def check_kernels(device: str) -> list[dict]:
                 ):
                     out.append(_diff(f"rope_store_{name}", dtype, g, e, used) | {"heads": [heads, kv_heads]})
         out += check_decode_attention(device, dtype)
+        out += check_greedy_tail(device, dtype)
+    return out
+
+
+def check_greedy_tail(device: str, dtype) -> list[dict]:
+    """The static decode step's last kernel (`decode_step.greedy_tail`) against torch's operations:
+    fp32 logits, argmax (ties planted: the first index wins), the chosen logprob, finiteness (a row with
+    inf), the next positions, column and rotary rows (one position past the table: clamped)."""
+    import torch
+
+    from evaluation.engine.server import decode_step
+    from evaluation.engine.server.static_decode import greedy_choice
+
+    out = []
+    for vocab in (1000, 32000):
+        rows, table_rows, width = 6, 40, 128
+        logits = torch.randn(rows, vocab, device=device).mul(4).to(dtype)
+        logits[1, [7, vocab - 3]] = 30.0  # equal largest values, in different blocks
+        logits[2, [5, 6]] = 30.0  # and in one block
+        logits[3, 11] = float("inf")
+        chosen = torch.zeros(3, rows, dtype=torch.float64, device=device)
+        tokens = torch.zeros(rows, dtype=torch.long, device=device)
+        positions = torch.tensor([0, 3, 17, 38, 39, 39], device=device)  # 39 + 1: past the table's end
+        column = torch.tensor([12], device=device)
+        table = torch.randn(table_rows, width, device=device).to(dtype)
+        now = torch.zeros(rows, width, dtype=dtype, device=device)
+        want_positions = positions + 1
+        got = decode_step.greedy_tail(logits, chosen, tokens, positions, column, table, now)
+        used = got is not None
+        want = logits.float()
+        logprobs, choice, finite = greedy_choice(want)
+        if got is None:  # no kernel here: torch's operations, as the decoder runs them
+            got = want
+            chosen[0], chosen[1], chosen[2] = choice, logprobs.gather(1, choice[:, None])[:, 0], finite
+            tokens.copy_(choice)
+            positions.add_(1)
+            column.add_(1)
+            decode_step.rotary_rows(table, positions, now)
+        ok = finite.clone()
+        want_logprob = logprobs.gather(1, choice[:, None])[:, 0]
+        out.append({
+            "op": "greedy_tail", "dtype": str(dtype).removeprefix("torch."), "triton": used, "vocab": vocab,
+            "logits_unequal": int((got != want).sum()),
+            "tokens_equal": int((chosen[0].long() == choice)[ok].sum()), "finite_rows": int(ok.sum()),
+            "ties_first": [int(chosen[0, 1]), int(chosen[0, 2])],
+            "logprob_max_diff": float((chosen[1][ok] - want_logprob[ok].double()).abs().max()),
+            "finite_equal": bool((chosen[2].bool() == finite).all()),
+            "next_tokens_equal": bool((tokens == chosen[0].long()).all()),
+            "positions_equal": bool((positions == want_positions).all()), "column": int(column),
+            "rotary_unequal": int((now != table[want_positions.clamp(max=table_rows - 1)]).sum()),
+        })  # fmt: skip
     return out
 
 

@@ -97,7 +97,7 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
     import torch
 
     from evaluation.engine.loading import load_model
-    from evaluation.engine.server import fused, generation
+    from evaluation.engine.server import decode_step, fused, generation
     from evaluation.engine.server.generation import BatchGenerator, Row
 
     loaded = load_model(model, device="cuda" if torch.cuda.is_available() else "cpu", memory_budget_gb=budget)
@@ -153,6 +153,10 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
             result[f"identical_rows_static_vs_{other}"] = f"{same}/{rows}"
     static = generators["static"].static
     result["graph_captures"] = static.captures if static is not None else 0
+    # decode_step.py: the steps read the rotary table and end in one greedy kernel (ENGINE_LEAN_STEP).
+    rope_type = getattr(loaded.model.model.rotary_emb, "rope_type", None)
+    result["rotary_table"] = decode_step.lean and rope_type in decode_step.STATIC_ROPE_TYPES
+    result["lean_step"] = decode_step.lean and not fused._triton_failed
     result["static_mode"] = (
         "none" if static is None else ("graphs" if static.use_graphs and not static.graph_failed else "eager")
     )

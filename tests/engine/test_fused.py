@@ -234,8 +234,17 @@ def test_kernels_under_tritons_interpreter():
     assert {c["op"] for c in checks} >= {"rms_norm", "add_rms_norm", "silu_mul", "rope_q", "rope_k", "merge",
                                          "silu_mul_joined", "rope_q_joined", "rope_k_joined", "rope_store_q",
                                          "rope_store_k_cache", "rope_store_v_cache", "decode_attention",
-                                         "rope_attend", "rope_attend_k_cache", "rope_attend_v_cache"}  # fmt: skip
+                                         "rope_attend", "rope_attend_k_cache", "rope_attend_v_cache",
+                                         "greedy_tail"}  # fmt: skip
     assert all(c["triton"] for c in checks), checks
+    # The decode step's last kernel: torch's choices (the first of equal values), the logprob within fp32
+    # ulps of log-softmax's, the fp32 logits and the next step's inputs exact, a row with inf flagged.
+    tails = [c for c in checks if c["op"] == "greedy_tail"]
+    assert {c["vocab"] for c in tails} == {1000, 32000}, tails
+    for c in tails:
+        assert c["tokens_equal"] == c["finite_rows"] == 5 and c["ties_first"] == [7, 5], c
+        assert c["logits_unequal"] == 0 and c["rotary_unequal"] == 0 and c["logprob_max_diff"] < 1e-5, c
+        assert c["finite_equal"] and c["next_tokens_equal"] and c["positions_equal"] and c["column"] == 13, c
     # The decode attention sums in another order than SDPA and never reads a column outside the bounds
     # (they hold NaN): a few units of fp16's last place, with one split a row and with several.
     attention = [c for c in checks if c["op"] == "decode_attention"]
@@ -250,7 +259,7 @@ def test_kernels_under_tritons_interpreter():
     warm_up = [c for c in checks if c["op"] == "rope_attend_warm_up_check"]
     assert len(warm_up) == len(fused_rope) and all(c["agrees"] for c in warm_up), warm_up
     half = [c for c in checks if c["dtype"] == "float16" and c["op"] not in ("decode_attention", "rope_attend",
-                                                                            "rope_attend_warm_up_check")]  # fmt: skip
+                                                                            "rope_attend_warm_up_check", "greedy_tail")]  # fmt: skip
     assert all(c["unequal"] == 0 for c in half if c["op"].startswith(("rope", "residual"))), checks
     assert all(c["unequal"] <= c["elements"] // 500 for c in half), checks
     layer = report["model"]["float16"]
@@ -401,6 +410,12 @@ DECODE_KERNELS = {
     "attend_one_split": (_attend_signature(), _attend(1, 128, True, False)),
     "rope_attend": (_attend_signature(), _attend(8, 64, False, True)),
     "rope_attend_one_split": (_attend_signature(), _attend(1, 128, True, True)),
+    "greedy": (
+        {"logits_ptr": "*bf16", "out_ptr": "*fp32", "chosen_ptr": "*fp64", "tokens_ptr": "*i64",
+         "positions_ptr": "*i64", "column_ptr": "*i64", "table_ptr": "*bf16", "now_ptr": "*bf16",
+         "vocab": "i32", "in_row": "i32", "rows": "i32", "last": "i32"},
+        {"WIDTH": 128, "ROTARY": True, "BLOCK": 4096, "EXACT": True},
+    ),
     "merge_splits": (
         {"part_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*bf16", "out_row": "i32", "out_head": "i32",
          "heads": "i32", "splits": "i32"},
@@ -412,11 +427,13 @@ DECODE_KERNELS = {
 @pytest.mark.parametrize("name", sorted(KERNELS) + sorted(DECODE_KERNELS))
 def test_every_kernel_compiles_for_a_gpu(name):
     """What Triton's interpreter cannot show: each kernel compiles to PTX for an H100/H200."""
-    from evaluation.engine.server import decode_attention
+    from evaluation.engine.server import decode_attention, decode_step
 
     if name in DECODE_KERNELS:
         signature, consts = DECODE_KERNELS[name]
-        kernel = decode_attention._merge_splits_kernel if name == "merge_splits" else decode_attention._attend_kernel
+        kernel = {"merge_splits": decode_attention._merge_splits_kernel, "greedy": decode_step._greedy_kernel}.get(
+            name, decode_attention._attend_kernel
+        )
     else:
         signature, consts = KERNELS[name]
         kernel = getattr(fused, f"_{name}_kernel")

@@ -504,6 +504,8 @@ def _attention(attn, q, k, v, cos, sin, attention_mask, position_ids, past, cach
     attend = getattr(past, "attend", None) if length == 1 else None
     out = attend(q, attn.layer_idx, attn.scaling) if attend is not None else None
     if out is None:
+        if callable(attention_mask):  # the static decoder's bias, built by the first layer that needs it
+            attention_mask = attention_mask()
         implementation = attn.config._attn_implementation
         if implementation == "eager":
             from importlib import import_module

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from evaluation.engine.server import cuda_graphs, decode_attention, fused
+from evaluation.engine.server import cuda_graphs, decode_attention, decode_step, fused
 from evaluation.engine.server.attention import attention_shape
 from evaluation.engine.server.kv_cache import cache_tensors
 
@@ -135,11 +135,37 @@ class _Buffers:
             heads = model.config.num_attention_heads
             work = decode_attention.Workspace(rows, heads, kv_heads, columns, head_dim, device)
         self.cache = _StaticCache(self.keys, self.values, self.column, self.bounds, work)
+        # Every column's cos and sin (positions stay under the columns), and the next step's rows of them.
+        self.table = decode_step.rotary_table(model.model.rotary_emb, like[0].dtype, device, columns)
+        self.rotary_now = None
+        if self.table is not None:
+            self.rotary_now = torch.empty(rows, self.table.shape[1], dtype=self.table.dtype, device=device)
+            self.refresh_rotary()
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def refresh_rotary(self) -> None:
+        """The next step's cos and sin, after the host wrote positions (steps write their own)."""
+        if self.table is not None:
+            decode_step.rotary_rows(self.table, self.positions, self.rotary_now)
+
+
+class _LazyBias:
+    """The mask as the scores' additive bias (zeros, -inf where masked, as SDPA would make it in every
+    layer), built by the first layer that attends through the mask: with bounded attention none does."""
+
+    def __init__(self, mask: torch.Tensor, dtype: torch.dtype):
+        self.mask, self.dtype = mask, dtype
+        self.bias: torch.Tensor | None = None
+
+    def __call__(self) -> torch.Tensor:
+        if self.bias is None:
+            self.bias = torch.zeros(self.mask.shape, dtype=self.dtype, device=self.mask.device)
+            self.bias.masked_fill_(self.mask.logical_not(), float("-inf"))
+        return self.bias
 
 
 class Launched:
@@ -178,26 +204,27 @@ class StaticDecoder:
         # The current token attends to itself: open its column before the layers read the mask.
         b.mask.index_fill_(3, b.column, True)
         hidden = self.inner.embed_tokens(b.tokens[:, None])
-        # The mask as the scores' additive bias, made once a step: SDPA would turn a boolean mask into
-        # this (zeros, -inf where masked) in every layer, and eager attention adds the mask as it is.
-        bias = torch.zeros(b.mask.shape, dtype=hidden.dtype, device=hidden.device)
-        bias.masked_fill_(b.mask.logical_not(), float("-inf"))
+        bias = _LazyBias(b.mask, hidden.dtype)
         position_ids = b.positions[:, None]
-        position_embeddings = self.inner.rotary_emb(hidden, position_ids)
+        if b.table is not None:
+            position_embeddings = decode_step.cos_sin(b.rotary_now)
+        else:
+            position_embeddings = self.inner.rotary_emb(hidden, position_ids)
         if fused.runs_fused(self.model) and fused.plain_rms_norm(self.inner.norm):
             # Each layer's residual sum is made by the next layer's input norm (the last one's by the
             # final norm): the same roundings, one kernel fewer a layer.
             pending = None
+            mask = bias if decode_step.lean else bias()
             for layer in self.inner.layers:
                 pending, hidden = fused.layer_parts(
-                    layer, hidden, pending, bias, position_ids, b.cache, b.column, position_embeddings
+                    layer, hidden, pending, mask, position_ids, b.cache, b.column, position_embeddings
                 )
             hidden = fused.final_norm(self.inner.norm, pending, hidden)
         else:
             for layer in self.inner.layers:
                 out = layer(
                     hidden,
-                    attention_mask=bias,
+                    attention_mask=bias(),
                     position_ids=position_ids,
                     past_key_values=b.cache,
                     use_cache=True,
@@ -206,16 +233,20 @@ class StaticDecoder:
                 )
                 hidden = out[0] if isinstance(out, tuple) else out
             hidden = self.inner.norm(hidden)
-        logits = self.model.lm_head(hidden[:, -1, :]).float()
-        # The greedy choice, and the next step's input: a batch of greedy rows steps on without waiting
-        # for the host (`launch`).
-        logprobs, choice, finite = greedy_choice(logits)
-        b.chosen[0].copy_(choice)
-        b.chosen[1].copy_(logprobs.gather(1, choice[:, None])[:, 0])
-        b.chosen[2].copy_(finite)
-        b.tokens.copy_(choice)
-        b.positions.add_(1)
-        b.column.add_(1)
+        head = self.model.lm_head(hidden[:, -1, :])
+        # The greedy choice, and the next step's inputs: a batch of greedy rows steps on without waiting
+        # for the host (`launch`). One kernel where it runs (decode_step.greedy_tail).
+        logits = decode_step.greedy_tail(head, b.chosen, b.tokens, b.positions, b.column, b.table, b.rotary_now)
+        if logits is None:
+            logits = head.float()
+            logprobs, choice, finite = greedy_choice(logits)
+            b.chosen[0].copy_(choice)
+            b.chosen[1].copy_(logprobs.gather(1, choice[:, None])[:, 0])
+            b.chosen[2].copy_(finite)
+            b.tokens.copy_(choice)
+            b.positions.add_(1)
+            b.column.add_(1)
+            b.refresh_rotary()
         return logits
 
     @property
@@ -295,6 +326,7 @@ class StaticDecoder:
             self._unbounded(b)
         b.positions.zero_()
         b.positions[:rows].copy_(next_positions)
+        b.refresh_rotary()
         b.column.fill_(width)
         self.rows, self.column, self.end = rows, width, width + max_new_tokens
 
@@ -342,6 +374,7 @@ class StaticDecoder:
         if not fits:
             self._unbounded(b)
         b.positions.index_copy_(0, index, next_positions.to(b.positions.dtype))
+        b.refresh_rotary()
         self.rows, self.end = used, end
 
     def _grown(self, old: _Buffers, bucket: int, columns: int, shift: int) -> _Buffers:

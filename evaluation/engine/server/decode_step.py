@@ -1,0 +1,136 @@
+"""A static decode step's work outside its layers, in as few kernels as the same values allow.
+
+Around its layers a step ran ~25 small kernels: Hugging Face's rotary module for the step's positions
+(a cast, a product, a concatenation, cos, sin, two scalings, two casts), the mask as an additive bias
+(three), and the greedy choice (fp32 logits, log-softmax, argmax, finiteness, the chosen logprob's
+gather, five copies and adds that ready the next step). Each is a launch and ~2 µs of a 1.1 B step
+of ~1.6 ms (session 13's profile, docs/benchmarks.md).
+
+- `rotary_table`: the module's own cos and sin for every column's position, computed by the module
+  itself once per buffer shape. Each element is one fp32 product (frequency × position) followed by
+  elementwise cos, sin, scaling and cast, so a row of the table is bitwise the module's output for
+  that position. Rope types whose frequencies follow the sequence length (dynamic, longrope) keep the
+  module at every step.
+- `greedy_tail`: one kernel after the head: the fp32 logits, the argmax (the first of equal values,
+  as torch's), the chosen token's logprob (-log Σ exp(x - max): torch's log-softmax with the sum in
+  another order, a few fp32 ulps apart), whether the row is finite, the next step's token and
+  position, the column, and the next step's cos and sin from the table (`rotary_now`; the position
+  clamped to the table, so a step queued past the buffer's end reads nothing out of bounds).
+- The mask's additive bias is built only by a layer that attends through the mask
+  (static_decode._LazyBias): with bounded attention none does.
+
+`ENGINE_LEAN_STEP=0` keeps the module, the bias and torch's operations (benchmarks compare).
+Triton on CUDA (and under Triton's interpreter, for the tests); elsewhere torch's operations.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from evaluation.engine.server import fused
+
+lean = os.environ.get("ENGINE_LEAN_STEP", "1") != "0"
+# Frequencies fixed at the module's construction; "dynamic" and "longrope" change with the length.
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+if fused.triton is not None:
+    import triton
+    import triton.language as tl
+
+    from evaluation.engine.server.fused import libdevice
+
+    @triton.jit(do_not_specialize=["vocab", "in_row", "rows", "last"])
+    def _greedy_kernel(
+        logits_ptr, out_ptr, chosen_ptr, tokens_ptr, positions_ptr, column_ptr, table_ptr, now_ptr,
+        vocab, in_row, rows, last,
+        WIDTH: tl.constexpr, ROTARY: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        top = tl.full((), float("-inf"), tl.float32)
+        best = tl.full((), 0, tl.int64)
+        bad = tl.full((), 0, tl.int32)
+        for start in range(0, vocab, BLOCK):
+            idx = start + offs
+            keep = idx < vocab
+            x = tl.load(logits_ptr + row * in_row + idx, mask=keep, other=float("-inf")).to(tl.float32)
+            tl.store(out_ptr + row * vocab + idx, x, mask=keep)
+            bad += tl.sum((keep & ((x != x) | (tl.abs(x) == float("inf")))).to(tl.int32), 0)
+            block_top = tl.max(x, 0)
+            at = tl.argmax(x, 0)  # the first of equal values in the block
+            take = block_top > top  # strictly: an earlier block keeps its index on a tie
+            best = tl.where(take, start + at.to(tl.int64), best)
+            top = tl.maximum(top, block_top)
+        total = tl.full((), 0.0, tl.float32)
+        for start in range(0, vocab, BLOCK):
+            idx = start + offs
+            x = tl.load(logits_ptr + row * in_row + idx, mask=idx < vocab, other=float("-inf")).to(tl.float32)
+            if EXACT:  # CUDA's expf and logf, as torch's log-softmax calls them
+                total += tl.sum(libdevice.exp(x - top), 0)
+            else:
+                total += tl.sum(tl.exp(x - top), 0)
+        if EXACT:
+            logprob = -libdevice.log(total)
+        else:
+            logprob = -tl.log(total)
+        tl.store(chosen_ptr + row, best.to(tl.float64))
+        tl.store(chosen_ptr + rows + row, logprob.to(tl.float64))
+        tl.store(chosen_ptr + 2 * rows + row, (bad == 0).to(tl.float64))
+        tl.store(tokens_ptr + row, best)
+        position = tl.load(positions_ptr + row) + 1
+        tl.store(positions_ptr + row, position)
+        if ROTARY:
+            d = tl.arange(0, WIDTH)
+            at_row = tl.minimum(position, last)
+            tl.store(now_ptr + row * WIDTH + d, tl.load(table_ptr + at_row * WIDTH + d))
+        if row == 0:
+            tl.store(column_ptr, tl.load(column_ptr) + 1)
+
+
+def rotary_table(rotary: Any, dtype: torch.dtype, device: torch.device, positions: int) -> torch.Tensor | None:
+    """[positions, 2 × dim]: the module's cos then sin for positions 0 … positions - 1, or None where
+    the step keeps calling the module (a rope type that follows the length, or `ENGINE_LEAN_STEP=0`)."""
+    if not lean or getattr(rotary, "rope_type", None) not in STATIC_ROPE_TYPES:
+        return None
+    # Shaped as a step's positions ([rows, 1]): one row per position.
+    at = torch.arange(positions, device=device).view(positions, 1)
+    cos, sin = rotary(torch.empty(0, dtype=dtype, device=device), at)
+    return torch.cat([cos[:, 0], sin[:, 0]], dim=-1).contiguous()
+
+
+def rotary_rows(table: torch.Tensor, positions: torch.Tensor, out: torch.Tensor) -> None:
+    """out [rows, 2 × dim] ← the table's rows at `positions` (clamped to the table)."""
+    out.copy_(table.index_select(0, positions.clamp(max=table.shape[0] - 1)))
+
+
+def cos_sin(now: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [rows, 1, dim] views of a [rows, 2 × dim] `rotary_now`, as the module returns them."""
+    dim = now.shape[1] // 2
+    return now[:, None, :dim], now[:, None, dim:]
+
+
+def greedy_tail(logits: torch.Tensor, chosen, tokens, positions, column, table, now) -> torch.Tensor | None:
+    """The step's last kernel (see the module's docstring): the fp32 logits [rows, vocab] it wrote, or
+    None where it does not run (the caller then runs torch's operations)."""
+    rows, vocab = logits.shape
+    if not (lean and fused._use_triton(logits) and logits.stride(1) == 1 and chosen.is_contiguous()):
+        return None
+    out = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
+    rotary = table is not None
+    width = table.shape[1] if rotary else 1
+    if rotary and (width & (width - 1) or not now.is_contiguous()):
+        return None
+
+    def launch():
+        _greedy_kernel[(rows,)](
+            logits, out, chosen, tokens, positions, column, table if rotary else out, now if rotary else out,
+            vocab, logits.stride(0), rows, table.shape[0] - 1 if rotary else 0,
+            WIDTH=width, ROTARY=rotary, BLOCK=min(4096, triton.next_power_of_2(vocab)), EXACT=not fused._INTERPRET,
+            num_warps=8,
+        )  # fmt: skip
+        return out
+
+    return fused._run_kernel(launch, lambda: None)
