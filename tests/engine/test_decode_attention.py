@@ -61,18 +61,19 @@ def test_bounds_describe_the_masks_a_prefill_builds():
 
 
 def test_splits_aim_at_the_programs_per_sm_the_setting_asks(monkeypatch, caplog):
-    """Two programs per SM by default (so a 50-row 1.1 B step runs two splits a row, merged by a kernel
-    of their own); `ENGINE_DECODE_WAVES=1` gives one split a row once the rows fill the SMs once; never
-    more splits than blocks of columns or MAX_SPLITS; a setting that is not a number in range says so."""
+    """One program per SM by default (so a 50-row 1.1 B step runs one split a row and no merge kernel,
+    a 32-row one two splits merged by a kernel of their own); `ENGINE_DECODE_WAVES=2` gives one split a
+    row only once the rows fill the SMs twice; never more splits than blocks of columns or MAX_SPLITS;
+    a setting that is not a number in range says so and keeps the default."""
     cpu = torch.device("cpu")  # counted as an H100's 132 SMs
-    assert [decode_attention.splits_for(rows, 4, 1024, cpu) for rows in (1, 2, 33, 50, 66)] == [16, 16, 2, 2, 1]
-    assert decode_attention.splits_for(2, 4, 130, cpu) == 3  # three blocks of 64 columns
-    monkeypatch.setenv("ENGINE_DECODE_WAVES", "1")
     assert [decode_attention.splits_for(rows, 4, 1024, cpu) for rows in (2, 32, 33, 50)] == [16, 2, 1, 1]
+    assert decode_attention.splits_for(2, 4, 130, cpu) == 3  # three blocks of 64 columns
+    monkeypatch.setenv("ENGINE_DECODE_WAVES", "2")
+    assert [decode_attention.splits_for(rows, 4, 1024, cpu) for rows in (1, 2, 33, 50, 66)] == [16, 16, 2, 2, 1]
     assert not caplog.text
     for bad in ("many", "0", "-1", "nan", "17"):
         monkeypatch.setenv("ENGINE_DECODE_WAVES", bad)
-        assert decode_attention.splits_for(50, 4, 1024, cpu) == 2
+        assert decode_attention.splits_for(50, 4, 1024, cpu) == 1
         assert f"ENGINE_DECODE_WAVES={bad!r} is not a number in (0, 16]" in caplog.text
 
 

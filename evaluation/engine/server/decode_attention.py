@@ -211,7 +211,7 @@ def attend_torch(q, keys, values, bounds, column, scaling) -> torch.Tensor:
 
 
 def splits_for(rows: int, kv_heads: int, columns: int, device: torch.device) -> int:
-    """Programs per row and key/value head: about `ENGINE_DECODE_WAVES` (2) per SM over the batch, no
+    """Programs per row and key/value head: about `ENGINE_DECODE_WAVES` (1) per SM over the batch, no
     more than its blocks. One split needs no merge kernel; more keep every SM busy when rows are few."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
     wanted = math.ceil(_waves() * sms / max(rows * kv_heads, 1))
@@ -219,9 +219,10 @@ def splits_for(rows: int, kv_heads: int, columns: int, device: torch.device) -> 
 
 
 def _waves() -> float:
-    """Programs per SM the splits aim at; benchmarks compare settings (a 1.1 B model's 4 key/value heads
-    on an H100's 132 SMs: one split a row from 33 rows with 1, from 66 rows with 2)."""
-    return _waves_from(os.environ.get("ENGINE_DECODE_WAVES", "2"))
+    """Programs per SM the splits aim at (a 1.1 B model's 4 key/value heads on an H100's 132 SMs: one split
+    a row from 33 rows with 1, from 66 rows with 2). 1 since session 16: a 64-row 1.1 B step's graph
+    replayed in 1.39 ms against 1.50 ms with 2 (no merge kernel; docs/benchmarks.md)."""
+    return _waves_from(os.environ.get("ENGINE_DECODE_WAVES", "1"))
 
 
 @functools.cache  # one warning per setting, not one per batch shape
@@ -231,8 +232,8 @@ def _waves_from(setting: str) -> float:
     except ValueError:
         waves = 0.0
     if not 0 < waves <= MAX_SPLITS:  # NaN included
-        log.warning("ENGINE_DECODE_WAVES=%r is not a number in (0, %d]: 2 programs per SM", setting, MAX_SPLITS)
-        return 2.0
+        log.warning("ENGINE_DECODE_WAVES=%r is not a number in (0, %d]: 1 program per SM", setting, MAX_SPLITS)
+        return 1.0
     return waves
 
 
