@@ -10,7 +10,7 @@ py-spy record -r 100 --gil --subprocesses --format raw -o "$out/spy.raw" -- pyth
   --helm-processes 3 --out /tmp/profile-run > "$out/spy.log" 2>&1 || echo "py-spy failed: $(tail -3 "$out/spy.log")"
 # One file: a device call brings back only a few.
 python3 -m benchmarks.spy_summary "$out/spy.raw" --top 70 > "$out/spy.txt" || true
-for part in Runner.run_one Executor.process Metric.evaluate; do
+for part in Runner.run_one Executor.process Metric.evaluate BatchGenerator.generate; do
   { echo; echo "# within $part"; python3 -m benchmarks.spy_summary "$out/spy.raw" --within "$part" --top 50; } \
     >> "$out/spy.txt" || true
 done

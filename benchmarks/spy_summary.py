@@ -19,12 +19,17 @@ import re
 FRAME = re.compile(r"(\S+) \((.*?):(\d+)\)")
 
 
+# A standby's command line (runner.start_standbys), whatever it was given the job of.
+STANDBY = re.compile(r"engine\.standby(?: --ready-fd \d+)? (helm|server)")
+
+
 def kind_of(frames: list[str]) -> str:
     procs = [f for f in frames if f.startswith("process ")]
     last = procs[-1] if procs else ""
-    if "helm.benchmark.run" in last or "helm_fast" in last or "standby helm" in last:
+    standby = STANDBY.search(last)
+    if "helm.benchmark.run" in last or "helm_fast" in last or (standby and standby.group(1) == "helm"):
         return "helm-run"
-    if "engine.server" in last or "standby server" in last:
+    if "engine.server" in last or (standby and standby.group(1) == "server"):
         # The HTTP front is a fork of the server process: the same command line, one level deeper.
         forked = len(procs) >= 2 and procs[-1].split(":", 1)[-1] == procs[-2].split(":", 1)[-1]
         return "server front" if forked else "server"
