@@ -10,7 +10,9 @@ py-spy record -r 100 --gil --subprocesses --format raw -o "$out/spy.raw" -- pyth
   --helm-processes 3 --out /tmp/profile-run > "$out/spy.log" 2>&1 || echo "py-spy failed: $(tail -3 "$out/spy.log")"
 # One file: a device call brings back only a few.
 python3 -m benchmarks.spy_summary "$out/spy.raw" --top 70 > "$out/spy.txt" || true
-for part in Runner.run_one Executor.process Metric.evaluate BatchGenerator.generate; do
+# py-spy names a frame "function (file:line)", no class: the parts are matched by their files.
+for part in helm/benchmark/runner.py helm/benchmark/executor.py helm/benchmark/metrics/ \
+  evaluation/engine/server/generation.py; do
   { echo; echo "# within $part"; python3 -m benchmarks.spy_summary "$out/spy.raw" --within "$part" --top 50; } \
     >> "$out/spy.txt" || true
 done

@@ -1,13 +1,13 @@
 """Where the processes of an evaluation spend their time, from `py-spy record --format raw`.
 
     py-spy record -r 100 --gil --subprocesses --format raw -o spy.txt -- python -m benchmarks.helm_speed ...
-    python -m benchmarks.spy_summary spy.txt [--within Runner.run_one] [--top 40]
+    python -m benchmarks.spy_summary spy.txt [--within helm/benchmark/runner.py] [--top 40]
 
 `--gil` samples only the thread that holds the interpreter lock, so a process's samples are the CPU
 time its Python used (threads waiting on a lock or a socket do not count). Samples are grouped by
 process kind (helm-run, model server, HTTP front, other), then functions are listed by inclusive share
-within the kind; `--within NAME` keeps only stacks that pass through a function whose name contains
-NAME (say, `Metric.evaluate` or `Executor.execute`).
+within the kind; `--within TEXT` keeps only stacks with a frame ("function (file:line)") that contains
+TEXT (say, `helm/benchmark/metrics/` or `execute (`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ grouped-query models the attention call, as in every forward of the engine (atte
 columns weigh exactly zero, so the extra columns change nothing but rounding. Fused steps on a GPU
 attend over each row's filled columns only (decode_attention.py: `bounds` say the same as the mask). Model types whose decoder layers
 need more than that (sliding windows, scaled embeddings, extra norms) keep the dynamic path.
+Around the layers (decode_step.py) the rotary module's values come from a table it fills once per
+shape, the bias is built only by a layer that attends through the mask, and on a GPU one kernel
+makes the greedy choice and the next step's inputs.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 def greedy_choice(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(log-softmax, argmax, all finite) of each row of fp32 logits: how every greedy token is chosen,
-    by the host (BatchGenerator._choose) and inside a decode step's graph alike."""
+    by the host (BatchGenerator._choose), and inside a decode step's graph where
+    `decode_step.greedy_tail` does not run (the same tokens; its logprobs within fp32 rounding)."""
     return torch.log_softmax(logits, dim=-1), logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
 
 
