@@ -50,9 +50,24 @@ def preload(kind: str) -> None:
     if kind == "helm":
         _register_helm_configs()
         _install_helm_fast()
+    if kind == "server":
+        _warm_triton()
     from evaluation.engine import heap
 
     heap.freeze()  # what was imported stays; later collections need not walk it
+
+
+def _warm_triton() -> None:
+    """A server's first Triton kernel (in its warm-up) looked up the compiled kernel on disk under a
+    hash of Triton's own files, computed once per process (0.41 s on the H100 box), and imported
+    Triton's Gluon front end (0.12 s): docs/benchmarks.md, session 16. Neither touches the GPU."""
+    try:
+        from triton.runtime.cache import triton_key
+
+        triton_key()
+        importlib.import_module("triton.experimental.gluon")
+    except Exception:  # noqa: BLE001 - another Triton: its first kernel does this itself
+        pass
 
 
 def _install_helm_fast() -> None:

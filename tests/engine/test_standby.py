@@ -49,3 +49,25 @@ def test_standbys_say_when_their_imports_are_done():
         assert runner.wait_standbys_ready(0)  # and stays so
     finally:
         runner.discard_standbys()
+
+
+SERVER_CHECK = """
+from evaluation.engine import standby
+standby.preload("server")
+import sys
+import torch
+from triton.runtime.cache import triton_key
+assert triton_key.cache_info().currsize == 1  # the hash of Triton's files: the first kernel's lookup needs it
+assert "triton.experimental.gluon" in sys.modules
+assert not torch.cuda.is_initialized()  # still no GPU memory held while waiting
+print("ok")
+"""
+
+
+def test_a_server_standby_has_tritons_cache_key_computed_and_touches_no_gpu():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", SERVER_CHECK], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
