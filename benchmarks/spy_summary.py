@@ -5,7 +5,8 @@
 
 `--gil` samples only the thread that holds the interpreter lock, so a process's samples are the CPU
 time its Python used (threads waiting on a lock or a socket do not count). Samples are grouped by
-process kind (helm-run, model server, HTTP front, other), then functions are listed by inclusive share
+process kind (helm-run, model server, HTTP front, other; a standby importing while it waits is a kind
+of its own, "standby imports"), then functions are listed by inclusive share
 within the kind; `--within TEXT` keeps only stacks with a frame ("function (file:line)") that contains
 TEXT (say, `helm/benchmark/metrics/` or `execute (`).
 """
@@ -46,7 +47,13 @@ def summarize(path: str, within: str | None, top: int) -> str:
         frames = stack.split(";")
         if within and not any(within in f for f in frames):
             continue
-        kind = kind_of(frames)
+        # A standby importing while it waits (the next evaluation's, started beside this one) is no part
+        # of the run: counted apart, or it drowns the run's own samples (session 16).
+        kind = (
+            "standby imports"
+            if any(f.startswith("preload (") and "engine/standby.py" in f for f in frames)
+            else kind_of(frames)
+        )
         n = int(count)
         totals[kind] += n
         seen = set()

@@ -26,3 +26,15 @@ def test_the_summary_groups_samples_by_kind(tmp_path):
     text = summarize(str(raw), None, 10)
     assert "## helm-run: 30 samples" in text and "## server: 10 samples" in text
     assert "100.0% execute helm/x.py" in text
+
+
+def test_standbys_importing_while_they_wait_are_counted_apart(tmp_path):
+    raw = tmp_path / "spy.raw"
+    raw.write_text(
+        f"{STANDBY.format('helm')};<module> (evaluation/engine/standby.py:120);"
+        "preload (evaluation/engine/standby.py:45);<module> (transformers/__init__.py:1) 90\n"
+        f"{STANDBY.format('helm')};run (helm/benchmark/run.py:10);execute (helm/x.py:3) 10\n"
+    )
+    text = summarize(str(raw), None, 10)
+    assert "## standby imports: 90 samples" in text and "## helm-run: 10 samples" in text
+    assert "100.0% execute helm/x.py" in text  # the run's own share, not 10 %
