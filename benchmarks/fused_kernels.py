@@ -112,52 +112,48 @@ def check_kernels(device: str) -> list[dict]:
     return out
 
 
+def _tail_buffers(rows: int, table, dtype, device) -> list:
+    """chosen, tokens, positions (39 + 1: past a 40-row table's end), column, the table, rotary rows."""
+    import torch
+
+    return [torch.zeros(3, rows, dtype=torch.float64, device=device), torch.zeros(rows, dtype=torch.long, device=device),
+            torch.tensor([0, 3, 17, 38, 39, 39], device=device), torch.tensor([12], device=device),
+            table, torch.zeros(rows, table.shape[1], dtype=dtype, device=device)]  # fmt: skip
+
+
 def check_greedy_tail(device: str, dtype) -> list[dict]:
-    """The static decode step's last kernel (`decode_step.greedy_tail`) against torch's operations:
-    fp32 logits, argmax (ties planted: the first index wins), the chosen logprob, finiteness (a row with
-    inf), the next positions, column and rotary rows (one position past the table: clamped)."""
+    """The static decode step's last kernel (`decode_step.greedy_tail`) against its torch operations
+    (`greedy_tail_torch`): fp32 logits, argmax (ties planted: the first index wins), the chosen logprob,
+    finiteness (a row with inf), the next positions, column and rotary rows (one past the table: clamped)."""
     import torch
 
     from evaluation.engine.server import decode_step
-    from evaluation.engine.server.static_decode import greedy_choice
 
     out = []
     for vocab in (1000, 32000):
-        rows, table_rows, width = 6, 40, 128
+        rows = 6
         logits = torch.randn(rows, vocab, device=device).mul(4).to(dtype)
         logits[1, [7, vocab - 3]] = 30.0  # equal largest values, in different blocks
         logits[2, [5, 6]] = 30.0  # and in one block
         logits[3, 11] = float("inf")
-        chosen = torch.zeros(3, rows, dtype=torch.float64, device=device)
-        tokens = torch.zeros(rows, dtype=torch.long, device=device)
-        positions = torch.tensor([0, 3, 17, 38, 39, 39], device=device)  # 39 + 1: past the table's end
-        column = torch.tensor([12], device=device)
-        table = torch.randn(table_rows, width, device=device).to(dtype)
-        now = torch.zeros(rows, width, dtype=dtype, device=device)
-        want_positions = positions + 1
-        got = decode_step.greedy_tail(logits, chosen, tokens, positions, column, table, now)
-        used = got is not None
-        want = logits.float()
-        logprobs, choice, finite = greedy_choice(want)
-        if got is None:  # no kernel here: torch's operations, as the decoder runs them
-            got = want
-            chosen[0], chosen[1], chosen[2] = choice, logprobs.gather(1, choice[:, None])[:, 0], finite
-            tokens.copy_(choice)
-            positions.add_(1)
-            column.add_(1)
-            decode_step.rotary_rows(table, positions, now)
-        ok = finite.clone()
-        want_logprob = logprobs.gather(1, choice[:, None])[:, 0]
+        table = torch.randn(40, 128, device=device).to(dtype)
+
+        got_buffers, want_buffers = (_tail_buffers(rows, table, dtype, device) for _ in range(2))
+        used = decode_step.kernel_applies(logits, got_buffers[0], table, got_buffers[5])
+        got = decode_step.greedy_tail(logits, *got_buffers)
+        want = decode_step.greedy_tail_torch(logits, *want_buffers)
+        (chosen, tokens, positions, column, _, now), (want_chosen, *want_rest) = got_buffers, want_buffers
+        ok = want_chosen[2].bool()
         out.append({
             "op": "greedy_tail", "dtype": str(dtype).removeprefix("torch."), "triton": used, "vocab": vocab,
             "logits_unequal": int((got != want).sum()),
-            "tokens_equal": int((chosen[0].long() == choice)[ok].sum()), "finite_rows": int(ok.sum()),
+            "tokens_equal": int((chosen[0] == want_chosen[0])[ok].sum()), "finite_rows": int(ok.sum()),
             "ties_first": [int(chosen[0, 1]), int(chosen[0, 2])],
-            "logprob_max_diff": float((chosen[1][ok] - want_logprob[ok].double()).abs().max()),
-            "finite_equal": bool((chosen[2].bool() == finite).all()),
-            "next_tokens_equal": bool((tokens == chosen[0].long()).all()),
-            "positions_equal": bool((positions == want_positions).all()), "column": int(column),
-            "rotary_unequal": int((now != table[want_positions.clamp(max=table_rows - 1)]).sum()),
+            "logprob_max_diff": float((chosen[1] - want_chosen[1])[ok].abs().max()),
+            "finite_equal": bool((chosen[2] == want_chosen[2]).all()),
+            "next_tokens_equal": bool((tokens == want_rest[0]).all()),
+            "positions_equal": bool((positions == want_rest[1]).all()), "column": int(column),
+            "rotary_unequal": int((now != want_rest[4]).sum()),
         })  # fmt: skip
     return out
 

@@ -154,8 +154,7 @@ def child_decode_bench(model: str, rows: int, new_tokens: int, budget: float) ->
     static = generators["static"].static
     result["graph_captures"] = static.captures if static is not None else 0
     # decode_step.py: the steps read the rotary table and end in one greedy kernel (ENGINE_LEAN_STEP).
-    rope_type = getattr(loaded.model.model.rotary_emb, "rope_type", None)
-    result["rotary_table"] = decode_step.lean and rope_type in decode_step.STATIC_ROPE_TYPES
+    result["rotary_table"] = decode_step.table_applies(loaded.model.model.rotary_emb)
     result["lean_step"] = decode_step.lean and not fused._triton_failed
     result["static_mode"] = (
         "none" if static is None else ("graphs" if static.use_graphs and not static.graph_failed else "eager")

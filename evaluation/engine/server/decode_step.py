@@ -90,10 +90,21 @@ if fused.triton is not None:
             tl.store(column_ptr, tl.load(column_ptr) + 1)
 
 
+def greedy_choice(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log-softmax, argmax, all finite) of each row of fp32 logits: how every greedy token is chosen,
+    by the host (BatchGenerator._choose) and by `greedy_tail_torch`."""
+    return torch.log_softmax(logits, dim=-1), logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
+
+
+def table_applies(rotary: Any) -> bool:
+    """Whether steps read `rotary_table` instead of calling this rotary module."""
+    return lean and getattr(rotary, "rope_type", None) in STATIC_ROPE_TYPES
+
+
 def rotary_table(rotary: Any, dtype: torch.dtype, device: torch.device, positions: int) -> torch.Tensor | None:
     """[positions, 2 × dim]: the module's cos then sin for positions 0 … positions - 1, or None where
     the step keeps calling the module (a rope type that follows the length, or `ENGINE_LEAN_STEP=0`)."""
-    if not lean or getattr(rotary, "rope_type", None) not in STATIC_ROPE_TYPES:
+    if not table_applies(rotary):
         return None
     # Shaped as a step's positions ([rows, 1]): one row per position.
     at = torch.arange(positions, device=device).view(positions, 1)
@@ -112,25 +123,45 @@ def cos_sin(now: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return now[:, None, :dim], now[:, None, dim:]
 
 
-def greedy_tail(logits: torch.Tensor, chosen, tokens, positions, column, table, now) -> torch.Tensor | None:
-    """The step's last kernel (see the module's docstring): the fp32 logits [rows, vocab] it wrote, or
-    None where it does not run (the caller then runs torch's operations)."""
-    rows, vocab = logits.shape
-    if not (lean and fused._use_triton(logits) and logits.stride(1) == 1 and chosen.is_contiguous()):
-        return None
-    out = torch.empty(rows, vocab, dtype=torch.float32, device=logits.device)
+def kernel_applies(head: torch.Tensor, chosen: torch.Tensor, table, now) -> bool:
+    """Whether `greedy_tail` runs its kernel for these buffers (else torch's operations)."""
+    rotary_ok = table is None or (not table.shape[1] & (table.shape[1] - 1) and now.is_contiguous())
+    return lean and fused._use_triton(head) and head.stride(1) == 1 and chosen.is_contiguous() and rotary_ok
+
+
+def greedy_tail(head: torch.Tensor, chosen, tokens, positions, column, table, now) -> torch.Tensor:
+    """A step's end, from the head's logits [rows, vocab] (see the module's docstring): returns the
+    fp32 logits; `chosen` [3, rows] gets each row's token, its logprob and whether the row is finite,
+    `tokens` the tokens, `positions` and `column` one more, `now` the next step's cos and sin (with a
+    table). One kernel where `kernel_applies`, else `greedy_tail_torch`."""
+    if not kernel_applies(head, chosen, table, now):
+        return greedy_tail_torch(head, chosen, tokens, positions, column, table, now)
+    rows, vocab = head.shape
+    out = torch.empty(rows, vocab, dtype=torch.float32, device=head.device)
     rotary = table is not None
-    width = table.shape[1] if rotary else 1
-    if rotary and (width & (width - 1) or not now.is_contiguous()):
-        return None
 
     def launch():
         _greedy_kernel[(rows,)](
-            logits, out, chosen, tokens, positions, column, table if rotary else out, now if rotary else out,
-            vocab, logits.stride(0), rows, table.shape[0] - 1 if rotary else 0,
-            WIDTH=width, ROTARY=rotary, BLOCK=min(4096, triton.next_power_of_2(vocab)), EXACT=not fused._INTERPRET,
-            num_warps=8,
+            head, out, chosen, tokens, positions, column, table if rotary else out, now if rotary else out,
+            vocab, head.stride(0), rows, table.shape[0] - 1 if rotary else 0,
+            WIDTH=table.shape[1] if rotary else 1, ROTARY=rotary, BLOCK=min(4096, triton.next_power_of_2(vocab)),
+            EXACT=not fused._INTERPRET, num_warps=8,
         )  # fmt: skip
         return out
 
-    return fused._run_kernel(launch, lambda: None)
+    return fused._run_kernel(launch, lambda: greedy_tail_torch(head, chosen, tokens, positions, column, table, now))
+
+
+def greedy_tail_torch(head: torch.Tensor, chosen, tokens, positions, column, table, now) -> torch.Tensor:
+    """`greedy_tail` in torch's operations (the CPU, fp32, `ENGINE_LEAN_STEP=0`, the kernel's reference)."""
+    logits = head.float()
+    logprobs, choice, finite = greedy_choice(logits)
+    chosen[0].copy_(choice)
+    chosen[1].copy_(logprobs.gather(1, choice[:, None])[:, 0])
+    chosen[2].copy_(finite)
+    tokens.copy_(choice)
+    positions.add_(1)
+    column.add_(1)
+    if table is not None:
+        rotary_rows(table, positions, now)
+    return logits

@@ -21,8 +21,9 @@ import torch
 
 from evaluation.engine.server import decode_attention, fused, packed, packed_graphs, static_decode
 from evaluation.engine.server.attention import engine_attention
+from evaluation.engine.server.decode_step import greedy_choice
 from evaluation.engine.server.kv_cache import PrefixStore, cache_tensors, expanded, gathered, map_cache
-from evaluation.engine.server.static_decode import StaticDecoder, greedy_choice
+from evaluation.engine.server.static_decode import StaticDecoder
 
 log = logging.getLogger(__name__)
 

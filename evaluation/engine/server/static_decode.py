@@ -36,13 +36,6 @@ COLUMN_STEP = 128
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
-def greedy_choice(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log-softmax, argmax, all finite) of each row of fp32 logits: how every greedy token is chosen,
-    by the host (BatchGenerator._choose), and inside a decode step's graph where
-    `decode_step.greedy_tail` does not run (the same tokens; its logprobs within fp32 rounding)."""
-    return torch.log_softmax(logits, dim=-1), logits.argmax(dim=-1), torch.isfinite(logits).all(dim=-1)
-
-
 def supports(model: Any) -> bool:
     """Whether this model's decoder is plain enough to step with a static cache."""
     config = getattr(model, "config", None)
@@ -239,19 +232,8 @@ class StaticDecoder:
             hidden = self.inner.norm(hidden)
         head = self.model.lm_head(hidden[:, -1, :])
         # The greedy choice, and the next step's inputs: a batch of greedy rows steps on without waiting
-        # for the host (`launch`). One kernel where it runs (decode_step.greedy_tail).
-        logits = decode_step.greedy_tail(head, b.chosen, b.tokens, b.positions, b.column, b.table, b.rotary_now)
-        if logits is None:
-            logits = head.float()
-            logprobs, choice, finite = greedy_choice(logits)
-            b.chosen[0].copy_(choice)
-            b.chosen[1].copy_(logprobs.gather(1, choice[:, None])[:, 0])
-            b.chosen[2].copy_(finite)
-            b.tokens.copy_(choice)
-            b.positions.add_(1)
-            b.column.add_(1)
-            b.refresh_rotary()
-        return logits
+        # for the host (`launch`). One kernel where it runs.
+        return decode_step.greedy_tail(head, b.chosen, b.tokens, b.positions, b.column, b.table, b.rotary_now)
 
     @property
     def captures(self) -> int:
