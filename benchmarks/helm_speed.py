@@ -500,6 +500,41 @@ def efficiency(row: dict, counts: dict, ceilings: dict | None, params: int, weig
     return eff
 
 
+def timeline_summary(events: list[dict]) -> dict:
+    """The server's timeline (ENGINE_TIMELINE=1) in milliseconds from the first request's arrival: when
+    requests arrived (rows, by tenths of the spread), and each batch: its start, rows, rows joined,
+    duration and, for decode batches, the prefill, the start and each join."""
+    arrivals = [e for e in events if e["kind"] == "arrive"]
+    if not arrivals:
+        return {}
+    t0 = arrivals[0]["t"]
+
+    def ms(t: float) -> float:
+        return round(1000 * (t - t0), 1)
+
+    times = sorted(ms(e["t"]) for e in arrivals for _ in range(e["rows"]))
+    batches = []
+    for e in events:
+        if e["kind"] != "batch":
+            continue
+        entry = {"at": ms(e["began"]), "ms": round(ms(e["t"]) - ms(e["began"]), 1), "work": e["work"],
+                 "rows": e["rows"], "joined": e["joined"], "steps": e["decode_steps"]}  # fmt: skip
+        decode = e.get("decode") or {}
+        for key in ("prefill", "prefill_launch", "start", "captures", "joins"):
+            if key in decode:
+                entry[key] = round(1000 * decode[key], 1)
+        if decode.get("joined"):
+            entry["each_join"] = [
+                [round(1000 * x, 1) if i != 1 else x for i, x in enumerate(j)] for j in decode["joined"]
+            ]
+        batches.append(entry)
+    return {
+        "rows": len(times),
+        "arrival_ms_by_tenth": [times[min(len(times) - 1, len(times) * q // 10)] for q in range(11)],
+        "batches": batches,
+    }
+
+
 def model_shape(model_dir: Path) -> tuple[int, int, int]:
     """(parameters, bytes of weights, KV-cache bytes per token) from the config and safetensors headers."""
     config = json.loads((model_dir / "config.json").read_text())
@@ -776,6 +811,8 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
             keys = ("wall_s", "peak_gpu_gb", "torch_peak_gb", "efficiency", "vs_A", "server_startup")
             summary = {k: record.get(k) for k in keys}
             print(json.dumps({tag: summary}, default=str), flush=True)
+            if (record["server_stats"] or {}).get("timeline"):
+                print(json.dumps({tag: {"timeline": timeline_summary(record["server_stats"]["timeline"])}}), flush=True)
             save()
     return ran
 

@@ -187,7 +187,7 @@ def test_the_warm_up_times_each_of_its_parts(tiny_llama_dir, bounded):
     loaded = _load(tiny_llama_dir)
     generator = BatchGenerator(loaded.model, loaded.tokenizer, decode="static")
     generator.prepare_graphs()
-    assert set(generator.warm_up_seconds) == {"prefix_merge", "decode_kernels", "decode_steps"}
+    assert set(generator.warm_up_seconds) == {"prefix_merge", "decode_kernels", "decode_steps", "decode_prefill"}
     assert all(s >= 0 for s in generator.warm_up_seconds.values())
 
 

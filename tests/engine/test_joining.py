@@ -249,19 +249,21 @@ def test_joins_stay_within_the_batch_limits(llama):
 
 
 def test_a_gathers_later_decode_batches_join_the_first(llama):
-    """Two runs' rows gathered together are planned as a batch each (one prefix each); the second
-    joins the first at its first step instead of waiting for it to end."""
+    """Two runs' rows gathered together, too many for one batch, are planned as a batch each (one
+    prefix each); the second joins the first once its rows finish, instead of waiting for it to end."""
     from evaluation.engine.server.batching import plan_batches
 
     model, tokenizer = llama.model, llama.tokenizer
     runs = [FEW_SHOT_PROMPTS[0][:-20] + f" case {i}?" for i in range(8)]
     others = ["Another few-shot prefix entirely, with examples of its own. " * 3 + f"Item {i}:" for i in range(8)]
-    rows = rows_for(tokenizer, runs, max_new_tokens=5) + rows_for(tokenizer, others, max_new_tokens=5)
-    limits = Limits()
+    first, second = rows_for(tokenizer, runs, max_new_tokens=2), rows_for(tokenizer, others, max_new_tokens=5)
+    first[0].max_new_tokens = second[0].max_new_tokens = 12  # whichever runs first goes on with one row
+    rows = first + second
+    limits = Limits(max_batch_size=9)
     assert len(plan_batches(rows, limits)) == 2
     stats = Stats()
     Scheduler(BatchGenerator(model, tokenizer, decode="static"), stats, limits).run(rows)
-    assert stats.batches == 1 and stats.joined_rows == 8 and stats.decode_steps <= 5
+    assert stats.batches == 1 and stats.joined_rows == 8 and stats.decode_steps < 12 + 12
     assert_like_generate(model, tokenizer, rows)
 
 
@@ -306,3 +308,28 @@ def test_batches_outside_the_profilers_window_still_take_joining_rows(llama, mon
     _run(scheduler, first, [later])
     assert stats.batches == 1 and stats.joined_rows == 4
     assert_like_generate(model, tokenizer, first.rows + later.rows)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_decoding_batch_makes_its_buffers_before_its_prefill(llama, monkeypatch, shared):
+    """Once, at the shape `start` then finds (the padded width counts the longest prefix and the
+    longest rest when rows of two runs share their own prefixes)."""
+    model, tokenizer = llama.model, llama.tokenizer
+    if shared:
+        heads = ["Questions about units, with answers. " * 4, "Dates: " * 3]
+        prompts = [heads[i % 2] + f"Question {i}: what comes after {i}? Answer:" for i in range(6)]
+    else:
+        prompts = PROMPTS[:3]
+    rows = rows_for(tokenizer, prompts, max_new_tokens=6)
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    from evaluation.engine.server import static_decode
+
+    events = []
+    buffers, prefill = static_decode._Buffers, generator._prefill
+    monkeypatch.setattr(static_decode, "_Buffers", lambda *a: events.append("buffers") or buffers(*a))
+    monkeypatch.setattr(generator, "_prefill", lambda *a: events.append("prefill") or prefill(*a))
+    generator.generate(rows)
+    assert events == ["buffers", "prefill"]
+    assert (generator.last_shared_prefix > 0) == shared
+    assert generator.last_decode_times["start"] >= 0 and generator.last_decode_times["prefill"] >= 0
+    assert_like_generate(model, tokenizer, rows)

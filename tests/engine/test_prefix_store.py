@@ -194,6 +194,35 @@ def test_running_out_of_memory_splits_the_batch_and_empties_the_store(loaded):
     assert_like_generate(model, tokenizer, rows)
 
 
+def test_the_halves_of_a_batch_that_ran_out_of_memory_run_without_its_tensors(loaded):
+    """The failed attempt's tensors (its cache, its activations) must be gone before the halves run:
+    the exception's traceback holds its frames, and halves that ran inside the handler ran out of
+    memory in turn, down to single rows (seen on the GPU at 6.7 B, session 17)."""
+    import gc
+    import weakref
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    attempts: list[weakref.ref] = []
+    alive_at_retry: list[bool] = []
+
+    class Tight(BatchGenerator):
+        def generate(self, rows, joining=None):
+            if attempts:
+                gc.collect()  # reference cycles aside, only a live frame could hold it
+                alive_at_retry.append(attempts[0]() is not None)
+            if len(rows) > 2:
+                cache = torch.zeros(1000)  # stands for the failed attempt's GPU memory
+                attempts.append(weakref.ref(cache))
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return super().generate(rows, joining)
+
+    stats = Stats()
+    rows = rows_for(tokenizer, FEW_SHOT_PROMPTS[:4], max_new_tokens=1)
+    Scheduler(Tight(model, tokenizer), stats, Limits()).run(rows)
+    assert stats.out_of_memory_splits == 1 and alive_at_retry == [False, False]
+    assert_like_generate(model, tokenizer, rows)
+
+
 def test_scoring_batches_leave_room_for_the_store_and_decoding_batches_take_it(loaded):
     """Single-token batches are planned beside the store; a decoding batch may use the whole limit,
     and empties the store first when it does: more rows per decode step is worth more there."""

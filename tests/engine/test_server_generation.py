@@ -140,23 +140,34 @@ def test_plan_sorts_decoding_rows_by_length(loaded):
     assert lengths == sorted(lengths)
 
 
-def test_decoding_rows_of_two_few_shot_prompts_interleaved_are_batched_by_prefix_and_share_it(loaded):
-    """As when several helm-run processes (or tasks) send at once: each decoding batch gets one
-    common prefix (single-token rows share batches across runs: tests/engine/test_prefix_batches.py)."""
+@pytest.mark.parametrize("decode", ["dynamic", "static"])
+def test_decoding_rows_of_two_few_shot_prompts_interleaved_run_in_one_batch_each_from_its_prefix(loaded, decode):
+    """As when several helm-run processes (or tasks) send at once: both runs' decoding rows fit the
+    limits, so they run as one batch (one prefill, no join), each run's rows from its own prefix."""
     model, tokenizer = loaded.model, loaded.tokenizer
     heads = ["Questions about units, with answers. " * 4, "Questions about dates, with answers. " * 4]
     prompts = [heads[i % 2] + f"Question {i}: what comes after {i}? Answer:" for i in range(24)]
     rows = rows_for(tokenizer, prompts, max_new_tokens=2)
-    plan = plan_batches(rows, Limits())
-    assert len(plan) == 2
-    for batch in plan:
-        assert len({tuple(r.prompt_ids[:16]) for r in batch}) == 1
+    (batch,) = plan_batches(rows, Limits())
+    assert len(batch) == 24
     stats = Stats()
-    generator = BatchGenerator(model, tokenizer)
+    generator = BatchGenerator(model, tokenizer, decode=decode)
     Scheduler(generator, stats, Limits()).run(rows)
-    assert generator.last_shared_prefix >= 16  # the batch prefilled its common prefix once
+    assert stats.batches == 1 and stats.joined_rows == 0
+    # Each run's prefix was prefilled once: all but one row's prefix tokens of each run skipped.
+    assert generator.last_shared_prefix >= 16 and stats.shared_prefix_tokens >= 2 * 11 * 16
     for row in rows:
         assert row.tokens == greedy_reference(model, tokenizer, row.prompt_ids, 2)
+
+
+def test_decoding_runs_split_by_the_limits_keep_a_run_to_a_batch(loaded):
+    tokenizer = loaded.tokenizer
+    heads = ["Questions about units, with answers. " * 4, "Questions about dates, with answers. " * 4]
+    prompts = [heads[i % 2] + f"Question {i}: what comes after {i}? Answer:" for i in range(24)]
+    plan = plan_batches(rows_for(tokenizer, prompts, max_new_tokens=2), Limits(max_batch_size=12))
+    assert [len(b) for b in plan] == [12, 12]
+    for batch in plan:
+        assert len({tuple(r.prompt_ids[:16]) for r in batch}) == 1
 
 
 def test_few_decoding_rows_with_a_common_head_are_not_split_off_into_small_batches(loaded):

@@ -54,6 +54,9 @@ class Limits:
     # is done on the GPU long before the host has launched it. Waiting a little longer for more rows
     # (Scheduler._fill) shares that cost among more of them, at the price of each request's latency.
     fill_tokens: int = 0
+    # Seconds a decoding batch waits for more decoding rows while they keep arriving (0: start at
+    # once, later rows join it; see Scheduler._fill).
+    decode_fill_seconds: float = 0.0
 
     def tokens_beside_store(self) -> int:
         return max(self.max_batch_tokens - self.prefix_store_tokens, self.max_batch_tokens // 2)
@@ -80,6 +83,10 @@ def _single_token(rows: list[Row]) -> bool:
     return all(not r.echo and not r.needs_decode for r in rows)
 
 
+def _kind(rows: list[Row]) -> str:
+    return "decode" if _decoding(rows) else "single" if _single_token(rows) else "other"
+
+
 def _cost(rows: list[Row]) -> int:
     width = max(len(r.prompt_ids) for r in rows)
     new = max(max(r.max_new_tokens, 1) for r in rows)
@@ -88,8 +95,9 @@ def _cost(rows: list[Row]) -> int:
 
 # A run's few-shot prompts share hundreds of tokens (instructions and examples); runs of different
 # tasks, or from several helm-run processes, arrive interleaved and may share a little too (common
-# instructions). `prefix_groups` finds each run's rows. Decoding batches are one run's rows each
-# (clusters of fewer than MIN_PREFIX_GROUP rows are batched by length with the rest). Single-token
+# instructions). `prefix_groups` finds each run's rows. Decoding batches are planned one run's rows
+# each (clusters of fewer than MIN_PREFIX_GROUP rows are batched by length with the rest), then put
+# together while the limits allow, so a split by the limits keeps each run's rows apart. Single-token
 # (scoring) batches take several runs' rows at once, each row starting from its run's prefix: one
 # forward for everything that arrived together costs less than one per run.
 MIN_PREFIX_GROUP = 8
@@ -163,7 +171,8 @@ def _packed_in_prefix_order(rows: list[Row], limits: Limits) -> list[list[Row]]:
 
 def plan_batches(rows: list[Row], limits: Limits, *, packed: bool = False) -> list[list[Row]]:
     """Split rows into batches within the size and token limits, same kind together: echo rows by
-    prompt length (little padding wasted), decoding rows by run and then by length, single-token rows
+    prompt length (little padding wasted), decoding rows by run and then by length (runs put together
+    where the limits allow), single-token rows
     in prefix order (several runs per batch, each row from its run's prefix; `packed`: the generator
     packs them into one sequence)."""
     by_kind: dict[tuple[bool, bool], list[Row]] = {}
@@ -175,13 +184,31 @@ def plan_batches(rows: list[Row], limits: Limits, *, packed: bool = False) -> li
             batches += _by_length(kind_rows, limits, limits.max_echo_tokens, echo=True)
         elif decode:
             clusters, mixed = prefix_clusters(kind_rows)
+            runs: list[list[Row]] = []
             for group in clusters + ([mixed] if mixed else []):
-                batches += _by_length(group, limits, limits.max_batch_tokens, echo=False)
+                runs += _by_length(group, limits, limits.max_batch_tokens, echo=False)
+            batches += _together(runs, limits)
         elif packed:
             batches += _packed_in_prefix_order(kind_rows, limits)
         else:
             batches += _in_prefix_order(kind_rows, limits)
     return batches
+
+
+def _together(runs: list[list[Row]], limits: Limits) -> list[list[Row]]:
+    """Decoding batches of one run each, put together while the limits allow: one batch of two runs
+    is one prefill and one graph capture, where the second run's batch would join the first at its
+    first step (a prefill of its own, the buffers grown and captured again: ~55 ms of a 1.1 B model's
+    host time). Each row still starts from its run's prefix (BatchGenerator._groups)."""
+    merged: list[list[Row]] = []
+    for batch in runs:
+        if merged:
+            both = merged[-1] + batch
+            if len(both) <= limits.max_batch_size and _cost(both) <= limits.max_batch_tokens:
+                merged[-1] = both
+                continue
+        merged.append(batch)
+    return merged
 
 
 def _by_length(group: list[Row], limits: Limits, tokens: int, *, echo: bool) -> list[list[Row]]:
@@ -263,12 +290,18 @@ class Scheduler:
         self._thread.join(timeout=10)
 
     def submit(self, rows: list[Row]) -> None:
+        self._arrived(rows)
         work = Work(rows)
         self._queue.put(work)
         work.done.wait()
 
     def submit_async(self, rows: list[Row], on_done: Callable[[], None]) -> None:
+        self._arrived(rows)
         self._queue.put(Work(rows, on_done=on_done))
+
+    def _arrived(self, rows: list[Row]) -> None:
+        self.stats.event("arrive", rows=len(rows), tokens=sum(len(r.prompt_ids) for r in rows),
+                         work=_kind(rows))  # fmt: skip
 
     def _take_more(self, items: list[Work], deadline: float, gap: float, enough: Callable[[], bool]) -> bool:
         """Append to `items` what arrives until `deadline`, a pause of `gap` seconds, or `enough()`;
@@ -298,10 +331,12 @@ class Scheduler:
         most `fill_seconds` from the gather's start, and only while requests keep arriving: a pause of
         `fill_gap_seconds` means the senders have nothing more for now. Work of any other kind ends
         the wait (a decode batch is worth starting at once). True if the stop signal came."""
+        rows = [r for item in items for r in item.rows]
+        if self.limits.decode_fill_seconds and _decoding(rows):
+            return self._fill_decoding(items, started)
         target = self.limits.fill_tokens
         if not target or not self.generator.packing:
             return False
-        rows = [r for item in items for r in item.rows]
         if not _single_token(rows):
             return False
         per_row = self._tokens_per_row or sum(len(r.prompt_ids) for r in rows) / len(rows)
@@ -314,6 +349,23 @@ class Scheduler:
             return False
         waiting_since = time.monotonic()
         stopping = self._take_more(items, started + self.fill_seconds, self.fill_gap_seconds, enough)
+        self.stats.add("filled_batches")
+        self.stats.add("fill_wait_seconds", time.monotonic() - waiting_since)
+        return stopping
+
+    def _fill_decoding(self, items: list[Work], started: float) -> bool:
+        """A decoding batch waits for the decoding rows still arriving (up to `decode_fill_seconds` from
+        the gather's start, until a pause of `fill_gap_seconds` or other work): rows that arrive a few
+        milliseconds later would otherwise join it, each join a prefill and a larger shape of its own."""
+
+        def enough() -> bool:
+            full = sum(len(item.rows) for item in items) >= self.limits.max_batch_size
+            return full or not _decoding(items[-1].rows)
+
+        if enough():
+            return False
+        waiting_since = time.monotonic()
+        stopping = self._take_more(items, started + self.limits.decode_fill_seconds, self.fill_gap_seconds, enough)
         self.stats.add("filled_batches")
         self.stats.add("fill_wait_seconds", time.monotonic() - waiting_since)
         return stopping
@@ -418,6 +470,7 @@ class Scheduler:
             self._run_batch(self._planned.pop(0))
 
     def _run_batch(self, batch: list[Row]) -> None:
+        began = time.monotonic()
         started, cpu_started = time.perf_counter(), time.thread_time()
         prefixes = self.generator.prefixes
         if (
@@ -429,19 +482,24 @@ class Scheduler:
             prefixes.clear()  # a decoding batch that needs the store's room (see Limits)
         self._declined = False
         joining = self if self.joins and _decoding(batch) else None
+        out_of_memory = ""  # torch's message, when the batch ran out of memory
         try:
             if self.profiler is None:
                 self.generator.generate(batch, joining)
             else:
                 self.profiler.run(batch, self.generator, joining)
-        except torch.cuda.OutOfMemoryError:
-            self._after_out_of_memory(self._unanswered(batch + self.generator.last_joined))
-            return
+        except torch.cuda.OutOfMemoryError as e:
+            # Split after the handler: inside it the traceback's frames hold the failed attempt's
+            # tensors, and the halves would run out of memory in turn.
+            out_of_memory = str(e).split("\n")[0] or "out of memory"
         except Exception as e:  # one bad batch fails its own requests, not the server
             batch = self._unanswered(batch + self.generator.last_joined)
             log.exception("batch of %d rows failed", len(batch))
             for row in batch:
                 row.error, row.finished, row.finish_reason = f"internal error: {type(e).__name__}: {e}", True, "error"
+            return
+        if out_of_memory:
+            self._after_out_of_memory(self._unanswered(batch + self.generator.last_joined), out_of_memory)
             return
         if self.limits.fill_tokens and self.generator.packing and _single_token(batch):
             computed = sum(len(r.prompt_ids) for r in batch) - self.generator.last_skipped_tokens
@@ -459,6 +517,9 @@ class Scheduler:
         ):
             if key in times:
                 self.stats.add(name, times[key])
+        self.stats.event("batch", began=round(began, 6), rows=len(batch), joined=joined, work=_kind(batch),
+                         decode_steps=self.generator.last_decode_steps,
+                         decode={k: v for k, v in times.items() if k != "total"})  # fmt: skip
         self.stats.record_batch(
             rows=len(batch) + joined,
             seconds=time.perf_counter() - started,
@@ -473,7 +534,7 @@ class Scheduler:
         answered = {id(r) for item in self._active if item.done.is_set() for r in item.rows}
         return [r for r in rows if id(r) not in answered]
 
-    def _after_out_of_memory(self, batch: list[Row]) -> None:
+    def _after_out_of_memory(self, batch: list[Row], message: str = "") -> None:
         # The budget is enforced by the allocator, so a batch that does not fit is split, and the
         # limits shrink so later batches do not hit the wall again.
         self.generator.release_memory()
@@ -492,7 +553,7 @@ class Scheduler:
         self.limits.max_batch_tokens = max(256, min(self.limits.max_batch_tokens, cost // 2))
         self.limits.max_echo_tokens = max(256, self.limits.max_echo_tokens // 2)
         self.limits.max_batch_size = max(1, min(self.limits.max_batch_size, len(batch) // 2))
-        log.warning("out of memory on %d rows; limits now %s", len(batch), self.limits)
+        log.warning("out of memory on %d rows (%s); limits now %s", len(batch), message, self.limits)
         half = len(batch) // 2
         self._run_batch(batch[:half])
         self._run_batch(batch[half:])
@@ -517,6 +578,19 @@ def fill_tokens(params: int, setting: str | None = None) -> int:
     except ValueError:
         log.warning("ENGINE_FILL_TOKENS=%r is neither a number nor 'auto': no waiting", setting)
         return 0
+
+
+def decode_fill_seconds(setting: str | None = None) -> float:
+    """Limits.decode_fill_seconds on a GPU from ENGINE_DECODE_FILL_SECONDS (unset: 0.05; 0: no
+    waiting). HELM's threads send a run's requests within ~25 ms; the wait ends 10 ms after the last
+    (fill_gap_seconds), a little latency on a decoding request's hundreds of milliseconds, where a join
+    costs every running row ~55 ms (1.1 B: docs/benchmarks.md, session 17)."""
+    setting = os.environ.get("ENGINE_DECODE_FILL_SECONDS", "0.05") if setting is None else setting
+    try:
+        return max(0.0, float(setting))
+    except ValueError:
+        log.warning("ENGINE_DECODE_FILL_SECONDS=%r is not a number: no waiting", setting)
+        return 0.0
 
 
 def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
@@ -551,6 +625,7 @@ def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     packed_tokens = int(0.6 * (free - store) / (act_per_token + 24 * hidden))
     return Limits(
         fill_tokens=fill_tokens(sum(p.numel() for p in model.parameters())),
+        decode_fill_seconds=decode_fill_seconds(),
         max_batch_size=256,
         max_batch_tokens=max(1024, min(tokens, 1 << 20)),
         max_echo_tokens=max(512, min(echo_tokens, 1 << 18)),

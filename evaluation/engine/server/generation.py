@@ -31,6 +31,8 @@ GREEDY_TEMPERATURE = 1e-5
 # Greedy static-cache batches queue each step before the host reads the one before (StaticDecoder.launch);
 # `ENGINE_QUEUED_STEPS=0` (or the benchmarks) has the host choose every token before the next step.
 queued_steps = os.environ.get("ENGINE_QUEUED_STEPS", "1") != "0"
+# The server's warm-up runs the decoding batches' dynamic prefill (`ENGINE_WARM_DECODE_PREFILL=0`: not).
+warm_decode_prefill = os.environ.get("ENGINE_WARM_DECODE_PREFILL", "1") != "0"
 # Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
 MIN_SHARED_PREFIX = 16
 # A few rows of a batch of several runs get a forward of their own for the prefix they share only if
@@ -215,6 +217,7 @@ class BatchGenerator:
         # capturing their step), and rows joining it (their prefills, growing the buffers, captures).
         self.last_decode_times: dict[str, float] = {}
         self.last_joined: list[Row] = []  # rows that joined the last batch while it decoded
+        self._launched = 0.0  # when the last prefill's kernels were launched (perf_counter)
         self.static = self._static_decoder(decode)
         # Single-token batches as one packed sequence (packed.py) where the model allows it.
         self.packing = packing and prefix_sharing and packed.supports(model)
@@ -301,11 +304,13 @@ class BatchGenerator:
         groups = []
         for indices, _ in prefix_groups(seqs, self.min_shared_prefix):
             length, cache = self._shared_prefix([seqs[i] for i in indices])
-            whole_batch = len(indices) == len(rows)
-            saving = (len(indices) - 1) * length
-            if cache is None and (
-                (decoding and saving < self.decode_prefix_saving) or (not whole_batch and saving < MIN_PREFIX_SAVING)
-            ):
+            # Tokens a forward of its own must skip: a decoding batch's rule (whether one run's rows or
+            # several runs'), or, for a few rows beside other runs' in a single-token batch, MIN_PREFIX_SAVING.
+            if decoding:
+                worth = self.decode_prefix_saving
+            else:
+                worth = 0 if len(indices) == len(rows) else MIN_PREFIX_SAVING
+            if cache is None and (len(indices) - 1) * length < worth:
                 length = 0
             groups.append(PrefixGroup([rows[i] for i in indices], length, cache))
         return groups
@@ -331,6 +336,17 @@ class BatchGenerator:
             if self.static is not None:
                 self.time_warm_up("decode_kernels", decode_attention.prepare, self.model)
                 self.time_warm_up("decode_steps", self.static.prepare)
+                if warm_decode_prefill:
+                    self.time_warm_up("decode_prefill", self.warm_decode_prefill)
+
+    def warm_decode_prefill(self) -> None:
+        """Prefills as decoding batches and their joins start (rows padded on the left, an attention
+        mask, a Hugging Face cache), at two sizes: a new server process ran that path for the first
+        time inside the evaluation's first decoding batch (kernels loaded, transformers' mask code)."""
+        vocab = self.model.config.vocab_size
+        for rows, length in ((2, 8), (16, 48)):
+            seqs = [[1 + (7 * i + j) % (vocab - 1) for j in range(length - i % 3)] for i in range(rows)]
+            self._prefill([PrefixGroup([Row(prompt_ids=s, max_new_tokens=2) for s in seqs])], True, False)
 
     def time_warm_up(self, part: str, prepare, *args) -> None:
         """Run one part of the server's warm-up; its seconds (the GPU's work included) go to
@@ -552,14 +568,18 @@ class BatchGenerator:
                 self._choose(last, rows)
                 return rows
             self.last_packed = False
+        reserved = (0.0, self.static.capturer.seconds if self.static is not None else 0.0)
+        if self.static is not None and use_cache and not all_logits:
+            reserved = self._reserve(groups), reserved[1]
         last, logits, cache, mask, next_pos, ids = self._prefill(groups, use_cache, all_logits)
+        self._launched = time.perf_counter()  # the prefill's kernels launched (host time, for the timeline)
         if logits is not None:
             self._prompt_logprobs(rows, logits, ids)
             del logits
         self._choose(last, rows)
         live = rows
         if self.static is not None and cache is not None and any(not r.finished for r in rows):
-            self._decode_static(rows, cache, mask, next_pos, joining, began)
+            self._decode_static(rows, cache, mask, next_pos, joining, began, reserved)
             return rows
         tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in rows], device=self.device)
         while any(not r.finished for r in live):
@@ -586,6 +606,15 @@ class BatchGenerator:
             tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in live], device=self.device)
         return rows
 
+    def _reserve(self, groups: list[PrefixGroup]) -> float:
+        """Make the static decoder's buffers for the batch `_prefill` will give (its rows, its padded
+        width: the longest prefix and the longest rest); the seconds it took."""
+        started = time.perf_counter()
+        rows = [r for g in groups for r in g.rows]
+        width = max(g.length for g in groups) + max(len(r.prompt_ids) - g.length for g in groups for r in g.rows)
+        self.static.reserve(len(rows), width, max(r.max_new_tokens for r in rows))
+        return time.perf_counter() - started
+
     def _decode_static(
         self,
         rows: list[Row],
@@ -594,17 +623,23 @@ class BatchGenerator:
         next_pos: torch.Tensor,
         joining: Joining | None,
         began: float,
+        reserved: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         """The decode loop over the static cache: finished rows ride along (their logits are ignored)
-        so every step has the shape its graph was captured for, until a joining row takes their slot."""
-        started = time.perf_counter()
+        so every step has the shape its graph was captured for, until a joining row takes their slot.
+        `reserved`: the seconds the buffers took before the prefill (counted in the start), and the
+        capture seconds before them."""
+        started, (reserve, captured) = time.perf_counter(), reserved
         max_new = max(r.max_new_tokens for r in rows)
         self.static.start(cache, mask, next_pos, max_new)
         del cache
         slots = list(rows)
         self._feed(range(len(slots)), slots)
         times = self.last_decode_times = {
-            "prefill": started - began, "start": time.perf_counter() - started, "joins": 0.0, "join_count": 0
+            "prefill": started - began - reserve, "start": time.perf_counter() - started + reserve,
+            "joins": 0.0, "join_count": 0,
+            "prefill_launch": self._launched - began - reserve, "captures": self.static.capturer.seconds - captured,
+            "joined": [],  # each join: seconds from the batch's start, rows, seconds it took, of them captures
         }  # fmt: skip
         queued = None  # a greedy step launched and not yet read: (its choices, the slots' rows then)
         while True:
@@ -617,10 +652,15 @@ class BatchGenerator:
                 queued = None
                 continue
             if joining is not None:
-                joined_at, before = time.perf_counter(), slots
+                joined_at, before, count = time.perf_counter(), slots, len(self.last_joined)
+                captured = self.static.capturer.seconds
                 slots = self._join(joining, slots)
-                times["joins"] += time.perf_counter() - joined_at
-                times["join_count"] += slots is not before  # a new list: rows joined
+                took = time.perf_counter() - joined_at
+                times["joins"] += took
+                if slots is not before:  # a new list: rows joined
+                    times["join_count"] += 1
+                    times["joined"].append([round(joined_at - began, 6), len(self.last_joined) - count, round(took, 6),
+                                            round(self.static.capturer.seconds - captured, 6)])  # fmt: skip
             if queued_steps and all(r.greedy or r.finished for r in slots):
                 # The GPU feeds each step the step before's choices; the host reads them one step behind.
                 launched = self.static.launch()
@@ -636,7 +676,7 @@ class BatchGenerator:
             logits = self.static.step([r.tokens[-1] if r.tokens else self.pad_id for r in slots])
             self.last_decode_steps += 1
             self._choose(logits, slots)
-        times["total"] = time.perf_counter() - started
+        times["total"] = time.perf_counter() - started + reserve
 
     def _feed(self, places, rows: list[Row]) -> None:
         self.static.feed(list(places), [r.tokens[-1] if r.tokens else self.pad_id for r in rows])

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import threading
+import time
 from dataclasses import dataclass, field
+
+
+def _timeline() -> list[dict] | None:
+    # ENGINE_TIMELINE=1: /stats lists when each request arrived and when each batch ran (the speed
+    # work's question of how HELM's requests come in, benchmarks/helm_speed.py prints it); off by default.
+    return [] if os.environ.get("ENGINE_TIMELINE") == "1" else None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -50,6 +58,7 @@ class Stats:
     model_cpu_seconds: float = 0.0
     http_cpu_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    timeline: list[dict] | None = field(default_factory=_timeline)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_request(self, *, latency: float, prompt_tokens: int, output_tokens: int, ok: bool) -> None:
@@ -81,6 +90,12 @@ class Stats:
             self.shared_prefix_tokens += skipped_tokens
             self.prefix_reuses += 1 if prefix_reused else 0
 
+    def event(self, kind: str, **data) -> None:
+        """One timeline entry (time.monotonic seconds), kept only with ENGINE_TIMELINE=1."""
+        if self.timeline is not None:
+            with self.lock:
+                self.timeline.append({"kind": kind, "t": round(time.monotonic(), 6), **data})
+
     def add(self, name: str, amount: float = 1) -> None:
         with self.lock:
             setattr(self, name, getattr(self, name) + amount)
@@ -90,6 +105,7 @@ class Stats:
 
         with self.lock:
             latencies = list(self.latencies)
+            timeline = list(self.timeline) if self.timeline is not None else None
             data = {
                 "requests": self.requests,
                 "failed_requests": self.failed_requests,
@@ -124,6 +140,8 @@ class Stats:
             "p95": percentile(latencies, 95) if latencies else 0.0,
             "max": max(latencies) if latencies else 0.0,
         }
+        if timeline is not None:
+            data["timeline"] = timeline
         on_gpu = self.device.startswith("cuda") and torch.cuda.is_available()
         data["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device)) if on_gpu else None
         data["peak_gpu_memory_reserved_bytes"] = int(torch.cuda.max_memory_reserved(self.device)) if on_gpu else None
