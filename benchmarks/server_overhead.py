@@ -6,10 +6,11 @@ The server's HTTP threads and its model thread share one interpreter lock, so ev
 request spends being parsed, tokenized and answered is a millisecond the model thread may wait to
 launch its next kernels (on an H200, a multiple-choice run's batches took up to five times longer
 while their answers went out than alone: docs/benchmarks.md). This sends HELM-shaped single-token
-requests (few-shot prompts of three runs, a new connection each, as HELM's HTTP client does) from
-many threads to a tiny random-init model on the CPU and prints one JSON line: requests per second,
-the HTTP threads' CPU per request, the model thread's, and the model process's (with
-`--single-process` the HTTP threads are in it too; by default they are in a front process).
+requests (few-shot prompts of three runs, a new connection each, as stock HELM's HTTP client does;
+`--keep-alive`: one kept-alive connection a thread, as helm_fast's) from many threads to a tiny
+random-init model on the CPU and prints one JSON line: requests per second, the HTTP threads' CPU per
+request, the model thread's, the model process's (with `--single-process` the HTTP threads are in it
+too; by default they are in a front process), and the sending process's (HELM's side).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import requests
 
 from benchmarks.engine_server import engine_server
 from benchmarks.engine_speed import build_model
+from evaluation.engine.helm_fast import KeepAlive
 
 TASKS = [
     ("The following are multiple choice questions about units. ", "How many metres are in {n} kilometres?"),
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--single-process", action="store_true", help="HTTP threads in the model's process")
+    parser.add_argument("--keep-alive", action="store_true", help="one connection a sending thread (helm_fast)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "model", args.size)
@@ -70,12 +73,13 @@ def main(argv: list[str] | None = None) -> int:
             requests.post(url + "/process", json=bodies[0], timeout=600).raise_for_status()
             before = requests.get(url + "/stats", timeout=10).json()
             cpu_before = process_cpu_seconds(server.pid)
-            started = time.perf_counter()
+            client = KeepAlive() if args.keep_alive else requests
+            started, client_started = time.perf_counter(), time.process_time()
             with ThreadPoolExecutor(args.threads) as pool:
                 codes = sorted(
-                    {r.status_code for r in pool.map(lambda b: requests.post(url + "/process", json=b), bodies)}
+                    {r.status_code for r in pool.map(lambda b: client.post(url + "/process", json=b), bodies)}
                 )
-            wall = time.perf_counter() - started
+            wall, client_cpu = time.perf_counter() - started, time.process_time() - client_started
             cpu = process_cpu_seconds(server.pid) - cpu_before
             after = requests.get(url + "/stats", timeout=10).json()
     n = args.requests
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests": n,
         "threads": args.threads,
         "single_process": args.single_process,
+        "keep_alive": args.keep_alive,
         "status_codes": codes,
         "wall_s": round(wall, 2),
         "requests_per_s": round(n / wall, 1),
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "http_cpu_ms_per_request": per_request_ms("http_cpu_seconds"),
         "model_thread_cpu_ms_per_request": per_request_ms("model_cpu_seconds"),
         "model_process_cpu_ms_per_request": round(1000 * cpu / n, 3),
+        "sender_cpu_ms_per_request": round(1000 * client_cpu / n, 3),
     }))  # fmt: skip
     return 0
 

@@ -23,6 +23,9 @@ for every statistic or every prompt:
   its pure-Python encoder runs a generator per container. `dumps_indent_2` writes the same
   characters with plain recursion, in about two thirds of the time (`benchmarks/helm_python.py`), and
   hands anything but JSON's own types back to `json.dumps`.
+- HELM's HTTP model client posts each request with `requests.post`, which builds a new session and a
+  new connection for every request (and the server a new thread for it). Here each of HELM's threads
+  keeps one session, so its requests go over one kept-alive connection: the same requests and answers.
 - The garbage collector's full collections walk the imports too (`evaluation.engine.heap`): they are
   frozen before the run starts.
 
@@ -37,6 +40,7 @@ import copy
 import dataclasses
 import json
 import runpy
+import threading
 from collections import defaultdict
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -250,10 +254,31 @@ def _remembering(tokenize):
     return remembered_tokenize
 
 
+class KeepAlive:
+    """What HELM's HTTP model client calls `requests`: `post` goes through one session per thread, whose
+    connection stays open between requests; every other name is the `requests` module's own."""
+
+    def __init__(self) -> None:
+        import requests
+
+        self._requests = requests
+        self._local = threading.local()
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = self._requests.Session()
+        return session.post(url, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # requests.exceptions and the rest
+        return getattr(self._requests, name)
+
+
 def install() -> None:
     """Put the faster functions where HELM's modules look them up."""
     from helm.benchmark import runner
     from helm.benchmark.metrics import metric, reference_metric
+    from helm.clients import http_model_client
     from helm.common import general
     from helm.tokenizers.huggingface_tokenizer import HuggingFaceTokenizer
 
@@ -265,6 +290,8 @@ def install() -> None:
     runner.json = _Json()
     if not hasattr(HuggingFaceTokenizer.tokenize, "__wrapped__"):
         HuggingFaceTokenizer.tokenize = _remembering(HuggingFaceTokenizer.tokenize)
+    if not isinstance(http_model_client.requests, KeepAlive):
+        http_model_client.requests = KeepAlive()
 
 
 def main() -> None:

@@ -165,13 +165,17 @@ def test_the_tokenization_memo_is_bounded(monkeypatch):
 def test_install_puts_the_functions_where_helm_looks_them_up():
     from helm.benchmark import runner as helm_runner
     from helm.benchmark.metrics import metric, reference_metric
+    from helm.clients import http_model_client
     from helm.tokenizers.huggingface_tokenizer import HuggingFaceTokenizer
 
     saved = (metric.compute_worst_case_metrics, reference_metric.compute_worst_case_metrics,
-             helm_runner.asdict_without_nones, HuggingFaceTokenizer.__dict__.get("tokenize"), helm_runner.json)  # fmt: skip
+             helm_runner.asdict_without_nones, HuggingFaceTokenizer.__dict__.get("tokenize"), helm_runner.json,
+             http_model_client.requests)  # fmt: skip
     try:
         helm_fast.install()
-        helm_fast.install()  # twice: the tokenizer is wrapped once
+        keep_alive = http_model_client.requests
+        helm_fast.install()  # twice: the tokenizer is wrapped once, the client's `requests` replaced once
+        assert isinstance(keep_alive, helm_fast.KeepAlive) and http_model_client.requests is keep_alive
         assert metric.compute_worst_case_metrics is helm_fast.compute_worst_case_metrics
         assert reference_metric.compute_worst_case_metrics is helm_fast.compute_worst_case_metrics
         assert helm_runner.asdict_without_nones is helm_fast.asdict_without_nones
@@ -179,13 +183,60 @@ def test_install_puts_the_functions_where_helm_looks_them_up():
         assert helm_runner.json.dumps({"a": [1]}, indent=2) == json.dumps({"a": [1]}, indent=2)
         assert isinstance(helm_runner.json, helm_fast._Json)
     finally:
-        helm_runner.json = saved[4]
+        helm_runner.json, http_model_client.requests = saved[4], saved[5]
         metric.compute_worst_case_metrics, reference_metric.compute_worst_case_metrics = saved[:2]
         helm_runner.asdict_without_nones = saved[2]
         if saved[3] is None:
             del HuggingFaceTokenizer.tokenize
         else:
             HuggingFaceTokenizer.tokenize = saved[3]
+
+
+def test_keep_alive_posts_each_threads_requests_over_one_connection():
+    """HELM's client with `requests.post` opens a connection a request; through KeepAlive each thread
+    keeps one, and the answers are the server's."""
+    import http.server
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    peers = []
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            peers.append(self.client_address)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/process"
+    try:
+        keep_alive = helm_fast.KeepAlive()
+
+        def three(client, first):
+            return [client.post(url, json={"n": first + i}, timeout=10).json()["n"] for i in range(3)]
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda first: three(keep_alive, first), [0, 10]))
+        assert answers == [[0, 1, 2], [10, 11, 12]]
+        assert len(peers) == 6 and len(set(peers)) == 2  # one connection a thread
+        peers.clear()
+        assert three(requests, 20) == [20, 21, 22] and len(set(peers)) == 3  # stock: one a request
+        assert keep_alive.exceptions.RequestException is requests.exceptions.RequestException
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_freeze_leaves_existing_objects_out_of_collections():
