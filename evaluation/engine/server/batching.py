@@ -300,8 +300,9 @@ class Scheduler:
         self._queue.put(Work(rows, on_done=on_done))
 
     def _arrived(self, rows: list[Row]) -> None:
-        self.stats.event("arrive", rows=len(rows), tokens=sum(len(r.prompt_ids) for r in rows),
-                         work=_kind(rows))  # fmt: skip
+        if self.stats.timeline is not None:  # nothing computed per request without ENGINE_TIMELINE
+            self.stats.event("arrive", rows=len(rows), tokens=sum(len(r.prompt_ids) for r in rows),
+                             work=_kind(rows))  # fmt: skip
 
     def _take_more(self, items: list[Work], deadline: float, gap: float, enough: Callable[[], bool]) -> bool:
         """Append to `items` what arrives until `deadline`, a pause of `gap` seconds, or `enough()`;
@@ -517,9 +518,10 @@ class Scheduler:
         ):
             if key in times:
                 self.stats.add(name, times[key])
-        self.stats.event("batch", began=round(began, 6), rows=len(batch), joined=joined, work=_kind(batch),
-                         decode_steps=self.generator.last_decode_steps,
-                         decode={k: v for k, v in times.items() if k != "total"})  # fmt: skip
+        if self.stats.timeline is not None:
+            self.stats.event("batch", began=round(began, 6), rows=len(batch), joined=joined, work=_kind(batch),
+                             decode_steps=self.generator.last_decode_steps,
+                             decode={k: v for k, v in times.items() if k != "total"})  # fmt: skip
         self.stats.record_batch(
             rows=len(batch) + joined,
             seconds=time.perf_counter() - started,
