@@ -810,6 +810,8 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
             results["rows"] += [{k: v for k, v in x.items() if k != "_records"} for x in rows]
             keys = ("wall_s", "peak_gpu_gb", "torch_peak_gb", "efficiency", "vs_A", "server_startup")
             summary = {k: record.get(k) for k in keys}
+            # The front process's CPU seconds (one interpreter for every request) beside HELM's time.
+            summary["front_cpu_s"] = (record["server_stats"] or {}).get("front_cpu_seconds")
             print(json.dumps({tag: summary}, default=str), flush=True)
             if (record["server_stats"] or {}).get("timeline"):
                 print(json.dumps({tag: {"timeline": timeline_summary(record["server_stats"]["timeline"])}}), flush=True)

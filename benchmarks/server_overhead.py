@@ -10,7 +10,8 @@ requests (few-shot prompts of three runs, a new connection each, as stock HELM's
 `--keep-alive`: one kept-alive connection a thread, as helm_fast's) from many threads to a tiny
 random-init model on the CPU and prints one JSON line: requests per second, the HTTP threads' CPU per
 request, the model thread's, the model process's (with `--single-process` the HTTP threads are in it
-too; by default they are in a front process), and the sending process's (HELM's side).
+too; by default they are in a front process), the front process's (all of it: accepting, a thread a
+connection, parsing, tokenizing, answering), and the sending process's (HELM's side).
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (the server's front process)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1500)
@@ -72,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             bodies = [body(prompt(i % 3, i)) for i in range(args.requests)]
             requests.post(url + "/process", json=bodies[0], timeout=600).raise_for_status()
             before = requests.get(url + "/stats", timeout=10).json()
+            fronts = children(server.pid)
             cpu_before = process_cpu_seconds(server.pid)
+            front_before = sum(process_cpu_seconds(p) for p in fronts)
             client = KeepAlive() if args.keep_alive else requests
             started, client_started = time.perf_counter(), time.process_time()
             with ThreadPoolExecutor(args.threads) as pool:
@@ -81,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             wall, client_cpu = time.perf_counter() - started, time.process_time() - client_started
             cpu = process_cpu_seconds(server.pid) - cpu_before
+            front_cpu = sum(process_cpu_seconds(p) for p in fronts) - front_before
             after = requests.get(url + "/stats", timeout=10).json()
     n = args.requests
 
@@ -99,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "http_cpu_ms_per_request": per_request_ms("http_cpu_seconds"),
         "model_thread_cpu_ms_per_request": per_request_ms("model_cpu_seconds"),
         "model_process_cpu_ms_per_request": round(1000 * cpu / n, 3),
+        "front_process_cpu_ms_per_request": round(1000 * front_cpu / n, 3) if fronts else None,
         "sender_cpu_ms_per_request": round(1000 * client_cpu / n, 3),
     }))  # fmt: skip
     return 0

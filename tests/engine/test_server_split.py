@@ -118,6 +118,7 @@ def test_the_front_process_answers_as_the_single_process_server(servers):
     assert stats["requests"] == len(REQUESTS) and stats["latency_seconds"]["count"] == len(REQUESTS)
     assert stats["batches"] >= 1 and stats["busy_seconds"] > 0 and stats["model_cpu_seconds"] > 0
     assert stats["http_cpu_seconds"] > 0 and stats["prompt_tokens"] > 0 and stats["output_tokens"] > 0
+    assert stats["front_cpu_seconds"] >= stats["http_cpu_seconds"]  # the whole front process's
     assert stats["limits"]["max_batch_size"] > 0 and stats["decode"]["mode"] == "dynamic"
     assert stats["decode"]["rope_attend"] is None  # no static decoder, no kernel
     tokens = requests.post(f"{split_ready['url']}/tokenize", json={"text": "The quick"}, timeout=10).json()["tokens"]
