@@ -321,3 +321,18 @@ def test_dumps_indent_2_hands_other_types_to_json():
     assert helm_fast.dumps_indent_2(state) == json.dumps(state, indent=2)
     assert helm_fast._Json().dumps(state, indent=2) == json.dumps(state, indent=2)
     assert helm_fast._Json().dumps(state) == json.dumps(state) and helm_fast._Json().loads("[1]") == [1]
+
+
+@pytest.mark.parametrize("keep_alive", [False, True])
+def test_the_client_rate_benchmark_sends_through_helms_client(capsys, keep_alive):
+    from helm.clients import http_model_client
+
+    from benchmarks import helm_client_rate
+
+    saved = http_model_client.requests
+    try:
+        helm_client_rate.main(["--requests", "40", "--threads", "8"] + (["--keep-alive"] if keep_alive else []))
+    finally:
+        http_model_client.requests = saved
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["succeeded"] == 40 and line["keep_alive"] == keep_alive and line["requests_per_s"] > 0
