@@ -148,11 +148,13 @@ def test_decoding_rows_of_two_few_shot_prompts_interleaved_run_in_one_batch_each
     heads = ["Questions about units, with answers. " * 4, "Questions about dates, with answers. " * 4]
     prompts = [heads[i % 2] + f"Question {i}: what comes after {i}? Answer:" for i in range(24)]
     rows = rows_for(tokenizer, prompts, max_new_tokens=2)
-    (batch,) = plan_batches(rows, Limits())
+    limits = Limits(merge_padding_tokens=1000)  # as on a GPU (a forward's worth)
+    (batch,) = plan_batches(rows, limits)
     assert len(batch) == 24
+    assert len(plan_batches(rows, Limits())) == 2  # on a CPU: no padding added (the runs' widths differ)
     stats = Stats()
     generator = BatchGenerator(model, tokenizer, decode=decode)
-    Scheduler(generator, stats, Limits()).run(rows)
+    Scheduler(generator, stats, limits).run(rows)
     assert stats.batches == 1 and stats.joined_rows == 0
     # Each run's prefix was prefilled once: all but one row's prefix tokens of each run skipped.
     assert generator.last_shared_prefix >= 16 and stats.shared_prefix_tokens >= 2 * 11 * 16
@@ -164,10 +166,24 @@ def test_decoding_runs_split_by_the_limits_keep_a_run_to_a_batch(loaded):
     tokenizer = loaded.tokenizer
     heads = ["Questions about units, with answers. " * 4, "Questions about dates, with answers. " * 4]
     prompts = [heads[i % 2] + f"Question {i}: what comes after {i}? Answer:" for i in range(24)]
-    plan = plan_batches(rows_for(tokenizer, prompts, max_new_tokens=2), Limits(max_batch_size=12))
+    plan = plan_batches(rows_for(tokenizer, prompts, max_new_tokens=2),
+                        Limits(max_batch_size=12, merge_padding_tokens=1000))  # fmt: skip
     assert [len(b) for b in plan] == [12, 12]
     for batch in plan:
         assert len({tuple(r.prompt_ids[:16]) for r in batch}) == 1
+
+
+def test_a_short_run_is_not_padded_to_a_long_one_beyond_a_forwards_worth(loaded):
+    """Put together, a run of short prompts would be padded to the long run's width in the prefill:
+    that is worth it only while the padding costs less than the join it saves."""
+    tokenizer = loaded.tokenizer
+    short = [f"Say {i}:" for i in range(10)]
+    long = ["A long few-shot prefix with many worked examples of its own. " * 6 + f"Item {i}:" for i in range(10)]
+    rows = rows_for(tokenizer, short + long, max_new_tokens=2)
+    # Together, the ten short rows are padded from their own width to the long run's.
+    padding = 10 * (max(len(r.prompt_ids) for r in rows[10:]) - max(len(r.prompt_ids) for r in rows[:10]))
+    assert len(plan_batches(rows, Limits(merge_padding_tokens=padding - 1))) == 2
+    assert len(plan_batches(rows, Limits(merge_padding_tokens=padding))) == 1
 
 
 def test_few_decoding_rows_with_a_common_head_are_not_split_off_into_small_batches(loaded):

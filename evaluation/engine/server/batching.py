@@ -57,6 +57,9 @@ class Limits:
     # Seconds a decoding batch waits for more decoding rows while they keep arriving (0: start at
     # once, later rows join it; see Scheduler._fill).
     decode_fill_seconds: float = 0.0
+    # Padded prompt tokens that putting two runs' decoding rows in one batch may add to its prefill
+    # (`_together`): on a GPU a forward's worth (what the join it saves costs), on a CPU none.
+    merge_padding_tokens: int = 0
 
     def tokens_beside_store(self) -> int:
         return max(self.max_batch_tokens - self.prefix_store_tokens, self.max_batch_tokens // 2)
@@ -195,16 +198,23 @@ def plan_batches(rows: list[Row], limits: Limits, *, packed: bool = False) -> li
     return batches
 
 
+def _padded_prompts(rows: list[Row]) -> int:
+    return len(rows) * max(len(r.prompt_ids) for r in rows)
+
+
 def _together(runs: list[list[Row]], limits: Limits) -> list[list[Row]]:
-    """Decoding batches of one run each, put together while the limits allow: one batch of two runs
-    is one prefill and one graph capture, where the second run's batch would join the first at its
-    first step (a prefill of its own, the buffers grown and captured again: ~55 ms of a 1.1 B model's
-    host time). Each row still starts from its run's prefix (BatchGenerator._groups)."""
+    """Decoding batches of one run each, put together while the limits allow and the prefill's padding
+    grows by at most `merge_padding_tokens`: one batch of two runs is one prefill and one graph
+    capture, where the second run's batch would join the first at its first step (a prefill of its
+    own, the buffers grown and captured again: 55-90 ms of a 1.1 B model's host time). Each row still
+    starts from its run's prefix (BatchGenerator._groups)."""
     merged: list[list[Row]] = []
     for batch in runs:
         if merged:
             both = merged[-1] + batch
-            if len(both) <= limits.max_batch_size and _cost(both) <= limits.max_batch_tokens:
+            padding = _padded_prompts(both) - _padded_prompts(merged[-1]) - _padded_prompts(batch)
+            fits = len(both) <= limits.max_batch_size and _cost(both) <= limits.max_batch_tokens
+            if fits and padding <= limits.merge_padding_tokens:
                 merged[-1] = both
                 continue
         merged.append(batch)
@@ -625,9 +635,11 @@ def default_limits(model: Any, device: str, budget_bytes: int | None) -> Limits:
     echo_tokens = int(0.2 * (free - store) / (vocab * (elem + 4)))  # echo batches leave the store in place
     # A packed token keeps no cache; its attention adds fp32 merges and its row's padded copies.
     packed_tokens = int(0.6 * (free - store) / (act_per_token + 24 * hidden))
+    params = sum(p.numel() for p in model.parameters())
     return Limits(
-        fill_tokens=fill_tokens(sum(p.numel() for p in model.parameters())),
+        fill_tokens=fill_tokens(params),
         decode_fill_seconds=decode_fill_seconds(),
+        merge_padding_tokens=forward_worth_tokens(params),
         max_batch_size=256,
         max_batch_tokens=max(1024, min(tokens, 1 << 20)),
         max_echo_tokens=max(512, min(echo_tokens, 1 << 18)),
