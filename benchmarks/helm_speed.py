@@ -29,6 +29,7 @@ processes so that the memory each mode's own process holds is all the GPU holds 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -500,9 +501,18 @@ def efficiency(row: dict, counts: dict, ceilings: dict | None, params: int, weig
     return eff
 
 
+SHOWN_BATCHES = 12
+
+
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None
+
+
 def timeline_summary(events: list[dict]) -> dict:
     """The server's timeline (ENGINE_TIMELINE=1) in milliseconds from the first request's arrival: when
-    requests arrived (rows, by tenths of the spread), and each batch: its start, rows, rows joined,
+    requests arrived (rows, by tenths of the spread), the batches in all (how many, their median rows,
+    duration and gap before the next, and the share of the time from the first arrival to the last
+    batch's end that they took), and the first SHOWN_BATCHES of them: start, rows, rows joined,
     duration and, for decode batches, the prefill, the start and each join."""
     arrivals = [e for e in events if e["kind"] == "arrive"]
     if not arrivals:
@@ -528,10 +538,17 @@ def timeline_summary(events: list[dict]) -> dict:
                 [round(1000 * x, 1) if i != 1 else x for i, x in enumerate(j)] for j in decode["joined"]
             ]
         batches.append(entry)
+    gaps = [round(b["at"] - (a["at"] + a["ms"]), 1) for a, b in itertools.pairwise(batches)]
+    span = max((b["at"] + b["ms"] for b in batches), default=0.0)
     return {
         "rows": len(times),
         "arrival_ms_by_tenth": [times[min(len(times) - 1, len(times) * q // 10)] for q in range(11)],
-        "batches": batches,
+        "batch_count": len(batches),
+        "median_rows": _median([b["rows"] for b in batches]),
+        "median_ms": _median([b["ms"] for b in batches]),
+        "median_gap_ms": _median(gaps),
+        "busy_share": round(sum(b["ms"] for b in batches) / span, 3) if span > 0 else None,
+        "batches": batches[:SHOWN_BATCHES],
     }
 
 

@@ -88,6 +88,21 @@ def test_the_timeline_lists_arrivals_batches_and_joins(llama, monkeypatch):
     (entry,) = summary["batches"]
     assert entry["joined"] == 1 and entry["work"] == "decode" and entry["each_join"][0][1] == 1
     assert entry["ms"] > 0 and entry["prefill"] >= entry["prefill_launch"]
+    assert summary["batch_count"] == 1 and summary["median_rows"] == 1 and summary["median_gap_ms"] is None
+    assert 0 < summary["busy_share"] <= 1
+
+
+def test_the_timeline_summary_counts_every_batch_and_shows_the_first():
+    events = [{"kind": "arrive", "t": 10.0, "rows": 3, "tokens": 30, "work": "single"}]
+    for i in range(20):  # batches of i % 5 + 1 rows, 4 ms each, 1 ms apart
+        began = 10.001 + 0.005 * i
+        events.append({"kind": "batch", "t": began + 0.004, "began": began, "rows": i % 5 + 1, "joined": 0,
+                       "work": "single", "decode_steps": 0, "decode": {}})  # fmt: skip
+    summary = timeline_summary(events)
+    assert summary["batch_count"] == 20 and len(summary["batches"]) == 12
+    assert summary["median_rows"] == 3 and summary["median_ms"] == pytest.approx(4.0, abs=0.2)
+    assert summary["median_gap_ms"] == pytest.approx(1.0, abs=0.2)
+    assert summary["busy_share"] == pytest.approx(80 / 101, abs=0.01)
 
 
 def test_a_decoding_batch_waits_for_the_decoding_rows_still_arriving(llama):
