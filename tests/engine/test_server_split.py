@@ -145,6 +145,33 @@ def test_the_model_process_ends_with_the_front_process(servers):
     assert proc.wait(timeout=30) == 1  # not a clean stop: the runner must not take it for one
 
 
+def test_two_fronts_answer_as_one_and_stats_count_both(servers):
+    """Two front processes accept on the one socket; /stats, asked of either, counts every request."""
+    proc, ready = servers("--fronts", "2")
+    single, single_ready = servers("--single-process")
+    assert len(_children(proc.pid)) == 2
+    _assert_same(_answers(ready["url"]), _answers(single_ready["url"]))
+    # Separate connections, many at once: both fronts accept some (the kernel hands each to one).
+    bodies = [{"prompt": PROMPTS[i % len(PROMPTS)], "temperature": 0, "max_new_tokens": 1} for i in range(40)]
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda b: requests.post(f"{ready['url']}/process", json=b, timeout=120).status_code,
+                              bodies))  # fmt: skip
+    assert codes == [200] * 40
+    for _ in range(3):  # whichever front answers
+        stats = requests.get(f"{ready['url']}/stats", timeout=30).json()
+        total = len(REQUESTS) + 40
+        assert stats["fronts"] == 2 and stats["requests"] == total and stats["latency_seconds"]["count"] == total
+        assert stats["front_cpu_seconds"] >= stats["http_cpu_seconds"] > 0 and stats["batches"] >= 1
+
+
+def test_the_model_process_ends_with_either_of_two_fronts(servers):
+    proc, ready = servers("--fronts", "2")
+    first, second = _children(proc.pid)
+    os.kill(second, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 1
+    assert _gone(first)
+
+
 def test_the_front_never_touches_cuda_for_its_counters(tiny_llama_dir, monkeypatch):
     """On a GPU box a CUDA call in the front would give it a CUDA context of its own: GPU memory
     outside the track's budget."""
@@ -155,7 +182,7 @@ def test_the_front_never_touches_cuda_for_its_counters(tiny_llama_dir, monkeypat
 
     from evaluation.engine.loading import load_model
     from evaluation.engine.server.app import model_facts
-    from evaluation.engine.server.split import RemoteService
+    from evaluation.engine.server.split import RemoteService, merge_counts
 
     loaded = load_model(tiny_llama_dir, device="cpu", dtype="float32")
     facts = {**model_facts(loaded), "device": "cuda"}
@@ -169,8 +196,11 @@ def test_the_front_never_touches_cuda_for_its_counters(tiny_llama_dir, monkeypat
     front_end, model_end = Pipe()
 
     def model_side():
-        kind, key = model_end.recv()
-        model_end.send((key, {"batches": 3, "peak_gpu_memory_bytes": 123}))
+        kind, key = model_end.recv()  # /stats: the model asks the front for its counts
+        model_end.send(("counts", 9))
+        _, mine, counts = model_end.recv()
+        assert mine == 9 and counts["requests"] == 0 and counts["front_cpu_seconds"] > 0
+        model_end.send((key, {"batches": 3, "peak_gpu_memory_bytes": 123, **merge_counts([counts])}))
 
     threading.Thread(target=model_side, daemon=True).start()
     ready = {"tokenizer": loaded.tokenizer, "facts": facts, "seed": 0, "startup": None}

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve HTTP from the model's process (by default a forked front process does: split.py); "
         "also ENGINE_SINGLE_PROCESS=1",
     )  # fmt: skip
+    p.add_argument(
+        "--fronts", type=int, default=int(os.environ.get("ENGINE_FRONTS") or 1),
+        help="front processes accepting HTTP on the one socket, each with its pipe to the model process "
+        "(split.py); also ENGINE_FRONTS",
+    )  # fmt: skip
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -138,15 +143,15 @@ def _exit_on_signals() -> None:
     signal.signal(signal.SIGINT, stop)
 
 
-def _serve_split(service, front, address: tuple[str, int]) -> int:
+def _serve_split(service, fronts, address: tuple[str, int]) -> int:
     from evaluation.engine.server.split import serve_model
 
     service.start()
     host, port = address
     print(json.dumps({**service.health(), "status": "ready", "url": f"http://{host}:{port}"}), flush=True)
     _exit_on_signals()
-    serve_model(service, front)  # returns only if the front process is gone: a stop ends this one first
-    log.error("the HTTP front process ended; stopping")
+    serve_model(service, fronts)  # returns only if a front process is gone: a stop ends this one first
+    log.error("an HTTP front process ended; stopping")
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
@@ -168,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             _report(EngineError(f"cannot listen on {args.host}:{args.port}: {e}"))
             return 3
         address = listen.getsockname()[:2]
-        from evaluation.engine.server.split import fork_front
+        from evaluation.engine.server.split import fork_fronts
 
-        front = fork_front(listen)  # before loading: the front must not inherit CUDA or threads
+        front = fork_fronts(listen, args.fronts)  # before loading: no CUDA or threads to inherit
     try:
         service = create_service(args)
     except EngineError as e:

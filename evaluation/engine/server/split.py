@@ -8,6 +8,12 @@ model: the front owns the listening socket and the HTTP threads; the model proce
 scheduler and a pipe. Rows cross the pipe as token ids and come back as tokens and logprobs.
 
 Either process ends when the other does: each side's reader sees the pipe close.
+
+Several fronts (`--fronts N`, `ENGINE_FRONTS`) accept on the one listening socket, each with its pipe
+to the model process: one front's interpreter caps the request rate (on an H100 box HELM's
+multiple-choice requests came at ~600 a second while the front spent 1.5-1.7 ms of CPU on each:
+docs/benchmarks.md, session 17). Each front counts its own requests; `/stats`, asked of any front,
+sums every front's counts.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ from evaluation.engine.server.stats import Stats
 
 log = logging.getLogger(__name__)
 
-# Counters the front keeps (one per request); the model process keeps those of batches.
+# Counters the fronts keep (one per request); the model process keeps those of batches.
+FRONT_FIELDS = ("requests", "failed_requests", "non_finite", "prompt_tokens", "output_tokens",
+                "truncated_prompts", "http_cpu_seconds")  # fmt: skip
 FRONT_KEYS = (
     "requests",
     "failed_requests",
@@ -98,43 +106,71 @@ class RemoteService(Frontend):
     def _receive(self) -> None:
         try:
             while True:
-                key, value = self.conn.recv()
+                message = self.conn.recv()
+                if message[0] == "counts":  # the model process gathers every front's for /stats
+                    with self._send_lock:
+                        self.conn.send(("counts", message[1], self.counts()))
+                    continue
+                key, value = message
                 slot = self._pending.pop(key)
                 slot[1] = value
                 slot[0].set()
         except (EOFError, OSError):
             self._on_lost()
 
+    def counts(self) -> dict:
+        """This front's request counters and its process's CPU seconds (summed over fronts by `merge_counts`)."""
+        with self.stats.lock:
+            counts = {key: getattr(self.stats, key) for key in FRONT_FIELDS}
+            counts["latencies"] = list(self.stats.latencies)
+        # This whole process's CPU time (accepting connections, their threads, parsing, tokenizing,
+        # answering): one interpreter for its requests, which may set how fast they can come.
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        counts["front_cpu_seconds"] = usage.ru_utime + usage.ru_stime
+        return counts
+
     def submit(self, rows: list[Row]) -> None:
         for row, result in zip(rows, self._call("run", [_payload(r) for r in rows]), strict=True):
             row.tokens, row.logprobs, row.prompt_logprobs, row.finished, row.finish_reason, row.error = result
 
     def stats_snapshot(self) -> dict:
-        data = self._call("stats")
-        front = self.stats.snapshot()
-        data.update({key: front[key] for key in FRONT_KEYS})
-        # This whole process's CPU time (accepting connections, their threads, parsing, tokenizing,
-        # answering): one interpreter for every request, which may set how fast they can come.
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        data["front_cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 6)
-        return data
+        return self._call("stats")  # the model's counters with every front's (merge_counts)
 
 
-def fork_front(listen: socket.socket) -> Connection:
-    """Start the front process on `listen`; returns the model side's end of the pipe. Call before
-    loading the model: the child must not inherit CUDA state or the model thread."""
+def merge_counts(fronts: list[dict]) -> dict:
+    """/stats' request counters from every front's `counts`: sums, and the latencies' summary."""
+    merged = Stats(device="cpu")
+    for counts in fronts:
+        for key in FRONT_FIELDS:
+            setattr(merged, key, getattr(merged, key) + counts[key])
+        merged.latencies += counts["latencies"]
+    snapshot = merged.snapshot()
+    data = {key: snapshot[key] for key in FRONT_KEYS}
+    data["front_cpu_seconds"] = round(sum(c["front_cpu_seconds"] for c in fronts), 6)
+    data["fronts"] = len(fronts)
+    return data
+
+
+def fork_fronts(listen: socket.socket, count: int = 1) -> list[Connection]:
+    """Start `count` front processes accepting on `listen`; returns the model side's end of each one's
+    pipe. Call before loading the model: the children must not inherit CUDA state or the model thread."""
     from multiprocessing import Pipe
 
-    model_end, front_end = Pipe()
-    if os.fork() == 0:
-        model_end.close()
-        try:
-            _front(front_end, listen)
-        finally:
-            os._exit(0)
-    front_end.close()
-    listen.close()  # only the front accepts connections
-    return model_end
+    model_ends: list[Connection] = []
+    for _ in range(max(1, count)):
+        model_end, front_end = Pipe()
+        if os.fork() == 0:
+            # Only its own pipe: a front must see the model process's end close when it exits.
+            for end in [*model_ends, model_end]:
+                end.close()
+            try:
+                _front(front_end, listen)
+            finally:
+                os._exit(0)
+        front_end.close()
+        model_ends.append(model_end)
+    listen.close()  # only the fronts accept connections
+    return model_ends
 
 
 def _front(conn: Connection, listen: socket.socket) -> None:
@@ -157,24 +193,67 @@ def ready_message(service: ModelService) -> tuple:
                       "startup": service.startup})  # fmt: skip
 
 
-def serve_model(service: ModelService, conn: Connection) -> None:
-    """In the model process: run what the front sends until the front is gone."""
-    lock = threading.Lock()
+class _Front:
+    """The model process's end of one front's pipe."""
 
-    def reply(key: int, value: Any) -> None:
-        with lock:
-            conn.send((key, value))
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.lock = threading.Lock()
 
-    conn.send(ready_message(service))
-    while True:
-        try:
-            kind, key, *args = conn.recv()
-        except (EOFError, OSError):
-            return
-        if kind == "run":
-            rows = [_row(payload) for payload in args[0]]
-            service.scheduler.submit_async(rows, lambda rows=rows, key=key: reply(key, [_result(r) for r in rows]))
-        elif kind == "stats":
-            reply(key, service.stats_snapshot())
-        else:
-            log.error("unknown message %r from the front", kind)
+    def send(self, message: tuple) -> None:
+        with self.lock:
+            self.conn.send(message)
+
+
+def serve_model(service: ModelService, conns: list[Connection]) -> None:
+    """In the model process: run what the fronts send until one of them is gone."""
+    fronts = [_Front(conn) for conn in conns]
+    asked: dict[int, list] = {}  # a /stats' key -> the fronts' counts as they come
+    asked_lock = threading.Lock()
+    keys = itertools.count()
+    gone = threading.Event()
+
+    def stats(front: _Front, key: int) -> None:
+        # In a thread of its own: the counts come back through the receivers, this front's included.
+        mine = next(keys)
+        slot: list = [threading.Event(), []]
+        with asked_lock:
+            asked[mine] = slot
+        for other in fronts:
+            other.send(("counts", mine))
+        slot[0].wait(timeout=30)
+        with asked_lock:
+            asked.pop(mine, None)
+        data = service.stats_snapshot()
+        data.update(merge_counts(slot[1]))
+        front.send((key, data))
+
+    def receive(front: _Front) -> None:
+        while True:
+            try:
+                kind, key, *args = front.conn.recv()
+            except (EOFError, OSError):
+                gone.set()
+                return
+            if kind == "run":
+                rows = [_row(payload) for payload in args[0]]
+                service.scheduler.submit_async(
+                    rows, lambda rows=rows, key=key, front=front: front.send((key, [_result(r) for r in rows]))
+                )
+            elif kind == "stats":
+                threading.Thread(target=stats, args=(front, key), daemon=True).start()
+            elif kind == "counts":
+                with asked_lock:
+                    slot = asked.get(key)
+                    if slot is not None:
+                        slot[1].append(args[0])
+                        if len(slot[1]) == len(fronts):
+                            slot[0].set()
+            else:
+                log.error("unknown message %r from a front", kind)
+
+    for front in fronts:
+        front.send(ready_message(service))
+    for front in fronts:
+        threading.Thread(target=receive, args=(front,), name="from-front", daemon=True).start()
+    gone.wait()
