@@ -207,3 +207,10 @@ def test_the_front_never_touches_cuda_for_its_counters(tiny_llama_dir, monkeypat
     service = RemoteService(front_end, ready, on_lost=lambda: None)
     stats = service.stats_snapshot()
     assert stats["batches"] == 3 and stats["peak_gpu_memory_bytes"] == 123 and stats["requests"] == 0
+
+
+def test_the_fronts_setting():
+    from evaluation.engine.server import _fronts_setting, build_parser
+
+    assert [_fronts_setting(v) for v in (None, "", "2", "0", "-3", "two")] == [1, 1, 2, 1, 1, 1]
+    assert build_parser().parse_args(["--model", "m", "--fronts", "3"]).fronts == 3

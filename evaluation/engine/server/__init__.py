@@ -57,12 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
         "also ENGINE_SINGLE_PROCESS=1",
     )  # fmt: skip
     p.add_argument(
-        "--fronts", type=int, default=int(os.environ.get("ENGINE_FRONTS") or 1),
+        "--fronts", type=int, default=_fronts_setting(os.environ.get("ENGINE_FRONTS")),
         help="front processes accepting HTTP on the one socket, each with its pipe to the model process "
         "(split.py); also ENGINE_FRONTS",
     )  # fmt: skip
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def _fronts_setting(value: str | None) -> int:
+    """ENGINE_FRONTS as a count of front processes: unset, not a number or below 1 gives 1."""
+    try:
+        return max(1, int(value or 1))
+    except ValueError:
+        log.warning("ENGINE_FRONTS=%r is not a number: one front process", value)
+        return 1
 
 
 def create_service(args: argparse.Namespace):
