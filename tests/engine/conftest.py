@@ -78,3 +78,11 @@ def gpt2_server(start_server, tiny_gpt2_dir) -> InProcessServer:
 def any_server(request) -> InProcessServer:
     """Each tiny architecture's server in turn."""
     return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir):
+    """The tiny Llama loaded in fp32 on the CPU, once per test module."""
+    from evaluation.engine.loading import load_model
+
+    return load_model(tiny_llama_dir, device="cpu", dtype="float32")

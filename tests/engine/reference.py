@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 PROMPTS = [
@@ -108,3 +110,18 @@ def static_generator(model, tokenizer):
     if not static_decode.supports(model):
         pytest.skip("the static decoder serves Llama-like models")
     return BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
+
+
+def serve(scheduler, works, delays: list[float]) -> None:
+    """Hand `works` to the running scheduler as the server does (each counted as arrived), each
+    `delays[i]` seconds after the one before, and wait for all of them."""
+    scheduler.start()
+    try:
+        for work, delay in zip(works, delays, strict=True):
+            time.sleep(delay)
+            scheduler._arrived(work.rows)
+            scheduler._queue.put(work)
+        for work in works:
+            assert work.done.wait(timeout=120)
+    finally:
+        scheduler.stop()

@@ -54,13 +54,6 @@ def test_positions_past_the_table_read_its_last_row():
     assert torch.equal(now, table[[2, 7, 7]])
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    from evaluation.engine.loading import load_model
-
-    return load_model(tiny_llama_dir, device="cpu", dtype="float32")
-
-
 def _module_calls(model, monkeypatch) -> list[int]:
     """Rows of each call of the model's rotary module."""
     calls: list[int] = []

@@ -13,27 +13,7 @@ import pytest
 from evaluation.engine.server.batching import Limits, Scheduler, Work
 from evaluation.engine.server.generation import BatchGenerator
 from evaluation.engine.server.stats import Stats
-from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_like_generate, rows_for
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    from evaluation.engine.loading import load_model
-
-    return load_model(tiny_llama_dir, device="cpu", dtype="float32")
-
-
-def _serve(scheduler: Scheduler, works: list[Work], delays: list[float]) -> None:
-    """Hand `works` to the running scheduler, each `delays[i]` seconds after the one before."""
-    scheduler.start()
-    try:
-        for work, delay in zip(works, delays, strict=True):
-            time.sleep(delay)
-            scheduler._queue.put(work)
-        for work in works:
-            assert work.done.wait(timeout=120)
-    finally:
-        scheduler.stop()
+from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_like_generate, rows_for, serve
 
 
 def _scheduler(llama, fill_tokens: int, **kwargs) -> tuple[Scheduler, Stats]:
@@ -50,7 +30,7 @@ def _scoring(tokenizer, prompts: list[str]) -> list[Work]:
 def test_single_token_requests_arriving_later_wait_in_one_batch(llama):
     works = _scoring(llama.tokenizer, FEW_SHOT_PROMPTS)
     scheduler, stats = _scheduler(llama, fill_tokens=10**6, fill_seconds=5.0, fill_gap_seconds=1.0)
-    _serve(scheduler, works, [0.0] + [0.05] * (len(works) - 1))
+    serve(scheduler, works, [0.0] + [0.05] * (len(works) - 1))
     assert stats.batches == 1 and stats.batch_rows == len(works)
     assert stats.filled_batches == 1 and stats.fill_wait_seconds > 0
     assert_like_generate(llama.model, llama.tokenizer, [r for w in works for r in w.rows])
@@ -59,7 +39,7 @@ def test_single_token_requests_arriving_later_wait_in_one_batch(llama):
 def test_without_a_fill_target_later_requests_run_in_batches_of_their_own(llama):
     works = _scoring(llama.tokenizer, FEW_SHOT_PROMPTS)
     scheduler, stats = _scheduler(llama, fill_tokens=0, fill_seconds=5.0, fill_gap_seconds=1.0)
-    _serve(scheduler, works, [0.0] + [0.3] * (len(works) - 1))
+    serve(scheduler, works, [0.0] + [0.3] * (len(works) - 1))
     # Each request finds the model idle, or at most the ones sent during a batch run together.
     assert stats.batches > 1 and stats.filled_batches == 0
 
@@ -68,7 +48,7 @@ def test_the_wait_ends_when_requests_stop_arriving(llama):
     works = _scoring(llama.tokenizer, PROMPTS[:1])
     scheduler, stats = _scheduler(llama, fill_tokens=10**6, fill_seconds=60.0, fill_gap_seconds=0.1)
     started = time.monotonic()
-    _serve(scheduler, works, [0.0])
+    serve(scheduler, works, [0.0])
     # Far short of the 60 s limit: a pause of 0.1 s ended the wait.
     assert time.monotonic() - started < 30
     assert stats.filled_batches == 1 and stats.fill_wait_seconds < 30
@@ -80,7 +60,7 @@ def test_the_wait_ends_at_the_fill_target(llama):
     works = _scoring(llama.tokenizer, PROMPTS[:3])
     target = 2 * len(works[0].rows[0].prompt_ids)
     scheduler, stats = _scheduler(llama, fill_tokens=target, fill_seconds=60.0, fill_gap_seconds=30.0)
-    _serve(scheduler, works, [0.0, 0.1, 1.0])
+    serve(scheduler, works, [0.0, 0.1, 1.0])
     assert stats.batches == 2 and stats.max_batch_rows == 2 and stats.filled_batches == 1
 
 
@@ -91,7 +71,7 @@ def test_decoding_work_ends_the_wait_and_runs_at_once(llama):
     done_at: dict[str, float] = {}
     decoding.on_done = lambda: done_at.setdefault("decoding", time.monotonic())
     started = time.monotonic()
-    _serve(scheduler, [*scoring, decoding], [0.0, 0.0, 0.2])
+    serve(scheduler, [*scoring, decoding], [0.0, 0.0, 0.2])
     assert done_at["decoding"] - started < 30  # not the 30 s pause nor the 60 s limit
     assert stats.filled_batches == 1
     rows = [r for w in [*scoring, decoding] for r in w.rows]

@@ -14,13 +14,6 @@ from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_like_genera
 
 
 @pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    from evaluation.engine.loading import load_model
-
-    return load_model(tiny_llama_dir, device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def grouped(tmp_path_factory):
     from evaluation.engine.loading import load_model
     from evaluation.engine.tiny import build_tiny_model

@@ -13,13 +13,6 @@ from evaluation.engine.server.generation import BatchGenerator, Row
 from tests.engine.reference import PROMPTS, assert_like_generate, rows_for
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    from evaluation.engine.loading import load_model
-
-    return load_model(tiny_llama_dir, device="cpu", dtype="float32")
-
-
 @pytest.fixture
 def events(monkeypatch):
     """'launch' and 'read' in the order the decode loop did them; 'host' for steps the host chose."""

@@ -11,13 +11,6 @@ from evaluation.engine.server.generation import BatchGenerator, Row
 from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_close, assert_like_generate, rows_for
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    from evaluation.engine.loading import load_model
-
-    return load_model(tiny_llama_dir, device="cpu", dtype="float32")
-
-
 def test_static_path_is_chosen_only_where_asked_and_supported(llama, tiny_gpt2_dir):
     from evaluation.engine.loading import load_model
 

@@ -12,28 +12,7 @@ from benchmarks.helm_speed import timeline_summary
 from evaluation.engine.server.batching import Limits, Scheduler, Work, decode_fill_seconds
 from evaluation.engine.server.generation import BatchGenerator
 from evaluation.engine.server.stats import Stats
-from tests.engine.reference import PROMPTS, assert_like_generate, rows_for
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_llama_dir):
-    from evaluation.engine.loading import load_model
-
-    return load_model(tiny_llama_dir, device="cpu", dtype="float32")
-
-
-def _serve(scheduler: Scheduler, works: list[Work], delays: list[float]) -> None:
-    """Submit `works` to the running scheduler, each `delays[i]` seconds after the one before."""
-    scheduler.start()
-    try:
-        for work, delay in zip(works, delays, strict=True):
-            time.sleep(delay)
-            scheduler._arrived(work.rows)
-            scheduler._queue.put(work)
-        for work in works:
-            assert work.done.wait(timeout=120)
-    finally:
-        scheduler.stop()
+from tests.engine.reference import PROMPTS, assert_like_generate, rows_for, serve
 
 
 def _decoding(tokenizer, prompts: list[str], new: int = 6) -> list[Work]:
@@ -49,7 +28,7 @@ def _scheduler(llama, limits: Limits, **kwargs) -> tuple[Scheduler, Stats]:
 def test_the_timeline_is_off_unless_asked(llama, monkeypatch):
     monkeypatch.delenv("ENGINE_TIMELINE", raising=False)
     scheduler, stats = _scheduler(llama, Limits())
-    _serve(scheduler, _decoding(llama.tokenizer, PROMPTS[:1]), [0.0])
+    serve(scheduler, _decoding(llama.tokenizer, PROMPTS[:1]), [0.0])
     assert stats.timeline is None and "timeline" not in stats.snapshot()
 
 
@@ -67,7 +46,7 @@ def test_the_timeline_lists_arrivals_batches_and_joins(llama, monkeypatch):
         return take(generator, slots)
 
     scheduler.take = slow_take
-    _serve(scheduler, [first, later], [0.0, 0.05])
+    serve(scheduler, [first, later], [0.0, 0.05])
     timeline = stats.snapshot()["timeline"]
     arrivals = [e for e in timeline if e["kind"] == "arrive"]
     assert [(e["rows"], e["work"]) for e in arrivals] == [(1, "decode"), (1, "decode")]
@@ -108,7 +87,7 @@ def test_the_timeline_summary_counts_every_batch_and_shows_the_first():
 def test_a_decoding_batch_waits_for_the_decoding_rows_still_arriving(llama):
     works = _decoding(llama.tokenizer, PROMPTS[:4])
     scheduler, stats = _scheduler(llama, Limits(decode_fill_seconds=5.0), fill_gap_seconds=1.0)
-    _serve(scheduler, works, [0.0, 0.05, 0.05, 0.05])
+    serve(scheduler, works, [0.0, 0.05, 0.05, 0.05])
     assert stats.batches == 1 and stats.batch_rows == 4 and stats.joined_rows == 0
     assert stats.filled_batches == 1 and stats.fill_wait_seconds > 0
     assert_like_generate(llama.model, llama.tokenizer, [r for w in works for r in w.rows])
@@ -117,21 +96,21 @@ def test_a_decoding_batch_waits_for_the_decoding_rows_still_arriving(llama):
 def test_without_the_wait_later_decoding_rows_join_or_run_after(llama):
     works = _decoding(llama.tokenizer, PROMPTS[:3])
     scheduler, stats = _scheduler(llama, Limits(), fill_gap_seconds=1.0)
-    _serve(scheduler, works, [0.0, 0.3, 0.3])
+    serve(scheduler, works, [0.0, 0.3, 0.3])
     assert stats.filled_batches == 0 and (stats.batches > 1 or stats.joined_rows > 0)
 
 
 def test_the_decoding_wait_ends_at_a_pause_and_at_other_work(llama):
     scheduler, stats = _scheduler(llama, Limits(decode_fill_seconds=60.0), fill_gap_seconds=0.1)
     started = time.monotonic()
-    _serve(scheduler, _decoding(llama.tokenizer, PROMPTS[:1]), [0.0])
+    serve(scheduler, _decoding(llama.tokenizer, PROMPTS[:1]), [0.0])
     assert time.monotonic() - started < 30  # a 0.1 s pause ended it, not the 60 s limit
     assert stats.filled_batches == 1
 
     scheduler, stats = _scheduler(llama, Limits(decode_fill_seconds=60.0), fill_gap_seconds=30.0)
     scoring = Work(rows_for(llama.tokenizer, PROMPTS[1:2], max_new_tokens=1))
     started = time.monotonic()
-    _serve(scheduler, [*_decoding(llama.tokenizer, PROMPTS[:1]), scoring], [0.0, 0.1])
+    serve(scheduler, [*_decoding(llama.tokenizer, PROMPTS[:1]), scoring], [0.0, 0.1])
     assert time.monotonic() - started < 30  # single-token work ended it
     assert stats.filled_batches == 1
 
