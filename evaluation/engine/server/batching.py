@@ -206,7 +206,7 @@ def _together(runs: list[list[Row]], limits: Limits) -> list[list[Row]]:
     """Decoding batches of one run each, put together while the limits allow and the prefill's padding
     grows by at most `merge_padding_tokens`: one batch of two runs is one prefill and one graph
     capture, where the second run's batch would join the first at its first step (a prefill of its
-    own, the buffers grown and captured again: 55-90 ms of a 1.1 B model's host time). Each row still
+    own, the buffers grown and captured again: 52-86 ms of a 1.1 B model's host time). Each row still
     starts from its run's prefix (BatchGenerator._groups)."""
     merged: list[list[Row]] = []
     for batch in runs:
@@ -596,7 +596,7 @@ def decode_fill_seconds(setting: str | None = None) -> float:
     """Limits.decode_fill_seconds on a GPU from ENGINE_DECODE_FILL_SECONDS (unset: 0.05; 0: no
     waiting). HELM's threads send a run's requests within ~25 ms; the wait ends 10 ms after the last
     (fill_gap_seconds), a little latency on a decoding request's hundreds of milliseconds, where a join
-    costs every running row ~55 ms (1.1 B: docs/benchmarks.md, session 17)."""
+    costs every running row 52-86 ms (1.1 B: docs/benchmarks.md, session 17)."""
     setting = os.environ.get("ENGINE_DECODE_FILL_SECONDS", "0.05") if setting is None else setting
     try:
         return max(0.0, float(setting))

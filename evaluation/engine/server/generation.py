@@ -217,7 +217,6 @@ class BatchGenerator:
         # capturing their step), and rows joining it (their prefills, growing the buffers, captures).
         self.last_decode_times: dict[str, float] = {}
         self.last_joined: list[Row] = []  # rows that joined the last batch while it decoded
-        self._launched = 0.0  # when the last prefill's kernels were launched (perf_counter)
         self.static = self._static_decoder(decode)
         # Single-token batches as one packed sequence (packed.py) where the model allows it.
         self.packing = packing and prefix_sharing and packed.supports(model)
@@ -568,18 +567,19 @@ class BatchGenerator:
                 self._choose(last, rows)
                 return rows
             self.last_packed = False
-        reserved = (0.0, self.static.capturer.seconds if self.static is not None else 0.0)
-        if self.static is not None and use_cache and not all_logits:
-            reserved = self._reserve(groups), reserved[1]
+        # Host times before the decode loop (its `last_decode_times`): the start, capture seconds so far,
+        # the buffers made before the prefill, and when the prefill's kernels were launched.
+        marks = {"began": began, "captured": self.static.capturer.seconds if self.static is not None else 0.0}
+        marks["reserve"] = self._reserve(groups) if self.static is not None and use_cache and not all_logits else 0.0
         last, logits, cache, mask, next_pos, ids = self._prefill(groups, use_cache, all_logits)
-        self._launched = time.perf_counter()  # the prefill's kernels launched (host time, for the timeline)
+        marks["launched"] = time.perf_counter()
         if logits is not None:
             self._prompt_logprobs(rows, logits, ids)
             del logits
         self._choose(last, rows)
         live = rows
         if self.static is not None and cache is not None and any(not r.finished for r in rows):
-            self._decode_static(rows, cache, mask, next_pos, joining, began, reserved)
+            self._decode_static(rows, cache, mask, next_pos, joining, marks)
             return rows
         tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in rows], device=self.device)
         while any(not r.finished for r in live):
@@ -622,14 +622,12 @@ class BatchGenerator:
         mask: torch.Tensor,
         next_pos: torch.Tensor,
         joining: Joining | None,
-        began: float,
-        reserved: tuple[float, float] = (0.0, 0.0),
+        marks: dict[str, float],
     ) -> None:
         """The decode loop over the static cache: finished rows ride along (their logits are ignored)
         so every step has the shape its graph was captured for, until a joining row takes their slot.
-        `reserved`: the seconds the buffers took before the prefill (counted in the start), and the
-        capture seconds before them."""
-        started, (reserve, captured) = time.perf_counter(), reserved
+        `marks` (from `_generate`): the buffers made before the prefill count in the start."""
+        started, began, reserve = time.perf_counter(), marks["began"], marks["reserve"]
         max_new = max(r.max_new_tokens for r in rows)
         self.static.start(cache, mask, next_pos, max_new)
         del cache
@@ -638,7 +636,8 @@ class BatchGenerator:
         times = self.last_decode_times = {
             "prefill": started - began - reserve, "start": time.perf_counter() - started + reserve,
             "joins": 0.0, "join_count": 0,
-            "prefill_launch": self._launched - began - reserve, "captures": self.static.capturer.seconds - captured,
+            "prefill_launch": marks["launched"] - began - reserve,
+            "captures": self.static.capturer.seconds - marks["captured"],
             "joined": [],  # each join: seconds from the batch's start, rows, seconds it took, of them captures
         }  # fmt: skip
         queued = None  # a greedy step launched and not yet read: (its choices, the slots' rows then)

@@ -263,19 +263,22 @@ class StaticDecoder:
 
     # --- a batch ----------------------------------------------------------------------------------
 
-    def reserve(self, rows: int, width: int, max_new_tokens: int) -> None:
-        """The buffers (and graph) of the shape `start` will ask for, made before the batch's prefill.
-        Made first, the large buffers find whole segments; made after it, among the prefill's freed
-        activations and beside its cache, a 6.7 B batch's ran out of memory under a 24 GB budget with
-        2.6 GiB reserved and unallocated (session 17)."""
+    def reserve(self, rows: int, width: int, max_new_tokens: int) -> _Buffers:
+        """The buffers (and graph) for a batch of `rows` prompts padded to `width`: the current ones if
+        they have that shape (and their graph, where graphs run), else new ones. A decoding batch asks
+        before its prefill, `start` again after it: made first, the large buffers find whole segments;
+        made after it, among the prefill's freed activations and beside its cache, a 6.7 B batch's ran
+        out of memory under a 24 GB budget with 2.6 GiB reserved and unallocated (session 17)."""
         bucket, columns = row_bucket(rows), _columns(width + max_new_tokens)
         old = self.buffers
-        if old is not None and (old.rows, old.columns) == (bucket, columns):
-            return
-        self.buffers = None  # one shape at a time
+        dropped_graph = old is not None and old.graph is None and self.use_graphs and not self.graph_failed
+        if old is not None and ((old.rows, old.columns) != (bucket, columns) or dropped_graph):
+            # One shape at a time: the budget of a small track has no room for several caches.
+            self.buffers = None
         if self._like is None:
             self._like, self._layers = self._model_like(), len(self.inner.layers)
         self.buffers = self._shape(bucket, columns)
+        return self.buffers
 
     def _shape(self, bucket: int, columns: int) -> _Buffers:
         """Buffers of this shape, with their graph: the current ones, or new ones (whose contents the
@@ -304,13 +307,7 @@ class StaticDecoder:
         self._like = tuple(torch.empty(0, t.shape[1], 0, t.shape[3], dtype=t.dtype, device=t.device) for t in layers[0])
         self._layers = len(layers)
         rows, width = mask.shape
-        bucket, columns = row_bucket(rows), _columns(width + max_new_tokens)
-        old = self.buffers
-        dropped_graph = old is not None and old.graph is None and self.use_graphs and not self.graph_failed
-        if old is not None and ((old.rows, old.columns) != (bucket, columns) or dropped_graph):
-            # One shape at a time: the budget of a small track has no room for several caches.
-            self.buffers = None
-        b = self.buffers = self._shape(bucket, columns)
+        b = self.reserve(rows, width, max_new_tokens)
         if b.graph is None:  # eager steps: a batch before may have turned the bounds off
             b.cache.bounded = b.cache.work is not None
         for (k, v), bk, bv in zip(layers, b.keys, b.values, strict=True):
