@@ -245,7 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         service = server.service
         params = service.loaded.parameters
-        weight_bytes = sum(t.numel() * t.element_size() for t in service.loaded.model.parameters())
+        # What a decode step reads: every weight but the input embedding table (a row a sequence of
+        # it), unless the table is also the head.
+        model = service.loaded.model
+        embed = model.get_input_embeddings().weight
+        head = model.get_output_embeddings()
+        tied = head is not None and head.weight is embed
+        weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters() if tied or t is not embed)
         rows = []
         for name, reqs in workloads(args.mc, args.gen, args.gen_tokens).items():
             before = requests.get(f"{url}/stats").json()

@@ -84,3 +84,26 @@ def test_a_run_whose_warm_up_turned_rope_attend_off_says_so():
     assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03")
     stats["decode"]["rope_attend"] = False
     assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03 (rope_attend off)")
+
+
+def test_a_decode_step_reads_every_weight_but_the_input_embedding_table(tiny_llama_dir, llama, tmp_path):
+    """The bandwidth shares count the bytes a step reads: the input embedding is read a row a sequence,
+    not whole (sessions 9-17 counted it whole), unless it is also the head."""
+    import shutil
+
+    from benchmarks.helm_speed import model_shape
+
+    model = llama.model
+    elem = next(model.parameters()).element_size()
+    config = json.loads((tiny_llama_dir / "config.json").read_text())
+    assert "32" in str(config.get("dtype") or config.get("torch_dtype")) and elem == 4
+    embed = model.get_input_embeddings().weight
+    read = sum(p.numel() for p in model.parameters() if p is not embed) * elem
+    params, step_bytes, _ = model_shape(tiny_llama_dir)
+    assert params == sum(p.numel() for p in model.parameters())
+    assert step_bytes == read < params * elem
+
+    tied = tmp_path / "tied"
+    shutil.copytree(tiny_llama_dir, tied)
+    (tied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    assert model_shape(tied)[1] == model_shape(tied)[0] * elem
