@@ -212,5 +212,8 @@ def test_the_front_never_touches_cuda_for_its_counters(tiny_llama_dir, monkeypat
 def test_the_fronts_setting():
     from evaluation.engine.server import _fronts_setting, build_parser
 
-    assert [_fronts_setting(v) for v in (None, "", "2", "0", "-3", "two")] == [1, 1, 2, 1, 1, 1]
+    assert [_fronts_setting(v, cores=2) for v in (None, "", "2", "0", "-3", "two")] == [1, 1, 2, 1, 1, 1]
+    # Unset: two fronts on a box with cores to spare (a GPU box), one on a small one; a setting wins.
+    assert [_fronts_setting(None, cores=c) for c in (1, 4, 8, 16)] == [1, 1, 2, 2]
+    assert _fronts_setting("1", cores=16) == 1 and _fronts_setting("3", cores=2) == 3
     assert build_parser().parse_args(["--model", "m", "--fronts", "3"]).fronts == 3

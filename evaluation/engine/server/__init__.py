@@ -59,16 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fronts", type=int, default=_fronts_setting(os.environ.get("ENGINE_FRONTS")),
         help="front processes accepting HTTP on the one socket, each with its pipe to the model process "
-        "(split.py); also ENGINE_FRONTS",
+        "(split.py; default 2 with 8 or more cores, else 1); also ENGINE_FRONTS",
     )  # fmt: skip
     p.add_argument("--log-level", default="INFO")
     return p
 
 
-def _fronts_setting(value: str | None) -> int:
-    """ENGINE_FRONTS as a count of front processes: unset, not a number or below 1 gives 1."""
+def default_fronts(cores: int | None) -> int:
+    """Two fronts where the box has cores for them (a GPU box: on an H100 host two fronts gave
+    multiple-choice batches of 49-55 rows against 31-39 and 42-43 % of the matrix rate against 37-40 %,
+    three no more than two: docs/benchmarks.md, session 18); one on a small box, where a second
+    interpreter would take a core from the model or HELM."""
+    return 2 if (cores or 1) >= 8 else 1
+
+
+def _fronts_setting(value: str | None, cores: int | None = None) -> int:
+    """ENGINE_FRONTS as a count of front processes: unset gives `default_fronts`; not a number or below
+    1 gives 1."""
+    if not value:
+        return default_fronts(os.cpu_count() if cores is None else cores)
     try:
-        return max(1, int(value or 1))
+        return max(1, int(value))
     except ValueError:
         log.warning("ENGINE_FRONTS=%r is not a number: one front process", value)
         return 1
