@@ -151,3 +151,23 @@ def test_helm_http_client_and_tokenizer_talk_to_the_server(llama_server, monkeyp
     assert tokens.success and len(tokens.tokens) == 2
     decoded = tokenizer.decode(DecodeRequest([t.value for t in tokens.tokens], tokenizer="neurips/local"))
     assert decoded.success and PROMPTS[0].startswith(decoded.text)
+
+
+def test_answers_go_out_without_waiting_for_the_clients_acknowledgement(llama_server, monkeypatch):
+    """Every connection the server answers on has Nagle's algorithm off: with it on, a kept-alive
+    client's answers waited ~40 ms each for its delayed acknowledgement of the headers."""
+    import socket
+
+    from evaluation.engine.server.app import Handler
+
+    seen, send = [], Handler._send
+
+    def recording(self, status, payload):
+        seen.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        return send(self, status, payload)
+
+    monkeypatch.setattr(Handler, "_send", recording)
+    with requests.Session() as session:  # one kept-alive connection, as helm_fast's client
+        for _ in range(2):
+            assert session.get(f"{llama_server.url}/health", timeout=10).status_code == 200
+    assert len(seen) == 2 and all(seen)

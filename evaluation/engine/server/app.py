@@ -322,6 +322,11 @@ class ModelService(Frontend):
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # An answer goes out as two sends, the headers and the body. With Nagle's algorithm the body waits
+    # for the client to acknowledge the headers, and on a kept-alive connection (helm_fast's client)
+    # the client delays that acknowledgement: ~40 ms a request (44 ms against 0.85 ms without, on
+    # the CPU box; a new connection a request, as stock HELM's client, is acknowledged at once).
+    disable_nagle_algorithm = True
     server: EngineHTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:
