@@ -163,18 +163,21 @@ def test_the_tokenization_memo_is_bounded(monkeypatch):
 
 
 def test_install_puts_the_functions_where_helm_looks_them_up():
+    from helm.benchmark import executor
     from helm.benchmark import runner as helm_runner
     from helm.benchmark.metrics import metric, reference_metric
     from helm.clients import http_model_client
+    from helm.common import general
     from helm.tokenizers.huggingface_tokenizer import HuggingFaceTokenizer
 
+    client = http_model_client.HTTPModelClient
     saved = (metric.compute_worst_case_metrics, reference_metric.compute_worst_case_metrics,
              helm_runner.asdict_without_nones, HuggingFaceTokenizer.__dict__.get("tokenize"), helm_runner.json,
-             http_model_client.requests)  # fmt: skip
+             http_model_client.requests, executor.parallel_map, client.__dict__["make_request"])  # fmt: skip
     try:
         helm_fast.install()
         keep_alive = http_model_client.requests
-        helm_fast.install()  # twice: the tokenizer is wrapped once, the client's `requests` replaced once
+        helm_fast.install()  # twice: the tokenizer and the client's method wrapped once, `requests` replaced once
         assert isinstance(keep_alive, helm_fast.KeepAlive) and http_model_client.requests is keep_alive
         assert metric.compute_worst_case_metrics is helm_fast.compute_worst_case_metrics
         assert reference_metric.compute_worst_case_metrics is helm_fast.compute_worst_case_metrics
@@ -182,10 +185,13 @@ def test_install_puts_the_functions_where_helm_looks_them_up():
         assert not hasattr(HuggingFaceTokenizer.tokenize.__wrapped__, "__wrapped__")
         assert helm_runner.json.dumps({"a": [1]}, indent=2) == json.dumps({"a": [1]}, indent=2)
         assert isinstance(helm_runner.json, helm_fast._Json)
+        assert executor.parallel_map is helm_fast.parallel_map and general.parallel_map is not helm_fast.parallel_map
+        assert client.make_request.__wrapped__ is saved[7] and not hasattr(saved[7], "__wrapped__")
     finally:
         helm_runner.json, http_model_client.requests = saved[4], saved[5]
         metric.compute_worst_case_metrics, reference_metric.compute_worst_case_metrics = saved[:2]
         helm_runner.asdict_without_nones = saved[2]
+        executor.parallel_map, client.make_request = saved[6], saved[7]
         if saved[3] is None:
             del HuggingFaceTokenizer.tokenize
         else:
