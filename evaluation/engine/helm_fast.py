@@ -19,6 +19,13 @@ for every statistic or every prompt:
   evaluation reuses another's answers) both run the tokenizer and build a token object per token.
   Here a process remembers the result of each tokenization request it made (the same tokenizer on
   the same text gives the same tokens; up to `MEMO_TOKENS` tokens) and hands out a copy of it.
+- Each tokenization built a new token object for every token of the text: several hundred per
+  prompt, most of a tokenization's Python. Those the memo kept made the garbage collector walk them
+  again and again while prompts were adapted, which took twice as long as without the memo
+  (`benchmarks/helm_adapt_rate.py`). Tokens are frozen: here there is one object per distinct token,
+  and a tokenization's list holds the same tokens in the same order.
+- Adapting builds the blocks of the same few in-context examples again for every prompt; here the
+  multiple-choice joint and generation adapters make each example's block once.
 - Every JSON file is written with `json.dumps(..., indent=2)`, which Python's C encoder does not do:
   its pure-Python encoder runs a generator per container. `dumps_indent_2` writes the same
   characters with plain recursion, in about two thirds of the time (`benchmarks/helm_python.py`), and
@@ -157,8 +164,8 @@ def compute_worst_case_metrics(per_instance_stats: dict) -> list:
     return list(derived_stats.values())
 
 
-# Tokens remembered per process, at most: ~130 MB of token objects. Past it the memo starts afresh
-# (a run's prompts are adapted, then scored, in the same order: most are still found).
+# Tokens remembered per process, at most: ~16 MB of lists of the (shared) token objects. Past it the memo
+# starts afresh (a run's prompts are adapted, then scored, in the same order: most are still found).
 MEMO_TOKENS = 2_000_000
 
 _INF = float("inf")
@@ -261,6 +268,51 @@ def _remembering(tokenize):
 
     remembered_tokenize.__wrapped__ = tokenize
     return remembered_tokenize
+
+
+# One token object per distinct value (and type) a process has tokenized: `TokenizationToken` is frozen.
+_TOKENS: dict[type, dict[Any, Any]] = {int: {}, str: {}}
+
+
+def _shared_tokens(self, response, request):
+    """HELM's `CachingTokenizer._tokenization_raw_response_to_tokens` (`[TokenizationToken(token) for
+    token in response["tokens"]]`), with each distinct token one object: equal tokens, in the same
+    list, made once per process instead of once per token of every prompt and completion. A prompt's
+    several hundred token objects were most of a tokenization's Python, and those the memo kept most
+    of the garbage collector's work while adapting (`benchmarks/helm_adapt_rate.py`)."""
+    from helm.common.tokenization_request import TokenizationToken
+
+    values = response["tokens"]
+    kinds = set(map(type, values))
+    if len(kinds) != 1 or not kinds <= _TOKENS.keys():  # only ints and strs: True is not the token 1
+        return [TokenizationToken(value) for value in values]
+    known = _TOKENS[kinds.pop()]
+    for value in set(values).difference(known):
+        known[value] = TokenizationToken(value)
+    return list(map(known.__getitem__, values))
+
+
+def _remembering_examples(construct_example_prompt, adapter_class):
+    """HELM's `construct_example_prompt` of `adapter_class` (the multiple-choice joint adapter's, or the
+    generation adapter's, InContextLearningAdapter's), remembering the in-context examples' blocks.
+
+    `construct_prompt` builds the blocks of the same few training instances again for every eval
+    instance. For these two classes a block is made from the adapter's spec and the instance alone (both
+    frozen), so each adapter keeps the one it made per training instance. Other calls (the eval
+    instance's own block) and subclasses, which may override what the method calls, go HELM's way."""
+
+    def construct_example_prompt_remembering(self, instance, include_output, reference_index):
+        if not include_output or reference_index is not None or type(self) is not adapter_class:
+            return construct_example_prompt(self, instance, include_output, reference_index)
+        blocks = self.__dict__.setdefault("_engine_examples", {})
+        found = blocks.get(id(instance))
+        if found is None or found[0] is not instance or found[1] is not self.adapter_spec:
+            block = construct_example_prompt(self, instance, include_output, reference_index)
+            found = blocks[id(instance)] = (instance, self.adapter_spec, block)  # the instance kept: its id stays
+        return found[2]
+
+    construct_example_prompt_remembering.__wrapped__ = construct_example_prompt
+    return construct_example_prompt_remembering
 
 
 class KeepAlive:
@@ -433,6 +485,8 @@ def _without_cache_key(make_request):
 def install() -> None:
     """Put the faster functions where HELM's modules look them up."""
     from helm.benchmark import executor, runner
+    from helm.benchmark.adaptation.adapters.generation_adapter import GenerationAdapter
+    from helm.benchmark.adaptation.adapters.multiple_choice_joint_adapter import MultipleChoiceJointAdapter
     from helm.benchmark.metrics import metric, reference_metric
     from helm.clients import http_model_client
     from helm.common import general
@@ -446,9 +500,14 @@ def install() -> None:
     runner.json = _Json()
     if not hasattr(HuggingFaceTokenizer.tokenize, "__wrapped__"):
         HuggingFaceTokenizer.tokenize = _remembering(HuggingFaceTokenizer.tokenize)
+    if "_tokenization_raw_response_to_tokens" not in vars(HuggingFaceTokenizer):  # CachingTokenizer's
+        HuggingFaceTokenizer._tokenization_raw_response_to_tokens = _shared_tokens
     if not isinstance(http_model_client.requests, KeepAlive):
         http_model_client.requests = KeepAlive()
     executor.parallel_map = parallel_map
+    for adapter in (MultipleChoiceJointAdapter, GenerationAdapter):
+        if not hasattr(adapter.construct_example_prompt, "__wrapped__"):
+            adapter.construct_example_prompt = _remembering_examples(adapter.construct_example_prompt, adapter)
     client = http_model_client.HTTPModelClient
     if not hasattr(client.make_request, "__wrapped__"):
         client.make_request = _without_cache_key(client.make_request)

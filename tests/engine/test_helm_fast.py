@@ -165,6 +165,9 @@ def test_the_tokenization_memo_is_bounded(monkeypatch):
 def test_install_puts_the_functions_where_helm_looks_them_up():
     from helm.benchmark import executor
     from helm.benchmark import runner as helm_runner
+    from helm.benchmark.adaptation.adapters.generation_adapter import GenerationAdapter
+    from helm.benchmark.adaptation.adapters.in_context_learning_adapter import InContextLearningAdapter
+    from helm.benchmark.adaptation.adapters.multiple_choice_joint_adapter import MultipleChoiceJointAdapter
     from helm.benchmark.metrics import metric, reference_metric
     from helm.clients import http_model_client
     from helm.common import general
@@ -174,6 +177,9 @@ def test_install_puts_the_functions_where_helm_looks_them_up():
     saved = (metric.compute_worst_case_metrics, reference_metric.compute_worst_case_metrics,
              helm_runner.asdict_without_nones, HuggingFaceTokenizer.__dict__.get("tokenize"), helm_runner.json,
              http_model_client.requests, executor.parallel_map, client.__dict__["make_request"])  # fmt: skip
+    adaptation = [(HuggingFaceTokenizer, "_tokenization_raw_response_to_tokens"),
+                  (MultipleChoiceJointAdapter, "construct_example_prompt"), (GenerationAdapter, "construct_example_prompt")]  # fmt: skip
+    saved_adaptation = [cls.__dict__.get(name) for cls, name in adaptation]
     try:
         helm_fast.install()
         keep_alive = http_model_client.requests
@@ -187,7 +193,18 @@ def test_install_puts_the_functions_where_helm_looks_them_up():
         assert isinstance(helm_runner.json, helm_fast._Json)
         assert executor.parallel_map is helm_fast.parallel_map and general.parallel_map is not helm_fast.parallel_map
         assert client.make_request.__wrapped__ is saved[7] and not hasattr(saved[7], "__wrapped__")
+        assert HuggingFaceTokenizer._tokenization_raw_response_to_tokens is helm_fast._shared_tokens
+        mc_example = MultipleChoiceJointAdapter.construct_example_prompt
+        assert mc_example.__wrapped__ is saved_adaptation[1] and not hasattr(saved_adaptation[1], "__wrapped__")
+        generation_example = GenerationAdapter.construct_example_prompt
+        assert generation_example.__wrapped__ is InContextLearningAdapter.construct_example_prompt
+        assert not hasattr(InContextLearningAdapter.construct_example_prompt, "__wrapped__")  # other adapters' own
     finally:
+        for (cls, name), value in zip(adaptation, saved_adaptation, strict=True):
+            if value is None:
+                delattr(cls, name)
+            else:
+                setattr(cls, name, value)
         helm_runner.json, http_model_client.requests = saved[4], saved[5]
         metric.compute_worst_case_metrics, reference_metric.compute_worst_case_metrics = saved[:2]
         helm_runner.asdict_without_nones = saved[2]
