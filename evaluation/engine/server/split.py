@@ -13,8 +13,8 @@ Several fronts (`--fronts N`, `ENGINE_FRONTS`; two by default on a box of 8 core
 the one listening socket, each with its pipe to the model process: one front's interpreter caps the
 request rate (on an H100 box HELM's multiple-choice requests came at ~600 a second while the front
 spent 1.5-1.7 ms of CPU on each, session 17; on another, two fronts took 3,000 requests' span from
-3.1-3.2 s to 2.3-2.6 s, session 18: docs/benchmarks.md). Each front counts its own requests; `/stats`, asked of any front,
-sums every front's counts.
+3.1-3.2 s to 2.3-2.6 s, session 18: docs/benchmarks.md). Each front counts its own requests;
+`/stats`, asked of any front, sums every front's counts.
 """
 
 from __future__ import annotations
