@@ -178,7 +178,8 @@ def test_install_puts_the_functions_where_helm_looks_them_up():
              helm_runner.asdict_without_nones, HuggingFaceTokenizer.__dict__.get("tokenize"), helm_runner.json,
              http_model_client.requests, executor.parallel_map, client.__dict__["make_request"])  # fmt: skip
     adaptation = [(HuggingFaceTokenizer, "_tokenization_raw_response_to_tokens"),
-                  (MultipleChoiceJointAdapter, "construct_example_prompt"), (GenerationAdapter, "construct_example_prompt")]  # fmt: skip
+                  (MultipleChoiceJointAdapter, "construct_example_prompt"), (GenerationAdapter, "construct_example_prompt"),
+                  (executor.Executor, "execute")]  # fmt: skip
     saved_adaptation = [cls.__dict__.get(name) for cls, name in adaptation]
     try:
         helm_fast.install()
@@ -199,6 +200,7 @@ def test_install_puts_the_functions_where_helm_looks_them_up():
         generation_example = GenerationAdapter.construct_example_prompt
         assert generation_example.__wrapped__ is InContextLearningAdapter.construct_example_prompt
         assert not hasattr(InContextLearningAdapter.construct_example_prompt, "__wrapped__")  # other adapters' own
+        assert executor.Executor.execute.__wrapped__ is saved_adaptation[3]
     finally:
         for (cls, name), value in zip(adaptation, saved_adaptation, strict=True):
             if value is None:
@@ -359,3 +361,25 @@ def test_the_client_rate_benchmark_sends_through_helms_client(capsys, keep_alive
         http_model_client.requests = saved
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["succeeded"] == 40 and line["keep_alive"] == keep_alive and line["requests_per_s"] > 0
+
+
+def test_a_runs_state_is_frozen_out_of_collections_once_its_requests_are_answered():
+    """What `Executor.execute` returns (and everything else alive then) is left out of the collections
+    while the run's metrics are computed, and still freed by its reference count when dropped."""
+    import gc
+    import weakref
+
+    class State:
+        pass
+
+    state = State()
+    execute = helm_fast._freezing_after(lambda self, scenario_state: scenario_state)
+    before = gc.get_freeze_count()
+    try:
+        assert execute(None, state) is state
+        assert gc.get_freeze_count() > before
+        gone = weakref.ref(state)
+        del state
+        assert gone() is None
+    finally:
+        gc.unfreeze()
