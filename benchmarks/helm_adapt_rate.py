@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -38,6 +37,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from benchmarks import helm_setup
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -67,26 +68,15 @@ def entry_description(task: str, instances: int) -> str:
     return json.loads(conf.split("description: ", 1)[1].split(", priority")[0])
 
 
-@functools.cache
-def builtin_configs() -> None:
-    """HELM's own configs, registered once a process as helm-run does (seconds; the tests build many specs)."""
-    from helm.benchmark import config_registry
-
-    config_registry.register_builtin_configs_from_helm_package()
-
-
 def run_spec(prod_env: Path, facts: dict, description: str, instances: int):
     """The `RunSpec` helm-run builds for the run entry `description`, with the runner's prod_env and flags."""
-    from helm.benchmark import config_registry
     from helm.benchmark.presentation.run_entry import RunEntry
     from helm.benchmark.run import run_entries_to_run_specs
 
     from evaluation.engine import runner
 
     runner.write_prod_env(prod_env, "http://127.0.0.1:9", facts)  # nothing is sent: adaptation only
-    builtin_configs()
-    config_registry.register_configs_from_directory(str(prod_env))
-    import evaluation.engine.helm_plugin  # noqa: F401  (helm-run's --plugins)
+    helm_setup.register(prod_env)
 
     entries = [RunEntry(description=description, priority=1, groups=None)]
     (spec,) = run_entries_to_run_specs(entries, max_eval_instances=instances, models_to_run=[runner.DEPLOYMENT])
@@ -108,41 +98,16 @@ def instances_for(spec, parallelism: int) -> list:
 
 def tokenizer_service(prod_env: Path, parallelism: int):
     """The `Runner`'s: `TokenizerService(Executor(execution_spec).context)`, the cache off."""
-    from helm.benchmark.executor import ExecutionSpec, Executor
+    from helm.benchmark.executor import Executor
     from helm.benchmark.window_services.tokenizer_service import TokenizerService
-    from helm.common.authentication import Authentication
 
-    spec = ExecutionSpec(auth=Authentication(""), url=None, local_path=str(prod_env), parallelism=parallelism,
-                         dry_run=False, sqlite_cache_backend_config=None, mongo_cache_backend_config=None)  # fmt: skip
-    return TokenizerService(Executor(spec).context)
+    return TokenizerService(Executor(helm_setup.execution_spec(prod_env, parallelism)).context)
 
 
 def digest(request_states: list) -> str:
     """Every field of every request state, in order."""
     text = json.dumps([dataclasses.asdict(state) for state in request_states], sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def collections_timed():
-    """Seconds the garbage collector's collections took, and how many (by generation) ran."""
-    import gc
-
-    totals = {"seconds": 0.0, "count": [0, 0, 0]}
-    began = [0.0]
-
-    def callback(phase: str, info: dict) -> None:
-        if phase == "start":
-            began[0] = time.perf_counter()
-        else:
-            totals["seconds"] += time.perf_counter() - began[0]
-            totals["count"][info["generation"]] += 1
-
-    gc.callbacks.append(callback)
-    try:
-        yield totals
-    finally:
-        gc.callbacks.remove(callback)
 
 
 def adapt(spec, instances: list, service, parallelism: int) -> list:
@@ -185,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             profiler = cProfile.Profile()
             profiler.enable()
         started, cpu_started = time.perf_counter(), time.process_time()
-        with collections_timed() as collections:
+        with helm_setup.collections_timed() as collections:
             states = adapt(spec, instances, service, args.threads)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         if profiler:

@@ -12,12 +12,14 @@ connection a thread). Prints one JSON line: requests per second and the sender's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import json
 import multiprocessing
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 ANSWER = json.dumps({"text": " A", "tokens": [{"text": " A", "logprob": -0.5, "top_logprobs": {}}],
@@ -39,11 +41,28 @@ class Stub(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(listen: socket.socket) -> None:
-    server = http.server.ThreadingHTTPServer(listen.getsockname(), Stub, bind_and_activate=False)
+def serve(listen: socket.socket, handler: type = Stub) -> None:
+    server = http.server.ThreadingHTTPServer(listen.getsockname(), handler, bind_and_activate=False)
     server.socket = listen
     server.daemon_threads = True
     server.serve_forever()
+
+
+@contextlib.contextmanager
+def stub_server(handler: type = Stub) -> Iterator[str]:
+    """A stub answering with `handler` in a forked process on a free port; its base URL."""
+    listen = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    stub = multiprocessing.get_context("fork").Process(target=serve, args=(listen, handler), daemon=True)
+    stub.start()
+    try:
+        yield f"http://127.0.0.1:{listen.getsockname()[1]}"
+    finally:
+        stub.terminate()
+
+
+def rates(requests: int, wall: float, cpu: float) -> dict:
+    """Requests per second and the sending process's CPU milliseconds a request."""
+    return {"requests_per_s": round(requests / wall, 1), "sender_cpu_ms_per_request": round(1000 * cpu / requests, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,14 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from evaluation.engine.helm_fast import KeepAlive
 
-    listen = socket.create_server(("127.0.0.1", 0), backlog=1024)
-    stub = multiprocessing.get_context("fork").Process(target=serve, args=(listen,), daemon=True)
-    stub.start()
-    try:
+    with stub_server() as base_url:
         if args.keep_alive:
             http_model_client.requests = KeepAlive()
-        client = http_model_client.HTTPModelClient(BlackHoleCacheConfig(),
-                                                   base_url=f"http://127.0.0.1:{listen.getsockname()[1]}")  # fmt: skip
+        client = http_model_client.HTTPModelClient(BlackHoleCacheConfig(), base_url=base_url)
         question = "Question: how many metres are in a kilometre?\nA. 10\nB. 100\nC. 1000\nAnswer: C\n\n" * 6
         requests = [Request(model="stub/stub", model_deployment="stub/stub", prompt=question + f"Question {i}?",
                             max_tokens=1, temperature=0) for i in range(args.requests)]  # fmt: skip
@@ -75,15 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(args.threads) as pool:
             ok = sum(result.success for result in pool.map(client.make_request, requests))
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    finally:
-        stub.terminate()
     print(json.dumps({
         "requests": args.requests,
         "threads": args.threads,
         "keep_alive": args.keep_alive,
         "succeeded": ok,
-        "requests_per_s": round(args.requests / wall, 1),
-        "sender_cpu_ms_per_request": round(1000 * cpu / args.requests, 3),
+        **rates(args.requests, wall, cpu),
     }))  # fmt: skip
     return 0
 

@@ -15,26 +15,23 @@ temperature 0, `top_k_per_token=5`, as HELM's joint multiple-choice adapter make
 (helm_fast.py's `install()`, as `python -m evaluation.engine.helm_fast` runs helm-run) or, with
 `--stock`, without. Prints one JSON line: requests per second and the sender's CPU per request.
 
-`--nagle` leaves Nagle's algorithm on in the stub, as the engine's server has it now (app.Handler
-writes the headers, then the body): each request on a kept-alive connection then waits ~40 ms for the
-client's delayed ACK.
+`--nagle` leaves Nagle's algorithm on in the stub, as the engine's server had it before session 18
+(headers, then body): each request on a kept-alive connection then waited ~40 ms for the client's
+delayed acknowledgement.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import http.server
 import json
-import multiprocessing
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import helm_client_rate
+from benchmarks import helm_client_rate, helm_setup
 
 SHOT = (
     "Question: A car travels 150 kilometres in 2.5 hours at a constant speed. How far does it travel in "
@@ -44,39 +41,21 @@ SHOT = (
 
 
 class Stub(helm_client_rate.Stub):
-    """helm_client_rate's stub with TCP_NODELAY: it writes the headers, then the body, and with Nagle's
-    algorithm on, a kept-alive connection's body waits for the client's delayed ACK of the headers
-    (~40 ms a request; a new connection a request does not)."""
+    """helm_client_rate's stub with Nagle's algorithm off, as the engine's server (app.Handler)."""
 
     disable_nagle_algorithm = True
 
 
-class NagleStub(helm_client_rate.Stub):
-    """As the engine's server answers now (app.Handler: headers, then body, Nagle on)."""
-
-
-def serve(listen: socket.socket, nagle: bool) -> None:
-    server = http.server.ThreadingHTTPServer(listen.getsockname(), NagleStub if nagle else Stub, False)
-    server.socket = listen
-    server.daemon_threads = True
-    server.serve_forever()
-
-
 def executor(prod_env: Path, base_url: str, threads: int):
     """An `Executor` as helm-run builds it for the engine's deployment (runner.helm_command's flags)."""
-    from helm.benchmark import config_registry
-    from helm.benchmark.executor import ExecutionSpec, Executor
-    from helm.common.authentication import Authentication
+    from helm.benchmark.executor import Executor
 
     from evaluation.engine import runner
 
     facts = {"max_sequence_length": 2048, "eos_token": "</s>", "bos_token": "<s>", "tokenizer_dir": None}
     runner.write_prod_env(prod_env, base_url, facts)
-    config_registry.register_builtin_configs_from_helm_package()
-    config_registry.register_configs_from_directory(str(prod_env))
-    spec = ExecutionSpec(auth=Authentication(""), url=None, local_path=str(prod_env), parallelism=threads,
-                         dry_run=False, sqlite_cache_backend_config=None, mongo_cache_backend_config=None)  # fmt: skip
-    return Executor(spec)
+    helm_setup.register(prod_env)
+    return Executor(helm_setup.execution_spec(prod_env, threads))
 
 
 def request_states(n: int) -> list:
@@ -106,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=43)
     parser.add_argument("--stock", action="store_true", help="stock HELM (helm_fast not installed)")
-    parser.add_argument("--nagle", action="store_true", help="the stub answers as the engine's server does now")
+    parser.add_argument(
+        "--nagle", action="store_true", help="the stub answers as the engine's server did before session 18 (Nagle on)"
+    )
     args = parser.parse_args(argv)
 
     from helm.benchmark.adaptation.adapter_spec import AdapterSpec
@@ -116,14 +97,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.stock:
         helm_fast.install()
-    listen = socket.create_server(("127.0.0.1", 0), backlog=1024)
-    stub = multiprocessing.get_context("fork").Process(target=serve, args=(listen, args.nagle), daemon=True)
-    stub.start()
-    base_url = f"http://127.0.0.1:{listen.getsockname()[1]}"
+    handler = helm_client_rate.Stub if args.nagle else Stub
     saved_url = os.environ.get("HELM_HTTP_MODEL_BASE_URL")
-    os.environ["HELM_HTTP_MODEL_BASE_URL"] = base_url  # as runner.helm_env sets it
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with helm_client_rate.stub_server(handler) as base_url, tempfile.TemporaryDirectory() as tmp:
+            os.environ["HELM_HTTP_MODEL_BASE_URL"] = base_url  # as runner.helm_env sets it
             with contextlib.redirect_stdout(sys.stderr):  # HELM prints where it reads configs from
                 execute = executor(Path(tmp) / "prod_env", base_url, args.threads)
             states = request_states(args.requests)
@@ -133,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
             done = execute.execute(scenario)
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
-        stub.terminate()
         if saved_url is None:
             os.environ.pop("HELM_HTTP_MODEL_BASE_URL", None)
         else:
@@ -144,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         "helm_fast": not args.stock,
         "nagle": args.nagle,
         "succeeded": sum(state.result.success for state in done.request_states),
-        "requests_per_s": round(args.requests / wall, 1),
-        "sender_cpu_ms_per_request": round(1000 * cpu / args.requests, 3),
+        **helm_client_rate.rates(args.requests, wall, cpu),
     }))  # fmt: skip
     return 0
 

@@ -16,11 +16,12 @@ collections. The first pass also imports the metrics' modules.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import tempfile
 import time
+
+from benchmarks import helm_setup
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,59 +29,55 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def load(run: str, prod_env: str, threads: int):
     """(run spec, scenario, scenario state, runner) as helm-run has them when its requests are answered."""
-    from helm.benchmark import config_registry
     from helm.benchmark import runner as helm_runner
     from helm.benchmark.adaptation.scenario_state import ScenarioState
-    from helm.benchmark.executor import ExecutionSpec
     from helm.benchmark.run_spec import RunSpec
     from helm.benchmark.scenarios.scenario import create_scenario
-    from helm.common.authentication import Authentication
     from helm.common.codec import from_json
 
-    config_registry.register_builtin_configs_from_helm_package()
-    config_registry.register_configs_from_directory(prod_env)
-    import evaluation.engine.helm_plugin  # noqa: F401  (helm-run's --plugins)
+    helm_setup.register(prod_env)
 
     with open(os.path.join(run, "run_spec.json")) as f:
         spec = from_json(f.read(), RunSpec)
     with open(os.path.join(run, "scenario_state.json")) as f:
         state = from_json(f.read(), ScenarioState)
-    execution = ExecutionSpec(auth=Authentication(""), url=None, local_path=prod_env, parallelism=threads,
-                              dry_run=False, sqlite_cache_backend_config=None, mongo_cache_backend_config=None)  # fmt: skip
+    execution = helm_setup.execution_spec(prod_env, threads)
     runner = helm_runner.Runner(execution, output_path=tempfile.mkdtemp(prefix="helm-metrics-"), suite="eval",
                                 skip_instances=False, cache_instances=False, cache_instances_only=False,
                                 skip_completed_runs=False, exit_on_error=True)  # fmt: skip
     return spec, create_scenario(spec.scenario_spec), state, runner
 
 
-def metrics_pass(spec, scenario, state, runner, threads: int, collector: dict) -> dict:
+def metrics_pass(spec, scenario, state, runner, threads: int) -> dict:
     """`Runner.run_one`'s steps after execution; seconds per part."""
     from helm.benchmark import runner as helm_runner
     from helm.benchmark.metrics.metric import create_metric
     from helm.common.general import write
 
-    collector.update(seconds=0.0, count=[0, 0, 0])
     times: dict = {}
-    started = time.perf_counter()
-    stats, per_instance = [], []
-    for metric in [create_metric(m) for m in spec.metric_specs]:
-        began = time.perf_counter()
-        result = metric.evaluate(state, runner.metric_service, runner.eval_cache_path, threads)
-        times[type(metric).__name__] = round(time.perf_counter() - began, 3)
-        stats += result.aggregated_stats
-        per_instance += result.per_instance_stats
-    began, out = time.perf_counter(), os.path.join(runner.output_path, "run")
-    os.makedirs(out, exist_ok=True)
-    dumps, plain = helm_runner.json.dumps, helm_runner.asdict_without_nones
-    write(os.path.join(out, "run_spec.json"), dumps(plain(spec), indent=2))
-    write(os.path.join(out, "scenario.json"), dumps(plain(scenario), indent=2))
-    write(os.path.join(out, "scenario_state.json"), dumps(plain(state), indent=2))
-    write(os.path.join(out, "stats.json"), dumps([plain(s) for s in helm_runner.remove_stats_nans(stats)], indent=2))
-    kept = helm_runner.remove_per_instance_stats_nans(per_instance)
-    write(os.path.join(out, "per_instance_stats.json"), dumps(list(map(plain, kept)), indent=2))
-    times["write_files"] = round(time.perf_counter() - began, 3)
-    times["total"] = round(time.perf_counter() - started, 3)
-    times["gc_s"], times["gc_collections"] = round(collector["seconds"], 3), list(collector["count"])
+    with helm_setup.collections_timed() as collections:
+        started = time.perf_counter()
+        stats, per_instance = [], []
+        for metric in [create_metric(m) for m in spec.metric_specs]:
+            began = time.perf_counter()
+            result = metric.evaluate(state, runner.metric_service, runner.eval_cache_path, threads)
+            times[type(metric).__name__] = round(time.perf_counter() - began, 3)
+            stats += result.aggregated_stats
+            per_instance += result.per_instance_stats
+        began, out = time.perf_counter(), os.path.join(runner.output_path, "run")
+        os.makedirs(out, exist_ok=True)
+        dumps, plain = helm_runner.json.dumps, helm_runner.asdict_without_nones
+        write(os.path.join(out, "run_spec.json"), dumps(plain(spec), indent=2))
+        write(os.path.join(out, "scenario.json"), dumps(plain(scenario), indent=2))
+        write(os.path.join(out, "scenario_state.json"), dumps(plain(state), indent=2))
+        write(
+            os.path.join(out, "stats.json"), dumps([plain(s) for s in helm_runner.remove_stats_nans(stats)], indent=2)
+        )
+        kept = helm_runner.remove_per_instance_stats_nans(per_instance)
+        write(os.path.join(out, "per_instance_stats.json"), dumps(list(map(plain, kept)), indent=2))
+        times["write_files"] = round(time.perf_counter() - began, 3)
+        times["total"] = round(time.perf_counter() - started, 3)
+    times["gc_s"], times["gc_collections"] = round(collections["seconds"], 3), collections["count"]
     return times
 
 
@@ -99,20 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     spec, scenario, state, runner = load(args.run, args.prod_env, args.threads)
     if args.freeze:
         heap.freeze(collect=False)
-    collector = {"seconds": 0.0, "count": [0, 0, 0], "began": 0.0}
-
-    def timed(phase: str, info: dict) -> None:
-        if phase == "start":
-            collector["began"] = time.perf_counter()
-        else:
-            collector["seconds"] += time.perf_counter() - collector["began"]
-            collector["count"][info["generation"]] += 1
-
-    gc.callbacks.append(timed)
     for _ in range(args.passes):
-        print(
-            json.dumps({"freeze": args.freeze, **metrics_pass(spec, scenario, state, runner, args.threads, collector)})
-        )
+        print(json.dumps({"freeze": args.freeze, **metrics_pass(spec, scenario, state, runner, args.threads)}))
     return 0
 
 
