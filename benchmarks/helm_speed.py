@@ -529,6 +529,8 @@ def timeline_summary(events: list[dict]) -> dict:
             continue
         entry = {"at": ms(e["began"]), "ms": round(ms(e["t"]) - ms(e["began"]), 1), "work": e["work"],
                  "rows": e["rows"], "joined": e["joined"], "steps": e["decode_steps"]}  # fmt: skip
+        if e.get("launch") is not None:
+            entry["launch"] = round(1000 * e["launch"], 1)
         decode = e.get("decode") or {}
         for key in ("prefill", "prefill_launch", "start", "captures", "joins"):
             if key in decode:
@@ -548,6 +550,7 @@ def timeline_summary(events: list[dict]) -> dict:
         "median_ms": _median([b["ms"] for b in batches]),
         "median_gap_ms": _median(gaps),
         "busy_share": round(sum(b["ms"] for b in batches) / span, 3) if span > 0 else None,
+        "median_launch_ms": _median([b["launch"] for b in batches if "launch" in b]),
         "batches": batches[:SHOWN_BATCHES],
     }
 
@@ -832,7 +835,12 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
             keys = ("wall_s", "peak_gpu_gb", "torch_peak_gb", "efficiency", "vs_A", "server_startup")
             summary = {k: record.get(k) for k in keys}
             # The front process's CPU seconds (one interpreter for every request) beside HELM's time.
-            summary["front_cpu_s"] = (record["server_stats"] or {}).get("front_cpu_seconds")
+            stats = record["server_stats"] or {}
+            summary["front_cpu_s"] = stats.get("front_cpu_seconds")
+            # Packed batches: their seconds and the host's part before each forward was launched.
+            if stats.get("packed_seconds"):
+                summary["packed_s"] = stats["packed_seconds"]
+                summary["packed_launch_s"] = stats.get("packed_launch_seconds")
             print(json.dumps({tag: summary}, default=str), flush=True)
             if (record["server_stats"] or {}).get("timeline"):
                 print(json.dumps({tag: {"timeline": timeline_summary(record["server_stats"]["timeline"])}}), flush=True)

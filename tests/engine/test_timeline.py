@@ -12,7 +12,8 @@ from benchmarks.helm_speed import timeline_summary
 from evaluation.engine.server.batching import Limits, Scheduler, Work, decode_fill_seconds
 from evaluation.engine.server.generation import BatchGenerator
 from evaluation.engine.server.stats import Stats
-from tests.engine.reference import PROMPTS, assert_like_generate, rows_for, serve
+from tests.engine.reference import PROMPTS, STORE_BYTES, assert_like_generate, rows_for, serve
+from tests.engine.test_prefix_batches import run_prompts
 
 
 def _decoding(tokenizer, prompts: list[str], new: int = 6) -> list[Work]:
@@ -69,6 +70,34 @@ def test_the_timeline_lists_arrivals_batches_and_joins(llama, monkeypatch):
     assert entry["ms"] > 0 and entry["prefill"] >= entry["prefill_launch"]
     assert summary["batch_count"] == 1 and summary["median_rows"] == 1 and summary["median_gap_ms"] is None
     assert 0 < summary["busy_share"] <= 1
+
+
+def test_packed_batches_record_how_long_the_host_took_to_launch_them(llama, monkeypatch):
+    monkeypatch.setenv("ENGINE_TIMELINE", "1")
+    stats = Stats()
+    generator = BatchGenerator(llama.model, llama.tokenizer, prefix_store_bytes=STORE_BYTES)
+    assert generator.packing
+    scheduler = Scheduler(generator, stats, Limits(fill_tokens=0))
+    works = [Work(rows_for(llama.tokenizer, run_prompts(0, 4), max_new_tokens=1))]
+    works.append(Work(rows_for(llama.tokenizer, run_prompts(0, 3, 10), max_new_tokens=1)))
+    serve(scheduler, works, [0.0, 0.3])
+    snapshot = stats.snapshot()
+    batches = [e for e in snapshot["timeline"] if e["kind"] == "batch"]
+    assert len(batches) == 2 and all(e["work"] == "single" for e in batches)
+    for e in batches:
+        assert 0 < e["launch"] <= e["t"] - e["began"]
+    assert 0 < snapshot["packed_launch_seconds"] < snapshot["packed_seconds"] <= snapshot["busy_seconds"]
+    assert snapshot["packed_launch_seconds"] == pytest.approx(sum(e["launch"] for e in batches), abs=1e-5)
+    summary = timeline_summary(snapshot["timeline"])
+    assert summary["median_launch_ms"] == max(entry["launch"] for entry in summary["batches"])
+    assert_like_generate(llama.model, llama.tokenizer, works[0].rows + works[1].rows)
+
+    # A decoding batch is not packed: no launch time.
+    stats = Stats()
+    scheduler = Scheduler(BatchGenerator(llama.model, llama.tokenizer), stats, Limits())
+    serve(scheduler, _decoding(llama.tokenizer, PROMPTS[:1]), [0.0])
+    (batch,) = [e for e in stats.snapshot()["timeline"] if e["kind"] == "batch"]
+    assert batch["launch"] is None and stats.snapshot()["packed_seconds"] == 0
 
 
 def test_the_timeline_summary_counts_every_batch_and_shows_the_first():

@@ -528,13 +528,19 @@ class Scheduler:
         ):
             if key in times:
                 self.stats.add(name, times[key])
+        seconds = time.perf_counter() - started
+        packed = getattr(self.generator, "last_packed", False)
+        if packed:
+            self.stats.add("packed_seconds", seconds)
+            self.stats.add("packed_launch_seconds", self.generator.last_launch_seconds)
         if self.stats.timeline is not None:
             self.stats.event("batch", began=round(began, 6), rows=len(batch), joined=joined, work=_kind(batch),
                              decode_steps=self.generator.last_decode_steps,
-                             decode={k: v for k, v in times.items() if k != "total"})  # fmt: skip
+                             decode={k: v for k, v in times.items() if k != "total"},
+                             launch=round(self.generator.last_launch_seconds, 6) if packed else None)  # fmt: skip
         self.stats.record_batch(
             rows=len(batch) + joined,
-            seconds=time.perf_counter() - started,
+            seconds=seconds,
             skipped_tokens=self.generator.last_skipped_tokens,
             prefix_reused=self.generator.last_prefix_reused,
             decode_steps=self.generator.last_decode_steps,

@@ -222,6 +222,9 @@ class BatchGenerator:
         self.packing = packing and prefix_sharing and packed.supports(model)
         self.packed_max_length = packed.max_length(model) if self.packing else None
         self.last_packed = False
+        # Host seconds from a packed batch's start until its forward was launched (its GPU work queued):
+        # with the batch's whole time, how much of it the host took before the GPU could start.
+        self.last_launch_seconds = 0.0
         # Packed batches in chunks of a few fixed sizes, replayed as CUDA graphs (packed_graphs.py).
         self.graphs = None
         if self.packing and packed_graphs.enabled(model, self.device):
@@ -564,6 +567,7 @@ class BatchGenerator:
         if self.last_packed:
             last = self._packed_prefill(groups)
             if last is not None:
+                self.last_launch_seconds = time.perf_counter() - began
                 self._choose(last, rows)
                 return rows
             self.last_packed = False

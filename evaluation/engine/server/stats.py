@@ -52,6 +52,10 @@ class Stats:
     decode_join_seconds: float = 0.0
     decode_joins: int = 0  # times rows joined a running decode batch (each a prefill of its own)
     busy_seconds: float = 0.0
+    # Packed single-token batches: their seconds in all, and the host's share before each one's
+    # forward was launched (grouping rows by prefix, packing, filling the graph's inputs).
+    packed_seconds: float = 0.0
+    packed_launch_seconds: float = 0.0
     # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering).
     # In one process they share one interpreter lock and the second slows the first; by default the
     # HTTP threads run in a front process of their own (split.py).
@@ -130,6 +134,8 @@ class Stats:
                 "decode_join_seconds": round(self.decode_join_seconds, 6),
                 "decode_joins": self.decode_joins,
                 "busy_seconds": round(self.busy_seconds, 6),
+                "packed_seconds": round(self.packed_seconds, 6),
+                "packed_launch_seconds": round(self.packed_launch_seconds, 6),
                 "model_cpu_seconds": round(self.model_cpu_seconds, 6),
                 "http_cpu_seconds": round(self.http_cpu_seconds, 6),
             }
