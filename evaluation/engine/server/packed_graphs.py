@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -157,9 +158,13 @@ class _Graph:
         self.logits: torch.Tensor | None = None
 
     def fill(self, ids: list[int], positions: list[int], keep: list[int], cuts: list[int]) -> None:
-        pad = self.shape.tokens - len(ids)
-        kept = keep + [0] * (self.shape.rows - len(keep))
-        self.longs.copy_(torch.tensor(ids + [0] * pad + positions + [0] * pad + kept), non_blocking=True)
+        pad = array("q", bytes(8 * (self.shape.tokens - len(ids))))
+        # Through an array: torch.tensor() of a list looks at every element, ~1.5 ms a 60-row batch's
+        # 14,000 longs on the CPU box against ~0.3 ms this way (session 19), inside the batch's time.
+        longs = array("q", ids)
+        for part in (pad, positions, pad, keep, array("q", bytes(8 * (self.shape.rows - len(keep))))):
+            longs.extend(part)
+        self.longs.copy_(torch.frombuffer(longs, dtype=torch.long), non_blocking=True)
         self.cuts.copy_(torch.tensor(cuts, dtype=torch.int32), non_blocking=True)
         r, g = self.shape.rows, GROUPS
         self.plan.host = (cuts[: r + 1], cuts[r + 1 : r + g + 2], cuts[r + g + 2 :])
