@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from evaluation.engine.server.batching import Limits, Scheduler, plan_batches
-from evaluation.engine.server.generation import BatchGenerator, Row, common_prefix_length
+from evaluation.engine.server.generation import (
+    BatchGenerator,
+    Row,
+    _shared_length,
+    adjacent_shared,
+    common_prefix_length,
+)
 from evaluation.engine.server.stats import Stats
 from tests.engine.reference import (
     FEW_SHOT_PROMPTS,
@@ -210,6 +218,23 @@ def test_runs_that_share_their_instructions_still_get_batches_of_their_own_few_s
     assert len(plan) == 4
     for batch in plan:
         assert common_prefix_length([r.prompt_ids for r in batch]) >= min(own) - 2
+
+
+def test_neighbours_shared_length_from_any_guess_is_their_common_prefix():
+    import random
+
+    rnd = random.Random(5)
+    for _ in range(5000):
+        base = [rnd.randrange(3) for _ in range(rnd.randrange(40))]
+        a = base[: rnd.randrange(len(base) + 1)] + [rnd.randrange(3) for _ in range(rnd.randrange(5))]
+        b = base[: rnd.randrange(len(base) + 1)] + [rnd.randrange(3) for _ in range(rnd.randrange(5))]
+        guess = rnd.randrange(45)
+        want = common_prefix_length([a, b]) if a and b else 0
+        assert _shared_length(a, b, guess) == want, (a, b, guess)
+    seqs = sorted(base + [rnd.randrange(3) for _ in range(rnd.randrange(9))] for _ in range(300))
+    assert adjacent_shared(seqs) == [
+        common_prefix_length([a, b]) if a and b else 0 for a, b in itertools.pairwise(seqs)
+    ]
 
 
 def test_common_prefix_length():
