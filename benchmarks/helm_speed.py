@@ -529,8 +529,13 @@ def timeline_summary(events: list[dict]) -> dict:
             continue
         entry = {"at": ms(e["began"]), "ms": round(ms(e["t"]) - ms(e["began"]), 1), "work": e["work"],
                  "rows": e["rows"], "joined": e["joined"], "steps": e["decode_steps"]}  # fmt: skip
-        if e.get("launch") is not None:
-            entry["launch"] = round(1000 * e["launch"], 1)
+        packed = e.get("packed")
+        if packed:  # the host's part before the forward's launch, prefix fills and captures within it
+            entry["launch"] = round(1000 * packed["launch"], 1)
+            if packed["prefix_fills"]:
+                entry["prefix_fills"] = [packed["prefix_fills"], round(1000 * packed["prefix_fill"], 1)]
+            if packed["captures"]:
+                entry["captures"] = packed["captures"]
         decode = e.get("decode") or {}
         for key in ("prefill", "prefill_launch", "start", "captures", "joins"):
             if key in decode:
@@ -551,6 +556,11 @@ def timeline_summary(events: list[dict]) -> dict:
         "median_gap_ms": _median(gaps),
         "busy_share": round(sum(b["ms"] for b in batches) / span, 3) if span > 0 else None,
         "median_launch_ms": _median([b["launch"] for b in batches if "launch" in b]),
+        "prefix_fills_ms": [
+            sum(b["prefix_fills"][0] for b in batches if "prefix_fills" in b),
+            round(sum(b["prefix_fills"][1] for b in batches if "prefix_fills" in b), 1),
+        ],
+        "packed_captures": sum(b.get("captures", 0) for b in batches if "launch" in b),
         "batches": batches[:SHOWN_BATCHES],
     }
 

@@ -85,11 +85,17 @@ def test_packed_batches_record_how_long_the_host_took_to_launch_them(llama, monk
     batches = [e for e in snapshot["timeline"] if e["kind"] == "batch"]
     assert len(batches) == 2 and all(e["work"] == "single" for e in batches)
     for e in batches:
-        assert 0 < e["launch"] <= e["t"] - e["began"]
+        assert 0 <= e["packed"]["prefix_fill"] < e["packed"]["launch"] <= e["t"] - e["began"]
+    # The first batch prefilled and stored its prefix; the second found it stored. No graphs on the CPU.
+    assert [e["packed"]["prefix_fills"] for e in batches] == [1, 0] and batches[1]["packed"]["prefix_fill"] == 0
+    assert all(e["packed"]["captures"] == 0 for e in batches)
     assert 0 < snapshot["packed_launch_seconds"] < snapshot["packed_seconds"] <= snapshot["busy_seconds"]
-    assert snapshot["packed_launch_seconds"] == pytest.approx(sum(e["launch"] for e in batches), abs=1e-5)
+    assert snapshot["packed_launch_seconds"] == pytest.approx(sum(e["packed"]["launch"] for e in batches), abs=1e-5)
     summary = timeline_summary(snapshot["timeline"])
     assert summary["median_launch_ms"] == max(entry["launch"] for entry in summary["batches"])
+    first = summary["batches"][0]
+    assert first["prefix_fills"][0] == 1 and summary["prefix_fills_ms"] == [1, first["prefix_fills"][1]]
+    assert summary["packed_captures"] == 0
     assert_like_generate(llama.model, llama.tokenizer, works[0].rows + works[1].rows)
 
     # A decoding batch is not packed: no launch time.
@@ -97,7 +103,7 @@ def test_packed_batches_record_how_long_the_host_took_to_launch_them(llama, monk
     scheduler = Scheduler(BatchGenerator(llama.model, llama.tokenizer), stats, Limits())
     serve(scheduler, _decoding(llama.tokenizer, PROMPTS[:1]), [0.0])
     (batch,) = [e for e in stats.snapshot()["timeline"] if e["kind"] == "batch"]
-    assert batch["launch"] is None and stats.snapshot()["packed_seconds"] == 0
+    assert batch["packed"] is None and stats.snapshot()["packed_seconds"] == 0
 
 
 def test_the_timeline_summary_counts_every_batch_and_shows_the_first():

@@ -537,7 +537,7 @@ class Scheduler:
             self.stats.event("batch", began=round(began, 6), rows=len(batch), joined=joined, work=_kind(batch),
                              decode_steps=self.generator.last_decode_steps,
                              decode={k: v for k, v in times.items() if k != "total"},
-                             launch=round(self.generator.last_launch_seconds, 6) if packed else None)  # fmt: skip
+                             packed=self._packed_times() if packed else None)  # fmt: skip
         self.stats.record_batch(
             rows=len(batch) + joined,
             seconds=seconds,
@@ -546,6 +546,11 @@ class Scheduler:
             decode_steps=self.generator.last_decode_steps,
             cpu_seconds=time.thread_time() - cpu_started,
         )
+
+    def _packed_times(self) -> dict:
+        fills, fill_seconds = self.generator.last_prefix_fills
+        return {"launch": round(self.generator.last_launch_seconds, 6), "prefix_fills": fills,
+                "prefix_fill": round(fill_seconds, 6), "captures": self.generator.last_captures}  # fmt: skip
 
     def _unanswered(self, rows: list[Row]) -> list[Row]:
         """Rows whose requests are not answered yet: those answered early (take) are left alone."""

@@ -248,6 +248,10 @@ class BatchGenerator:
         # Host seconds from a packed batch's start until its forward was launched (its GPU work queued):
         # with the batch's whole time, how much of it the host took before the GPU could start.
         self.last_launch_seconds = 0.0
+        # Within that: prefixes no batch had stored, prefilled now (how many, host seconds), and graphs
+        # captured (a chunk shape not captured at warm-up).
+        self.last_prefix_fills: tuple[int, float] = (0, 0.0)
+        self.last_captures = 0
         # Packed batches in chunks of a few fixed sizes, replayed as CUDA graphs (packed_graphs.py).
         self.graphs = None
         if self.packing and packed_graphs.enabled(model, self.device):
@@ -388,6 +392,7 @@ class BatchGenerator:
 
     def _fill_prefixes(self, groups: list[PrefixGroup]) -> None:
         """Prefill (and store) the prefixes no earlier batch stored."""
+        started, count = time.perf_counter(), 0
         for group in groups:
             if group.length and group.cache is None:
                 tokens = group.rows[0].prompt_ids[: group.length]
@@ -395,6 +400,8 @@ class BatchGenerator:
                 group.cache = self.model(input_ids=prefix, use_cache=True, **self._keep(1)).past_key_values
                 if self.prefixes is not None:
                     self.prefixes.add(tokens, group.cache)
+                count += 1
+        self.last_prefix_fills = (count, time.perf_counter() - started if count else 0.0)
 
     def _prefix_caches(self, groups: list[PrefixGroup]) -> Any:
         """One cache holding each row's prefix (prefilling those no earlier batch stored), or None."""
@@ -438,7 +445,9 @@ class BatchGenerator:
                 spans.append((start, len(ids), cache_tensors(group.cache)))
         keep = [ends[id(row)] for group in groups for row in group.rows]  # in the caller's row order
         if self.graphs is not None:
+            captures = self.graphs.captures
             logits = self.graphs.forward(ids, positions, lengths, spans, keep)
+            self.last_captures = self.graphs.captures - captures
             if logits is not None:
                 return logits
         plan = packed.PackedPlan(lengths, spans, self.device)
@@ -592,6 +601,7 @@ class BatchGenerator:
         self.last_decode_times = {}
         self.last_packed = not use_cache and not all_logits and self._packs(rows)
         if self.last_packed:
+            self.last_prefix_fills, self.last_captures = (0, 0.0), 0
             last = self._packed_prefill(groups)
             if last is not None:
                 self.last_launch_seconds = time.perf_counter() - began

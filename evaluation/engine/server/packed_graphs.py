@@ -164,10 +164,19 @@ class _Graph:
         longs = array("q", ids)
         for part in (pad, positions, pad, keep, array("q", bytes(8 * (self.shape.rows - len(keep))))):
             longs.extend(part)
-        self.longs.copy_(torch.frombuffer(longs, dtype=torch.long), non_blocking=True)
-        self.cuts.copy_(torch.tensor(cuts, dtype=torch.int32), non_blocking=True)
+        self.longs.copy_(_staged(longs, torch.long, self.longs.device), non_blocking=True)
+        self.cuts.copy_(_staged(array("i", cuts), torch.int32, self.cuts.device), non_blocking=True)
         r, g = self.shape.rows, GROUPS
         self.plan.host = (cuts[: r + 1], cuts[r + 1 : r + g + 2], cuts[r + g + 2 :])
+
+
+def _staged(values: array, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`values` as a host tensor to copy to `device` with non_blocking=True. For a GPU, in pinned memory:
+    a copy from pageable memory first waits for every kernel queued before it, so each chunk's inputs
+    waited for the chunk before to finish and the GPU stood idle while the next was copied and
+    launched (session 19). torch's pinned allocator keeps the block until the copy has run."""
+    host = torch.frombuffer(values, dtype=dtype)
+    return host.pin_memory() if device.type == "cuda" else host
 
 
 def setting() -> str:
@@ -330,7 +339,7 @@ class PackedGraphs:
         order = [row_of_last[t] for t in keep]
         if order == list(range(len(order))):
             return logits
-        return logits[torch.tensor(order, device=logits.device)]
+        return logits[_staged(array("q", order), torch.long, logits.device).to(logits.device, non_blocking=True)]
 
     def _run(self, g: _Graph) -> torch.Tensor | None:
         if not self.use_graphs:
