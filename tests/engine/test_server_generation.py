@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 import torch
@@ -221,8 +222,6 @@ def test_runs_that_share_their_instructions_still_get_batches_of_their_own_few_s
 
 
 def test_neighbours_shared_length_from_any_guess_is_their_common_prefix():
-    import random
-
     rnd = random.Random(5)
     for _ in range(5000):
         base = [rnd.randrange(3) for _ in range(rnd.randrange(40))]
