@@ -119,6 +119,30 @@ def test_chunked_batches_equal_generate_and_the_plain_packed_forward(loaded, gra
     assert 1 <= len(generator.graphs.graphs) <= 3 and len(generator.graphs._loaded) == 1
 
 
+def test_each_layers_buffer_holds_each_prefixs_keys_and_values_one_after_another(loaded, graphs_on):
+    from evaluation.engine.server.kv_cache import cache_tensors
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    # Batches whose prefix sets alternate, as batches of several runs' rows do: each loads its own.
+    for prompts in (_mixed_prompts(), run_prompts(1, 3, 20), _mixed_prompts()[::-1]):
+        rows = rows_for(tokenizer, prompts, max_new_tokens=1)
+        generator.generate(rows)
+        assert generator.last_packed
+        assert_like_generate(model, tokenizer, rows)
+    graphs = generator.graphs
+    stored = {id(cache_tensors(cache)[0][0]): cache for cache, _ in generator.prefixes._entries.values()}
+    start = 0
+    assert len(graphs._loaded) == 3
+    for first in graphs._loaded:
+        tensors = cache_tensors(stored[id(first)])
+        n = tensors[0][0].shape[-2]
+        for layer, (k, v) in enumerate(tensors):
+            assert torch.equal(graphs.prefix_keys[layer][start : start + n], k[0].transpose(0, 1))
+            assert torch.equal(graphs.prefix_values[layer][start : start + n], v[0].transpose(0, 1))
+        start += n
+
+
 def test_rows_without_a_prefix_attend_only_to_themselves(loaded, graphs_on):
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
