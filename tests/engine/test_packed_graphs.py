@@ -242,9 +242,10 @@ class _ReplayedForward:
     """A stand-in for a CUDA graph on the CPU: replays the forward into the captured output's tensor."""
 
     def __init__(self, forward, out):
-        self.forward, self.out = forward, out
+        self.forward, self.out, self.replays = forward, out, 0
 
     def replay(self):
+        self.replays += 1
         self.out.copy_(self.forward())
 
 
@@ -270,6 +271,8 @@ def test_graphs_prepared_at_warm_up_serve_the_batches_without_more_captures(load
     monkeypatch.setattr(graphs.capturer, "_capture", _stand_in_capture(graphs))
     service.warm_up()
     assert graphs.prepared == graphs.captures == len(packed_graphs.CHUNKS)
+    # Each replayed once at warm-up: a graph's first replay uploads it, which no batch should wait for.
+    assert [g.graph.replays for g in graphs.graphs.values()] == [1] * len(packed_graphs.CHUNKS)
     assert graphs.capacity == packed_graphs.PREPARED_CAPACITY
     rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
     service.scheduler.run(rows)

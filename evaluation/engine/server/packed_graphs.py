@@ -274,10 +274,26 @@ class PackedGraphs:
                 if not self._captured(g):
                     return
                 self.prepared = self.captures
+                self._warm(g)
         except torch.cuda.OutOfMemoryError:  # batches capture what they need, within what is left
             log.warning("no memory for the packed batches' graphs at warm-up; batches capture their own")
             self.release()
             torch.cuda.empty_cache()
+
+    def _warm(self, g: _Graph) -> None:
+        """What a batch would otherwise do the first time it uses this shape, each of which waits for the
+        GPU's queued work: the graph's first replay (its upload), page-locked host blocks of its inputs'
+        sizes (three, for chunks in flight together), and room in the allocator for its logits in fp32
+        (a new block is a cudaMalloc). Session 19: in 256-thread runs the first batches of a new size spent
+        their whole time before their forward was launched, the GPU's earlier chunks included."""
+        g.graph.replay()
+        if self.device.type != "cuda":
+            return
+        sizes = ((2 * g.shape.tokens + g.shape.rows, torch.long), (g.shape.rows + 1 + 2 * (GROUPS + 1), torch.int32))
+        held = [torch.empty(n, dtype=dtype, pin_memory=True) for n, dtype in sizes for _ in range(3)]
+        held.append(torch.empty(g.shape.rows, self.model.config.vocab_size, dtype=torch.float32, device=self.device))
+        torch.cuda.current_stream().synchronize()
+        del held
 
     # --- one forward ----------------------------------------------------------------------------
 
