@@ -171,3 +171,47 @@ def test_answers_go_out_without_waiting_for_the_clients_acknowledgement(llama_se
         for _ in range(2):
             assert session.get(f"{llama_server.url}/health", timeout=10).status_code == 200
     assert len(seen) == 2 and all(seen)
+
+
+def test_a_client_that_hung_up_before_its_answer_costs_no_traceback(capsys, caplog):
+    """The runner polls /health with a 2 s timeout while the model loads; the fronts answer the polls
+    queued in the backlog once it is ready, to clients long gone. Each such answer printed a
+    BrokenPipeError traceback into the server's log."""
+    import logging
+    import socket
+    import struct
+    import threading
+    import time
+
+    from evaluation.engine.server.app import EngineHTTPServer
+
+    class Stub:
+        def __init__(self):
+            self.asked, self.release = threading.Event(), threading.Event()
+
+        def health(self):
+            self.asked.set()
+            self.release.wait(10)
+            return {"ok": True}
+
+    stub = Stub()
+    server = EngineHTTPServer(("127.0.0.1", 0), stub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = socket.create_connection(server.server_address[:2])
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: engine\r\n\r\n")
+        assert stub.asked.wait(10)
+        # Gone at once (a reset, not a graceful close): the answer's first send fails.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        with caplog.at_level(logging.DEBUG, logger="evaluation.engine.server.app"):
+            stub.release.set()
+            deadline = time.monotonic() + 10
+            while not any("hung up" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert any("hung up" in r.getMessage() for r in caplog.records)
+        assert requests.get(f"http://127.0.0.1:{server.server_address[1]}/health", timeout=10).json() == {"ok": True}
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capsys.readouterr().err

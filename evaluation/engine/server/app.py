@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import socket
+import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -390,6 +391,15 @@ class EngineHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     # HELM runs with dozens of threads; do not refuse connections while the model is busy.
     request_queue_size = 512
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client gone before its answer (the runner's /health polls time out while the model loads,
+        # and are answered from the backlog once it is ready) is no error of the server's: socketserver
+        # would print a traceback for each into the server's log.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("%s hung up before its answer", client_address)
+            return
+        super().handle_error(request, client_address)
 
     def __init__(
         self,
