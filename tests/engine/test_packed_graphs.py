@@ -340,3 +340,16 @@ def test_only_the_first_capture_and_a_retry_run_warm_up_forwards(monkeypatch):
     monkeypatch.setattr(capturer, "_capture", out_of_memory)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         capturer.capture(lambda: 5)
+
+
+def test_the_host_benchmark_times_packed_batches_through_the_graphs(capsys):
+    """benchmarks/packed_host.py: every timed batch went through the packed graphs (their replay faked),
+    and the launch is part of each batch's time."""
+    import json
+
+    from benchmarks import packed_host
+
+    packed_host.main(["--rows", "12", "--batches", "4", "--prefix", "600"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["packed_by_graphs"] == 3 + 4  # the three that store the prefixes, then the timed ones
+    assert 0 < result["launch_ms_a_batch"] < result["ms_a_batch"]
