@@ -426,7 +426,8 @@ class BatchGenerator:
         """The last position's logits (fp32) of every row, from one forward of the rows' own tokens
         packed side by side (packed.py); None if the model did not attend through packed attention."""
         self._count_prefixes(groups)
-        self._fill_prefixes(groups)
+        self._fill_prefixes(groups)  # sets last_prefix_fills
+        self.last_captures = 0
         ids: list[int] = []
         positions: list[int] = []
         lengths: list[int] = []
@@ -601,7 +602,6 @@ class BatchGenerator:
         self.last_decode_times = {}
         self.last_packed = not use_cache and not all_logits and self._packs(rows)
         if self.last_packed:
-            self.last_prefix_fills, self.last_captures = (0, 0.0), 0
             last = self._packed_prefill(groups)
             if last is not None:
                 self.last_launch_seconds = time.perf_counter() - began

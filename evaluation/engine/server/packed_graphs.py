@@ -159,8 +159,8 @@ class _Graph:
 
     def fill(self, ids: list[int], positions: list[int], keep: list[int], cuts: list[int]) -> None:
         pad = array("q", bytes(8 * (self.shape.tokens - len(ids))))
-        # Through an array: torch.tensor() of a list looks at every element, ~1.5 ms a 60-row batch's
-        # 14,000 longs on the CPU box against ~0.3 ms this way (session 19), inside the batch's time.
+        # Through an array: torch.tensor() of a list looks at every element of a 60-row batch's ~14,000
+        # longs, inside the batch's time (benchmarks/packed_host.py gives the host's part of a batch).
         longs = array("q", ids)
         for part in (pad, positions, pad, keep, array("q", bytes(8 * (self.shape.rows - len(keep))))):
             longs.extend(part)
