@@ -173,10 +173,10 @@ def test_running_out_of_memory_splits_the_batch_and_empties_the_store(loaded):
     left_in_store = []
 
     class Tight(BatchGenerator):
-        def generate(self, rows, joining=None):
+        def generate(self, rows, joining=None, **kwargs):
             if len(rows) > 2:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-            return super().generate(rows, joining)
+            return super().generate(rows, joining, **kwargs)
 
         def release_memory(self):
             super().release_memory()
@@ -194,7 +194,8 @@ def test_running_out_of_memory_splits_the_batch_and_empties_the_store(loaded):
     assert_like_generate(model, tokenizer, rows)
 
 
-def test_the_halves_of_a_batch_that_ran_out_of_memory_run_without_its_tensors(loaded):
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_the_halves_of_a_batch_that_ran_out_of_memory_run_without_its_tensors(loaded, pipelined):
     """The failed attempt's tensors (its cache, its activations) must be gone before the halves run:
     the exception's traceback holds its frames, and halves that ran inside the handler ran out of
     memory in turn, down to single rows (seen on the GPU at 6.7 B, session 17)."""
@@ -206,7 +207,7 @@ def test_the_halves_of_a_batch_that_ran_out_of_memory_run_without_its_tensors(lo
     alive_at_retry: list[bool] = []
 
     class Tight(BatchGenerator):
-        def generate(self, rows, joining=None):
+        def generate(self, rows, joining=None, **kwargs):
             if attempts:
                 gc.collect()  # reference cycles aside, only a live frame could hold it
                 alive_at_retry.append(attempts[0]() is not None)
@@ -214,12 +215,13 @@ def test_the_halves_of_a_batch_that_ran_out_of_memory_run_without_its_tensors(lo
                 cache = torch.zeros(1000)  # stands for the failed attempt's GPU memory
                 attempts.append(weakref.ref(cache))
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-            return super().generate(rows, joining)
+            return super().generate(rows, joining, **kwargs)
 
     stats = Stats()
     rows = rows_for(tokenizer, FEW_SHOT_PROMPTS[:4], max_new_tokens=1)
-    Scheduler(Tight(model, tokenizer), stats, Limits()).run(rows)
-    assert stats.out_of_memory_splits == 1 and alive_at_retry == [False, False]
+    scheduler = Scheduler(Tight(model, tokenizer), stats, Limits(), pipelined=pipelined)
+    scheduler.run(rows)
+    assert stats.out_of_memory_splits == 1 and alive_at_retry == [False, False] and stats.batches == 2
     assert_like_generate(model, tokenizer, rows)
 
 

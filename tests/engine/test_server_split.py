@@ -126,6 +126,17 @@ def test_the_front_process_answers_as_the_single_process_server(servers):
     assert text == "The quick"
 
 
+def test_a_pipelined_server_answers_as_one_that_is_not(servers):
+    """ENGINE_PIPELINE=1 on the CPU (auto: on a GPU only): each packed batch read after the next launch."""
+    plain, plain_ready = servers()
+    piped, piped_ready = servers(env={"ENGINE_PIPELINE": "1"})
+    _assert_same(_answers(piped_ready["url"]), _answers(plain_ready["url"]))
+    for ready, pipelined in ((piped_ready, True), (plain_ready, False)):
+        stats = requests.get(f"{ready['url']}/stats", timeout=10).json()
+        assert stats["pipelined"] is pipelined and stats["requests"] == len(REQUESTS)
+        assert stats["packed_seconds"] > 0 and 0 < stats["busy_seconds"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_the_front_process_ends_with_the_model_process(servers, sig):
     proc, ready = servers()

@@ -18,7 +18,7 @@ import torch
 
 from evaluation.engine.loading import LoadedModel
 from evaluation.engine.server import decode_attention
-from evaluation.engine.server.batching import Limits, Scheduler
+from evaluation.engine.server.batching import Limits, Scheduler, pipelining
 from evaluation.engine.server.generation import BatchGenerator, Row
 from evaluation.engine.server.stats import Stats
 
@@ -280,7 +280,14 @@ class ModelService(Frontend):
         message = "the model ran out of GPU memory on a single request"
         if loaded.budget_bytes:
             message += f" within its budget of {loaded.budget_bytes / 1024**3:g} GB"
-        self.scheduler = Scheduler(self.generator, self.stats, limits, out_of_memory_message=message, joins=joins)
+        self.scheduler = Scheduler(
+            self.generator,
+            self.stats,
+            limits,
+            out_of_memory_message=message,
+            joins=joins,
+            pipelined=pipelining(str(self.generator.device)),
+        )
 
     def submit(self, rows: list[Row]) -> None:
         self.scheduler.submit(rows)
@@ -305,6 +312,7 @@ class ModelService(Frontend):
     def stats_snapshot(self) -> dict:
         data = self.stats.snapshot()
         data["limits"] = vars(self.scheduler.limits).copy()
+        data["pipelined"] = self.scheduler.pipelined
         static = self.generator.static
         data["decode"] = {
             "mode": "dynamic"

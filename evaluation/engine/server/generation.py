@@ -12,7 +12,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -194,6 +194,26 @@ class Joining(Protocol):
         """Rows `take` gave that could not join (no memory for them): they are reset, to run later."""
 
 
+@dataclass
+class Launched:
+    """A packed batch of greedy rows whose forward and choice are queued on the GPU: `finish` waits for
+    them and fills in the rows. Meanwhile the host can make the next batch ready (Scheduler)."""
+
+    rows: list[Row]
+    results: torch.Tensor  # [3, rows] fp32 on the host once `event` has passed: token, its logprob, finite
+    event: Any  # a torch.cuda.Event recorded after the copy, or None: `results` are there already
+    record: Callable[[list[Row], list[int], list[float], list[bool]], None]
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def finish(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+        tokens, chosen, finite = self.results.tolist()
+        self.record(self.rows, [int(t) for t in tokens], chosen, [f != 0 for f in finite])
+
+
 class BatchGenerator:
     """Runs lists of rows through the model together. Not thread-safe: one worker thread owns it."""
 
@@ -252,6 +272,7 @@ class BatchGenerator:
         # captured (a chunk shape not captured at warm-up).
         self.last_prefix_fills: tuple[int, float] = (0, 0.0)
         self.last_captures = 0
+        self.last_launched: Launched | None = None  # generate(defer=True) left this batch on the GPU
         # Packed batches in chunks of a few fixed sizes, replayed as CUDA graphs (packed_graphs.py).
         self.graphs = None
         if self.packing and packed_graphs.enabled(model, self.device):
@@ -530,6 +551,20 @@ class BatchGenerator:
         chosen = logprobs.gather(1, choices[:, None])[:, 0]
         self._record(rows, choices.tolist(), chosen.tolist(), finite.tolist())
 
+    def _launch_choice(self, logits: torch.Tensor, rows: list[Row]) -> Launched:
+        """`_choose` for greedy rows, its results copied to the host behind the GPU's queued work."""
+        logprobs, choices, finite = greedy_choice(logits)
+        chosen = logprobs.gather(1, choices[:, None])[:, 0]
+        # Token ids are exact in fp32 (below 2**24): one copy for the three.
+        results = torch.stack([choices.float(), chosen, finite.float()])
+        if results.device.type != "cuda":
+            return Launched(rows, results, None, self._record)
+        host = torch.empty(results.shape, dtype=results.dtype, pin_memory=True)
+        host.copy_(results, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return Launched(rows, host, event, self._record)
+
     def _record(self, rows: list[Row], choices: list[int], chosen: list[float], finite: list[bool]) -> None:
         for row, token, logprob, ok in zip(rows, choices, chosen, finite, strict=True):
             if row.finished:
@@ -578,17 +613,19 @@ class BatchGenerator:
         with torch.inference_mode(), engine_attention(self.model), fused.active(self.model):
             yield
 
-    def generate(self, rows: list[Row], joining: Joining | None = None) -> list[Row]:
+    def generate(self, rows: list[Row], joining: Joining | None = None, *, defer: bool = False) -> list[Row]:
         """Fill in tokens, logprobs, prompt logprobs (echo rows) and finish reasons of every row.
         `joining`: while the rows decode over the static cache, rows it gives join them (continuous
-        batching); they are filled in too, and listed in `last_joined`."""
+        batching); they are filled in too, and listed in `last_joined`. `defer`: a packed batch of
+        greedy rows returns once its work is queued, `last_launched` set; its `finish()` fills them in."""
         self.last_joined = []
+        self.last_launched = None
         if not rows:
             return rows
         with self._running():
-            return self._generate(rows, joining)
+            return self._generate(rows, joining, defer)
 
-    def _generate(self, rows: list[Row], joining: Joining | None = None) -> list[Row]:
+    def _generate(self, rows: list[Row], joining: Joining | None = None, defer: bool = False) -> list[Row]:
         began = time.perf_counter()
         use_cache = any(r.needs_decode for r in rows)
         all_logits = any(r.echo for r in rows)
@@ -605,7 +642,10 @@ class BatchGenerator:
             last = self._packed_prefill(groups)
             if last is not None:
                 self.last_launch_seconds = time.perf_counter() - began
-                self._choose(last, rows)
+                if defer and all(r.greedy for r in rows):
+                    self.last_launched = self._launch_choice(last, rows)
+                else:
+                    self._choose(last, rows)
                 return rows
             self.last_packed = False
         # Host times before the decode loop (its `last_decode_times`): the start, capture seconds so far,

@@ -1,0 +1,173 @@
+"""Pipelined single-token batches (ENGINE_PIPELINE): a packed batch of greedy rows is left running on
+the GPU (`generate(defer=True)`) and read once the next batch is launched behind it. On the CPU the
+launch runs the forward whole, so these tests check the order of launches and reads, the results
+and the busy time, not any overlap."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from benchmarks.helm_speed import timeline_summary
+from evaluation.engine.server.batching import Limits, Scheduler, Work, pipelining
+from evaluation.engine.server.generation import BatchGenerator, Launched
+from evaluation.engine.server.stats import Stats
+from tests.engine.reference import STORE_BYTES, assert_like_generate, rows_for, serve
+from tests.engine.test_prefix_batches import run_prompts
+
+
+@pytest.fixture(params=["plain", "graph shapes"])
+def packing(request, monkeypatch):
+    """The plain packed forward, and the packed graphs' fixed shapes (without graphs on the CPU)."""
+    monkeypatch.setenv("ENGINE_PACKED_GRAPHS", "1" if request.param == "graph shapes" else "0")
+
+
+def _single(tokenizer, run: int, count: int, start: int = 0, **kwargs):
+    return rows_for(tokenizer, run_prompts(run, count, start), max_new_tokens=1, **kwargs)
+
+
+def test_pipelining_is_on_for_a_gpu_unless_turned_off(monkeypatch):
+    monkeypatch.delenv("ENGINE_PIPELINE", raising=False)
+    assert pipelining("cuda:0") and not pipelining("cpu")
+    assert pipelining("cpu", "1") and not pipelining("cuda:0", "0") and not pipelining("cuda", "off")
+    monkeypatch.setenv("ENGINE_PIPELINE", "0")
+    assert not pipelining("cuda:0")
+
+
+def test_a_launched_batch_is_filled_in_when_read_as_generate_fills_it(llama, packing):
+    tokenizer = llama.tokenizer
+    generator = BatchGenerator(llama.model, llama.tokenizer, prefix_store_bytes=STORE_BYTES)
+    rows = _single(tokenizer, 0, 3) + _single(tokenizer, 1, 2)
+    generator.generate(rows, defer=True)
+    launched = generator.last_launched
+    assert isinstance(launched, Launched) and launched.ready()
+    assert generator.last_packed and not any(r.finished or r.tokens for r in rows)
+    launched.finish()
+    assert all(r.finished for r in rows)
+    assert_like_generate(llama.model, tokenizer, rows)
+    same = _single(tokenizer, 0, 3) + _single(tokenizer, 1, 2)
+    generator.generate(same)
+    assert generator.last_launched is None
+    for a, b in zip(rows, same, strict=True):  # not close: the same numbers
+        assert (a.tokens, a.logprobs, a.finish_reason) == (b.tokens, b.logprobs, b.finish_reason)
+
+
+def test_sampled_and_decoding_rows_are_never_left_running(llama):
+    tokenizer = llama.tokenizer
+    generator = BatchGenerator(llama.model, llama.tokenizer, prefix_store_bytes=STORE_BYTES)
+    sampled = _single(tokenizer, 0, 2, temperature=0.9)
+    for row in sampled:
+        row.generator = torch.Generator().manual_seed(3)
+    generator.generate(sampled, defer=True)
+    assert generator.last_launched is None and all(r.finished for r in sampled)
+    decoding = rows_for(tokenizer, run_prompts(0, 2), max_new_tokens=3)
+    generator.generate(decoding, defer=True)
+    assert generator.last_launched is None and all(r.finished for r in decoding)
+
+
+class _Log:
+    """Records each batch's launch (or whole run) and each read, in order, with its rows."""
+
+    def __init__(self, generator: BatchGenerator, monkeypatch):
+        self.events: list[tuple[str, int]] = []
+        generate, finish = generator.generate, Launched.finish
+
+        def logged_generate(rows, joining=None, *, defer=False):
+            out = generate(rows, joining, defer=defer)
+            self.events.append(("launch" if generator.last_launched else "run", len(rows)))
+            return out
+
+        def logged_finish(launched):
+            self.events.append(("read", len(launched.rows)))
+            finish(launched)
+
+        monkeypatch.setattr(generator, "generate", logged_generate)
+        monkeypatch.setattr(Launched, "finish", logged_finish)
+
+
+def test_each_batch_is_read_after_the_next_one_is_launched(llama, packing, monkeypatch):
+    monkeypatch.setenv("ENGINE_TIMELINE", "1")
+    tokenizer = llama.tokenizer
+    stats = Stats()
+    generator = BatchGenerator(llama.model, llama.tokenizer, prefix_store_bytes=STORE_BYTES)
+    log = _Log(generator, monkeypatch)
+    # One gather of six rows (the limit cuts it in two batches), then a decoding request.
+    scheduler = Scheduler(generator, stats, Limits(max_packed_rows=3), pipelined=True)
+    works = [Work(_single(tokenizer, 0, 3)), Work(_single(tokenizer, 0, 3, start=3))]
+    decoding = Work(rows_for(tokenizer, run_prompts(1, 1), max_new_tokens=3))
+    for work in works:
+        scheduler._arrived(work.rows)
+        scheduler._queue.put(work)
+    started = time.perf_counter()
+    serve(scheduler, [decoding], [0.3])
+    wall = time.perf_counter() - started
+    # A decoding batch is never left running, and the packed batch before it is read before it runs.
+    assert log.events == [("launch", 3), ("launch", 3), ("read", 3), ("read", 3), ("run", 1)]
+    assert all(w.done.is_set() for w in works)
+    assert_like_generate(llama.model, tokenizer, [r for w in [*works, decoding] for r in w.rows])
+    snapshot = stats.snapshot()
+    assert snapshot["batches"] == 3 and snapshot["mean_batch_rows"] == 7 / 3
+    # Busy time counts the overlapping batches' shared time once.
+    assert 0 < snapshot["packed_seconds"] <= snapshot["busy_seconds"] <= wall
+    summary = timeline_summary(snapshot["timeline"])
+    assert summary["batch_count"] == 3 and 0 < summary["busy_share"] <= 1
+
+
+def test_a_gathers_requests_are_answered_when_its_last_batch_is_read(llama, monkeypatch):
+    tokenizer = llama.tokenizer
+    generator = BatchGenerator(llama.model, llama.tokenizer, prefix_store_bytes=STORE_BYTES)
+    scheduler = Scheduler(generator, Stats(), Limits(), pipelined=True)
+    answered: list[int] = []
+    finish = Launched.finish
+
+    def slow_finish(launched):
+        assert not answered  # nothing is answered before its rows are read
+        finish(launched)
+
+    monkeypatch.setattr(Launched, "finish", slow_finish)
+    scheduler.start()
+    try:
+        rows = _single(tokenizer, 0, 4)
+        done = []
+        scheduler.submit_async(rows, lambda: (answered.append(1), done.append(all(r.finished for r in rows))))
+        deadline = time.monotonic() + 60
+        while not answered and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        scheduler.stop()
+    # With no more work arriving, the batch is read as soon as it is done.
+    assert answered == [1] and done == [True]
+    assert_like_generate(llama.model, tokenizer, rows)
+
+
+def test_a_batch_that_cannot_be_read_fails_its_own_requests_only(llama, monkeypatch):
+    tokenizer = llama.tokenizer
+    generator = BatchGenerator(llama.model, llama.tokenizer, prefix_store_bytes=STORE_BYTES)
+    scheduler = Scheduler(generator, Stats(), Limits(), pipelined=True)
+    finish, calls = Launched.finish, []
+
+    def failing_once(launched):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        finish(launched)
+
+    monkeypatch.setattr(Launched, "finish", failing_once)
+    first, second = Work(_single(tokenizer, 0, 2)), Work(_single(tokenizer, 1, 2))
+    serve(scheduler, [first, second], [0.0, 0.3])
+    assert all(r.finish_reason == "error" and "illegal memory access" in r.error for r in first.rows)
+    assert all(r.error is None for r in second.rows)
+    assert_like_generate(llama.model, tokenizer, second.rows)
+
+
+def test_the_timelines_busy_share_counts_overlapping_batches_once():
+    events = [{"kind": "arrive", "t": 10.0, "rows": 4, "tokens": 40, "work": "single"}]
+    for i in range(4):  # each batch 10 ms, the next launched 6 ms after it began
+        began = 10.0 + 0.006 * i
+        events.append({"kind": "batch", "t": began + 0.010, "began": began, "rows": 1, "joined": 0,
+                       "work": "single", "decode_steps": 0, "decode": {}})  # fmt: skip
+    summary = timeline_summary(events)
+    assert summary["busy_share"] == 1.0 and summary["median_gap_ms"] == -4.0
+
