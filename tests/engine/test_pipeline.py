@@ -170,4 +170,3 @@ def test_the_timelines_busy_share_counts_overlapping_batches_once():
                        "work": "single", "decode_steps": 0, "decode": {}})  # fmt: skip
     summary = timeline_summary(events)
     assert summary["busy_share"] == 1.0 and summary["median_gap_ms"] == -4.0
-

@@ -599,7 +599,11 @@ class Scheduler:
             log.exception("reading a batch of %d rows failed", len(inflight.batch))
             for row in inflight.batch:
                 if not row.finished:
-                    row.error, row.finished, row.finish_reason = f"internal error: {type(e).__name__}: {e}", True, "error"
+                    row.error, row.finished, row.finish_reason = (
+                        f"internal error: {type(e).__name__}: {e}",
+                        True,
+                        "error",
+                    )
         cpu_seconds = inflight.cpu_seconds + time.thread_time() - cpu_started
         self._record(inflight.batch, inflight.began, inflight.started, cpu_seconds, inflight.facts)
         for item in inflight.items:
