@@ -107,6 +107,11 @@ def pipelining(device: str, setting: str | None = None) -> bool:
 POLL_SECONDS = 0.0005
 
 
+def _fail(rows: list[Row], e: Exception) -> None:
+    for row in rows:
+        row.error, row.finished, row.finish_reason = f"internal error: {type(e).__name__}: {e}", True, "error"
+
+
 def _decoding(rows: list[Row]) -> bool:
     """Rows of a decode batch: more than one new token, no echo (planned batches are of one kind)."""
     return all(r.needs_decode and not r.echo for r in rows)
@@ -570,8 +575,7 @@ class Scheduler:
             self._settle()
             batch = self._unanswered(batch + self.generator.last_joined)
             log.exception("batch of %d rows failed", len(batch))
-            for row in batch:
-                row.error, row.finished, row.finish_reason = f"internal error: {type(e).__name__}: {e}", True, "error"
+            _fail(batch, e)
             return
         if out_of_memory:
             self._settle()
@@ -597,13 +601,7 @@ class Scheduler:
             inflight.launched.finish()
         except Exception as e:
             log.exception("reading a batch of %d rows failed", len(inflight.batch))
-            for row in inflight.batch:
-                if not row.finished:
-                    row.error, row.finished, row.finish_reason = (
-                        f"internal error: {type(e).__name__}: {e}",
-                        True,
-                        "error",
-                    )
+            _fail([r for r in inflight.batch if not r.finished], e)
         cpu_seconds = inflight.cpu_seconds + time.thread_time() - cpu_started
         self._record(inflight.batch, inflight.began, inflight.started, cpu_seconds, inflight.facts)
         for item in inflight.items:
