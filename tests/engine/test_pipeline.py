@@ -5,14 +5,16 @@ and the busy time, not any overlap."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 import torch
 
 from benchmarks.helm_speed import timeline_summary
-from evaluation.engine.server.batching import Limits, Scheduler, Work, pipelining
-from evaluation.engine.server.generation import BatchGenerator, Launched
+from evaluation.engine.server.batching import Limits, Scheduler, Work
+from evaluation.engine.server.generation import BatchGenerator, Launched, Row
+from evaluation.engine.server.pipeline import Inflight, Pace, pipelining
 from evaluation.engine.server.stats import Stats
 from tests.engine.reference import STORE_BYTES, assert_like_generate, rows_for, serve
 from tests.engine.test_prefix_batches import run_prompts
@@ -100,12 +102,18 @@ def test_each_batch_is_read_after_the_next_one_is_launched(llama, packing, monke
     for work in works:
         scheduler._arrived(work.rows)
         scheduler._queue.put(work)
+    timed: list[tuple[int, float]] = []
+    monkeypatch.setattr(Launched, "gpu_seconds", lambda launched: 0.012)  # as a GPU's events would say
+    monkeypatch.setattr(scheduler.pace, "timed", lambda tokens, seconds: timed.append((tokens, seconds)))
     started = time.perf_counter()
     serve(scheduler, [decoding], [0.3])
     wall = time.perf_counter() - started
     # A decoding batch is never left running, and the packed batch before it is read before it runs.
     assert log.events == [("launch", 3), ("launch", 3), ("read", 3), ("read", 3), ("run", 1)]
     assert all(w.done.is_set() for w in works)
+    # The pace learns from the second batch only: the first prefilled its prefix (a first-time cost).
+    (tokens, seconds), prompts = timed[0], [r.prompt_ids for w in works for r in w.rows]
+    assert len(timed) == 1 and seconds == 0.012 and 0 < tokens < sum(map(len, prompts)) // 2  # its own tokens
     assert_like_generate(llama.model, tokenizer, [r for w in [*works, decoding] for r in w.rows])
     snapshot = stats.snapshot()
     assert snapshot["batches"] == 3 and snapshot["mean_batch_rows"] == 7 / 3
@@ -170,3 +178,60 @@ def test_the_timelines_busy_share_counts_overlapping_batches_once():
                        "work": "single", "decode_steps": 0, "decode": {}})  # fmt: skip
     summary = timeline_summary(events)
     assert summary["busy_share"] == 1.0 and summary["median_gap_ms"] == -4.0
+
+
+def _inflight(ready: bool, done_by: float | None = None) -> Inflight:
+    class Running:
+        def ready(self) -> bool:
+            return ready
+
+    return Inflight(Running(), [], 0.0, 0.0, 0.0, {}, tokens=0, done_by=done_by)
+
+
+def test_the_pace_says_when_the_gpu_is_done_and_when_to_launch_behind_it():
+    pace = Pace()
+    assert pace.launched(started=10.0, tokens=1000, launch_seconds=0.004) is None  # nothing timed yet
+    assert pace.gather_until(_inflight(False, None)) is None  # then: until the batch is done
+    pace.timed(1000, None)
+    pace.timed(0, 0.5)
+    assert pace.gpu_per_token is None  # no timing (a CPU) or no tokens: nothing learnt
+    pace.timed(1000, 0.020)
+    assert pace.gpu_per_token == pytest.approx(2e-5)
+    first = pace.launched(started=11.0, tokens=1000, launch_seconds=0.004)
+    assert first == pytest.approx(11.004 + 0.020)  # launched 4 ms after its start, then 20 ms of work
+    # Launched while the first runs, the second starts on the GPU when the first is done.
+    second = pace.launched(started=11.010, tokens=500, launch_seconds=0.008)
+    assert second == pytest.approx(first + 0.010)
+    assert pace.launch == pytest.approx(0.75 * 0.004 + 0.25 * 0.008)
+    assert pace.gather_until(_inflight(False, second)) == pytest.approx(second - pace.launch)
+
+
+@pytest.mark.parametrize("paced", [False, True])
+def test_a_gather_beside_a_running_batch_ends_in_time_to_launch_behind_it(llama, paced):
+    scheduler = Scheduler(BatchGenerator(llama.model, llama.tokenizer), Stats(), Limits(),
+                          max_wait_seconds=5.0, gather_seconds=0.1, pipelined=True)  # fmt: skip
+    scheduler.pace.launch = 0.010
+    done_by = time.perf_counter() + 0.06 if paced else None  # the GPU done in 60 ms: gather for 50 ms
+    scheduler._inflight = _inflight(False, done_by)
+    stop = threading.Event()
+    (row,) = _single(llama.tokenizer, 0, 1)
+
+    def send() -> None:  # a request a millisecond, for up to a second
+        for _ in range(1000):
+            if stop.is_set():
+                return
+            scheduler._queue.put(Work([Row(prompt_ids=row.prompt_ids, max_new_tokens=1)]))
+            time.sleep(0.001)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        items, stopping = scheduler._gather(scheduler._queue.get())
+    finally:
+        stop.set()
+        sender.join()
+    assert not stopping
+    if paced:
+        assert 1 < len(items) < 500  # ended by the pace, with requests still coming
+    else:
+        assert len(items) > 500  # until the batch is done (or a pause): here, the sender's end

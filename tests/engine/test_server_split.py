@@ -135,6 +135,8 @@ def test_a_pipelined_server_answers_as_one_that_is_not(servers):
         stats = requests.get(f"{ready['url']}/stats", timeout=10).json()
         assert stats["pipelined"] is pipelined and stats["requests"] == len(REQUESTS)
         assert stats["packed_seconds"] > 0 and 0 < stats["busy_seconds"]
+        assert stats["pace"]["gpu_seconds_per_token"] is None  # no GPU to time
+        assert (stats["pace"]["launch_seconds"] is not None) is pipelined
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])

@@ -18,8 +18,9 @@ import torch
 
 from evaluation.engine.loading import LoadedModel
 from evaluation.engine.server import decode_attention
-from evaluation.engine.server.batching import Limits, Scheduler, pipelining
+from evaluation.engine.server.batching import Limits, Scheduler
 from evaluation.engine.server.generation import BatchGenerator, Row
+from evaluation.engine.server.pipeline import Pace, pipelining
 from evaluation.engine.server.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -306,13 +307,16 @@ class ModelService(Frontend):
         self.generator.time_warm_up("forward", self.scheduler.run, [Row(prompt_ids=list(self.empty_prompt_ids),
                                                                         max_new_tokens=1)])  # fmt: skip
         self.generator.prepare_graphs()  # while HELM starts, not in the first batches
-        # The counters describe the evaluation, not the warm-up.
+        # The counters describe the evaluation, not the warm-up; the pace too (its batch is a token).
         self.stats = self.scheduler.stats = Stats(device=self.loaded.device)
+        self.scheduler.pace = Pace()
 
     def stats_snapshot(self) -> dict:
         data = self.stats.snapshot()
         data["limits"] = vars(self.scheduler.limits).copy()
         data["pipelined"] = self.scheduler.pipelined
+        pace = self.scheduler.pace  # what the pipelined gathers went by (pipeline.Pace)
+        data["pace"] = {"gpu_seconds_per_token": pace.gpu_per_token, "launch_seconds": pace.launch}
         static = self.generator.static
         data["decode"] = {
             "mode": "dynamic"

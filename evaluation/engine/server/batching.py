@@ -20,12 +20,12 @@ from evaluation.engine.server.generation import (
     FORWARD_FLOPS,
     MIN_SHARED_PREFIX,
     BatchGenerator,
-    Launched,
     Row,
     adjacent_shared,
     forward_worth_tokens,
     prefix_groups,
 )
+from evaluation.engine.server.pipeline import POLL_SECONDS, Inflight, Pace
 from evaluation.engine.server.profiling import BatchProfiler
 from evaluation.engine.server.stats import Stats
 
@@ -76,35 +76,6 @@ class Work:
     def joinable(self) -> bool:
         """Rows that may join a running decode batch (see Scheduler.take)."""
         return _decoding(self.rows)
-
-
-@dataclass
-class Inflight:
-    """A packed batch left running on the GPU (`BatchGenerator.generate(defer=True)`), read and recorded
-    once the next batch is launched behind it (Scheduler._settle)."""
-
-    launched: Launched
-    batch: list[Row]
-    began: float  # time.monotonic() at its start (the timeline)
-    started: float  # time.perf_counter() at its start
-    cpu_seconds: float  # the model thread's CPU time on it so far
-    facts: dict  # the generator's figures of this batch (Scheduler._facts)
-    items: list[Work] = field(default_factory=list)  # its gather's requests, answered once it is read
-
-
-def pipelining(device: str, setting: str | None = None) -> bool:
-    """`ENGINE_PIPELINE`: auto (on a GPU), 1 or 0. On, a packed single-token batch is left running on
-    the GPU while the host gathers, groups and launches the next one behind it, and is answered then:
-    the host's part of each batch (4-9 ms of a ~30 ms 1.1 B batch, session 19) no longer leaves the GPU
-    idle. On a CPU the forward runs on the host, so nothing would overlap: answers would only wait."""
-    value = (os.environ.get("ENGINE_PIPELINE", "auto") if setting is None else setting).strip().lower()
-    if value in ("0", "off", "false"):
-        return False
-    return value in ("1", "on", "true") or device.startswith("cuda")
-
-
-# While a batch runs on the GPU, the model thread looks for the next batch's rows this often.
-POLL_SECONDS = 0.0005
 
 
 def _fail(rows: list[Row], e: Exception) -> None:
@@ -327,6 +298,7 @@ class Scheduler:
         self._declined = False
         self.pipelined = pipelined
         self._inflight: Inflight | None = None  # a packed batch launched, not yet read (pipelined)
+        self.pace = Pace()
         self._busy_until = 0.0  # perf_counter() when the last recorded batch ended: busy time counts once
         self._thread = threading.Thread(target=self._loop, name="model", daemon=True)
         self.profiler = BatchProfiler.from_env()
@@ -372,14 +344,19 @@ class Scheduler:
     def _gather(self, first: Work) -> tuple[list[Work], bool]:
         """Collect requests arriving right after `first`: HELM's threads send theirs within milliseconds.
         Work that arrived while the last batch ran (and did not join it) comes first. While a batch runs
-        on the GPU, only until it is done: its answers wait for this gather's first launch."""
+        on the GPU, only until the next must be launched to follow it at once (Pace), or it is done: its
+        answers wait for this gather's first launch."""
         if self._inflight is not None and self._inflight.launched.ready():
             self._settle()  # nothing to overlap with: its answers go out first
         items = [first]
         deadline = time.monotonic() + self.max_wait_seconds
         inflight = self._inflight
-        done = (lambda: False) if inflight is None else inflight.launched.ready
-        return items, self._take_more(items, deadline, self.gather_seconds, done)
+        if inflight is None:
+            return items, self._take_more(items, deadline, self.gather_seconds, lambda: False)
+        until = self.pace.gather_until(inflight)
+        if until is not None:
+            deadline = min(deadline, time.monotonic() + until - time.perf_counter())
+        return items, self._take_more(items, deadline, self.gather_seconds, inflight.launched.ready)
 
     def _next(self) -> Work | None:
         """The first work of the next gather. While a batch runs on the GPU, work arriving meanwhile; if
@@ -587,7 +564,9 @@ class Scheduler:
         self._settle()
         cpu_seconds = time.thread_time() - cpu_started
         if launched is not None:
-            self._inflight = Inflight(launched, batch, began, started, cpu_seconds, facts)
+            tokens = sum(len(r.prompt_ids) for r in batch) - facts["skipped_tokens"]
+            done_by = self.pace.launched(started, tokens, facts["packed"]["launch"])
+            self._inflight = Inflight(launched, batch, began, started, cpu_seconds, facts, tokens, done_by)
         else:
             self._record(batch, began, started, cpu_seconds, facts)
 
@@ -602,6 +581,10 @@ class Scheduler:
         except Exception as e:
             log.exception("reading a batch of %d rows failed", len(inflight.batch))
             _fail([r for r in inflight.batch if not r.finished], e)
+        else:
+            packed = inflight.facts["packed"]
+            if not packed["prefix_fills"] and not packed["captures"]:  # first-time costs would mislead it
+                self.pace.timed(inflight.tokens, inflight.launched.gpu_seconds())
         cpu_seconds = inflight.cpu_seconds + time.thread_time() - cpu_started
         self._record(inflight.batch, inflight.began, inflight.started, cpu_seconds, inflight.facts)
         for item in inflight.items:

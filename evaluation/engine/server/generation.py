@@ -203,6 +203,13 @@ class Launched:
     results: torch.Tensor  # [3, rows] fp32 on the host once `event` has passed: token, its logprob, finite
     event: Any  # a torch.cuda.Event recorded after the copy, or None: `results` are there already
     record: Callable[[list[Row], list[int], list[float], list[bool]], None]
+    start: Any = None  # a torch.cuda.Event recorded before the batch's first GPU work
+
+    def gpu_seconds(self) -> float | None:
+        """The GPU's seconds from the batch's first work to its answers' copy (once finished)."""
+        if self.start is None or self.event is None:
+            return None
+        return self.start.elapsed_time(self.event) / 1000
 
     def ready(self) -> bool:
         return self.event is None or self.event.query()
@@ -551,7 +558,7 @@ class BatchGenerator:
         chosen = logprobs.gather(1, choices[:, None])[:, 0]
         self._record(rows, choices.tolist(), chosen.tolist(), finite.tolist())
 
-    def _launch_choice(self, logits: torch.Tensor, rows: list[Row]) -> Launched:
+    def _launch_choice(self, logits: torch.Tensor, rows: list[Row], start: Any) -> Launched:
         """`_choose` for greedy rows, its results copied to the host behind the GPU's queued work."""
         logprobs, choices, finite = greedy_choice(logits)
         chosen = logprobs.gather(1, choices[:, None])[:, 0]
@@ -561,9 +568,9 @@ class BatchGenerator:
             return Launched(rows, results, None, self._record)
         host = torch.empty(results.shape, dtype=results.dtype, pin_memory=True)
         host.copy_(results, non_blocking=True)
-        event = torch.cuda.Event()
+        event = torch.cuda.Event(enable_timing=True)
         event.record()
-        return Launched(rows, host, event, self._record)
+        return Launched(rows, host, event, self._record, start)
 
     def _record(self, rows: list[Row], choices: list[int], chosen: list[float], finite: list[bool]) -> None:
         for row, token, logprob, ok in zip(rows, choices, chosen, finite, strict=True):
@@ -639,11 +646,15 @@ class BatchGenerator:
         self.last_decode_times = {}
         self.last_packed = not use_cache and not all_logits and self._packs(rows)
         if self.last_packed:
+            start = None
+            if defer and self.device.type == "cuda":  # the GPU's time for the batch (pipeline.Pace)
+                start = torch.cuda.Event(enable_timing=True)
+                start.record()
             last = self._packed_prefill(groups)
             if last is not None:
                 self.last_launch_seconds = time.perf_counter() - began
                 if defer and all(r.greedy for r in rows):
-                    self.last_launched = self._launch_choice(last, rows)
+                    self.last_launched = self._launch_choice(last, rows, start)
                 else:
                     self._choose(last, rows)
                 return rows
