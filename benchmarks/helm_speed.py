@@ -486,6 +486,12 @@ def efficiency(row: dict, counts: dict, ceilings: dict | None, params: int, weig
         eff["mfu_all_prompt_tokens"] = (
             2 * params * counts["prompt_tokens"] / busy / (ceilings["bf16_matmul_tflops"] * 1e12)
         )
+        gpu = stats.get("packed_gpu_seconds")
+        if gpu and stats.get("packed_gpu_batches") == stats.get("batches"):
+            # Pipelined, every batch timed on the GPU: the rate while the GPU worked on them, which
+            # says how much of the busy time it stood idle (not the target's figure: that is `mfu`).
+            eff["gpu_s"] = gpu
+            eff["mfu_gpu_time"] = 2 * params * computed / gpu / (ceilings["bf16_matmul_tflops"] * 1e12)
     else:
         steps = stats.get("decode_steps") or counts["output_tokens"]  # one-at-a-time: a step per token
         moved = steps * weight_bytes + counts["kv_token_reads"] * kv_bytes_token
@@ -860,6 +866,7 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
             if stats.get("packed_seconds"):
                 summary["packed_s"] = stats["packed_seconds"]
                 summary["packed_launch_s"] = stats.get("packed_launch_seconds")
+                summary["packed_gpu_s"] = stats.get("packed_gpu_seconds")
             print(json.dumps({tag: summary}, default=str), flush=True)
             if (record["server_stats"] or {}).get("timeline"):
                 print(json.dumps({tag: {"timeline": timeline_summary(record["server_stats"]["timeline"])}}), flush=True)

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from benchmarks.helm_speed import timeline_summary
+from benchmarks.helm_speed import efficiency, timeline_summary
 from evaluation.engine.server.batching import Limits, Scheduler, Work
 from evaluation.engine.server.generation import BatchGenerator, Launched, Row
 from evaluation.engine.server.pipeline import Inflight, Pace, pipelining
@@ -119,6 +119,7 @@ def test_each_batch_is_read_after_the_next_one_is_launched(llama, packing, monke
     assert snapshot["batches"] == 3 and snapshot["mean_batch_rows"] == 7 / 3
     # Busy time counts the overlapping batches' shared time once.
     assert 0 < snapshot["packed_seconds"] <= snapshot["busy_seconds"] <= wall
+    assert snapshot["packed_gpu_batches"] == 2 and snapshot["packed_gpu_seconds"] == pytest.approx(0.024)
     summary = timeline_summary(snapshot["timeline"])
     assert summary["batch_count"] == 3 and 0 < summary["busy_share"] <= 1
 
@@ -235,3 +236,16 @@ def test_a_gather_beside_a_running_batch_ends_in_time_to_launch_behind_it(llama,
         assert 1 < len(items) < 500  # ended by the pace, with requests still coming
     else:
         assert len(items) > 500  # until the batch is done (or a pause): here, the sender's end
+
+
+def test_the_benchmark_gives_the_rate_over_the_gpus_time_when_every_batch_was_timed():
+    ceilings = {"bf16_matmul_tflops": 1000.0}
+    counts = {"prompt_tokens": 1_100_000, "output_tokens": 3000}
+    stats = {"busy_seconds": 2.0, "shared_prefix_tokens": 100_000, "batches": 50, "packed_gpu_batches": 50,
+             "packed_gpu_seconds": 1.6}  # fmt: skip
+    row = {"wall_s": 6.0, "helm_s": 5.0, "server_stats": stats}
+    eff = efficiency(row, counts, ceilings, 10**9, 2 * 10**9, 0, "prefill")
+    assert eff["mfu"] == pytest.approx(2e9 * 1e6 / 2.0 / 1e15)  # over the busy time: the target's figure
+    assert eff["mfu_gpu_time"] == pytest.approx(2e9 * 1e6 / 1.6 / 1e15) and eff["gpu_s"] == 1.6
+    stats["packed_gpu_batches"] = 49  # a batch not timed: no such figure
+    assert "mfu_gpu_time" not in efficiency(row, counts, ceilings, 10**9, 2 * 10**9, 0, "prefill")

@@ -582,9 +582,12 @@ class Scheduler:
             log.exception("reading a batch of %d rows failed", len(inflight.batch))
             _fail([r for r in inflight.batch if not r.finished], e)
         else:
-            packed = inflight.facts["packed"]
+            gpu_seconds, packed = inflight.launched.gpu_seconds(), inflight.facts["packed"]
+            if gpu_seconds is not None:
+                self.stats.add("packed_gpu_batches")
+                self.stats.add("packed_gpu_seconds", gpu_seconds)
             if not packed["prefix_fills"] and not packed["captures"]:  # first-time costs would mislead it
-                self.pace.timed(inflight.tokens, inflight.launched.gpu_seconds())
+                self.pace.timed(inflight.tokens, gpu_seconds)
         cpu_seconds = inflight.cpu_seconds + time.thread_time() - cpu_started
         self._record(inflight.batch, inflight.began, inflight.started, cpu_seconds, inflight.facts)
         for item in inflight.items:

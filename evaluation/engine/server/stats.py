@@ -56,6 +56,9 @@ class Stats:
     # forward was launched (grouping rows by prefix, packing, filling the graph's inputs).
     packed_seconds: float = 0.0
     packed_launch_seconds: float = 0.0
+    # Pipelined packed batches timed on the GPU (CUDA events from the first kernel to the answers' copy).
+    packed_gpu_batches: int = 0
+    packed_gpu_seconds: float = 0.0
     # CPU time of the model thread (batches) and of the HTTP threads (parsing, tokenizing, answering).
     # In one process they share one interpreter lock and the second slows the first; by default the
     # HTTP threads run in a front process of their own (split.py).
@@ -136,6 +139,8 @@ class Stats:
                 "busy_seconds": round(self.busy_seconds, 6),
                 "packed_seconds": round(self.packed_seconds, 6),
                 "packed_launch_seconds": round(self.packed_launch_seconds, 6),
+                "packed_gpu_batches": self.packed_gpu_batches,
+                "packed_gpu_seconds": round(self.packed_gpu_seconds, 6),
                 "model_cpu_seconds": round(self.model_cpu_seconds, 6),
                 "http_cpu_seconds": round(self.http_cpu_seconds, 6),
             }
