@@ -433,10 +433,7 @@ class Scheduler:
             except Exception as e:  # the model thread must survive anything one batch does
                 log.exception("batch failed")
                 self._settle()
-                for item in self._active:
-                    for row in item.rows:
-                        if not row.finished:
-                            row.error, row.finished, row.finish_reason = f"internal error: {e}", True, "error"
+                _fail([row for item in self._active for row in item.rows if not row.finished], e)
             finally:
                 if self._inflight is not None:  # this gather's last batch still runs: answered once read
                     self._inflight.items += self._active
