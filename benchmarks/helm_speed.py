@@ -538,6 +538,7 @@ def timeline_summary(events: list[dict]) -> dict:
         packed = e.get("packed")
         if packed:  # the host's part before the forward's launch, prefix fills and captures within it
             entry["launch"] = round(1000 * packed["launch"], 1)
+            entry["steps"] = packed.get("steps") or []
             if packed["prefix_fills"]:
                 entry["prefix_fills"] = [packed["prefix_fills"], round(1000 * packed["prefix_fill"], 1)]
             if packed["captures"]:
@@ -567,7 +568,13 @@ def timeline_summary(events: list[dict]) -> dict:
             round(sum(b["prefix_fills"][1] for b in batches if "prefix_fills" in b), 1),
         ],
         "packed_captures": sum(b.get("captures", 0) for b in batches if "launch" in b),
-        "batches": batches[:SHOWN_BATCHES],
+        # Launches of 15 ms or more with no prefix prefilled: where in them the host waited.
+        "slow_launches": [
+            {"rows": b["rows"], "launch": b["launch"], "steps": b["steps"]}
+            for b in batches
+            if b.get("launch", 0) >= 15 and "prefix_fills" not in b and b.get("steps")
+        ][:SHOWN_BATCHES],
+        "batches": [{k: v for k, v in b.items() if k != "steps"} for b in batches[:SHOWN_BATCHES]],
     }
 
 

@@ -41,15 +41,16 @@ def test_pipelining_is_on_for_a_gpu_unless_turned_off(monkeypatch):
 def test_a_launched_batch_is_filled_in_when_read_as_generate_fills_it(llama, packing):
     tokenizer = llama.tokenizer
     generator = BatchGenerator(llama.model, llama.tokenizer, prefix_store_bytes=STORE_BYTES)
-    rows = _single(tokenizer, 0, 3) + _single(tokenizer, 1, 2)
+    rows = _single(tokenizer, 0, 5)  # one run's rows: they share its prefix (the graphs' chunks need one)
     generator.generate(rows, defer=True)
+    assert (generator.graphs.served if generator.graphs else 1) == 1
     launched = generator.last_launched
     assert isinstance(launched, Launched) and launched.ready()
     assert generator.last_packed and not any(r.finished or r.tokens for r in rows)
     launched.finish()
     assert all(r.finished for r in rows)
     assert_like_generate(llama.model, tokenizer, rows)
-    same = _single(tokenizer, 0, 3) + _single(tokenizer, 1, 2)
+    same = _single(tokenizer, 0, 5)
     generator.generate(same)
     assert generator.last_launched is None
     for a, b in zip(rows, same, strict=True):  # not close: the same numbers
@@ -249,3 +250,32 @@ def test_the_benchmark_gives_the_rate_over_the_gpus_time_when_every_batch_was_ti
     assert eff["mfu_gpu_time"] == pytest.approx(2e9 * 1e6 / 1.6 / 1e15) and eff["gpu_s"] == 1.6
     stats["packed_gpu_batches"] = 49  # a batch not timed: no such figure
     assert "mfu_gpu_time" not in efficiency(row, counts, ceilings, 10**9, 2 * 10**9, 0, "prefill")
+
+
+def test_a_packed_launch_is_timed_step_by_step(llama, monkeypatch):
+    monkeypatch.setenv("ENGINE_PACKED_GRAPHS", "1")
+    generator = BatchGenerator(llama.model, llama.tokenizer, prefix_store_bytes=STORE_BYTES)
+    generator.generate(_single(llama.tokenizer, 0, 6))
+    assert generator.graphs.served == 1
+    steps = generator.last_launch_steps
+    names = [name for name, _ in steps]
+    assert names[0] == "prefixes" and names[-1] == "order" and all(ms >= 0 for _, ms in steps)
+    chunks = names[1:-1]
+    assert chunks and all(
+        a.startswith("fill ") and b == "replay" for a, b in zip(chunks[::2], chunks[1::2], strict=True)
+    )
+    assert sum(ms for _, ms in steps) <= 1000 * generator.last_launch_seconds
+
+
+def test_the_timeline_summary_shows_where_slow_launches_waited():
+    events = [{"kind": "arrive", "t": 10.0, "rows": 3, "tokens": 30, "work": "single"}]
+    for i, launch in enumerate([0.004, 0.050, 0.030]):
+        steps = [["prefixes", 0.1], ["fill 2048", 0.5], ["replay", 1000 * launch - 0.6]]
+        packed = {"launch": launch, "prefix_fills": 1 if i == 2 else 0, "prefix_fill": 0.02 if i == 2 else 0.0,
+                  "captures": 0, "steps": steps}  # fmt: skip
+        events.append({"kind": "batch", "t": 10.1 * (i + 1), "began": 10.1 * (i + 1) - 0.06, "rows": 5,
+                       "joined": 0, "work": "single", "decode_steps": 0, "decode": {}, "packed": packed})  # fmt: skip
+    summary = timeline_summary(events)
+    # The second batch's launch waited in its replay; the third prefilled a prefix (a known cost).
+    assert summary["slow_launches"] == [{"rows": 5, "launch": 50.0, "steps": events[2]["packed"]["steps"]}]
+    assert all("steps" not in b for b in summary["batches"])

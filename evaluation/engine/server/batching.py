@@ -642,7 +642,8 @@ class Scheduler:
     def _packed_times(self) -> dict:
         fills, fill_seconds = self.generator.last_prefix_fills
         return {"launch": round(self.generator.last_launch_seconds, 6), "prefix_fills": fills,
-                "prefix_fill": round(fill_seconds, 6), "captures": self.generator.last_captures}  # fmt: skip
+                "prefix_fill": round(fill_seconds, 6), "captures": self.generator.last_captures,
+                "steps": self.generator.last_launch_steps}  # fmt: skip
 
     def _unanswered(self, rows: list[Row]) -> list[Row]:
         """Rows whose requests are not answered yet: those answered early (take) are left alone."""

@@ -279,6 +279,7 @@ class BatchGenerator:
         # captured (a chunk shape not captured at warm-up).
         self.last_prefix_fills: tuple[int, float] = (0, 0.0)
         self.last_captures = 0
+        self.last_launch_steps: list[tuple[str, float]] = []  # within the launch (PackedGraphs.last_steps)
         self.last_launched: Launched | None = None  # generate(defer=True) left this batch on the GPU
         # Packed batches in chunks of a few fixed sizes, replayed as CUDA graphs (packed_graphs.py).
         self.graphs = None
@@ -456,6 +457,7 @@ class BatchGenerator:
         self._count_prefixes(groups)
         self._fill_prefixes(groups)  # sets last_prefix_fills
         self.last_captures = 0
+        self.last_launch_steps: list[tuple[str, float]] = []
         ids: list[int] = []
         positions: list[int] = []
         lengths: list[int] = []
@@ -477,6 +479,7 @@ class BatchGenerator:
             captures = self.graphs.captures
             logits = self.graphs.forward(ids, positions, lengths, spans, keep)
             self.last_captures = self.graphs.captures - captures
+            self.last_launch_steps = self.graphs.last_steps
             if logits is not None:
                 return logits
         plan = packed.PackedPlan(lengths, spans, self.device)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -179,6 +180,17 @@ def _staged(values: array, dtype: torch.dtype, device: torch.device) -> torch.Te
     return host.pin_memory() if device.type == "cuda" else host
 
 
+class _Steps:
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, float]] = []
+        self._at = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.steps.append((name, round(1000 * (now - self._at), 2)))
+        self._at = now
+
+
 def setting() -> str:
     return os.environ.get("ENGINE_PACKED_GRAPHS", "auto").strip().lower()
 
@@ -216,6 +228,9 @@ class PackedGraphs:
         self._stores: tuple[torch.Tensor, torch.Tensor] | None = None
         self.capacity = 0
         self._loaded: list[torch.Tensor] = []  # the first layer's keys of each prefix the buffers hold
+        # The last batch's host milliseconds, step by step (the prefixes loaded, each chunk's inputs
+        # filled and its replay launched, the rows put in order): where a slow launch waited.
+        self.last_steps: list[tuple[str, float]] = []
 
     def release(self) -> None:
         """Drop every graph and buffer (after running out of memory)."""
@@ -334,12 +349,15 @@ class PackedGraphs:
         batch is not one it takes. `spans`: (first token, end token, prefix cache) of each group with a
         prefix, as packed.PackedPlan takes them (the rows after the last have none); `keep`: each row's
         last token, in the caller's row order."""
+        self.last_steps = []
         if self.failed or not spans or len(spans) > MAX_GROUPS:
             return None  # no stored prefix: too little work to be worth a capture
         chunks = chunks_for(lengths)
         if chunks is None:
             return None
+        clock = _Steps()
         prefixes = self._load_prefixes([tensors for _, _, tensors in spans])
+        clock.mark("prefixes")
         key_starts = [0, *itertools.accumulate(prefixes)]
         starts = [0, *itertools.accumulate(lengths)]
         results = []
@@ -351,17 +369,21 @@ class PackedGraphs:
             kept = [starts[r + 1] - 1 - s for r in range(chunk.first, chunk.end)]
             g = self._graph(chunk.shape)
             g.fill(ids[s:e], positions[s:e], kept, layout(chunk.shape, lengths[chunk.first : chunk.end], ends, keys))
+            clock.mark(f"fill {chunk.shape.tokens}")
             logits = self._run(g)
             if logits is None:
                 return None
             results.append(logits[: chunk.end - chunk.first].float())  # the next replay overwrites logits
+            clock.mark("replay")
         self.served += 1
         logits = torch.cat(results) if len(results) > 1 else results[0]  # rows in packed order
         row_of_last = {starts[i + 1] - 1: i for i in range(len(lengths))}
         order = [row_of_last[t] for t in keep]
-        if order == list(range(len(order))):
-            return logits
-        return logits[_staged(array("q", order), torch.long, logits.device).to(logits.device, non_blocking=True)]
+        if order != list(range(len(order))):
+            logits = logits[_staged(array("q", order), torch.long, logits.device).to(logits.device, non_blocking=True)]
+        clock.mark("order")
+        self.last_steps = clock.steps
+        return logits
 
     def _run(self, g: _Graph) -> torch.Tensor | None:
         if not self.use_graphs:
