@@ -211,32 +211,31 @@ def test_the_pace_says_when_the_gpu_is_done_and_when_to_launch_behind_it():
 @pytest.mark.parametrize("paced", [False, True])
 def test_a_gather_beside_a_running_batch_ends_in_time_to_launch_behind_it(llama, paced):
     scheduler = Scheduler(BatchGenerator(llama.model, llama.tokenizer), Stats(), Limits(),
-                          max_wait_seconds=5.0, gather_seconds=0.1, pipelined=True)  # fmt: skip
+                          max_wait_seconds=30.0, gather_seconds=0.5, pipelined=True)  # fmt: skip
     scheduler.pace.launch = 0.010
     done_by = time.perf_counter() + 0.06 if paced else None  # the GPU done in 60 ms: gather for 50 ms
     scheduler._inflight = _inflight(False, done_by)
-    stop = threading.Event()
     (row,) = _single(llama.tokenizer, 0, 1)
+    sent = threading.Event()
 
-    def send() -> None:  # a request a millisecond, for up to a second
-        for _ in range(1000):
-            if stop.is_set():
-                return
+    def send() -> None:  # 300 requests, one a millisecond
+        for _ in range(300):
             scheduler._queue.put(Work([Row(prompt_ids=row.prompt_ids, max_new_tokens=1)]))
             time.sleep(0.001)
+        sent.set()
 
     sender = threading.Thread(target=send)
     sender.start()
     try:
         items, stopping = scheduler._gather(scheduler._queue.get())
+        still_sending = not sent.is_set()
     finally:
-        stop.set()
         sender.join()
     assert not stopping
-    if paced:
-        assert 1 < len(items) < 500  # ended by the pace, with requests still coming
-    else:
-        assert len(items) > 500  # until the batch is done (or a pause): here, the sender's end
+    if paced:  # ended by the pace, with requests still coming
+        assert still_sending and 1 < len(items) < 300
+    else:  # until the batch is done or a pause (here, the sender's end)
+        assert not still_sending and len(items) == 300
 
 
 def test_the_benchmark_gives_the_rate_over_the_gpus_time_when_every_batch_was_timed():

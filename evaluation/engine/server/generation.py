@@ -23,6 +23,7 @@ from evaluation.engine.server import decode_attention, fused, packed, packed_gra
 from evaluation.engine.server.attention import engine_attention
 from evaluation.engine.server.decode_step import greedy_choice
 from evaluation.engine.server.kv_cache import PrefixStore, cache_tensors, expanded, gathered, map_cache
+from evaluation.engine.server.staging import Staging
 from evaluation.engine.server.static_decode import StaticDecoder
 
 log = logging.getLogger(__name__)
@@ -281,6 +282,7 @@ class BatchGenerator:
         self.last_captures = 0
         self.last_launch_steps: list[tuple[str, float]] = []  # within the launch (PackedGraphs.last_steps)
         self.last_launched: Launched | None = None  # generate(defer=True) left this batch on the GPU
+        self.staging = Staging(self.device)  # pinned buffers for the launched batches' answers
         # Packed batches in chunks of a few fixed sizes, replayed as CUDA graphs (packed_graphs.py).
         self.graphs = None
         if self.packing and packed_graphs.enabled(model, self.device):
@@ -569,8 +571,7 @@ class BatchGenerator:
         results = torch.stack([choices.float(), chosen, finite.float()])
         if results.device.type != "cuda":
             return Launched(rows, results, None, self._record)
-        host = torch.empty(results.shape, dtype=results.dtype, pin_memory=True)
-        host.copy_(results, non_blocking=True)
+        host = self.staging.from_device(results)
         event = torch.cuda.Event(enable_timing=True)
         event.record()
         return Launched(rows, host, event, self._record, start)

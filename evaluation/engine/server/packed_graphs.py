@@ -37,6 +37,7 @@ import torch
 
 from evaluation.engine.server import cuda_graphs, fused, packed, static_decode
 from evaluation.engine.server.attention import attention_shape
+from evaluation.engine.server.staging import Staging
 
 log = logging.getLogger(__name__)
 
@@ -158,26 +159,17 @@ class _Graph:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
 
-    def fill(self, ids: list[int], positions: list[int], keep: list[int], cuts: list[int]) -> None:
+    def fill(self, ids: list[int], positions: list[int], keep: list[int], cuts: list[int], staging: Staging) -> None:
         pad = array("q", bytes(8 * (self.shape.tokens - len(ids))))
         # Through an array: torch.tensor() of a list looks at every element of a 60-row batch's ~14,000
         # longs, inside the batch's time (benchmarks/packed_host.py gives the host's part of a batch).
         longs = array("q", ids)
         for part in (pad, positions, pad, keep, array("q", bytes(8 * (self.shape.rows - len(keep))))):
             longs.extend(part)
-        self.longs.copy_(_staged(longs, torch.long, self.longs.device), non_blocking=True)
-        self.cuts.copy_(_staged(array("i", cuts), torch.int32, self.cuts.device), non_blocking=True)
+        staging.to_device(longs, torch.long, self.longs)
+        staging.to_device(array("i", cuts), torch.int32, self.cuts)
         r, g = self.shape.rows, GROUPS
         self.plan.host = (cuts[: r + 1], cuts[r + 1 : r + g + 2], cuts[r + g + 2 :])
-
-
-def _staged(values: array, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`values` as a host tensor to copy to `device` with non_blocking=True. For a GPU, in pinned memory:
-    a copy from pageable memory first waits for every kernel queued before it, so each chunk's inputs
-    waited for the chunk before to finish and the GPU stood idle while the next was copied and
-    launched (session 19). torch's pinned allocator keeps the block until the copy has run."""
-    host = torch.frombuffer(values, dtype=dtype)
-    return host.pin_memory() if device.type == "cuda" else host
 
 
 class _Steps:
@@ -219,6 +211,7 @@ class PackedGraphs:
         self.graphs: OrderedDict[Shape, _Graph] = OrderedDict()
         self.failed = False
         self.capturer = cuda_graphs.Capturer(shared_pool=True)  # shapes never replay at the same time
+        self.staging = Staging(self.device)  # the batches' inputs go through its pinned buffers
         self.served = 0  # batches run here
         self.prepared = 0  # graphs captured by `prepare`
         # Each layer's buffer is a view of one [layers, capacity, kv_heads, dim] tensor: a prefix is
@@ -285,7 +278,7 @@ class PackedGraphs:
             self._allocate(capacity, kv_heads, head_dim, head_dim, next(self.model.parameters()).dtype)
             for size in CHUNKS:
                 g = self._graph(Shape(size, rows_for(size), MIN_LONGEST))
-                g.fill([], [], [], layout(g.shape, [], [], [0]))  # all padding: only the shapes matter
+                g.fill([], [], [], layout(g.shape, [], [], [0]), self.staging)  # all padding: only the shapes matter
                 if not self._captured(g):
                     return
                 self.prepared = self.captures
@@ -297,18 +290,16 @@ class PackedGraphs:
 
     def _warm(self, g: _Graph) -> None:
         """What a batch would otherwise do the first time it uses this shape, each of which waits for the
-        GPU's queued work: the graph's first replay (its upload), page-locked host blocks of its inputs'
-        sizes (three, for chunks in flight together), and room in the allocator for its logits in fp32
-        (a new block is a cudaMalloc). Session 19: in 256-thread runs the first batches of a new size spent
-        their whole time before their forward was launched, the GPU's earlier chunks included."""
+        GPU's queued work: the graph's first replay (its upload) and room in the allocator for its logits
+        in fp32 (a new block is a cudaMalloc); its inputs' pinned buffers were made by the fill before.
+        Session 19: in 256-thread runs the first batches of a new size spent their whole time before
+        their forward was launched, the GPU's earlier chunks included."""
         g.graph.replay()
         if self.device.type != "cuda":
             return
-        sizes = ((2 * g.shape.tokens + g.shape.rows, torch.long), (g.shape.rows + 1 + 2 * (GROUPS + 1), torch.int32))
-        held = [torch.empty(n, dtype=dtype, pin_memory=True) for n, dtype in sizes for _ in range(3)]
-        held.append(torch.empty(g.shape.rows, self.model.config.vocab_size, dtype=torch.float32, device=self.device))
+        logits = torch.empty(g.shape.rows, self.model.config.vocab_size, dtype=torch.float32, device=self.device)
         torch.cuda.current_stream().synchronize()
-        del held
+        del logits
 
     # --- one forward ----------------------------------------------------------------------------
 
@@ -368,7 +359,8 @@ class PackedGraphs:
             keys = key_starts[inside[0] : inside[-1] + 2] if inside else [0]
             kept = [starts[r + 1] - 1 - s for r in range(chunk.first, chunk.end)]
             g = self._graph(chunk.shape)
-            g.fill(ids[s:e], positions[s:e], kept, layout(chunk.shape, lengths[chunk.first : chunk.end], ends, keys))
+            g.fill(ids[s:e], positions[s:e], kept, layout(chunk.shape, lengths[chunk.first : chunk.end], ends, keys),
+                   self.staging)  # fmt: skip
             clock.mark(f"fill {chunk.shape.tokens}")
             logits = self._run(g)
             if logits is None:
@@ -380,7 +372,9 @@ class PackedGraphs:
         row_of_last = {starts[i + 1] - 1: i for i in range(len(lengths))}
         order = [row_of_last[t] for t in keep]
         if order != list(range(len(order))):
-            logits = logits[_staged(array("q", order), torch.long, logits.device).to(logits.device, non_blocking=True)]
+            index = torch.empty(len(order), dtype=torch.long, device=logits.device)
+            self.staging.to_device(array("q", order), torch.long, index)
+            logits = logits[index]
         clock.mark("order")
         self.last_steps = clock.steps
         return logits

@@ -28,6 +28,7 @@ import torch
 from evaluation.engine.server import cuda_graphs, decode_attention, decode_step, fused
 from evaluation.engine.server.attention import attention_shape
 from evaluation.engine.server.kv_cache import cache_tensors
+from evaluation.engine.server.staging import Staging
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,8 @@ class StaticDecoder:
         self.end = 0  # the columns the batch's rows need, their new tokens included
         self._like: tuple[torch.Tensor, torch.Tensor] | None = None
         self._layers = 0
+        # The steps' choices reach the host through its pinned buffers (read one step behind: two in flight).
+        self.staging = Staging(next(model.parameters()).device)
 
     # --- one step, as the model's own modules compute it ----------------------------------------
 
@@ -447,10 +450,10 @@ class StaticDecoder:
         b = self.buffers
         assert b is not None
         self._run(b)
-        # Each queued step's own pinned tensor, held by its Launched until read (torch's caching host
-        # allocator serves it without a new pinned allocation once the sizes repeat).
-        host = torch.empty(b.chosen.shape, dtype=b.chosen.dtype, pin_memory=b.chosen.is_cuda)
-        host.copy_(b.chosen, non_blocking=True)
+        # Each queued step's choices in a pinned buffer of their own until read (a step behind).
+        host = self.staging.from_device(b.chosen)
+        if not b.chosen.is_cuda:
+            host = host.clone()  # on the CPU `from_device` gives the buffer itself, which the next step overwrites
         event = None
         if b.chosen.is_cuda:
             event = torch.cuda.Event()

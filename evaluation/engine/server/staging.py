@@ -1,0 +1,76 @@
+"""Pinned host buffers made once and used in turn, for the packed batches' small copies to and from the GPU.
+
+A copy from pageable memory first waits for every kernel queued before it (session 19), so these copies
+go through page-locked memory. `pin_memory()` for each copy made a page-locked block whenever the
+pinned allocator had none free of that size: a `cudaHostAlloc`, which takes a driver-wide lock and
+can stall the calling thread (vllm-project/vllm#37006 measured stalls of up to ~12 ms under load). Here
+each size has a ring of SLOTS buffers: a buffer is written again only once its last copy is done, which
+three copies later it always is (a batch makes a few; two batches are in flight at most).
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import torch
+
+SLOTS = 4
+SMALLEST = 64  # elements: sizes are rounded up to a power of two, so a few rings serve every batch
+
+
+class _Slot:
+    def __init__(self, buffer: torch.Tensor):
+        self.buffer = buffer
+        self.done: torch.cuda.Event | None = None  # recorded after the buffer's last copy
+
+
+class Staging:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._rings: dict[tuple[torch.dtype, int], tuple[list[_Slot], list[int]]] = {}
+        self.buffers = 0  # page-locked buffers made (each a cudaHostAlloc at most)
+
+    def _slot(self, dtype: torch.dtype, n: int) -> _Slot:
+        size = max(SMALLEST, 1 << (n - 1).bit_length())
+        ring = self._rings.get((dtype, size))
+        if ring is None:
+            slots = [_Slot(self._buffer(size, dtype)) for _ in range(SLOTS)]
+            self.buffers += SLOTS
+            ring = self._rings[(dtype, size)] = (slots, [0])
+        slots, turn = ring
+        slot = slots[turn[0]]
+        turn[0] = (turn[0] + 1) % SLOTS
+        if slot.done is not None:
+            slot.done.synchronize()  # long done: SLOTS - 1 copies were queued after it
+        return slot
+
+    @staticmethod
+    def _buffer(size: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(size, dtype=dtype, pin_memory=True)
+
+    def _copied(self, slot: _Slot) -> None:
+        slot.done = torch.cuda.Event()
+        slot.done.record()
+
+    def to_device(self, values: array, dtype: torch.dtype, out: torch.Tensor) -> None:
+        """out[: len(values)] ← values, queued behind the GPU's work without waiting for it."""
+        host = torch.frombuffer(values, dtype=dtype) if len(values) else torch.empty(0, dtype=dtype)
+        if self.device.type != "cuda":
+            out[: len(values)].copy_(host)
+            return
+        slot = self._slot(dtype, len(values))
+        part = slot.buffer[: len(values)]
+        part.copy_(host)
+        out[: len(values)].copy_(part, non_blocking=True)
+        self._copied(slot)
+
+    def from_device(self, values: torch.Tensor) -> torch.Tensor:
+        """A host tensor that holds `values` once the GPU's queued work is done (record an event after
+        this to know when). It stays valid for SLOTS - 1 more calls of its size: read it before."""
+        if self.device.type != "cuda":
+            return values
+        slot = self._slot(values.dtype, values.numel())
+        part = slot.buffer[: values.numel()].view(values.shape)
+        part.copy_(values, non_blocking=True)
+        self._copied(slot)
+        return part

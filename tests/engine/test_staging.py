@@ -1,0 +1,66 @@
+"""The packed batches' pinned host buffers (staging.py), their rings' turns checked without a GPU."""
+
+from __future__ import annotations
+
+from array import array
+
+import torch
+
+from evaluation.engine.server import staging
+from evaluation.engine.server.staging import Staging
+
+
+class _Event:
+    def __init__(self, log: list[str], name: str):
+        self.log, self.name = log, name
+
+    def synchronize(self) -> None:
+        self.log.append(f"wait {self.name}")
+
+
+class _Rings(Staging):
+    """The rings as on a GPU, with host tensors for pinned ones and events that log their waits."""
+
+    def __init__(self):
+        super().__init__(torch.device("cuda"))
+        self.log: list[str] = []
+        self.copies = 0
+
+    @staticmethod
+    def _buffer(size, dtype):
+        return torch.empty(size, dtype=dtype)
+
+    def _copied(self, slot):
+        self.copies += 1
+        slot.done = _Event(self.log, str(self.copies))
+
+
+def test_each_size_has_a_ring_of_buffers_each_written_again_once_its_copy_is_done():
+    rings = _Rings()
+    out = torch.zeros(100, dtype=torch.long)
+    for i in range(staging.SLOTS):
+        rings.to_device(array("q", range(i, i + 100)), torch.long, out)  # 100 longs: the 128 ring
+        assert out.tolist() == list(range(i, i + 100))
+    assert rings.buffers == staging.SLOTS and rings.log == []
+    rings.to_device(array("q", range(70)), torch.long, out)  # the first buffer again, after its copy
+    assert rings.log == ["wait 1"] and out[:70].tolist() == list(range(70)) and rings.buffers == staging.SLOTS
+    rings.to_device(array("i", [1, 2, 3]), torch.int32, torch.zeros(3, dtype=torch.int32))  # a ring of its own
+    assert rings.buffers == 2 * staging.SLOTS and rings.log == ["wait 1"]
+
+
+def test_answers_come_back_through_a_buffer_that_stays_until_the_ring_comes_round():
+    rings = _Rings()
+    first = rings.from_device(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    later = [rings.from_device(torch.full((2, 2), float(i))) for i in range(staging.SLOTS - 1)]
+    assert first.tolist() == [[1.0, 2.0], [3.0, 4.0]] and all(t.shape == (2, 2) for t in later)
+    rings.from_device(torch.zeros(2, 2))  # the ring comes round: the first one's buffer is written
+    assert first.tolist() == [[0.0, 0.0], [0.0, 0.0]] and rings.log == ["wait 1"]
+
+
+def test_without_a_gpu_values_are_copied_as_they_are():
+    plain = Staging(torch.device("cpu"))
+    out = torch.zeros(4, dtype=torch.long)
+    plain.to_device(array("q", [5, 6]), torch.long, out)
+    assert out.tolist() == [5, 6, 0, 0] and plain.buffers == 0
+    values = torch.ones(3)
+    assert plain.from_device(values) is values
