@@ -238,6 +238,30 @@ def test_a_gather_beside_a_running_batch_ends_in_time_to_launch_behind_it(llama,
         assert not still_sending and len(items) == 300
 
 
+@pytest.mark.parametrize("done", [True, False])
+def test_a_gather_beside_a_running_batch_takes_what_has_arrived_however_late_it_is(llama, done):
+    """Past the pace's time (or the batch before done as the gather begins), nothing more is waited
+    for, but the requests already queued all go into the batch."""
+    scheduler = Scheduler(BatchGenerator(llama.model, llama.tokenizer), Stats(), Limits(), pipelined=True)
+    scheduler.pace.launch = 0.010
+    (row,) = _single(llama.tokenizer, 0, 1)
+    queued = [Work([Row(prompt_ids=row.prompt_ids, max_new_tokens=1)]) for _ in range(10)]
+    for work in queued:
+        scheduler._queue.put(work)
+    scheduler._inflight = _inflight(done, time.perf_counter() - 1.0)  # the GPU should have been done
+    settled = []
+
+    def settle() -> None:  # the batch before, read (nothing to read in this stand-in)
+        settled.append(1)
+        scheduler._inflight = None
+
+    scheduler._settle = settle
+    items, stopping = scheduler._gather(scheduler._queue.get())
+    assert not stopping and items == queued and settled == ([1] if done else [])
+    scheduler._queue.put(None)  # a stop signal among them is kept
+    assert scheduler._take_queued([]) is True
+
+
 def test_the_benchmark_gives_the_rate_over_the_gpus_time_when_every_batch_was_timed():
     ceilings = {"bf16_matmul_tflops": 1000.0}
     counts = {"prompt_tokens": 1_100_000, "output_tokens": 3000}

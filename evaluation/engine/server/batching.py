@@ -356,7 +356,20 @@ class Scheduler:
         until = self.pace.gather_until(inflight)
         if until is not None:
             deadline = min(deadline, time.monotonic() + until - time.perf_counter())
-        return items, self._take_more(items, deadline, self.gather_seconds, inflight.launched.ready)
+        if self._take_more(items, deadline, self.gather_seconds, inflight.launched.ready):
+            return items, True
+        return items, self._take_queued(items)  # what has arrived goes too: it costs no wait
+
+    def _take_queued(self, items: list[Work]) -> bool:
+        """Append what is in the queue now; True if the stop signal came."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            items.append(item)
 
     def _next(self) -> Work | None:
         """The first work of the next gather. While a batch runs on the GPU, work arriving meanwhile; if
