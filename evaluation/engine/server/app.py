@@ -19,6 +19,7 @@ import torch
 from evaluation.engine.loading import LoadedModel
 from evaluation.engine.server import decode_attention
 from evaluation.engine.server.batching import Limits, Scheduler
+from evaluation.engine.server.gc_clock import GcClock
 from evaluation.engine.server.generation import BatchGenerator, Row
 from evaluation.engine.server.pipeline import Pace, pipelining
 from evaluation.engine.server.stats import Stats
@@ -289,6 +290,7 @@ class ModelService(Frontend):
             joins=joins,
             pipelined=pipelining(str(self.generator.device)),
         )
+        self.gc_clock = GcClock()  # started after the warm-up
 
     def submit(self, rows: list[Row]) -> None:
         self.scheduler.submit(rows)
@@ -298,6 +300,7 @@ class ModelService(Frontend):
 
     def stop(self) -> None:
         self.scheduler.stop()
+        self.gc_clock.stop()
 
     def warm_up(self) -> None:
         """One tiny forward so the first real request does not pay for kernel set-up. One token only:
@@ -310,11 +313,14 @@ class ModelService(Frontend):
         # The counters describe the evaluation, not the warm-up; the pace too (its batch is a token).
         self.stats = self.scheduler.stats = Stats(device=self.loaded.device)
         self.scheduler.pace = Pace()
+        self.gc_clock.stop()
+        self.gc_clock = GcClock().start()
 
     def stats_snapshot(self) -> dict:
         data = self.stats.snapshot()
         data["limits"] = vars(self.scheduler.limits).copy()
         data["pipelined"] = self.scheduler.pipelined
+        data["gc"] = self.gc_clock.snapshot()  # the model process's collections since the warm-up
         pace = self.scheduler.pace  # what the pipelined gathers went by (pipeline.Pace)
         data["pace"] = {"gpu_seconds_per_token": pace.gpu_per_token, "launch_seconds": pace.launch}
         static = self.generator.static
