@@ -570,7 +570,13 @@ def timeline_summary(events: list[dict]) -> dict:
         "packed_captures": sum(b.get("captures", 0) for b in batches if "launch" in b),
         # Launches of 15 ms or more with no prefix prefilled: where in them the host waited.
         "slow_launches": [
-            {"rows": b["rows"], "launch": b["launch"], "steps": b["steps"]}
+            # "grouping": the launch's time before the graphs' steps (the rows grouped by prefix, packed)
+            {
+                "rows": b["rows"],
+                "launch": b["launch"],
+                "steps": b["steps"],
+                "grouping": round(b["launch"] - sum(ms for _, ms in b["steps"]), 1),
+            }  # fmt: skip
             for b in batches
             if b.get("launch", 0) >= 15 and "prefix_fills" not in b and b.get("steps")
         ][:SHOWN_BATCHES],

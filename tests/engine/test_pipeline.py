@@ -293,12 +293,13 @@ def test_a_packed_launch_is_timed_step_by_step(llama, monkeypatch):
 def test_the_timeline_summary_shows_where_slow_launches_waited():
     events = [{"kind": "arrive", "t": 10.0, "rows": 3, "tokens": 30, "work": "single"}]
     for i, launch in enumerate([0.004, 0.050, 0.030]):
-        steps = [["prefixes", 0.1], ["fill 2048", 0.5], ["replay", 1000 * launch - 0.6]]
+        steps = [["prefixes", 0.1], ["fill 2048", 0.5], ["replay", 1000 * launch - 2.6]]  # 2 ms grouping first
         packed = {"launch": launch, "prefix_fills": 1 if i == 2 else 0, "prefix_fill": 0.02 if i == 2 else 0.0,
                   "captures": 0, "steps": steps}  # fmt: skip
         events.append({"kind": "batch", "t": 10.1 * (i + 1), "began": 10.1 * (i + 1) - 0.06, "rows": 5,
                        "joined": 0, "work": "single", "decode_steps": 0, "decode": {}, "packed": packed})  # fmt: skip
     summary = timeline_summary(events)
     # The second batch's launch waited in its replay; the third prefilled a prefix (a known cost).
-    assert summary["slow_launches"] == [{"rows": 5, "launch": 50.0, "steps": events[2]["packed"]["steps"]}]
+    (slow,) = summary["slow_launches"]
+    assert slow == {"rows": 5, "launch": 50.0, "steps": events[2]["packed"]["steps"], "grouping": 2.0}
     assert all("steps" not in b for b in summary["batches"])
