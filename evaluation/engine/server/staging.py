@@ -4,8 +4,9 @@ A copy from pageable memory first waits for every kernel queued before it (sessi
 go through page-locked memory. `pin_memory()` for each copy made a page-locked block whenever the
 pinned allocator had none free of that size: a `cudaHostAlloc`, which takes a driver-wide lock and
 can stall the calling thread (vllm-project/vllm#37006 measured stalls of up to ~12 ms under load). Here
-each size has a ring of SLOTS buffers: a buffer is written again only once its last copy is done, which
-three copies later it always is (a batch makes a few; two batches are in flight at most).
+each size has a ring of at least SLOTS buffers: a buffer is written again only once its last copy is
+done, and a ring whose next buffer is still being copied gets one more (a batch of many chunks of one
+size) instead of waiting.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class _Slot:
         self.buffer = buffer
         self.done: torch.cuda.Event | None = None  # recorded after the buffer's last copy
 
+    def free(self) -> bool:
+        return self.done is None or self.done.query()
+
 
 class Staging:
     def __init__(self, device: torch.device):
@@ -34,15 +38,17 @@ class Staging:
         size = max(SMALLEST, 1 << (n - 1).bit_length())
         ring = self._rings.get((dtype, size))
         if ring is None:
-            slots = [_Slot(self._buffer(size, dtype)) for _ in range(SLOTS)]
-            self.buffers += SLOTS
-            ring = self._rings[(dtype, size)] = (slots, [0])
+            ring = self._rings[(dtype, size)] = ([self._new(size, dtype) for _ in range(SLOTS)], [0])
         slots, turn = ring
+        if not slots[turn[0]].free():  # its copy is still queued: one more buffer rather than a wait
+            slots.insert(turn[0], self._new(size, dtype))
         slot = slots[turn[0]]
-        turn[0] = (turn[0] + 1) % SLOTS
-        if slot.done is not None:
-            slot.done.synchronize()  # long done: SLOTS - 1 copies were queued after it
+        turn[0] = (turn[0] + 1) % len(slots)
         return slot
+
+    def _new(self, size: int, dtype: torch.dtype) -> _Slot:
+        self.buffers += 1
+        return _Slot(self._buffer(size, dtype))
 
     @staticmethod
     def _buffer(size: int, dtype: torch.dtype) -> torch.Tensor:
@@ -66,7 +72,7 @@ class Staging:
 
     def from_device(self, values: torch.Tensor) -> torch.Tensor:
         """A host tensor that holds `values` once the GPU's queued work is done (record an event after
-        this to know when). It stays valid for SLOTS - 1 more calls of its size: read it before."""
+        this to know when). It stays valid for at least SLOTS - 1 more calls of its size: read it before."""
         if self.device.type != "cuda":
             return values
         slot = self._slot(values.dtype, values.numel())
