@@ -876,6 +876,7 @@ def run_matrix(args, model_dir: Path, label: str, dtype: str, counts: dict, budg
             stats = record["server_stats"] or {}
             summary["front_cpu_s"] = stats.get("front_cpu_seconds")
             summary["gc"] = stats.get("gc")  # the model process's collections: each stops its kernel launches
+            summary["gpu_allocator"] = stats.get("gpu_allocator")  # cudaMalloc/cudaFree calls and retries
             # Packed batches: their seconds and the host's part before each forward was launched.
             if stats.get("packed_seconds"):
                 summary["packed_s"] = stats["packed_seconds"]

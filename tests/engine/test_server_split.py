@@ -136,6 +136,7 @@ def test_a_pipelined_server_answers_as_one_that_is_not(servers):
         assert stats["pipelined"] is pipelined and stats["requests"] == len(REQUESTS)
         assert stats["packed_seconds"] > 0 and 0 < stats["busy_seconds"]
         assert stats["pace"]["gpu_seconds_per_token"] is None  # no GPU to time
+        assert stats["gpu_allocator"] is None  # the driver's allocations: on a GPU only
         gc_stats = stats["gc"]  # the model process's collections since its warm-up
         assert len(gc_stats["collections"]) == 3 and 0 <= gc_stats["longest_seconds"] <= sum(gc_stats["seconds"])
         assert (stats["pace"]["launch_seconds"] is not None) is pipelined

@@ -156,6 +156,14 @@ class Stats:
         on_gpu = self.device.startswith("cuda") and torch.cuda.is_available()
         data["peak_gpu_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device)) if on_gpu else None
         data["peak_gpu_memory_reserved_bytes"] = int(torch.cuda.max_memory_reserved(self.device)) if on_gpu else None
+        # The caching allocator's calls to the driver since the process began: a cudaMalloc can wait, a
+        # cudaFree or a retry (blocks freed to make room) waits for the whole GPU.
+        if on_gpu:
+            counts = torch.cuda.memory_stats(self.device)
+            names = ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_sync_all_streams")
+            data["gpu_allocator"] = {name[4:]: counts.get(name) for name in names}
+        else:
+            data["gpu_allocator"] = None
         # ru_maxrss is in kilobytes on Linux.
         data["peak_host_memory_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return data
