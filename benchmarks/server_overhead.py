@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_process_cpu_ms_per_request": round(1000 * cpu / n, 3),
         "front_process_cpu_ms_per_request": round(1000 * front_cpu / n, 3) if fronts else None,
         "sender_cpu_ms_per_request": round(1000 * client_cpu / n, 3),
+        "model_process_gc": after.get("gc"),  # its garbage collections since the warm-up (gc_clock.py)
     }))  # fmt: skip
     return 0
 
