@@ -13,7 +13,7 @@ import torch
 
 from benchmarks.helm_speed import efficiency, timeline_summary
 from evaluation.engine.server.batching import Limits, Scheduler, Work
-from evaluation.engine.server.generation import BatchGenerator, Launched, Row
+from evaluation.engine.server.generation import BatchGenerator, LaunchedBatch, Row
 from evaluation.engine.server.pipeline import Inflight, Pace, pipelining
 from evaluation.engine.server.stats import Stats
 from tests.engine.reference import STORE_BYTES, assert_like_generate, rows_for, serve
@@ -45,7 +45,7 @@ def test_a_launched_batch_is_filled_in_when_read_as_generate_fills_it(llama, pac
     generator.generate(rows, defer=True)
     assert (generator.graphs.served if generator.graphs else 1) == 1
     launched = generator.last_launched
-    assert isinstance(launched, Launched) and launched.ready()
+    assert isinstance(launched, LaunchedBatch) and launched.ready()
     assert generator.last_packed and not any(r.finished or r.tokens for r in rows)
     launched.finish()
     assert all(r.finished for r in rows)
@@ -75,7 +75,7 @@ class _Log:
 
     def __init__(self, generator: BatchGenerator, monkeypatch):
         self.events: list[tuple[str, int]] = []
-        generate, finish = generator.generate, Launched.finish
+        generate, finish = generator.generate, LaunchedBatch.finish
 
         def logged_generate(rows, joining=None, *, defer=False):
             out = generate(rows, joining, defer=defer)
@@ -87,7 +87,7 @@ class _Log:
             finish(launched)
 
         monkeypatch.setattr(generator, "generate", logged_generate)
-        monkeypatch.setattr(Launched, "finish", logged_finish)
+        monkeypatch.setattr(LaunchedBatch, "finish", logged_finish)
 
 
 def test_each_batch_is_read_after_the_next_one_is_launched(llama, packing, monkeypatch):
@@ -104,7 +104,7 @@ def test_each_batch_is_read_after_the_next_one_is_launched(llama, packing, monke
         scheduler._arrived(work.rows)
         scheduler._queue.put(work)
     timed: list[tuple[int, float]] = []
-    monkeypatch.setattr(Launched, "gpu_seconds", lambda launched: 0.012)  # as a GPU's events would say
+    monkeypatch.setattr(LaunchedBatch, "gpu_seconds", lambda launched: 0.012)  # as a GPU's events would say
     monkeypatch.setattr(scheduler.pace, "timed", lambda tokens, seconds: timed.append((tokens, seconds)))
     started = time.perf_counter()
     serve(scheduler, [decoding], [0.3])
@@ -130,13 +130,13 @@ def test_a_gathers_requests_are_answered_when_its_last_batch_is_read(llama, monk
     generator = BatchGenerator(llama.model, llama.tokenizer, prefix_store_bytes=STORE_BYTES)
     scheduler = Scheduler(generator, Stats(), Limits(), pipelined=True)
     answered: list[int] = []
-    finish = Launched.finish
+    finish = LaunchedBatch.finish
 
     def slow_finish(launched):
         assert not answered  # nothing is answered before its rows are read
         finish(launched)
 
-    monkeypatch.setattr(Launched, "finish", slow_finish)
+    monkeypatch.setattr(LaunchedBatch, "finish", slow_finish)
     scheduler.start()
     try:
         rows = _single(tokenizer, 0, 4)
@@ -156,7 +156,7 @@ def test_a_batch_that_cannot_be_read_fails_its_own_requests_only(llama, monkeypa
     tokenizer = llama.tokenizer
     generator = BatchGenerator(llama.model, llama.tokenizer, prefix_store_bytes=STORE_BYTES)
     scheduler = Scheduler(generator, Stats(), Limits(), pipelined=True)
-    finish, calls = Launched.finish, []
+    finish, calls = LaunchedBatch.finish, []
 
     def failing_once(launched):
         calls.append(1)
@@ -164,7 +164,7 @@ def test_a_batch_that_cannot_be_read_fails_its_own_requests_only(llama, monkeypa
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         finish(launched)
 
-    monkeypatch.setattr(Launched, "finish", failing_once)
+    monkeypatch.setattr(LaunchedBatch, "finish", failing_once)
     first, second = Work(_single(tokenizer, 0, 2)), Work(_single(tokenizer, 1, 2))
     serve(scheduler, [first, second], [0.0, 0.3])
     assert all(r.finish_reason == "error" and "illegal memory access" in r.error for r in first.rows)

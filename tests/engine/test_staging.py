@@ -55,8 +55,9 @@ def test_each_size_has_a_ring_whose_buffers_are_written_again_once_their_copy_is
 
 def test_answers_come_back_through_a_buffer_that_stays_until_the_ring_comes_round():
     rings = _Rings()
-    first = rings.from_device(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
-    later = [rings.from_device(torch.full((2, 2), float(i))) for i in range(staging.SLOTS - 1)]
+    first, copied = rings.from_device(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert copied is rings.events[0]  # the copy's own event: the caller waits for it before reading
+    later = [rings.from_device(torch.full((2, 2), float(i)))[0] for i in range(staging.SLOTS - 1)]
     assert first.tolist() == [[1.0, 2.0], [3.0, 4.0]] and all(t.shape == (2, 2) for t in later)
     for event in rings.events:
         event.finished = True
@@ -70,4 +71,7 @@ def test_without_a_gpu_values_are_copied_as_they_are():
     plain.to_device(array("q", [5, 6]), torch.long, out)
     assert out.tolist() == [5, 6, 0, 0] and plain.buffers == 0
     values = torch.ones(3)
-    assert plain.from_device(values) is values
+    host, event = plain.from_device(values)
+    assert event is None and host.tolist() == [1.0, 1.0, 1.0]
+    values.zero_()  # a copy: what the device side does next does not reach it (a decode step's next choices)
+    assert host.tolist() == [1.0, 1.0, 1.0]

@@ -152,14 +152,20 @@ def greedy_tail(head: torch.Tensor, chosen, tokens, positions, column, table, no
     return fused._run_kernel(launch, lambda: greedy_tail_torch(head, chosen, tokens, positions, column, table, now))
 
 
-def greedy_tail_torch(head: torch.Tensor, chosen, tokens, positions, column, table, now) -> torch.Tensor:
-    """`greedy_tail` in torch's operations (the CPU, fp32, `ENGINE_LEAN_STEP=0`, the kernel's reference)."""
-    logits = head.float()
+def write_choice(logits: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """chosen [3, rows] ← each row's greedy token, its logprob and whether its fp32 logits are all finite
+    (as `greedy_tail` lays them out for the host); returns the tokens."""
     logprobs, choice, finite = greedy_choice(logits)
     chosen[0].copy_(choice)
     chosen[1].copy_(logprobs.gather(1, choice[:, None])[:, 0])
     chosen[2].copy_(finite)
-    tokens.copy_(choice)
+    return choice
+
+
+def greedy_tail_torch(head: torch.Tensor, chosen, tokens, positions, column, table, now) -> torch.Tensor:
+    """`greedy_tail` in torch's operations (the CPU, fp32, `ENGINE_LEAN_STEP=0`, the kernel's reference)."""
+    logits = head.float()
+    tokens.copy_(write_choice(logits, chosen))
     positions.add_(1)
     column.add_(1)
     if table is not None:

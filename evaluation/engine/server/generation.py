@@ -21,7 +21,7 @@ import torch
 
 from evaluation.engine.server import decode_attention, fused, packed, packed_graphs, static_decode
 from evaluation.engine.server.attention import engine_attention
-from evaluation.engine.server.decode_step import greedy_choice
+from evaluation.engine.server.decode_step import greedy_choice, write_choice
 from evaluation.engine.server.kv_cache import PrefixStore, cache_tensors, expanded, gathered, map_cache
 from evaluation.engine.server.staging import Staging
 from evaluation.engine.server.static_decode import StaticDecoder
@@ -196,30 +196,26 @@ class Joining(Protocol):
 
 
 @dataclass
-class Launched:
+class LaunchedBatch:
     """A packed batch of greedy rows whose forward and choice are queued on the GPU: `finish` waits for
     them and fills in the rows. Meanwhile the host can make the next batch ready (Scheduler)."""
 
     rows: list[Row]
-    results: torch.Tensor  # [3, rows] fp32 on the host once `event` has passed: token, its logprob, finite
-    event: Any  # a torch.cuda.Event recorded after the copy, or None: `results` are there already
+    choices: static_decode.Launched  # each row's token, its logprob and finiteness, as a decode step's
     record: Callable[[list[Row], list[int], list[float], list[bool]], None]
     start: Any = None  # a torch.cuda.Event recorded before the batch's first GPU work
 
     def gpu_seconds(self) -> float | None:
         """The GPU's seconds from the batch's first work to its answers' copy (once finished)."""
-        if self.start is None or self.event is None:
+        if self.start is None or self.choices.event is None:
             return None
-        return self.start.elapsed_time(self.event) / 1000
+        return self.start.elapsed_time(self.choices.event) / 1000
 
     def ready(self) -> bool:
-        return self.event is None or self.event.query()
+        return self.choices.ready()
 
     def finish(self) -> None:
-        if self.event is not None:
-            self.event.synchronize()
-        tokens, chosen, finite = self.results.tolist()
-        self.record(self.rows, [int(t) for t in tokens], chosen, [f != 0 for f in finite])
+        self.record(self.rows, *self.choices.get())
 
 
 class BatchGenerator:
@@ -281,7 +277,7 @@ class BatchGenerator:
         self.last_prefix_fills: tuple[int, float] = (0, 0.0)
         self.last_captures = 0
         self.last_launch_steps: list[tuple[str, float]] = []  # within the launch (PackedGraphs.last_steps)
-        self.last_launched: Launched | None = None  # generate(defer=True) left this batch on the GPU
+        self.last_launched: LaunchedBatch | None = None  # generate(defer=True) left this batch on the GPU
         self.staging = Staging(self.device)  # pinned buffers for the launched batches' answers
         # Packed batches in chunks of a few fixed sizes, replayed as CUDA graphs (packed_graphs.py).
         self.graphs = None
@@ -563,18 +559,12 @@ class BatchGenerator:
         chosen = logprobs.gather(1, choices[:, None])[:, 0]
         self._record(rows, choices.tolist(), chosen.tolist(), finite.tolist())
 
-    def _launch_choice(self, logits: torch.Tensor, rows: list[Row], start: Any) -> Launched:
+    def _launch_choice(self, logits: torch.Tensor, rows: list[Row], start: Any) -> LaunchedBatch:
         """`_choose` for greedy rows, its results copied to the host behind the GPU's queued work."""
-        logprobs, choices, finite = greedy_choice(logits)
-        chosen = logprobs.gather(1, choices[:, None])[:, 0]
-        # Token ids are exact in fp32 (below 2**24): one copy for the three.
-        results = torch.stack([choices.float(), chosen, finite.float()])
-        if results.device.type != "cuda":
-            return Launched(rows, results, None, self._record)
-        host = self.staging.from_device(results)
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return Launched(rows, host, event, self._record, start)
+        chosen = torch.empty(3, len(rows), dtype=torch.float64, device=logits.device)
+        write_choice(logits, chosen)
+        choices = static_decode.Launched(*self.staging.from_device(chosen), len(rows))
+        return LaunchedBatch(rows, choices, self._record, start)
 
     def _record(self, rows: list[Row], choices: list[int], chosen: list[float], finite: list[bool]) -> None:
         for row, token, logprob, ok in zip(rows, choices, chosen, finite, strict=True):

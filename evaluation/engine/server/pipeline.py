@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from evaluation.engine.server.generation import Launched, Row
+    from evaluation.engine.server.generation import LaunchedBatch, Row
 
 # While a batch runs on the GPU, the model thread looks for the next batch's rows this often.
 POLL_SECONDS = 0.0005
@@ -34,7 +34,7 @@ def pipelining(device: str, setting: str | None = None) -> bool:
 class Inflight:
     """A packed batch left running on the GPU, read and recorded once the next batch is launched."""
 
-    launched: Launched
+    launched: LaunchedBatch
     batch: list[Row]
     began: float  # time.monotonic() at its start (the timeline)
     started: float  # time.perf_counter() at its start

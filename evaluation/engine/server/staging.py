@@ -12,6 +12,7 @@ size) instead of waiting.
 from __future__ import annotations
 
 from array import array
+from typing import Any
 
 import torch
 
@@ -55,7 +56,7 @@ class Staging:
         return torch.empty(size, dtype=dtype, pin_memory=True)
 
     def _copied(self, slot: _Slot) -> None:
-        slot.done = torch.cuda.Event()
+        slot.done = torch.cuda.Event(enable_timing=True)  # also the end of a batch's GPU time (Scheduler)
         slot.done.record()
 
     def to_device(self, values: array, dtype: torch.dtype, out: torch.Tensor) -> None:
@@ -70,13 +71,13 @@ class Staging:
         out[: len(values)].copy_(part, non_blocking=True)
         self._copied(slot)
 
-    def from_device(self, values: torch.Tensor) -> torch.Tensor:
-        """A host tensor that holds `values` once the GPU's queued work is done (record an event after
-        this to know when). It stays valid for at least SLOTS - 1 more calls of its size: read it before."""
+    def from_device(self, values: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """A host tensor that holds `values` once the event (None: at once, on a CPU) has passed. It stays
+        valid for at least SLOTS - 1 more calls of its size: read it before."""
         if self.device.type != "cuda":
-            return values
+            return values.clone(), None
         slot = self._slot(values.dtype, values.numel())
         part = slot.buffer[: values.numel()].view(values.shape)
         part.copy_(values, non_blocking=True)
         self._copied(slot)
-        return part
+        return part, slot.done

@@ -172,6 +172,9 @@ class Launched:
     def __init__(self, host: torch.Tensor, event: Any, rows: int):
         self.host, self.event, self.rows = host, event, rows
 
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
     def get(self) -> tuple[list[int], list[float], list[bool]]:
         if self.event is not None:
             self.event.synchronize()
@@ -451,14 +454,7 @@ class StaticDecoder:
         assert b is not None
         self._run(b)
         # Each queued step's choices in a pinned buffer of their own until read (a step behind).
-        host = self.staging.from_device(b.chosen)
-        if not b.chosen.is_cuda:
-            host = host.clone()  # on the CPU `from_device` gives the buffer itself, which the next step overwrites
-        event = None
-        if b.chosen.is_cuda:
-            event = torch.cuda.Event()
-            event.record()
-        return Launched(host, event, self.rows)
+        return Launched(*self.staging.from_device(b.chosen), self.rows)
 
     def release(self) -> None:
         self.buffers = None
