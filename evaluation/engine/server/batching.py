@@ -568,15 +568,19 @@ class Scheduler:
             self._settle()
             self._after_out_of_memory(self._unanswered(batch + self.generator.last_joined), out_of_memory)
             return
-        facts = self._facts(batch)
+        facts = self._facts()
+        computed = 0  # prompt tokens the forward computed (a single-token batch's, for the fill and the pace)
+        if _single_token(batch):
+            computed = sum(len(r.prompt_ids) for r in batch) - facts["skipped_tokens"]
+            if self.limits.fill_tokens and self.generator.packing:
+                self._tokens_per_row = max(computed, len(batch)) / len(batch)
         launched = self.generator.last_launched
         # The batch before is read now: this one's work is queued behind it.
         self._settle()
         cpu_seconds = time.thread_time() - cpu_started
         if launched is not None:
-            tokens = sum(len(r.prompt_ids) for r in batch) - facts["skipped_tokens"]
-            done_by = self.pace.launched(started, tokens, facts["packed"]["launch"])
-            self._inflight = Inflight(launched, batch, began, started, cpu_seconds, facts, tokens, done_by)
+            done_by = self.pace.launched(started, computed, facts["packed"]["launch"])
+            self._inflight = Inflight(launched, batch, began, started, cpu_seconds, facts, computed, done_by)
         else:
             self._record(batch, began, started, cpu_seconds, facts)
 
@@ -603,12 +607,9 @@ class Scheduler:
         for item in inflight.items:
             self._answer(item)
 
-    def _facts(self, batch: list[Row]) -> dict:
+    def _facts(self) -> dict:
         """The generator's figures of the batch it just ran or launched (the next one overwrites them)."""
         g = self.generator
-        if self.limits.fill_tokens and g.packing and _single_token(batch):
-            computed = sum(len(r.prompt_ids) for r in batch) - g.last_skipped_tokens
-            self._tokens_per_row = max(computed, len(batch)) / len(batch)
         times = getattr(g, "last_decode_times", None) or {}
         return {
             "joined": len(g.last_joined),
