@@ -208,6 +208,16 @@ def test_the_pace_says_when_the_gpu_is_done_and_when_to_launch_behind_it():
     assert pace.gather_until(_inflight(False, second)) == pytest.approx(second - pace.launch)
 
 
+def test_the_pace_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("ENGINE_PACE", "0")
+    pace = Pace()
+    pace.timed(1000, 0.020)
+    done_by = pace.launched(started=11.0, tokens=1000, launch_seconds=0.004)
+    assert done_by is not None and pace.gather_until(_inflight(False, done_by)) is None  # until it is done
+    monkeypatch.delenv("ENGINE_PACE")
+    assert Pace().enabled
+
+
 @pytest.mark.parametrize("paced", [False, True])
 def test_a_gather_beside_a_running_batch_ends_in_time_to_launch_behind_it(llama, paced):
     scheduler = Scheduler(BatchGenerator(llama.model, llama.tokenizer), Stats(), Limits(),

@@ -322,7 +322,7 @@ class ModelService(Frontend):
         data["pipelined"] = self.scheduler.pipelined
         data["gc"] = self.gc_clock.snapshot()  # the model process's collections since the warm-up
         pace = self.scheduler.pace  # what the pipelined gathers went by (pipeline.Pace)
-        data["pace"] = {"gpu_seconds_per_token": pace.gpu_per_token, "launch_seconds": pace.launch}
+        data["pace"] = {"on": pace.enabled, "gpu_seconds_per_token": pace.gpu_per_token, "launch_seconds": pace.launch}
         static = self.generator.static
         data["decode"] = {
             "mode": "dynamic"

@@ -50,7 +50,11 @@ class Pace:
     and of the host's seconds from a batch's start to its launch; from them, when the GPU should be done
     with the batches queued on it, and when the next gather must end to be launched by then."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool | None = None) -> None:
+        # `ENGINE_PACE=0`: gathers beside a running batch last until it is done (for comparisons).
+        if enabled is None:
+            enabled = os.environ.get("ENGINE_PACE", "1").strip().lower() not in ("0", "off", "false")
+        self.enabled = enabled
         self.gpu_per_token: float | None = None
         self.launch: float | None = None
         self._free_at = 0.0  # perf_counter() by which the GPU should be done with what is queued
@@ -78,6 +82,6 @@ class Pace:
     def gather_until(self, inflight: Inflight) -> float | None:
         """When the gather beside `inflight` should end so that its batch is launched by the time the GPU
         is done (None: until it is done)."""
-        if inflight.done_by is None or self.launch is None:
+        if not self.enabled or inflight.done_by is None or self.launch is None:
             return None
         return inflight.done_by - self.launch
