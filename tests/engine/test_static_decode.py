@@ -148,3 +148,87 @@ def test_a_model_attending_eagerly_decodes_as_generate(tiny_llama_dir):
     assert generator.static is not None
     generator.generate(rows)
     assert_like_generate(model, tokenizer, rows)
+
+
+def test_the_standing_shape_takes_half_the_room_in_whole_column_steps():
+    columns = static_decode.standing_columns
+    # A 1.1 B model under 24 GB: 162,853 cache tokens of room, 2,048 positions.
+    assert columns(162_853, 2048, graphs=True) == 1152
+    assert columns(10**7, 2048, graphs=True) == 2048  # never past the model's positions
+    assert columns(10**7, 2000, graphs=True) == 2048  # ... rounded up to a whole step, as any shape
+    assert columns(8_000, 4096, graphs=True) == 0  # a 6.7 B model's room: too narrow to serve
+    assert columns(162_853, 2048, graphs=False) == 0  # auto: only where steps run as graphs
+    assert columns(162_853, 2048, graphs=False, setting="1") == 1152
+    assert columns(162_853, 2048, graphs=True, setting="0") == 0
+
+
+def _standing(llama, room_tokens: int) -> BatchGenerator:
+    generator = BatchGenerator(llama.model, llama.tokenizer, decode="static")
+    generator.static.prepare(standing_columns=256, room_tokens=room_tokens)
+    assert (generator.static.standing.rows, generator.static.standing.columns) == (64, 256)
+    return generator
+
+
+def test_a_wide_batch_steps_in_the_standing_shape_and_a_narrow_one_beside_it(llama):
+    model, tokenizer = llama.model, llama.tokenizer
+    generator = _standing(llama, room_tokens=64 * 256 + 8 * 128)
+    standing = generator.static.standing
+    wide = rows_for(tokenizer, (PROMPTS * 6)[:33], max_new_tokens=4)  # bucket 48: in the standing shape
+    generator.generate(wide)
+    assert generator.static.buffers is standing
+    narrow = rows_for(tokenizer, PROMPTS, max_new_tokens=4)  # bucket 8: its attention splits its own way
+    generator.generate(narrow)
+    assert generator.static.buffers is not standing and generator.static.buffers.rows == 8
+    assert generator.static.standing is standing  # both fit the room
+    generator.generate(wide[:25])  # the standing shape again, refilled: nothing of the wide batch left
+    assert generator.static.buffers is standing
+    assert_like_generate(model, tokenizer, wide[:7] + narrow + wide[25:27])
+    generator.release_memory()
+    assert generator.static.standing is None and generator.static.buffers is None
+
+
+def test_the_standing_shape_goes_when_another_shape_would_not_fit_beside_it(llama):
+    generator = _standing(llama, room_tokens=64 * 256)
+    rows = rows_for(llama.tokenizer, PROMPTS, max_new_tokens=3)
+    generator.generate(rows)
+    assert generator.static.standing is None and generator.static.buffers.rows == 8
+    assert_like_generate(llama.model, llama.tokenizer, rows)
+
+
+def test_a_batch_longer_than_the_standing_shape_gets_its_own(llama):
+    generator = _standing(llama, room_tokens=10**6)
+    rows = rows_for(llama.tokenizer, (PROMPTS * 6)[:33], max_new_tokens=2)
+    rows[0].max_new_tokens = 250  # its prompt and new tokens: past 256 columns
+    generator.generate(rows)
+    assert generator.static.buffers is not generator.static.standing
+    assert generator.static.buffers.columns > 256 and generator.static.standing is not None
+
+
+@pytest.mark.parametrize("room", [64 * 256, 10**6])
+def test_rows_joining_past_the_standing_shape_move_the_batch_out_of_it(llama, room):
+    from tests.engine.test_joining import Arrivals
+
+    model, tokenizer = llama.model, llama.tokenizer
+    generator = _standing(llama, room_tokens=room)
+    first = rows_for(tokenizer, (PROMPTS * 6)[:30], max_new_tokens=6)
+    later = rows_for(tokenizer, PROMPTS[:2], max_new_tokens=240)  # past 256 columns
+    generator.generate(first, Arrivals({2: later}))
+    assert generator.last_joined and generator.static.buffers.columns > 256
+    # The standing shape stays only while both fit the room.
+    assert (generator.static.standing is not None) == (room > 64 * 256)
+    assert_like_generate(model, tokenizer, first[:3] + later)
+
+
+def test_the_servers_warm_up_makes_the_standing_shape_from_its_limits(llama, monkeypatch):
+    from evaluation.engine.server.app import ModelService
+    from evaluation.engine.server.batching import Limits
+
+    monkeypatch.setenv("ENGINE_DECODE_STANDING", "1")  # auto: only where steps run as graphs (a GPU)
+    service = ModelService(llama, Limits(max_batch_size=64, max_batch_tokens=2 * 64 * 300), decode="static")
+    service.warm_up()
+    decode = service.stats_snapshot()["decode"]
+    assert decode["standing"] == [64, 256] and decode["graph_captures"] == 0
+    rows = rows_for(llama.tokenizer, (PROMPTS * 6)[:30], max_new_tokens=3)
+    service.scheduler.run(rows)
+    assert service.generator.static.buffers is service.generator.static.standing
+    assert_like_generate(llama.model, llama.tokenizer, rows[:6])

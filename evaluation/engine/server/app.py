@@ -309,7 +309,8 @@ class ModelService(Frontend):
         decode steps' kernels and their capture stream are warmed without a graph (prepare_graphs)."""
         self.generator.time_warm_up("forward", self.scheduler.run, [Row(prompt_ids=list(self.empty_prompt_ids),
                                                                         max_new_tokens=1)])  # fmt: skip
-        self.generator.prepare_graphs()  # while HELM starts, not in the first batches
+        # While HELM starts, not in the first batches.
+        self.generator.prepare_graphs(room_tokens=self.scheduler.limits.max_batch_tokens)
         # The counters describe the evaluation, not the warm-up; the pace too (its batch is a token).
         self.stats = self.scheduler.stats = Stats(device=self.loaded.device)
         self.scheduler.pace = Pace()
@@ -328,8 +329,12 @@ class ModelService(Frontend):
             "mode": "dynamic"
             if static is None
             else ("static" if not static.use_graphs or static.graph_failed else "cuda-graphs"),
-            "graph_captures": static.captures if static is not None else 0,
-            "graph_capture_seconds": round(static.capturer.seconds, 6) if static is not None else 0.0,
+            # The evaluation's captures: not the warm-up's (the standing shape's).
+            "graph_captures": static.captures - static.prepared[0] if static is not None else 0,
+            "graph_capture_seconds": round(static.capturer.seconds - static.prepared[1], 6)
+            if static is not None
+            else 0.0,
+            "standing": [static.standing.rows, static.standing.columns] if static and static.standing else None,
             "rope_attend": decode_attention.rope_attend_state(static.model) if static is not None else None,
         }
         # Packed batches replayed as CUDA graphs, and the captures batches waited for (not the warm-up's).

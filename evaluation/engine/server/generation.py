@@ -384,10 +384,11 @@ class BatchGenerator:
         if self.graphs is not None:
             self.graphs.release()
 
-    def prepare_graphs(self) -> None:
+    def prepare_graphs(self, room_tokens: int = 0) -> None:
         """The server's warm-up: capture the packed batches' graphs as a batch would run them, compile
-        the prefix merge and the decode steps' attention kernels and run the decode graphs' warm-up
-        steps."""
+        the prefix merge and the decode steps' attention kernels, run the decode graphs' warm-up
+        steps and make the standing decode shape (static_decode.standing_columns of `room_tokens`,
+        the cache tokens a decoding batch may hold)."""
         with self._running():
             if self.graphs is not None:  # its captures run the prefix merge too
                 self.time_warm_up("packed_graphs", self.graphs.prepare)
@@ -395,7 +396,9 @@ class BatchGenerator:
                 self.time_warm_up("prefix_merge", fused.prepare_merge, self.model)
             if self.static is not None:
                 self.time_warm_up("decode_kernels", decode_attention.prepare, self.model)
-                self.time_warm_up("decode_steps", self.static.prepare)
+                positions = getattr(self.model.config, "max_position_embeddings", None)
+                standing = static_decode.standing_columns(room_tokens, positions, self.static.use_graphs)
+                self.time_warm_up("decode_steps", self.static.prepare, standing, room_tokens)
                 if warm_decode_prefill:
                     self.time_warm_up("decode_prefill", self.warm_decode_prefill)
 

@@ -21,6 +21,7 @@ makes the greedy choice and the next step's inputs.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -34,6 +35,29 @@ log = logging.getLogger(__name__)
 
 ROW_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 COLUMN_STEP = 128
+# The standing shape's rows (`StaticDecoder.prepare`), and the smallest bucket that steps in it: a
+# smaller batch keeps a shape of its own, whose attention splits each row among more programs (an
+# H100's 132 SMs over 64 rows' 4 key/value heads take one split a row; 8 rows' would take five).
+STANDING_ROWS = 64
+STANDING_MIN_BUCKET = 32
+# A standing shape narrower than this would serve few decoding batches: none is made.
+STANDING_MIN_COLUMNS = 256
+
+
+def standing_columns(room_tokens: int, max_positions: int | None, graphs: bool, setting: str | None = None) -> int:
+    """`ENGINE_DECODE_STANDING` (auto: where decode steps run as graphs; 1: anywhere, the tests; 0: off):
+    the standing shape's columns, as many as half of `room_tokens` (the cache tokens a decoding batch
+    may hold, Limits.max_batch_tokens) give STANDING_ROWS rows, no more than the model's positions;
+    0 for none. A 1.1 B model under 24 GB: 64 × 1,152 (1.7 GB); a 6.7 B one: none (the room is ~8k)."""
+    value = (os.environ.get("ENGINE_DECODE_STANDING", "auto") if setting is None else setting).strip().lower()
+    if value in ("0", "off", "false") or (value not in ("1", "on", "true") and not graphs):
+        return 0
+    columns = room_tokens // 2 // STANDING_ROWS // COLUMN_STEP * COLUMN_STEP
+    if max_positions:
+        columns = min(columns, _columns(max_positions))
+    return columns if columns >= STANDING_MIN_COLUMNS else 0
+
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
@@ -190,6 +214,10 @@ class StaticDecoder:
         self.inner = model.model
         self.use_graphs = use_graphs
         self.buffers: _Buffers | None = None
+        # Buffers and graph made at the server's warm-up for the batches that fit them (`prepare`).
+        self.standing: _Buffers | None = None
+        self._room = 0  # cache tokens the standing shape and another may hold together
+        self.prepared = (0, 0.0)  # the warm-up's captures and their seconds
         # Each shape's own memory pool: one shape at a time, the old one's memory goes with its buffers.
         self.capturer = cuda_graphs.Capturer(shared_pool=False)
         self.graph_failed = False
@@ -246,19 +274,36 @@ class StaticDecoder:
         return self.capturer.captures
 
     @torch.inference_mode()
-    def prepare(self) -> None:
+    def prepare(self, standing_columns: int = 0, room_tokens: int = 0) -> None:
         """The server's warm-up: two eager steps of one row on the capture stream, which the first
         capture would otherwise run inside an evaluation (cuBLAS's workspace on that stream, the
-        step's kernels loaded: two steps' host time of the first decode batch; not yet measured). No
-        graph: a one-row shape is one later batches rarely have, and each shape captures its own."""
-        if not self.use_graphs or self.graph_failed or self.capturer.warmed:
+        step's kernels loaded: two steps' host time of the first decode batch). No graph for that
+        one-row shape, which later batches rarely have. `standing_columns`: then the standing shape,
+        STANDING_ROWS × those columns, made and captured here; a decoding batch of STANDING_MIN_BUCKET
+        rows or more that fits it steps in it, with no buffers to make and no graph to capture
+        (14-35 ms of a 1.1 B generation batch's ~80 ms start, docs/benchmarks.md, session 18). Kept
+        beside another batch's shape while both hold no more than `room_tokens` of cache."""
+        if self.use_graphs and not self.graph_failed and not self.capturer.warmed:
+            b = _Buffers(self.model, 1, COLUMN_STEP, self._model_like(), len(self.inner.layers))
+            b.mask[:, 0, 0, 0] = True  # the row attends to its own first column, as a padding row does
+            try:
+                self.capturer.warm_up(lambda: self._forward(b))
+            except Exception:  # the server still starts: the first capture then warms up itself
+                log.warning("decode warm-up steps failed", exc_info=True)
+        if standing_columns <= 0 or self.graph_failed:
             return
-        b = _Buffers(self.model, 1, COLUMN_STEP, self._model_like(), len(self.inner.layers))
-        b.mask[:, 0, 0, 0] = True  # the row attends to its own first column, as a padding row does
-        try:
-            self.capturer.warm_up(lambda: self._forward(b))
-        except Exception:  # the server still starts: the first capture then warms up itself
-            log.warning("decode warm-up steps failed", exc_info=True)
+        if self._like is None:
+            self._like, self._layers = self._model_like(), len(self.inner.layers)
+        self._room = room_tokens
+        self.buffers = None
+        self.buffers = self.standing = self._shape(STANDING_ROWS, _columns(standing_columns))
+        self.prepared = (self.captures, self.capturer.seconds)
+
+    def _fits_standing(self, bucket: int, columns: int) -> bool:
+        s = self.standing
+        if s is None or (self.use_graphs and s.graph is None):  # its graph was dropped (_unbounded)
+            return False
+        return STANDING_MIN_BUCKET <= bucket <= s.rows and columns <= s.columns
 
     def _model_like(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Empty tensors of a layer's keys' and values' shapes and dtype, from the model's config."""
@@ -276,15 +321,25 @@ class StaticDecoder:
         made after it, among the prefill's freed activations and beside its cache, a 6.7 B batch's ran
         out of memory under a 24 GB budget with 2.6 GiB reserved and unallocated (session 17)."""
         bucket, columns = row_bucket(rows), _columns(width + max_new_tokens)
+        if self._fits_standing(bucket, columns):
+            self.buffers = self.standing
+            return self.buffers
         old = self.buffers
         dropped_graph = old is not None and old.graph is None and self.use_graphs and not self.graph_failed
         if old is not None and ((old.rows, old.columns) != (bucket, columns) or dropped_graph):
             # One shape at a time: the budget of a small track has no room for several caches.
             self.buffers = None
+        self._keep_standing(bucket * columns)
         if self._like is None:
             self._like, self._layers = self._model_like(), len(self.inner.layers)
         self.buffers = self._shape(bucket, columns)
         return self.buffers
+
+    def _keep_standing(self, tokens: int) -> None:
+        """Before a shape of `tokens` cache tokens is made: the standing one goes unless both fit the room."""
+        s = self.standing
+        if s is not None and (s.rows * s.columns + tokens > self._room or (self.use_graphs and s.graph is None)):
+            self.standing = None
 
     def _shape(self, bucket: int, columns: int) -> _Buffers:
         """Buffers of this shape, with their graph: the current ones, or new ones (whose contents the
@@ -385,6 +440,8 @@ class StaticDecoder:
         self.rows, self.end = used, end
 
     def _grown(self, old: _Buffers, bucket: int, columns: int, shift: int) -> _Buffers:
+        if (bucket, columns) != (old.rows, old.columns):
+            self._keep_standing(bucket * columns)
         new = self._shape(bucket, columns)  # the old buffers themselves if only a shift is needed
         rows, width = self.rows, self.column
         # The running rows' columns: dim 2 of keys and values [rows, heads, columns, dim], dim 3 of the
@@ -457,4 +514,4 @@ class StaticDecoder:
         return Launched(*self.staging.from_device(b.chosen), self.rows)
 
     def release(self) -> None:
-        self.buffers = None
+        self.buffers = self.standing = None
