@@ -305,8 +305,9 @@ class ModelService(Frontend):
     def warm_up(self) -> None:
         """One tiny forward so the first real request does not pay for kernel set-up. One token only:
         a decode batch would capture a CUDA graph for one row, a shape later decode batches rarely
-        have (the first decoding batch captures its own), while every evaluation waits for it; the
-        decode steps' kernels and their capture stream are warmed without a graph (prepare_graphs)."""
+        have, while every evaluation waits for it; the decode steps' kernels and their capture stream
+        are warmed without a graph, and the standing decode shape's graph is captured, where the
+        limits leave room for one (prepare_graphs, static_decode.standing_columns)."""
         self.generator.time_warm_up("forward", self.scheduler.run, [Row(prompt_ids=list(self.empty_prompt_ids),
                                                                         max_new_tokens=1)])  # fmt: skip
         # While HELM starts, not in the first batches.
