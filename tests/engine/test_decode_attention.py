@@ -304,3 +304,15 @@ def test_prepare_checks_rope_attend_and_readies_attend_only_where_it_is_off(tiny
     decode_attention.prepare(loaded.model)
     assert decode_attention.rope_inside is agrees
     assert splits == ([1, 3] if agrees else [1, 2])  # the check's comparisons, or the compile loop's
+
+
+def test_the_warm_up_reads_the_bounds_of_its_prefills_masks(tiny_llama_dir, bounded, monkeypatch):
+    """The first decoding batch's start spent 16 ms in `row_bounds` (its kernels' first launches), later
+    batches 0.5 ms (session 21, an H100): the warm-up runs it on its prefills' left-padded masks."""
+    loaded = _load(tiny_llama_dir)
+    generator = BatchGenerator(loaded.model, loaded.tokenizer, decode="static")
+    seen = []
+    real = decode_attention.row_bounds
+    monkeypatch.setattr(decode_attention, "row_bounds", lambda mask: seen.append(mask.shape) or real(mask))
+    generator.warm_decode_prefill()
+    assert seen == [(2, 8), (16, 48)]

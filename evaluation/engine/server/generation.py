@@ -405,11 +405,15 @@ class BatchGenerator:
     def warm_decode_prefill(self) -> None:
         """Prefills as decoding batches and their joins start (rows padded on the left, an attention
         mask, a Hugging Face cache), at two sizes: a new server process ran that path for the first
-        time inside the evaluation's first decoding batch (kernels loaded, transformers' mask code)."""
+        time inside the evaluation's first decoding batch (kernels loaded, transformers' mask code).
+        Then the bounds of each one's mask, as the static decoder's start reads them: the first
+        decoding batch's start took 16 ms in them against 0.5 ms in later batches (the kernels'
+        first launches; an H100, docs/benchmarks.md, session 21)."""
         vocab = self.model.config.vocab_size
         for rows, length in ((2, 8), (16, 48)):
             seqs = [[1 + (7 * i + j) % (vocab - 1) for j in range(length - i % 3)] for i in range(rows)]
-            self._prefill([PrefixGroup([Row(prompt_ids=s, max_new_tokens=2) for s in seqs])], True, False)
+            mask = self._prefill([PrefixGroup([Row(prompt_ids=s, max_new_tokens=2) for s in seqs])], True, False)[3]
+            decode_attention.row_bounds(mask)
 
     def time_warm_up(self, part: str, prepare, *args) -> None:
         """Run one part of the server's warm-up; its seconds (the GPU's work included) go to
