@@ -48,7 +48,10 @@ def standing_columns(room_tokens: int, max_positions: int | None, graphs: bool, 
     """`ENGINE_DECODE_STANDING` (auto: where decode steps run as graphs; 1: anywhere, the tests; 0: off):
     the standing shape's columns, as many as half of `room_tokens` (the cache tokens a decoding batch
     may hold, Limits.max_batch_tokens) give STANDING_ROWS rows, no more than the model's positions;
-    0 for none. A 1.1 B model under 24 GB: 64 × 1,152 (1.7 GB); a 6.7 B one: none (the room is ~8k)."""
+    0 for none. A 1.1 B model under 24 GB: 64 × 1,152 (1.7 GB); a 6.7 B one: none (the room is ~8k).
+    The room is 60 % of the free memory over a token's cache and activations (batching.default_limits),
+    so the standing shape holds under 30 % of it, beside the other batches' own shares of the rest;
+    out of memory, the server lets it go (BatchGenerator.release_memory)."""
     value = (os.environ.get("ENGINE_DECODE_STANDING", "auto") if setting is None else setting).strip().lower()
     if value in ("0", "off", "false") or (value not in ("1", "on", "true") and not graphs):
         return 0
