@@ -200,7 +200,10 @@ def test_with_fused_layers_the_residual_sums_deferred_to_the_next_norm_give_the_
     monkeypatch.setattr(fused, "layer_parts", lambda *a, **k: parts.append(a[2] is not None) or layer_parts(*a, **k))
     rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
     generator.generate(rows)
-    assert generator.graphs.served == 1 and sum(parts) == model.config.num_hidden_layers - 1
+    # The batch's forward and each prefix's fill (PackedGraphs.prefix_cache) run the same layers.
+    forwards = generator.last_prefix_fills[0] + 1
+    assert forwards > 1 and len(parts) == forwards * model.config.num_hidden_layers
+    assert generator.graphs.served == 1 and sum(parts) == forwards * (model.config.num_hidden_layers - 1)
     assert_like_generate(model, tokenizer, rows)
 
 
@@ -270,9 +273,9 @@ def test_graphs_prepared_at_warm_up_serve_the_batches_without_more_captures(load
     graphs.use_graphs = True
     monkeypatch.setattr(graphs.capturer, "_capture", _stand_in_capture(graphs))
     service.warm_up()
-    assert graphs.prepared == graphs.captures == len(packed_graphs.CHUNKS)
+    assert graphs.prepared == graphs.captures == len(packed_graphs.CHUNKS) + len(packed_graphs.FILL_SIZES)
     # Each replayed once at warm-up: a graph's first replay uploads it, which no batch should wait for.
-    assert [g.graph.replays for g in graphs.graphs.values()] == [1] * len(packed_graphs.CHUNKS)
+    assert [g.graph.replays for g in graphs.graphs.values()] == [1] * graphs.prepared
     assert graphs.capacity == packed_graphs.PREPARED_CAPACITY
     rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
     service.scheduler.run(rows)
@@ -306,7 +309,7 @@ def test_the_warm_up_captures_the_forward_the_batches_run_fused_layers_included(
 
     monkeypatch.setattr(graphs.capturer, "_capture", capture)
     service.warm_up()
-    assert fused_when_captured == [True] * len(packed_graphs.CHUNKS)
+    assert fused_when_captured == [True] * (len(packed_graphs.CHUNKS) + len(packed_graphs.FILL_SIZES))
 
 
 def test_only_the_first_capture_and_a_retry_run_warm_up_forwards(monkeypatch):
@@ -353,3 +356,41 @@ def test_the_host_benchmark_times_packed_batches_through_the_graphs(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["packed_by_graphs"] == 3 + 4  # the three that store the prefixes, then the timed ones
     assert 0 < result["launch_ms_a_batch"] < result["ms_a_batch"]
+
+
+def test_a_prefix_filled_by_a_replay_keeps_the_keys_and_values_a_model_call_gives(loaded, graphs_on):
+    from evaluation.engine.server.kv_cache import cache_tensors
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+    tokens = tokenizer(run_prompts(0, 1)[0])["input_ids"][:40]
+    with generator._running():
+        cache = generator.graphs.prefix_cache(tokens)
+        reference = model(input_ids=torch.tensor([tokens]), use_cache=True).past_key_values
+    assert next(iter(generator.graphs.graphs)).kv  # its own shape, which keeps what it computed
+    assert cache.get_seq_length() == len(tokens)
+    for (k, v), (rk, rv) in zip(cache_tensors(cache), cache_tensors(reference), strict=True):
+        assert k.shape == rk.shape == (1, rk.shape[1], len(tokens), rk.shape[3]) and k.is_contiguous()
+        torch.testing.assert_close(k, rk, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v, rv, atol=1e-5, rtol=1e-5)
+
+
+def test_new_prefixes_are_filled_by_replays_unless_turned_off(loaded, graphs_on, monkeypatch):
+    model, tokenizer = loaded.model, loaded.tokenizer
+    fills = []  # what each call gave: a cache, or None (the model call then)
+    real = packed_graphs.PackedGraphs.prefix_cache
+    monkeypatch.setattr(packed_graphs.PackedGraphs, "prefix_cache",
+                        lambda self, tokens: fills.append(real(self, tokens)) or fills[-1])  # fmt: skip
+    for on in (True, False):
+        monkeypatch.setattr(packed_graphs, "fill_prefixes", on)
+        fills.clear()
+        generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
+        rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
+        generator.generate(rows)
+        assert generator.last_packed and len(fills) == generator.last_prefix_fills[0] == 3
+        # Off, the same calls answer None and each prefix is a model call of its own, as before.
+        assert [cache is not None for cache in fills] == [on] * 3
+        assert_like_generate(model, tokenizer, rows)
+    assert (
+        packed_graphs.PackedGraphs(model, use_graphs=False).prefix_cache([1] * (packed_graphs.CHUNKS[-1] + 1)) is None
+    )

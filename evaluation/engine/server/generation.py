@@ -430,8 +430,10 @@ class BatchGenerator:
         for group in groups:
             if group.length and group.cache is None:
                 tokens = group.rows[0].prompt_ids[: group.length]
-                prefix = torch.tensor([tokens], dtype=torch.long, device=self.device)
-                group.cache = self.model(input_ids=prefix, use_cache=True, **self._keep(1)).past_key_values
+                group.cache = self.graphs.prefix_cache(tokens) if self.graphs is not None else None
+                if group.cache is None:
+                    prefix = torch.tensor([tokens], dtype=torch.long, device=self.device)
+                    group.cache = self.model(input_ids=prefix, use_cache=True, **self._keep(1)).past_key_values
                 if self.prefixes is not None:
                     self.prefixes.add(tokens, group.cache)
                 count += 1

@@ -231,13 +231,21 @@ class StaticPlan:
     prefix_values: list[torch.Tensor]
     host: tuple[list[int], list[int], list[int]] = ([], [], [])
     layers_seen: set[int] = field(default_factory=set)
+    # A prefix's fill (PackedGraphs.prefix_cache): each layer's rotated keys and values [tokens, kv_heads,
+    # dim] are written here, as a cache would keep them; such a plan has no prefix buffers to attend to.
+    kv_out: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def attend(self, layer: int, query, key, value, scaling) -> torch.Tensor:
+        if self.kv_out is not None:
+            self.kv_out[0][layer].copy_(key[0].transpose(0, 1))
+            self.kv_out[1][layer].copy_(value[0].transpose(0, 1))
         if not _varlen_usable(query):
             return _bucketed_attention(self._portable(layer), layer, query, key, value, scaling)
         q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)  # [tokens, heads, dim]
-        keys, values = self.prefix_keys[layer], self.prefix_values[layer]
         out, lse = _flash_varlen(q, k, v, self.own, self.max_own, self.own, self.max_own, True, scaling)
+        if not self.prefix_keys:
+            return out[None]
+        keys, values = self.prefix_keys[layer], self.prefix_values[layer]
         pre, pre_lse = _flash_varlen(
             q, keys, values, self.queries, self.max_queries, self.keys, self.max_keys, False, scaling
         )

@@ -57,6 +57,11 @@ MIN_LONGEST = 512
 # Prefix tokens `prepare` makes room for: a few runs' few-shot prefixes.
 PREPARED_CAPACITY = 4096
 MAX_GRAPHS = 32
+# `ENGINE_GRAPH_PREFIX_FILLS=0`: a few-shot prefix no batch stored is prefilled by a model call of its
+# own; by default by a replay that keeps its keys and values (PackedGraphs.prefix_cache). The warm-up
+# captures the fill shapes of prefixes up to these sizes (most few-shot prefixes of HELM's scenarios).
+fill_prefixes = os.environ.get("ENGINE_GRAPH_PREFIX_FILLS", "1") != "0"
+FILL_SIZES = (512, 1024)
 # Models up to this size are host-bound (session 10: a 1.1 B batch's host time about its GPU time);
 # larger ones spend most of a batch on the GPU already and keep the track's memory for their weights.
 AUTO_MAX_PARAMETERS = 3e9
@@ -79,6 +84,7 @@ class Shape:
     tokens: int
     rows: int
     longest: int
+    kv: bool = False  # a prefix's fill: its keys and values kept (PackedGraphs.prefix_cache)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,12 @@ def _size_for(rest: int, first_row: int) -> int:
     while size < first_row:
         size *= 2
     return size
+
+
+def _fill_shape(tokens: int) -> Shape:
+    """The shape a prefix of `tokens` is filled in: the chunk a batch of that one row would take."""
+    size = _size_for(tokens, tokens)
+    return Shape(size, rows_for(size), power_bucket(tokens, MIN_LONGEST), kv=True)
 
 
 def chunks_for(lengths: list[int]) -> list[Chunk] | None:
@@ -139,7 +151,7 @@ def layout(shape: Shape, lengths: list[int], group_ends: list[int], key_starts: 
 class _Graph:
     """One shape's inputs at fixed addresses, its plan, its graph and its logits."""
 
-    def __init__(self, shape: Shape, device: torch.device, prefix_keys, prefix_values, capacity: int):
+    def __init__(self, shape: Shape, device: torch.device, prefix_keys, prefix_values, capacity: int, kv_out=None):
         self.shape = shape
         t, r, g = shape.tokens, shape.rows, GROUPS
         self.longs = torch.zeros(2 * t + r, dtype=torch.long, device=device)  # ids, positions, kept rows
@@ -155,6 +167,7 @@ class _Graph:
             max_keys=capacity,
             prefix_keys=prefix_keys,
             prefix_values=prefix_values,
+            kv_out=kv_out,
         )
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
@@ -276,8 +289,11 @@ class PackedGraphs:
         _, kv_heads, head_dim = attention_shape(self.model.config)
         try:
             self._allocate(capacity, kv_heads, head_dim, head_dim, next(self.model.parameters()).dtype)
-            for size in CHUNKS:
-                g = self._graph(Shape(size, rows_for(size), MIN_LONGEST))
+            shapes = [Shape(size, rows_for(size), MIN_LONGEST) for size in CHUNKS]
+            if fill_prefixes:
+                shapes += [_fill_shape(n) for n in FILL_SIZES]
+            for shape in shapes:
+                g = self._graph(shape)
                 g.fill([], [], [], layout(g.shape, [], [], [0]), self.staging)  # all padding: only the shapes matter
                 if not self._captured(g):
                     return
@@ -331,9 +347,43 @@ class PackedGraphs:
             return g
         while len(self.graphs) >= MAX_GRAPHS:
             self.graphs.popitem(last=False)
-        g = _Graph(shape, self.device, self.prefix_keys, self.prefix_values, self.capacity)
+        if shape.kv:  # a prefix's fill attends to no prefix: its own buffers for what it keeps
+            _, kv_heads, head_dim = attention_shape(self.model.config)
+            dtype, layers = next(self.model.parameters()).dtype, len(self.inner.layers)
+            kv_out = tuple(
+                list(torch.empty(layers, shape.tokens, kv_heads, head_dim, dtype=dtype, device=self.device).unbind(0))
+                for _ in range(2)
+            )
+            g = _Graph(shape, self.device, [], [], 0, kv_out)
+        else:
+            g = _Graph(shape, self.device, self.prefix_keys, self.prefix_values, self.capacity)
         self.graphs[shape] = g
         return g
+
+    # --- a prefix's keys and values ----------------------------------------------------------
+
+    def prefix_cache(self, tokens: list[int]) -> Any | None:
+        """A few-shot prefix's keys and values as a Hugging Face cache, from one replay of a chunk shape
+        that keeps them (captured at the warm-up for prefixes of up to FILL_SIZES[-1] tokens), or None
+        where this path does not take it. The forward it replaces, a whole model call for one row,
+        cost the host 22-42 ms on an H100 (the first batches of each run, session 21's timelines)."""
+        if self.failed or not fill_prefixes or not tokens or len(tokens) > CHUNKS[-1]:
+            return None
+        n = len(tokens)
+        g = self._graph(_fill_shape(n))
+        g.fill(tokens, list(range(n)), [n - 1], layout(g.shape, [n], [], [0]), self.staging)
+        if self._run(g) is None:
+            return None
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        keys, values = g.plan.kv_out
+        for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
+            # [1, kv_heads, n, dim], contiguous as a model call's, in memory of their own: the next fill
+            # overwrites the buffers.
+            own = [t[:n].transpose(0, 1)[None].clone(memory_format=torch.contiguous_format) for t in (k, v)]
+            cache.update(*own, layer)
+        return cache
 
     def forward(self, ids: list[int], positions: list[int], lengths: list[int], spans: list, keep: list[int]):
         """Each kept row's logits (fp32, [rows, vocab]) from the packed sequence `ids`, or None when this
