@@ -5,6 +5,7 @@ prefixes, 128 new tokens), each piece of the prefill and the static decoder's st
 under torch.profiler (operators by own CPU time).
 
     ENGINE_DECODE_STANDING=1|0 bash benchmarks/gpu_env.sh python3 -m benchmarks.decode_start MODEL_DIR
+    ENGINE_GRAPH_DECODE_PREFILL=1 bash benchmarks/gpu_env.sh python3 -m benchmarks.decode_start MODEL_DIR
 
 The first batch after the warm-up is what an evaluation's generation suite pays (session 21: 16 ms
 of first kernel launches in `row_bounds`, since warmed up); the later ones show the steady state.
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     saved = [(owner, name, getattr(owner, name)) for owner, name in patched]
     for owner, name, fn in saved:
         setattr(owner, name, timed(fn, name))
-    for owner, name in ((decoder, "reserve"), (decoder, "start"), (decoder, "feed"), (generator, "_prefill")):
+    pieces = ((decoder, "reserve"), (decoder, "start"), (decoder, "feed"), (generator, "_prefill"),
+              (generator, "_graph_prefill"))  # fmt: skip
+    for owner, name in pieces:
         setattr(owner, name, timed(getattr(owner, name), name.lstrip("_")))
     try:
         vocab = loaded.model.config.vocab_size

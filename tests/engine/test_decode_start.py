@@ -19,3 +19,15 @@ def test_it_times_the_prefill_and_each_piece_of_the_start(tiny_llama_dir, capsys
     # Put back for every later test.
     assert decode_attention.row_bounds.__name__ == "row_bounds"
     assert static_decode._Buffers.refresh_rotary.__name__ == "refresh_rotary"
+
+
+def test_it_times_the_prefill_by_replays_where_that_is_on(tiny_llama_dir, capsys, monkeypatch):
+    from evaluation.engine.server import generation
+
+    monkeypatch.setenv("ENGINE_PACKED_GRAPHS", "1")
+    monkeypatch.setattr(generation, "graph_decode_prefill", True)
+    argv = [str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32", "--rows", "6", "--new-tokens", "4",
+            "--batches", "1", "--top", "0"]  # fmt: skip
+    assert decode_start.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "('graph_prefill'" in out and "('prefill'" not in out  # the forward did not run

@@ -394,3 +394,54 @@ def test_new_prefixes_are_filled_by_replays_unless_turned_off(loaded, graphs_on,
     assert (
         packed_graphs.PackedGraphs(model, use_graphs=False).prefix_cache([1] * (packed_graphs.CHUNKS[-1] + 1)) is None
     )
+
+
+@pytest.mark.parametrize("with_prefixes", [True, False])
+def test_a_decoding_batchs_prefill_written_by_replays_decodes_as_generate(loaded, graphs_on, monkeypatch,
+                                                                         with_prefixes):  # fmt: skip
+    """ENGINE_GRAPH_DECODE_PREFILL: the replays write the keys and values into the static decoder's
+    buffers as `_prefill`'s cache lays them out (each row's prefix ending at the longest prefix's end,
+    its own tokens at the end, rows of no prefix among them), for stored prefixes and new ones."""
+    from evaluation.engine.server import generation
+
+    monkeypatch.setattr(generation, "graph_decode_prefill", True)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
+    generator.decode_prefix_saving = 0  # a prefix of its own for these few rows (a GPU's rule skips it)
+    written = []
+    real = generator._graph_prefill
+    monkeypatch.setattr(generator, "_graph_prefill", lambda groups: written.append(real(groups)) or written[-1])
+    loners = ["The doctor and the nurse talked about his patients.", "A"]
+    batches = (
+        [_mixed_prompts()[:7] + loners, run_prompts(2, 3, 50) + run_prompts(0, 2, 9)] if with_prefixes else [loners]
+    )
+    for prompts in batches:
+        rows = rows_for(tokenizer, prompts, max_new_tokens=5)
+        generator.generate(rows)
+        assert written[-1] is not None and generator.last_decode_steps >= 4
+        assert bool(generator.last_shared_prefix) == with_prefixes
+        assert_like_generate(model, tokenizer, rows)
+
+
+def test_with_decoding_prefills_by_replays_the_warm_up_captures_every_shape_they_take(loaded, graphs_on, monkeypatch):
+    from evaluation.engine.server import generation
+    from evaluation.engine.server.app import ModelService
+    from evaluation.engine.server.batching import Limits
+
+    monkeypatch.setattr(generation, "graph_decode_prefill", True)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    service = ModelService(loaded, Limits(prefix_store_bytes=STORE_BYTES), decode="static")
+    service.generator.decode_prefix_saving = 0
+    graphs = service.generator.graphs
+    graphs.use_graphs = True
+    monkeypatch.setattr(graphs.capturer, "_capture", _stand_in_capture(graphs))
+    service.warm_up()
+    # Each chunk size plain and keeping its keys and values; the fill shapes of 256 and 512 tokens are
+    # two of the latter.
+    assert graphs.prepared == 2 * len(packed_graphs.CHUNKS) + len(packed_graphs.FILL_SIZES) - 2
+    rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=3)
+    service.scheduler.run(rows)
+    assert service.stats_snapshot()["packed_graph_captures"] == 0 and graphs.captures == graphs.prepared
+    # The prefixes' fills and the batch's prefill replayed shapes that keep their keys and values.
+    assert sum(g.graph.replays - 1 for shape, g in graphs.graphs.items() if shape.kv) >= 4
+    assert_like_generate(model, tokenizer, rows)

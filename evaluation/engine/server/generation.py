@@ -9,9 +9,11 @@ sampling draws from a generator owned by each sequence.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import os
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +36,9 @@ GREEDY_TEMPERATURE = 1e-5
 queued_steps = os.environ.get("ENGINE_QUEUED_STEPS", "1") != "0"
 # The server's warm-up runs the decoding batches' dynamic prefill (`ENGINE_WARM_DECODE_PREFILL=0`: not).
 warm_decode_prefill = os.environ.get("ENGINE_WARM_DECODE_PREFILL", "1") != "0"
+# `ENGINE_GRAPH_DECODE_PREFILL=1`: a decoding batch's prefill runs as packed-graph replays that write its
+# keys and values straight into the static decoder's buffers (`_graph_prefill`); off until measured.
+graph_decode_prefill = os.environ.get("ENGINE_GRAPH_DECODE_PREFILL", "0") == "1"
 # Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
 MIN_SHARED_PREFIX = 16
 # A few rows of a batch of several runs get a forward of their own for the prefix they share only if
@@ -391,7 +396,8 @@ class BatchGenerator:
         the cache tokens a decoding batch may hold)."""
         with self._running():
             if self.graphs is not None:  # its captures run the prefix merge too
-                self.time_warm_up("packed_graphs", self.graphs.prepare)
+                kv_chunks = graph_decode_prefill and self.static is not None
+                self.time_warm_up("packed_graphs", self.graphs.prepare, packed_graphs.PREPARED_CAPACITY, kv_chunks)
             elif self.packing:  # packed batches are the prefix merge's only caller
                 self.time_warm_up("prefix_merge", fused.prepare_merge, self.model)
             if self.static is not None:
@@ -665,7 +671,16 @@ class BatchGenerator:
         # Host times before the decode loop (its `last_decode_times`): the start, capture seconds so far,
         # the buffers made before the prefill, and when the prefill's kernels were launched.
         marks = {"began": began, "captured": self.static.capturer.seconds if self.static is not None else 0.0}
-        marks["reserve"] = self._reserve(groups) if self.static is not None and use_cache and not all_logits else 0.0
+        static = self.static is not None and use_cache and not all_logits
+        marks["reserve"] = self._reserve(groups) if static else 0.0
+        written = self._graph_prefill(groups) if static and graph_decode_prefill else None
+        if written is not None:  # the keys and values are in the static decoder's buffers already
+            rows, last, mask, next_pos = written
+            marks["launched"] = time.perf_counter()
+            self._choose(last, rows)
+            if any(not r.finished for r in rows):
+                self._decode_static(rows, None, mask, next_pos, joining, marks)
+            return rows
         last, logits, cache, mask, next_pos, ids = self._prefill(groups, use_cache, all_logits)
         marks["launched"] = time.perf_counter()
         if logits is not None:
@@ -700,6 +715,75 @@ class BatchGenerator:
             self._choose(out.logits[:, -1, :].float(), live)
             tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in live], device=self.device)
         return rows
+
+    def _graph_prefill(
+        self, groups: list[PrefixGroup]
+    ) -> tuple[list[Row], torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """A decoding batch's prefill as packed-graph replays (PackedGraphs.forward with a `kv_sink`)
+        whose keys and values go straight into the buffers `_reserve` made, laid out as `_prefill`'s
+        cache is (each row's prefix ending at the longest prefix's end, its own tokens at the end); the
+        rows in their slots' order (groups with a prefix first, as packed batches are), the last
+        positions' logits, the 2-D mask and the next positions. None where the graphs do not take the
+        batch: then `_prefill` runs. Saves the forward's host time, ~35 ms of a 1.1 B generation
+        batch on an H100 (docs/benchmarks.md, session 21)."""
+        buffers = self.static.buffers if self.static is not None else None
+        rows = [r for g in groups for r in g.rows]
+        if self.graphs is None or self.graphs.failed or buffers is None or not self._packs(rows):
+            return None
+        self._count_prefixes(groups)
+        self._fill_prefixes(groups)
+        ordered = sorted(groups, key=lambda g: not g.length)
+        rows = [r for g in ordered for r in g.rows]
+        lengths = [len(r.prompt_ids) - g.length for g in ordered for r in g.rows]
+        longest_prefix = max(g.length for g in ordered)
+        width = longest_prefix + max(lengths)
+        if len(rows) > buffers.rows or width > buffers.columns:
+            return None
+        for t in buffers.keys + buffers.values:
+            t.zero_()  # what no row writes: zero (finite), as a padded cache's columns are masked
+        ids: list[int] = []
+        positions: list[int] = []
+        spans = []
+        slots: list[int] = []  # each packed token's row and column in the buffers
+        columns: list[int] = []
+        next_positions: list[int] = []
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        slot = 0
+        for g in ordered:
+            first, group_start = slot, len(ids)
+            for r in g.rows:
+                own = r.prompt_ids[g.length :]
+                ids += own
+                positions += range(g.length, g.length + len(own))
+                next_positions.append(g.length + len(own))
+                slots += [slot] * len(own)
+                columns += range(width - len(own), width)
+                mask[slot, width - len(own) :] = 1
+                mask[slot, longest_prefix - g.length : longest_prefix] = 1
+                slot += 1
+            if g.length:
+                spans.append((group_start, len(ids), cache_tensors(g.cache)))
+                for (k, v), bk, bv in zip(cache_tensors(g.cache), buffers.keys, buffers.values, strict=True):
+                    for source, target in ((k, bk), (v, bv)):
+                        target[first:slot, :, longest_prefix - g.length : longest_prefix].copy_(
+                            source.expand(slot - first, *source.shape[1:])
+                        )
+        # Through arrays: torch.tensor() of a list looks at each of a batch's thousands of elements.
+        row_index, column_index = (
+            torch.frombuffer(array("q", x), dtype=torch.long).to(self.device) for x in (slots, columns)
+        )
+
+        def sink(kv_out, s: int, e: int) -> None:
+            r, c = row_index[s:e], column_index[s:e]
+            for keys, values, bk, bv in zip(*kv_out, buffers.keys, buffers.values, strict=True):
+                bk[r, :, c] = keys[: e - s]
+                bv[r, :, c] = values[: e - s]
+
+        ends = list(itertools.accumulate(lengths))
+        last = self.graphs.forward(ids, positions, lengths, spans, [end - 1 for end in ends], kv_sink=sink)
+        if last is None:
+            return None
+        return rows, last, mask.to(self.device), torch.tensor(next_positions, device=self.device)
 
     def _reserve(self, groups: list[PrefixGroup]) -> float:
         """Make the static decoder's buffers for the batch `_prefill` will give (its rows, its padded

@@ -231,8 +231,8 @@ class StaticPlan:
     prefix_values: list[torch.Tensor]
     host: tuple[list[int], list[int], list[int]] = ([], [], [])
     layers_seen: set[int] = field(default_factory=set)
-    # A prefix's fill (PackedGraphs.prefix_cache): each layer's rotated keys and values [tokens, kv_heads,
-    # dim] are written here, as a cache would keep them; such a plan has no prefix buffers to attend to.
+    # A forward whose keys and values are kept (PackedGraphs.prefix_cache, a decoding batch's prefill):
+    # each layer's rotated keys and values [tokens, kv_heads, dim] are written here, as a cache keeps them.
     kv_out: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def attend(self, layer: int, query, key, value, scaling) -> torch.Tensor:

@@ -24,12 +24,14 @@ the largest chunk) run the plain packed forward; so does everything if a capture
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
 import time
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +63,7 @@ MAX_GRAPHS = 32
 # own; by default by a replay that keeps its keys and values (PackedGraphs.prefix_cache). The warm-up
 # captures the fill shapes of prefixes up to these sizes (most few-shot prefixes of HELM's scenarios).
 fill_prefixes = os.environ.get("ENGINE_GRAPH_PREFIX_FILLS", "1") != "0"
-FILL_SIZES = (512, 1024)
+FILL_SIZES = (256, 512, 1024)
 # Models up to this size are host-bound (session 10: a 1.1 B batch's host time about its GPU time);
 # larger ones spend most of a batch on the GPU already and keep the track's memory for their weights.
 AUTO_MAX_PARAMETERS = 3e9
@@ -280,10 +282,11 @@ class PackedGraphs:
         self._stores = (keys, values)
         self.prefix_keys, self.prefix_values = list(keys.unbind(0)), list(values.unbind(0))
 
-    def prepare(self, capacity: int = PREPARED_CAPACITY) -> None:
+    def prepare(self, capacity: int = PREPARED_CAPACITY, kv_chunks: bool = False) -> None:
         """Capture each chunk size's graph now (the server's warm-up, before any request), with room for
         `capacity` prefix tokens: the batches then pay for no capture unless a row is longer than
-        MIN_LONGEST or the prefixes outgrow the room."""
+        MIN_LONGEST or the prefixes outgrow the room. `kv_chunks`: each size's shape that keeps its keys
+        and values too (decoding batches' prefills, ENGINE_GRAPH_DECODE_PREFILL)."""
         if not self.use_graphs or self.failed:
             return
         _, kv_heads, head_dim = attention_shape(self.model.config)
@@ -292,7 +295,9 @@ class PackedGraphs:
             shapes = [Shape(size, rows_for(size), MIN_LONGEST) for size in CHUNKS]
             if fill_prefixes:
                 shapes += [_fill_shape(n) for n in FILL_SIZES]
-            for shape in shapes:
+            if kv_chunks:
+                shapes += [dataclasses.replace(shape, kv=True) for shape in shapes[: len(CHUNKS)]]
+            for shape in dict.fromkeys(shapes):  # the small fill shapes are kv chunks' too
                 g = self._graph(shape)
                 g.fill([], [], [], layout(g.shape, [], [], [0]), self.staging)  # all padding: only the shapes matter
                 if not self._captured(g):
@@ -347,16 +352,15 @@ class PackedGraphs:
             return g
         while len(self.graphs) >= MAX_GRAPHS:
             self.graphs.popitem(last=False)
-        if shape.kv:  # a prefix's fill attends to no prefix: its own buffers for what it keeps
+        kv_out = None
+        if shape.kv:  # buffers of its own for the keys and values it keeps
             _, kv_heads, head_dim = attention_shape(self.model.config)
             dtype, layers = next(self.model.parameters()).dtype, len(self.inner.layers)
             kv_out = tuple(
                 list(torch.empty(layers, shape.tokens, kv_heads, head_dim, dtype=dtype, device=self.device).unbind(0))
                 for _ in range(2)
             )
-            g = _Graph(shape, self.device, [], [], 0, kv_out)
-        else:
-            g = _Graph(shape, self.device, self.prefix_keys, self.prefix_values, self.capacity)
+        g = _Graph(shape, self.device, self.prefix_keys, self.prefix_values, self.capacity, kv_out)
         self.graphs[shape] = g
         return g
 
@@ -385,13 +389,16 @@ class PackedGraphs:
             cache.update(*own, layer)
         return cache
 
-    def forward(self, ids: list[int], positions: list[int], lengths: list[int], spans: list, keep: list[int]):
+    def forward(self, ids: list[int], positions: list[int], lengths: list[int], spans: list, keep: list[int],
+                kv_sink: Callable[[tuple[list, list], int, int], None] | None = None):  # fmt: skip
         """Each kept row's logits (fp32, [rows, vocab]) from the packed sequence `ids`, or None when this
         batch is not one it takes. `spans`: (first token, end token, prefix cache) of each group with a
         prefix, as packed.PackedPlan takes them (the rows after the last have none); `keep`: each row's
-        last token, in the caller's row order."""
+        last token, in the caller's row order. `kv_sink`: the chunks run in shapes that keep their keys
+        and values, and after each replay it is given them ([tokens, kv_heads, dim] per layer) with the
+        chunk's first and end token, before the next replay may overwrite them."""
         self.last_steps = []
-        if self.failed or not spans or len(spans) > MAX_GROUPS:
+        if self.failed or (not spans and kv_sink is None) or len(spans) > MAX_GROUPS:
             return None  # no stored prefix: too little work to be worth a capture
         chunks = chunks_for(lengths)
         if chunks is None:
@@ -408,13 +415,15 @@ class PackedGraphs:
             ends = [min(spans[i][1], e) - s for i in inside]
             keys = key_starts[inside[0] : inside[-1] + 2] if inside else [0]
             kept = [starts[r + 1] - 1 - s for r in range(chunk.first, chunk.end)]
-            g = self._graph(chunk.shape)
+            g = self._graph(chunk.shape if kv_sink is None else dataclasses.replace(chunk.shape, kv=True))
             g.fill(ids[s:e], positions[s:e], kept, layout(chunk.shape, lengths[chunk.first : chunk.end], ends, keys),
                    self.staging)  # fmt: skip
             clock.mark(f"fill {chunk.shape.tokens}")
             logits = self._run(g)
             if logits is None:
                 return None
+            if kv_sink is not None:
+                kv_sink(g.plan.kv_out, s, e)
             results.append(logits[: chunk.end - chunk.first].float())  # the next replay overwrites logits
             clock.mark("replay")
         self.served += 1

@@ -365,22 +365,28 @@ class StaticDecoder:
         return b
 
     def start(self, cache: Any, mask: torch.Tensor, next_positions: torch.Tensor, max_new_tokens: int) -> None:
-        """Load a prefill's cache (rows padded on the left to one width) and its 2-D attention mask."""
-        layers = cache_tensors(cache)
-        # The shapes and dtypes of a layer's keys and values, without holding on to the prefill's cache.
-        self._like = tuple(torch.empty(0, t.shape[1], 0, t.shape[3], dtype=t.dtype, device=t.device) for t in layers[0])
-        self._layers = len(layers)
+        """Load a prefill's cache (rows padded on the left to one width) and its 2-D attention mask;
+        `cache` None: the prefill wrote its keys and values into the reserved buffers itself
+        (BatchGenerator._graph_prefill)."""
+        layers = cache_tensors(cache) if cache is not None else []
+        if layers:
+            # The shapes and dtypes of a layer's keys and values, without holding on to the prefill's cache.
+            self._like = tuple(
+                torch.empty(0, t.shape[1], 0, t.shape[3], dtype=t.dtype, device=t.device) for t in layers[0]
+            )
+            self._layers = len(layers)
         rows, width = mask.shape
         b = self.reserve(rows, width, max_new_tokens)
         if b.graph is None:  # eager steps: a batch before may have turned the bounds off
             b.cache.bounded = b.cache.work is not None
-        for (k, v), bk, bv in zip(layers, b.keys, b.values, strict=True):
-            bk[:rows, :, :width].copy_(k)
-            bv[:rows, :, :width].copy_(v)
-            bk[:rows, :, width:].zero_()
-            bv[:rows, :, width:].zero_()
-            bk[rows:].zero_()
-            bv[rows:].zero_()
+        if layers:  # else written already
+            for (k, v), bk, bv in zip(layers, b.keys, b.values, strict=True):
+                bk[:rows, :, :width].copy_(k)
+                bv[:rows, :, :width].copy_(v)
+                bk[:rows, :, width:].zero_()
+                bv[:rows, :, width:].zero_()
+                bk[rows:].zero_()
+                bv[rows:].zero_()
         b.mask.zero_()
         b.mask[:rows, 0, 0, :width].copy_(mask.bool())
         b.mask[rows:, 0, 0, 0] = True  # bucket padding rows attend somewhere, so their softmax is finite
