@@ -223,6 +223,27 @@ class LaunchedBatch:
         self.record(self.rows, *self.choices.get())
 
 
+def _packed_inputs(groups: list[PrefixGroup]) -> tuple[list[PrefixGroup], list[int], list[int], list[int], list]:
+    """A packed forward's inputs: the groups in packed order (those with a prefix first: the kernels
+    then attend the leading tokens to prefixes), the rows' own tokens side by side, their positions,
+    each row's count and, per group with a prefix, (first token, end token, its cache's tensors)."""
+    ordered = sorted(groups, key=lambda g: not g.length)
+    ids: list[int] = []
+    positions: list[int] = []
+    lengths: list[int] = []
+    spans = []
+    for group in ordered:
+        start = len(ids)
+        for row in group.rows:
+            own = row.prompt_ids[group.length :]
+            ids += own
+            positions += range(group.length, group.length + len(own))
+            lengths.append(len(own))
+        if group.length:
+            spans.append((start, len(ids), cache_tensors(group.cache)))
+    return ordered, ids, positions, lengths, spans
+
+
 class BatchGenerator:
     """Runs lists of rows through the model together. Not thread-safe: one worker thread owns it."""
 
@@ -471,23 +492,10 @@ class BatchGenerator:
         self._fill_prefixes(groups)  # sets last_prefix_fills
         self.last_captures = 0
         self.last_launch_steps: list[tuple[str, float]] = []
-        ids: list[int] = []
-        positions: list[int] = []
-        lengths: list[int] = []
-        spans = []
-        ends: dict[int, int] = {}  # id(row) -> its last token in the packed sequence
-        # Groups with a prefix first: the kernels then attend the leading tokens to prefixes.
-        for group in sorted(groups, key=lambda g: not g.length):
-            start = len(ids)
-            for row in group.rows:
-                own = row.prompt_ids[group.length :]
-                ids += own
-                positions += range(group.length, group.length + len(own))
-                lengths.append(len(own))
-                ends[id(row)] = len(ids) - 1
-            if group.length:
-                spans.append((start, len(ids), cache_tensors(group.cache)))
-        keep = [ends[id(row)] for group in groups for row in group.rows]  # in the caller's row order
+        packed_groups, ids, positions, lengths, spans = _packed_inputs(groups)
+        packed_rows = [r for g in packed_groups for r in g.rows]
+        last_token = {id(row): end - 1 for row, end in zip(packed_rows, itertools.accumulate(lengths), strict=True)}
+        keep = [last_token[id(row)] for group in groups for row in group.rows]  # in the caller's row order
         if self.graphs is not None:
             captures = self.graphs.captures
             logits = self.graphs.forward(ids, positions, lengths, spans, keep)
@@ -732,37 +740,30 @@ class BatchGenerator:
             return None
         self._count_prefixes(groups)
         self._fill_prefixes(groups)
-        ordered = sorted(groups, key=lambda g: not g.length)
+        ordered, ids, positions, lengths, spans = _packed_inputs(groups)
         rows = [r for g in ordered for r in g.rows]
-        lengths = [len(r.prompt_ids) - g.length for g in ordered for r in g.rows]
         longest_prefix = max(g.length for g in ordered)
         width = longest_prefix + max(lengths)
         if len(rows) > buffers.rows or width > buffers.columns:
             return None
         for t in buffers.keys + buffers.values:
             t.zero_()  # what no row writes: zero (finite), as a padded cache's columns are masked
-        ids: list[int] = []
-        positions: list[int] = []
-        spans = []
         slots: list[int] = []  # each packed token's row and column in the buffers
         columns: list[int] = []
         next_positions: list[int] = []
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         slot = 0
         for g in ordered:
-            first, group_start = slot, len(ids)
+            first = slot
             for r in g.rows:
-                own = r.prompt_ids[g.length :]
-                ids += own
-                positions += range(g.length, g.length + len(own))
-                next_positions.append(g.length + len(own))
-                slots += [slot] * len(own)
-                columns += range(width - len(own), width)
-                mask[slot, width - len(own) :] = 1
+                own = len(r.prompt_ids) - g.length
+                next_positions.append(g.length + own)
+                slots += [slot] * own
+                columns += range(width - own, width)
+                mask[slot, width - own :] = 1
                 mask[slot, longest_prefix - g.length : longest_prefix] = 1
                 slot += 1
             if g.length:
-                spans.append((group_start, len(ids), cache_tensors(g.cache)))
                 for (k, v), bk, bv in zip(cache_tensors(g.cache), buffers.keys, buffers.values, strict=True):
                     for source, target in ((k, bk), (v, bv)):
                         target[first:slot, :, longest_prefix - g.length : longest_prefix].copy_(
