@@ -40,6 +40,7 @@ import torch
 from evaluation.engine.server import cuda_graphs, fused, packed, static_decode
 from evaluation.engine.server.attention import attention_shape
 from evaluation.engine.server.staging import Staging
+from evaluation.engine.server.switches import switch
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Shape:
     tokens: int
     rows: int
     longest: int
-    kv: bool = False  # a prefix's fill: its keys and values kept (PackedGraphs.prefix_cache)
+    kv: bool = False  # its keys and values kept (a prefix's fill, a decoding batch's prefill)
 
 
 @dataclass(frozen=True)
@@ -105,10 +106,11 @@ def _size_for(rest: int, first_row: int) -> int:
     return size
 
 
-def _fill_shape(tokens: int) -> Shape:
-    """The shape a prefix of `tokens` is filled in: the chunk a batch of that one row would take."""
-    size = _size_for(tokens, tokens)
-    return Shape(size, rows_for(size), power_bucket(tokens, MIN_LONGEST), kv=True)
+def _fill_shape(tokens: int) -> Shape | None:
+    """The shape a prefix of `tokens` is filled in: the chunk of a batch of that one row, keeping its
+    keys and values (None past the largest chunk)."""
+    chunks = chunks_for([tokens])
+    return dataclasses.replace(chunks[0].shape, kv=True) if chunks else None
 
 
 def chunks_for(lengths: list[int]) -> list[Chunk] | None:
@@ -198,17 +200,13 @@ class _Steps:
         self._at = now
 
 
-def setting() -> str:
-    return os.environ.get("ENGINE_PACKED_GRAPHS", "auto").strip().lower()
-
-
 def enabled(model: Any, device: torch.device) -> bool:
     """`ENGINE_PACKED_GRAPHS`: auto (a GPU, half precision, at most AUTO_MAX_PARAMETERS), 1 (anywhere;
     without a GPU the same fixed shapes run without graphs: the tests) or 0."""
-    value = setting()
-    if value in ("0", "off", "false") or not static_decode.supports(model):
+    on = switch("ENGINE_PACKED_GRAPHS")
+    if on is False or not static_decode.supports(model):
         return False
-    if value in ("1", "on", "true"):
+    if on:
         return True
     dtype = next(model.parameters()).dtype
     small = sum(p.numel() for p in model.parameters()) <= AUTO_MAX_PARAMETERS
@@ -371,10 +369,11 @@ class PackedGraphs:
         that keeps them (captured at the warm-up for prefixes of up to FILL_SIZES[-1] tokens), or None
         where this path does not take it. The forward it replaces, a whole model call for one row,
         cost the host 22-42 ms on an H100 (the first batches of each run, session 21's timelines)."""
-        if self.failed or not fill_prefixes or not tokens or len(tokens) > CHUNKS[-1]:
+        shape = _fill_shape(len(tokens)) if tokens else None
+        if self.failed or not fill_prefixes or shape is None:
             return None
         n = len(tokens)
-        g = self._graph(_fill_shape(n))
+        g = self._graph(shape)
         g.fill(tokens, list(range(n)), [n - 1], layout(g.shape, [n], [], [0]), self.staging)
         if self._run(g) is None:
             return None

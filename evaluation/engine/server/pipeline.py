@@ -8,9 +8,10 @@ a batch: `Pace` predicts both from the batches before."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from evaluation.engine.server.switches import switch
 
 if TYPE_CHECKING:
     from evaluation.engine.server.generation import LaunchedBatch, Row
@@ -24,10 +25,8 @@ PACE_WEIGHT = 0.25
 def pipelining(device: str, setting: str | None = None) -> bool:
     """`ENGINE_PIPELINE`: auto (on a GPU), 1 or 0. On a CPU the forward runs on the host, so nothing
     would overlap: answers would only wait."""
-    value = (os.environ.get("ENGINE_PIPELINE", "auto") if setting is None else setting).strip().lower()
-    if value in ("0", "off", "false"):
-        return False
-    return value in ("1", "on", "true") or device.startswith("cuda")
+    on = switch("ENGINE_PIPELINE", setting=setting)
+    return device.startswith("cuda") if on is None else on
 
 
 @dataclass
@@ -52,9 +51,7 @@ class Pace:
 
     def __init__(self, enabled: bool | None = None) -> None:
         # `ENGINE_PACE=0`: gathers beside a running batch last until it is done (for comparisons).
-        if enabled is None:
-            enabled = os.environ.get("ENGINE_PACE", "1").strip().lower() not in ("0", "off", "false")
-        self.enabled = enabled
+        self.enabled = switch("ENGINE_PACE", "1") is not False if enabled is None else enabled
         self.gpu_per_token: float | None = None
         self.launch: float | None = None
         self._free_at = 0.0  # perf_counter() by which the GPU should be done with what is queued

@@ -21,7 +21,6 @@ makes the greedy choice and the next step's inputs.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
@@ -30,6 +29,7 @@ from evaluation.engine.server import cuda_graphs, decode_attention, decode_step,
 from evaluation.engine.server.attention import attention_shape
 from evaluation.engine.server.kv_cache import cache_tensors
 from evaluation.engine.server.staging import Staging
+from evaluation.engine.server.switches import switch
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,8 @@ def standing_columns(room_tokens: int, max_positions: int | None, graphs: bool, 
     The room is 60 % of the free memory over a token's cache and activations (batching.default_limits),
     so the standing shape holds under 30 % of it, beside the other batches' own shares of the rest;
     out of memory, the server lets it go (BatchGenerator.release_memory)."""
-    value = (os.environ.get("ENGINE_DECODE_STANDING", "auto") if setting is None else setting).strip().lower()
-    if value in ("0", "off", "false") or (value not in ("1", "on", "true") and not graphs):
+    on = switch("ENGINE_DECODE_STANDING", setting=setting)
+    if not (graphs if on is None else on):
         return 0
     columns = room_tokens // 2 // STANDING_ROWS // COLUMN_STEP * COLUMN_STEP
     if max_positions:
