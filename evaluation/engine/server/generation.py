@@ -418,7 +418,7 @@ class BatchGenerator:
         with self._running():
             if self.graphs is not None:  # its captures run the prefix merge too
                 kv_chunks = graph_decode_prefill and self.static is not None
-                self.time_warm_up("packed_graphs", self.graphs.prepare, packed_graphs.PREPARED_CAPACITY, kv_chunks)
+                self.time_warm_up("packed_graphs", self.graphs.prepare, kv_chunks=kv_chunks)
             elif self.packing:  # packed batches are the prefix merge's only caller
                 self.time_warm_up("prefix_merge", fused.prepare_merge, self.model)
             if self.static is not None:
@@ -442,11 +442,11 @@ class BatchGenerator:
             mask = self._prefill([PrefixGroup([Row(prompt_ids=s, max_new_tokens=2) for s in seqs])], True, False)[3]
             decode_attention.row_bounds(mask)
 
-    def time_warm_up(self, part: str, prepare, *args) -> None:
+    def time_warm_up(self, part: str, prepare, *args, **kwargs) -> None:
         """Run one part of the server's warm-up; its seconds (the GPU's work included) go to
         `warm_up_seconds`."""
         started = time.monotonic()
-        prepare(*args)
+        prepare(*args, **kwargs)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.warm_up_seconds[part] = round(time.monotonic() - started, 3)
@@ -491,7 +491,7 @@ class BatchGenerator:
         self._count_prefixes(groups)
         self._fill_prefixes(groups)  # sets last_prefix_fills
         self.last_captures = 0
-        self.last_launch_steps: list[tuple[str, float]] = []
+        self.last_launch_steps = []
         packed_groups, ids, positions, lengths, spans = _packed_inputs(groups)
         packed_rows = [r for g in packed_groups for r in g.rows]
         last_token = {id(row): end - 1 for row, end in zip(packed_rows, itertools.accumulate(lengths), strict=True)}
@@ -682,21 +682,17 @@ class BatchGenerator:
         static = self.static is not None and use_cache and not all_logits
         marks["reserve"] = self._reserve(groups) if static else 0.0
         written = self._graph_prefill(groups) if static and graph_decode_prefill else None
-        if written is not None:  # the keys and values are in the static decoder's buffers already
-            rows, last, mask, next_pos = written
-            marks["launched"] = time.perf_counter()
-            self._choose(last, rows)
-            if any(not r.finished for r in rows):
-                self._decode_static(rows, None, mask, next_pos, joining, marks)
-            return rows
-        last, logits, cache, mask, next_pos, ids = self._prefill(groups, use_cache, all_logits)
+        if written is not None:  # the keys and values are in the static decoder's buffers already (cache None)
+            (rows, last, mask, next_pos), logits, cache = written, None, None
+        else:
+            last, logits, cache, mask, next_pos, ids = self._prefill(groups, use_cache, all_logits)
         marks["launched"] = time.perf_counter()
         if logits is not None:
             self._prompt_logprobs(rows, logits, ids)
             del logits
         self._choose(last, rows)
         live = rows
-        if self.static is not None and cache is not None and any(not r.finished for r in rows):
+        if (cache is not None or written is not None) and self.static is not None and any(not r.finished for r in rows):
             self._decode_static(rows, cache, mask, next_pos, joining, marks)
             return rows
         tokens = torch.tensor([r.tokens[-1] if r.tokens else self.pad_id for r in rows], device=self.device)
@@ -732,8 +728,8 @@ class BatchGenerator:
         cache is (each row's prefix ending at the longest prefix's end, its own tokens at the end); the
         rows in their slots' order (groups with a prefix first, as packed batches are), the last
         positions' logits, the 2-D mask and the next positions. None where the graphs do not take the
-        batch: then `_prefill` runs. Saves the forward's host time, ~35 ms of a 1.1 B generation
-        batch on an H100 (docs/benchmarks.md, session 21)."""
+        batch: then `_prefill` runs. Aims at the forward's host time: 17-19 ms to launch a 1.1 B
+        generation batch's prefill on an H100 (docs/benchmarks.md, session 21)."""
         buffers = self.static.buffers if self.static is not None else None
         rows = [r for g in groups for r in g.rows]
         if self.graphs is None or self.graphs.failed or buffers is None or not self._packs(rows):
