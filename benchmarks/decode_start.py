@@ -2,7 +2,8 @@
 folder, warmed up, then batches of greedy rows shaped like the generation suite's (two runs' few-shot
 prefixes, 128 new tokens), each piece of the prefill and the static decoder's start timed on its own
 (synchronized before and after: host milliseconds, then the GPU's wait). Finally one short batch
-under torch.profiler (operators by own CPU time).
+under torch.profiler (operators by own CPU time, and on a GPU by GPU time: `--profile-new-tokens 16`
+shows the decode steps' kernels).
 
     ENGINE_DECODE_STANDING=1|0 bash benchmarks/gpu_env.sh python3 -m benchmarks.decode_start MODEL_DIR
     ENGINE_GRAPH_DECODE_PREFILL=1 bash benchmarks/gpu_env.sh python3 -m benchmarks.decode_start MODEL_DIR
@@ -32,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--top", type=int, default=30, help="profiler rows (0: no profile)")
+    p.add_argument(
+        "--profile-new-tokens",
+        type=int,
+        default=2,
+        help="new tokens of the profiled batch (16: its steps' kernels by GPU time)",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -111,11 +118,12 @@ def main(argv: list[str] | None = None) -> int:
 
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
             with profile(activities=activities) as prof:
-                generator.generate(rows(2))
+                generator.generate(rows(args.profile_new_tokens))
                 sync()
-            print(
-                prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=60)
-            )
+            averages = prof.key_averages()
+            print(averages.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=60))
+            if cuda:
+                print(averages.table(sort_by="self_cuda_time_total", row_limit=args.top, max_name_column_width=90))
     finally:
         for owner, name, fn in saved:
             setattr(owner, name, fn)

@@ -742,7 +742,7 @@ class BatchGenerator:
         width = longest_prefix + max(lengths)
         if len(rows) > buffers.rows or width > buffers.columns:
             return None
-        for t in buffers.keys + buffers.values:
+        for t in buffers.stacked:
             t.zero_()  # what no row writes: zero (finite), as a padded cache's columns are masked
         slots: list[int] = []  # each packed token's row and column in the buffers
         columns: list[int] = []
@@ -770,11 +770,12 @@ class BatchGenerator:
             torch.frombuffer(array("q", x), dtype=torch.long).to(self.device) for x in (slots, columns)
         )
 
-        def sink(kv_out, s: int, e: int) -> None:
+        def sink(kv, s: int, e: int) -> None:
+            # All layers at once: [layers, tokens, kv_heads, dim] into [layers, rows, kv_heads, columns, dim]
+            # at each token's (row, column); indexing puts the tokens' dimension first.
             r, c = row_index[s:e], column_index[s:e]
-            for keys, values, bk, bv in zip(*kv_out, buffers.keys, buffers.values, strict=True):
-                bk[r, :, c] = keys[: e - s]
-                bv[r, :, c] = values[: e - s]
+            for chunk, stacked in zip(kv, buffers.stacked, strict=True):
+                stacked[:, r, :, c] = chunk[:, : e - s].transpose(0, 1)
 
         ends = list(itertools.accumulate(lengths))
         last = self.graphs.forward(ids, positions, lengths, spans, [end - 1 for end in ends], kv_sink=sink)

@@ -155,8 +155,11 @@ def layout(shape: Shape, lengths: list[int], group_ends: list[int], key_starts: 
 class _Graph:
     """One shape's inputs at fixed addresses, its plan, its graph and its logits."""
 
-    def __init__(self, shape: Shape, device: torch.device, prefix_keys, prefix_values, capacity: int, kv_out=None):
+    def __init__(self, shape: Shape, device: torch.device, prefix_keys, prefix_values, capacity: int, kv=None):
         self.shape = shape
+        # A shape that keeps its keys and values: each [layers, tokens, kv_heads, dim], every layer's
+        # part a view (the plan writes them by layer, a decoding prefill's sink reads them at once).
+        self.kv = kv
         t, r, g = shape.tokens, shape.rows, GROUPS
         self.longs = torch.zeros(2 * t + r, dtype=torch.long, device=device)  # ids, positions, kept rows
         self.ids, self.positions = self.longs[:t].view(1, t), self.longs[t : 2 * t].view(1, t)
@@ -171,7 +174,7 @@ class _Graph:
             max_keys=capacity,
             prefix_keys=prefix_keys,
             prefix_values=prefix_values,
-            kv_out=kv_out,
+            kv_out=tuple(list(t.unbind(0)) for t in kv) if kv is not None else None,
         )
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
@@ -350,15 +353,14 @@ class PackedGraphs:
             return g
         while len(self.graphs) >= MAX_GRAPHS:
             self.graphs.popitem(last=False)
-        kv_out = None
+        kv = None
         if shape.kv:  # buffers of its own for the keys and values it keeps
             _, kv_heads, head_dim = attention_shape(self.model.config)
             dtype, layers = next(self.model.parameters()).dtype, len(self.inner.layers)
-            kv_out = tuple(
-                list(torch.empty(layers, shape.tokens, kv_heads, head_dim, dtype=dtype, device=self.device).unbind(0))
-                for _ in range(2)
+            kv = tuple(
+                torch.empty(layers, shape.tokens, kv_heads, head_dim, dtype=dtype, device=self.device) for _ in range(2)
             )
-        g = _Graph(shape, self.device, self.prefix_keys, self.prefix_values, self.capacity, kv_out)
+        g = _Graph(shape, self.device, self.prefix_keys, self.prefix_values, self.capacity, kv)
         self.graphs[shape] = g
         return g
 
@@ -389,13 +391,13 @@ class PackedGraphs:
         return cache
 
     def forward(self, ids: list[int], positions: list[int], lengths: list[int], spans: list, keep: list[int],
-                kv_sink: Callable[[tuple[list, list], int, int], None] | None = None):  # fmt: skip
+                kv_sink: Callable[[tuple[torch.Tensor, torch.Tensor], int, int], None] | None = None):  # fmt: skip
         """Each kept row's logits (fp32, [rows, vocab]) from the packed sequence `ids`, or None when this
         batch is not one it takes. `spans`: (first token, end token, prefix cache) of each group with a
         prefix, as packed.PackedPlan takes them (the rows after the last have none); `keep`: each row's
         last token, in the caller's row order. `kv_sink`: the chunks run in shapes that keep their keys
-        and values, and after each replay it is given them ([tokens, kv_heads, dim] per layer) with the
-        chunk's first and end token, before the next replay may overwrite them."""
+        and values, and after each replay it is given them (keys and values, each [layers, tokens, kv_heads,
+        dim]) with the chunk's first and end token, before the next replay may overwrite them."""
         self.last_steps = []
         if self.failed or (not spans and kv_sink is None) or len(spans) > MAX_GROUPS:
             return None  # no stored prefix: too little work to be worth a capture
@@ -422,7 +424,7 @@ class PackedGraphs:
             if logits is None:
                 return None
             if kv_sink is not None:
-                kv_sink(g.plan.kv_out, s, e)
+                kv_sink(g.kv, s, e)
             results.append(logits[: chunk.end - chunk.first].float())  # the next replay overwrites logits
             clock.mark("replay")
         self.served += 1

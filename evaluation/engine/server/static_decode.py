@@ -140,12 +140,13 @@ class _Buffers:
         kv_heads, head_dim = like[0].shape[1], like[0].shape[3]
         v_dim = like[1].shape[3]
         self.rows, self.columns = rows, columns
-        self.keys = [
-            torch.zeros(rows, kv_heads, columns, head_dim, dtype=like[0].dtype, device=device) for _ in range(layers)
-        ]
-        self.values = [
-            torch.zeros(rows, kv_heads, columns, v_dim, dtype=like[1].dtype, device=device) for _ in range(layers)
-        ]
+        # Every layer's keys (values) are views of one tensor [layers, rows, kv_heads, columns, dim]: a
+        # prefill by replays zeroes and writes all layers in one operation each (BatchGenerator._graph_prefill).
+        self.stacked = (
+            torch.zeros(layers, rows, kv_heads, columns, head_dim, dtype=like[0].dtype, device=device),
+            torch.zeros(layers, rows, kv_heads, columns, v_dim, dtype=like[1].dtype, device=device),
+        )
+        self.keys, self.values = (list(t.unbind(0)) for t in self.stacked)
         self.mask = torch.zeros(rows, 1, 1, columns, dtype=torch.bool, device=device)
         self.tokens = torch.zeros(rows, dtype=torch.long, device=device)
         # Each step's greedy choice, its logprob and whether the row's logits were finite (float64
