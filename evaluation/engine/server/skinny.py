@@ -131,6 +131,11 @@ class Config:
         return -(-n // self.block_n) * self.split_k
 
 
+# The decode step's gate/up + SiLU kernel (fused.layer_parts, ENGINE_GATE_UP_SILU): 32 columns of SiLU × up
+# a program (both products' weights for them), 128 of the weights' columns a load.
+GATE_UP = Config(32, 128, 1, 4, 4)
+
+
 def pdl_possible() -> bool:
     return fused.triton is not None and gdc_wait is not None and not fused._INTERPRET
 
