@@ -396,6 +396,25 @@ def test_new_prefixes_are_filled_by_replays_unless_turned_off(loaded, graphs_on,
     )
 
 
+def test_a_decoding_batch_shares_a_new_prefix_that_a_replay_fills_for_less_than_a_forward(loaded, graphs_on, monkeypatch):
+    """A GPU's rule (`decode_prefix_saving`, a forward's worth of tokens) kept a generation suite's
+    one-shot prefix unshared; where a packed-graph replay fills it, the replay's padded tokens and its
+    launch are the bar. Off (ENGINE_GRAPH_PREFIX_FILLS=0), the forward's bar stays."""
+    model, tokenizer = loaded.model, loaded.tokenizer
+    for fills in (True, False):
+        monkeypatch.setattr(packed_graphs, "fill_prefixes", fills)
+        generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
+        rows = rows_for(tokenizer, run_prompts(1, 12), max_new_tokens=3)
+        shared = len(rows[0].prompt_ids) - 12  # at least: the instructions and the run's example
+        generator.decode_prefix_saving = 12 * shared  # more than the rows skip: a forward is not worth it
+        generator.replay_worth = 1
+        padded = generator.graphs.fill_tokens(shared)
+        assert padded is None if not fills else padded < 11 * shared
+        generator.generate(rows)
+        assert (generator.last_shared_prefix >= shared) == fills, generator.last_shared_prefix
+        assert_like_generate(model, tokenizer, rows)
+
+
 @pytest.mark.parametrize("with_prefixes", [True, False])
 def test_a_decoding_batchs_prefill_written_by_replays_decodes_as_generate(loaded, graphs_on, monkeypatch,
                                                                          with_prefixes):  # fmt: skip

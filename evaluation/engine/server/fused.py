@@ -62,9 +62,6 @@ switched_on = True  # benchmarks turn installed layers back to Hugging Face's fo
 # Decode steps (one token a row) run the q/k/v and gate/up projections as one product each; benchmarks
 # turn it off to compare (`ENGINE_JOINED_DECODE=0` does too).
 joined_decode = os.environ.get("ENGINE_JOINED_DECODE", "1") != "0"
-# `ENGINE_GATE_UP_SILU=1`: a joined decode step's gate/up product and SiLU × up as one kernel
-# (skinny.gate_up_silu); off until measured in a whole step on a GPU.
-gate_up_silu = os.environ.get("ENGINE_GATE_UP_SILU", "0") == "1"
 
 try:  # Triton ships with CUDA builds of torch; a CPU-only install may lack it
     import triton
@@ -484,22 +481,8 @@ def layer_parts(layer: Any, hidden_states: torch.Tensor, pending: torch.Tensor |
     post = layer.post_attention_layernorm
     x, residual = rms_norm(out, post.weight, _eps(post), residual=hidden_states)
     gate_up = _joined_here(mlp, length)
-    h = _gate_up_silu(gate_up, x) if gate_up is not None and gate_up_silu else None
-    if h is None:
-        gate, up = gate_up(x) if gate_up is not None else (mlp.gate_proj(x), mlp.up_proj(x))
-        h = silu_mul(gate, up)
-    return mlp.down_proj(h), residual
-
-
-def _gate_up_silu(joined: Joined, x: torch.Tensor) -> torch.Tensor | None:
-    """A decode step's gate and up products and SiLU × up as one kernel (skinny.gate_up_silu), or None
-    where it does not apply (biases, more rows than its kernels take, not half precision)."""
-    from evaluation.engine.server import skinny
-
-    flat = x.reshape(-1, x.shape[-1])
-    if joined.bias is not None or joined.sizes[0] != joined.sizes[-1] or not skinny.applies(flat, joined.weight):
-        return None
-    return skinny.gate_up_silu(flat, joined.weight, skinny.GATE_UP).view(*x.shape[:-1], joined.sizes[0])
+    gate, up = gate_up(x) if gate_up is not None else (mlp.gate_proj(x), mlp.up_proj(x))
+    return mlp.down_proj(silu_mul(gate, up)), residual
 
 
 def _attention(attn, q, k, v, cos, sin, attention_mask, position_ids, past, cache_position, **kwargs):

@@ -36,9 +36,9 @@ GREEDY_TEMPERATURE = 1e-5
 queued_steps = os.environ.get("ENGINE_QUEUED_STEPS", "1") != "0"
 # The server's warm-up runs the decoding batches' dynamic prefill (`ENGINE_WARM_DECODE_PREFILL=0`: not).
 warm_decode_prefill = os.environ.get("ENGINE_WARM_DECODE_PREFILL", "1") != "0"
-# `ENGINE_GRAPH_DECODE_PREFILL=1`: a decoding batch's prefill runs as packed-graph replays that write its
-# keys and values straight into the static decoder's buffers (`_graph_prefill`); off until measured.
-graph_decode_prefill = os.environ.get("ENGINE_GRAPH_DECODE_PREFILL", "0") == "1"
+# A decoding batch's prefill runs as packed-graph replays that write its keys and values straight into
+# the static decoder's buffers (`_graph_prefill`; `ENGINE_GRAPH_DECODE_PREFILL=0`: a forward and a copy).
+graph_decode_prefill = os.environ.get("ENGINE_GRAPH_DECODE_PREFILL", "1") != "0"
 # Below this many shared tokens, a separate prefill of the prefix costs more than it saves.
 MIN_SHARED_PREFIX = 16
 # A few rows of a batch of several runs get a forward of their own for the prefix they share only if
@@ -48,6 +48,9 @@ MIN_PREFIX_SAVING = 1024
 # Model FLOPs worth one forward's host time (Python and ~400 kernel launches, ~30 ms) for a small
 # model on a fast GPU: ~6,800 tokens at 1.1 B, ~1,100 at 6.7 B (docs/benchmarks.md, session 9's profile).
 FORWARD_FLOPS = 15 * 10**12
+# A packed-graph replay's host time, ~1 ms (PackedGraphs.prefix_cache: three prefix fills took 6.9-7.5 ms
+# in all on an H100, session 22), in the same model FLOPs: ~30 times less than a forward's.
+REPLAY_FLOPS = FORWARD_FLOPS // 30
 
 
 def forward_worth_tokens(params: int) -> int:
@@ -271,6 +274,7 @@ class BatchGenerator:
         # its arithmetic: any shared prefix is worth it (and the tests decode from shared prefixes).
         params = sum(p.numel() for p in model.parameters())
         self.decode_prefix_saving = forward_worth_tokens(params) if self.device.type == "cuda" else 0
+        self.replay_worth = int(REPLAY_FLOPS // (2 * max(params, 1)))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_ids = self._eos_ids(model, tokenizer)
         self._keep_arg = None
@@ -393,13 +397,23 @@ class BatchGenerator:
             # Tokens a forward of its own must skip: a decoding batch's rule (whether one run's rows or
             # several runs'), or, for a few rows beside other runs' in a single-token batch, MIN_PREFIX_SAVING.
             if decoding:
-                worth = self.decode_prefix_saving
+                worth = self._decode_prefix_worth(length)
             else:
                 worth = 0 if len(indices) == len(rows) else MIN_PREFIX_SAVING
             if cache is None and (len(indices) - 1) * length < worth:
                 length = 0
             groups.append(PrefixGroup([rows[i] for i in indices], length, cache))
         return groups
+
+    def _decode_prefix_worth(self, length: int) -> int:
+        """Tokens a decoding batch's fill of a new prefix of `length` must skip: a forward's worth
+        (`decode_prefix_saving`), or where a packed-graph replay fills it, the replay's padded tokens
+        and its launch's worth. A generation suite's one-shot prefix (~85 tokens, 25 rows) then is
+        shared: the batch's prefill computed ~4,000 tokens fewer (session 22's profile)."""
+        fill = self.graphs.fill_tokens(length) if self.decode_prefix_saving and self.graphs is not None else None
+        if fill is None:
+            return self.decode_prefix_saving
+        return min(self.decode_prefix_saving, fill + self.replay_worth)
 
     def release_memory(self) -> None:
         """Give back what is kept between batches (after running out of memory)."""

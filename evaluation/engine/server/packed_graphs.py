@@ -366,6 +366,12 @@ class PackedGraphs:
 
     # --- a prefix's keys and values ----------------------------------------------------------
 
+    def fill_tokens(self, length: int) -> int | None:
+        """The tokens of the shape that `prefix_cache` would fill a prefix of `length` in (its padded
+        work), or None where it would not take it."""
+        shape = _fill_shape(length) if length else None
+        return shape.tokens if shape is not None and fill_prefixes and not self.failed else None
+
     def prefix_cache(self, tokens: list[int]) -> Any | None:
         """A few-shot prefix's keys and values as a Hugging Face cache, from one replay of a chunk shape
         that keeps them (captured at the warm-up for prefixes of up to FILL_SIZES[-1] tokens), or None
