@@ -396,7 +396,9 @@ def test_new_prefixes_are_filled_by_replays_unless_turned_off(loaded, graphs_on,
     )
 
 
-def test_a_decoding_batch_shares_a_new_prefix_that_a_replay_fills_for_less_than_a_forward(loaded, graphs_on, monkeypatch):
+def test_a_decoding_batch_shares_a_new_prefix_that_a_replay_fills_for_less_than_a_forward(
+    loaded, graphs_on, monkeypatch
+):
     """A GPU's rule (`decode_prefix_saving`, a forward's worth of tokens) kept a generation suite's
     one-shot prefix unshared; where a packed-graph replay fills it, the replay's padded tokens and its
     launch are the bar. Off (ENGINE_GRAPH_PREFIX_FILLS=0), the forward's bar stays."""
