@@ -48,8 +48,8 @@ MIN_PREFIX_SAVING = 1024
 # Model FLOPs worth one forward's host time (Python and ~400 kernel launches, ~30 ms) for a small
 # model on a fast GPU: ~6,800 tokens at 1.1 B, ~1,100 at 6.7 B (docs/benchmarks.md, session 9's profile).
 FORWARD_FLOPS = 15 * 10**12
-# A packed-graph replay's host time, ~1 ms (PackedGraphs.prefix_cache: three prefix fills took 6.9-7.5 ms
-# in all on an H100, session 22), in the same model FLOPs: ~30 times less than a forward's.
+# A packed-graph replay's host time in the same model FLOPs: ~1 ms, ~30 times less than a forward's (an
+# estimate: three prefix fills by replays, host and GPU, took 6.9-7.5 ms in all on an H100, session 22).
 REPLAY_FLOPS = FORWARD_FLOPS // 30
 
 
@@ -408,8 +408,9 @@ class BatchGenerator:
     def _decode_prefix_worth(self, length: int) -> int:
         """Tokens a decoding batch's fill of a new prefix of `length` must skip: a forward's worth
         (`decode_prefix_saving`), or where a packed-graph replay fills it, the replay's padded tokens
-        and its launch's worth. A generation suite's one-shot prefix (~85 tokens, 25 rows) then is
-        shared: the batch's prefill computed ~4,000 tokens fewer (session 22's profile)."""
+        and its launch's worth. A generation suite's one-shot prefixes (~85 tokens, 25 rows a run) are
+        then shared: ~4,000 fewer tokens computed, and the 1.1 B batch's prefill took 17.7-20.8 ms
+        against ~34 ms on an H100 (docs/benchmarks.md, session 22)."""
         fill = self.graphs.fill_tokens(length) if self.decode_prefix_saving and self.graphs is not None else None
         if fill is None:
             return self.decode_prefix_saving
