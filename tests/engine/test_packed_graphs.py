@@ -417,6 +417,27 @@ def test_a_decoding_batch_shares_a_new_prefix_that_a_replay_fills_for_less_than_
         assert_like_generate(model, tokenizer, rows)
 
 
+def test_a_decoding_batch_the_replays_do_not_take_falls_back_before_filling_its_prefixes(
+    loaded, graphs_on, monkeypatch
+):
+    """More runs' prefixes than the graphs hold (MAX_GROUPS): the forward's prefill runs, and the batch's
+    prefix figures are that path's (the fills counted, the new prefixes not taken for stored ones)."""
+    from evaluation.engine.server import generation
+
+    monkeypatch.setattr(packed_graphs, "MAX_GROUPS", 1)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    seen = {}
+    for by_replays in (False, True):
+        monkeypatch.setattr(generation, "graph_decode_prefill", by_replays)
+        generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
+        generator.decode_prefix_saving = 0
+        rows = rows_for(tokenizer, run_prompts(0, 3) + run_prompts(1, 3), max_new_tokens=3)
+        generator.generate(rows)
+        seen[by_replays] = (generator.last_prefix_fills[0], generator.last_prefix_reused, generator.last_skipped_tokens)
+        assert_like_generate(model, tokenizer, rows)
+    assert seen[True] == seen[False] and seen[False][0] == 2 and not seen[False][1], seen
+
+
 @pytest.mark.parametrize("with_prefixes", [True, False])
 def test_a_decoding_batchs_prefill_written_by_replays_decodes_as_generate(loaded, graphs_on, monkeypatch,
                                                                          with_prefixes):  # fmt: skip

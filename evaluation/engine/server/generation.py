@@ -226,11 +226,15 @@ class LaunchedBatch:
         self.record(self.rows, *self.choices.get())
 
 
+def _packed_order(groups: list[PrefixGroup]) -> list[PrefixGroup]:
+    """Groups with a prefix first: the packed kernels attend the leading tokens to prefixes."""
+    return sorted(groups, key=lambda g: not g.length)
+
+
 def _packed_inputs(groups: list[PrefixGroup]) -> tuple[list[PrefixGroup], list[int], list[int], list[int], list]:
-    """A packed forward's inputs: the groups in packed order (those with a prefix first: the kernels
-    then attend the leading tokens to prefixes), the rows' own tokens side by side, their positions,
+    """A packed forward's inputs: the groups in packed order (`_packed_order`), the rows' own tokens side by side, their positions,
     each row's count and, per group with a prefix, (first token, end token, its cache's tensors)."""
-    ordered = sorted(groups, key=lambda g: not g.length)
+    ordered = _packed_order(groups)
     ids: list[int] = []
     positions: list[int] = []
     lengths: list[int] = []
@@ -743,26 +747,31 @@ class BatchGenerator:
         cache is (each row's prefix ending at the longest prefix's end, its own tokens at the end); the
         rows in their slots' order (groups with a prefix first, as packed batches are), the last
         positions' logits, the 2-D mask and the next positions. None where the graphs do not take the
-        batch: then `_prefill` runs. Aims at the forward's host time: 17-19 ms to launch a 1.1 B
-        generation batch's prefill on an H100 (docs/benchmarks.md, session 21)."""
+        batch (checked before any prefix is filled): then `_prefill` runs. A 1.1 B generation batch's
+        prefill took 17.7-20.8 ms against 46.6-50.0 ms by the forward on one H100 (docs/benchmarks.md,
+        session 22)."""
         buffers = self.static.buffers if self.static is not None else None
         rows = [r for g in groups for r in g.rows]
-        if self.graphs is None or self.graphs.failed or buffers is None or not self._packs(rows):
+        if self.graphs is None or buffers is None or not self._packs(rows):
+            return None
+        ordered = _packed_order(groups)
+        lengths = [len(r.prompt_ids) - g.length for g in ordered for r in g.rows]
+        longest_prefix = max(g.length for g in ordered)
+        width = longest_prefix + max(lengths)
+        prefixes = sum(1 for g in ordered if g.length)
+        if len(rows) > buffers.rows or width > buffers.columns or self.graphs.chunks(lengths, prefixes, True) is None:
             return None
         self._count_prefixes(groups)
         self._fill_prefixes(groups)
         ordered, ids, positions, lengths, spans = _packed_inputs(groups)
         rows = [r for g in ordered for r in g.rows]
-        longest_prefix = max(g.length for g in ordered)
-        width = longest_prefix + max(lengths)
-        if len(rows) > buffers.rows or width > buffers.columns:
-            return None
         for t in buffers.stacked:
             t.zero_()  # what no row writes: zero (finite), as a padded cache's columns are masked
         slots: list[int] = []  # each packed token's row and column in the buffers
         columns: list[int] = []
         next_positions: list[int] = []
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        own_from: list[int] = []  # each row's first own column; its prefix's first column
+        prefix_from: list[int] = []
         slot = 0
         for g in ordered:
             first = slot
@@ -771,8 +780,8 @@ class BatchGenerator:
                 next_positions.append(g.length + own)
                 slots += [slot] * own
                 columns += range(width - own, width)
-                mask[slot, width - own :] = 1
-                mask[slot, longest_prefix - g.length : longest_prefix] = 1
+                own_from.append(width - own)
+                prefix_from.append(longest_prefix - g.length)
                 slot += 1
             if g.length:
                 for (k, v), bk, bv in zip(cache_tensors(g.cache), buffers.keys, buffers.values, strict=True):
@@ -796,6 +805,11 @@ class BatchGenerator:
         last = self.graphs.forward(ids, positions, lengths, spans, [end - 1 for end in ends], kv_sink=sink)
         if last is None:
             return None
+        # Each row's own columns, and its prefix's (ending at the longest prefix's end): one comparison
+        # for the batch, not two slice writes a row.
+        cols = torch.arange(width)
+        own_start, prefix_start = (torch.tensor(x)[:, None] for x in (own_from, prefix_from))
+        mask = ((cols >= own_start) | ((cols >= prefix_start) & (cols < longest_prefix))).long()
         return rows, last, mask.to(self.device), torch.tensor(next_positions, device=self.device)
 
     def _reserve(self, groups: list[PrefixGroup]) -> float:

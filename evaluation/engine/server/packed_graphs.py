@@ -396,6 +396,13 @@ class PackedGraphs:
             cache.update(*own, layer)
         return cache
 
+    def chunks(self, lengths: list[int], prefixes: int, keeps_kv: bool) -> list[Chunk] | None:
+        """The chunks `forward` runs rows of these own token counts (packed order) in, with this many
+        groups' prefixes, or None where it does not take them."""
+        if self.failed or (not prefixes and not keeps_kv) or prefixes > MAX_GROUPS:
+            return None  # no stored prefix: too little work to be worth a capture
+        return chunks_for(lengths)
+
     def forward(self, ids: list[int], positions: list[int], lengths: list[int], spans: list, keep: list[int],
                 kv_sink: Callable[[tuple[torch.Tensor, torch.Tensor], int, int], None] | None = None):  # fmt: skip
         """Each kept row's logits (fp32, [rows, vocab]) from the packed sequence `ids`, or None when this
@@ -405,9 +412,7 @@ class PackedGraphs:
         and values, and after each replay it is given them (keys and values, each [layers, tokens, kv_heads,
         dim]) with the chunk's first and end token, before the next replay may overwrite them."""
         self.last_steps = []
-        if self.failed or (not spans and kv_sink is None) or len(spans) > MAX_GROUPS:
-            return None  # no stored prefix: too little work to be worth a capture
-        chunks = chunks_for(lengths)
+        chunks = self.chunks(lengths, len(spans), kv_sink is not None)
         if chunks is None:
             return None
         clock = _Steps()
