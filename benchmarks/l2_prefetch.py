@@ -1,0 +1,273 @@
+"""Does prefetching a decode step's next weights into L2 fill the gaps between its kernels?
+
+A 1.1 B decode step at ~50 rows is ~200 kernels of a few microseconds: between and around the
+products (norms, attention, SiLU × up, each launch's ramp and tail) the card's memory idles, and on an
+H200 the step reaches ~41 % of the copy rate (docs/benchmarks.md, session 22). Here a chain of layers
+shaped as the model's (the four products by cuBLAS, a norm, a stand-in for attention that reads a
+row's keys and values, SiLU × up) runs as one CUDA graph, and the small kernels also ask L2 to fetch
+weights that a later product reads (`cp.async.bulk.prefetch.L2`, or per-line `prefetch.global.L2`),
+so the memory streams while they run. Printed: µs a layer, and the chain's bytes over its time as a
+share of the copy rate, for each plan of what each kernel prefetches.
+
+    bash benchmarks/gpu_env.sh python3 -m benchmarks.l2_prefetch --size 1b --rows 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+SIZES = {  # hidden, intermediate, heads, kv heads, layers (the benchmarks' Llama configs)
+    "1b": (2048, 5632, 32, 4, 22),
+    "7b": (4096, 11008, 32, 32, 32),
+}
+DIM = 64
+
+
+@triton.jit
+def _prefetch(pf_ptr, pf_bytes, programs, program, MODE: tl.constexpr, LANES: tl.constexpr = 128):
+    """This program's share of [pf_ptr, pf_ptr + pf_bytes) asked of L2: a slice for each of its LANES
+    threads (4 warps: one element a thread, no thread asking twice)."""
+    lanes = tl.arange(0, LANES)
+    share = tl.cdiv(tl.cdiv(pf_bytes, programs * LANES), 128) * 128  # bytes a lane, whole lines
+    start = (program * LANES + lanes).to(tl.int64) * share
+    size = tl.minimum(tl.maximum(pf_bytes - start, 0), share).to(tl.int32)
+    base = pf_ptr.to(tl.pointer_type(tl.int8)) + start
+    if MODE == 1:  # one bulk prefetch a lane
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0; }",
+            "=r,l,r", [base, size], dtype=tl.int32, is_pure=False, pack=1,
+        )  # fmt: skip
+    elif MODE == 2:  # the same, the lines kept ahead of others (evict_last)
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; .reg .b64 pol; setp.gt.s32 p, $2, 0; "
+            "createpolicy.fractional.L2::evict_last.b64 pol, 1.0; "
+            "@p cp.async.bulk.prefetch.L2.global.L2::cache_hint [$1], $2, pol; mov.u32 $0, 0; }",
+            "=r,l,r", [base, size], dtype=tl.int32, is_pure=False, pack=1,
+        )  # fmt: skip
+    elif MODE == 3:  # a prefetch instruction a line
+        for off in range(0, share, 128):
+            tl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p prefetch.global.L2::evict_last [$1]; mov.u32 $0, 0; }",
+                "=r,l,r", [base + off, size - off], dtype=tl.int32, is_pure=False, pack=1,
+            )  # fmt: skip
+
+
+@triton.jit
+def _norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, n, pf_ptr, pf_bytes, BLOCK: tl.constexpr, MODE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    if MODE != 0:
+        _prefetch(pf_ptr, pf_bytes, tl.num_programs(0), tl.program_id(0), MODE)
+    cols = tl.arange(0, BLOCK)
+    keep = cols < n
+    x = tl.load(x_ptr + row * n + cols, mask=keep, other=0.0).to(tl.float32)
+    x += tl.load(res_ptr + row * n + cols, mask=keep, other=0.0).to(tl.float32)
+    tl.store(res_ptr + row * n + cols, x.to(res_ptr.dtype.element_ty), mask=keep)
+    scale = tl.math.rsqrt(tl.sum(x * x, 0) / n + 1e-5)
+    w = tl.load(w_ptr + cols, mask=keep, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * n + cols, (x * scale * w).to(out_ptr.dtype.element_ty), mask=keep)
+
+
+@triton.jit
+def _silu_kernel(gu_ptr, out_ptr, inter, pf_ptr, pf_bytes, BLOCK: tl.constexpr, MODE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    if MODE != 0:
+        _prefetch(pf_ptr, pf_bytes, tl.num_programs(0) * tl.num_programs(1),
+                  tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), MODE)  # fmt: skip
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    keep = cols < inter
+    g = tl.load(gu_ptr + row * 2 * inter + cols, mask=keep, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * 2 * inter + inter + cols, mask=keep, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * inter + cols, (g / (1.0 + tl.exp(-g)) * u).to(out_ptr.dtype.element_ty), mask=keep)
+
+
+@triton.jit
+def _attend_kernel(
+    qkv_ptr, kv_ptr, out_ptr, qkv_row, cols, pf_ptr, pf_bytes,
+    GROUP: tl.constexpr, DIM: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
+):  # fmt: skip
+    """A stand-in for the step's attention: a (row, key/value head) program reads the row's keys and
+    values (`cols` of them) and its queries, as the real kernel does, with simpler arithmetic."""
+    row = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    if MODE != 0:
+        _prefetch(pf_ptr, pf_bytes, tl.num_programs(0) * tl.num_programs(1),
+                  tl.program_id(0) * tl.num_programs(1) + head, MODE)  # fmt: skip
+    kv_heads = tl.num_programs(1)
+    d = tl.arange(0, DIM)
+    g = tl.arange(0, GROUP)
+    q = tl.load(qkv_ptr + row * qkv_row + (head * GROUP + g[:, None]) * DIM + d[None, :]).to(tl.float32)
+    acc = tl.zeros((DIM,), dtype=tl.float32)
+    base = kv_ptr + ((row * kv_heads + head) * 2) * cols * DIM
+    for c in range(0, cols, BLOCK_N):
+        n = c + tl.arange(0, BLOCK_N)
+        keep = n[:, None] < cols
+        k = tl.load(base + n[:, None] * DIM + d[None, :], mask=keep, other=0.0).to(tl.float32)
+        v = tl.load(base + cols * DIM + n[:, None] * DIM + d[None, :], mask=keep, other=0.0).to(tl.float32)
+        acc += tl.sum(k * v, 0)
+    tl.store(out_ptr + row * GROUP * kv_heads * DIM + (head * GROUP + g[:, None]) * DIM + d[None, :],
+             (q + acc[None, :]).to(out_ptr.dtype.element_ty))  # fmt: skip
+
+
+class Chain:
+    def __init__(self, size: str, rows: int, cols: int, device: torch.device):
+        hidden, inter, heads, kv_heads, layers = SIZES[size]
+        self.shape = hidden, inter, heads, kv_heads, layers
+        self.rows, self.cols = rows, cols
+        dt = torch.bfloat16
+        scale = hidden**-0.5
+
+        def w(*s):
+            return (torch.randn(*s, device=device, dtype=dt) * scale).contiguous()
+
+        qkv_n = (heads + 2 * kv_heads) * DIM
+        self.layers = [
+            dict(
+                qkv=w(qkv_n, hidden),
+                o=w(hidden, heads * DIM),
+                gu=w(2 * inter, hidden),
+                down=w(hidden, inter),
+                n1=torch.ones(hidden, device=device, dtype=dt),
+                n2=torch.ones(hidden, device=device, dtype=dt),
+                kv=w(rows, kv_heads, 2, cols, DIM),
+            )  # fmt: skip
+            for _ in range(layers)
+        ]
+        self.x = torch.randn(rows, hidden, device=device, dtype=dt)
+        self.res = torch.zeros(rows, hidden, device=device, dtype=dt)
+        self.bytes = sum(t.numel() * t.element_size() for layer in self.layers for t in layer.values())
+
+    def run(self, plan: dict, mode: int) -> torch.Tensor:
+        hidden, inter, heads, kv_heads, layers = self.shape
+        rows = self.rows
+        x, res = self.x, self.res
+        blank = self.x  # a pointer for kernels that prefetch nothing
+
+        def pf(at: str, i: int):
+            name = plan.get(at)
+            if not name or mode == 0:
+                return blank, 0, 0
+            target, which = name
+            j = i + 1 if target == "next" else i
+            if j >= layers:
+                return blank, 0, 0
+            t = self.layers[j][which]
+            return t, t.numel() * t.element_size(), mode
+
+        for i, p in enumerate(self.layers):
+            normed = torch.empty_like(x)
+            t, b, m = pf("norm1", i)
+            _norm_kernel[(rows,)](x, res, p["n1"], normed, hidden, t, b, BLOCK=triton.next_power_of_2(hidden),
+                                  MODE=m, num_warps=4)  # fmt: skip
+            qkv = F.linear(normed, p["qkv"])
+            att = torch.empty(rows, heads * DIM, device=x.device, dtype=x.dtype)
+            t, b, m = pf("attend", i)
+            _attend_kernel[(rows, kv_heads)](qkv, p["kv"], att, qkv.stride(0), self.cols, t, b,
+                                             GROUP=heads // kv_heads, DIM=DIM, BLOCK_N=64, MODE=m, num_warps=4)  # fmt: skip
+            o = F.linear(att, p["o"])
+            normed = torch.empty_like(x)
+            t, b, m = pf("norm2", i)
+            _norm_kernel[(rows,)](o, res, p["n2"], normed, hidden, t, b, BLOCK=triton.next_power_of_2(hidden),
+                                  MODE=m, num_warps=4)  # fmt: skip
+            gu = F.linear(normed, p["gu"])
+            h = torch.empty(rows, inter, device=x.device, dtype=x.dtype)
+            t, b, m = pf("silu", i)
+            _silu_kernel[(rows, triton.cdiv(inter, 1024))](gu, h, inter, t, b, BLOCK=1024, MODE=m, num_warps=4)
+            x = F.linear(h, p["down"])
+        return x
+
+
+PLANS = {
+    "none": {},
+    "qkv+o": {"silu": ("next", "qkv"), "norm1": ("this", "o")},
+    "qkv+o+down": {"silu": ("next", "qkv"), "norm1": ("this", "o"), "norm2": ("this", "down")},
+    "qkv+o+gu": {"silu": ("next", "qkv"), "norm1": ("this", "o"), "attend": ("this", "gu")},
+    "all": {"silu": ("next", "qkv"), "norm1": ("this", "o"), "attend": ("this", "gu"), "norm2": ("this", "down")},
+    "o+down": {"norm1": ("this", "o"), "norm2": ("this", "down")},
+}
+
+
+def copy_rate(device) -> float:
+    a = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        b.copy_(a)
+    end.record()
+    end.synchronize()
+    return 2 * a.numel() * 20 / (start.elapsed_time(end) / 1e3)
+
+
+def timed(chain: Chain, plan: dict, mode: int, replays: int) -> float:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            chain.run(plan, mode)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain.run(plan, mode)
+    for _ in range(5):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / replays
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="1b", choices=sorted(SIZES))
+    p.add_argument("--rows", type=int, nargs="+", default=[50])
+    p.add_argument("--cols", type=int, default=200, help="keys and values a row attends to")
+    p.add_argument("--replays", type=int, default=100)
+    p.add_argument("--plans", nargs="+", default=list(PLANS))
+    p.add_argument("--modes", type=int, nargs="+", default=[1, 2, 3], help="1 bulk, 2 bulk evict_last, 3 a line")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    device = torch.device("cuda")
+    rate = copy_rate(device)
+    print(f"{torch.cuda.get_device_name(device)}: copy rate {rate / 1e12:.2f} TB/s", flush=True)
+    results = []
+    for rows in args.rows:
+        chain = Chain(args.size, rows, args.cols, device)
+        layers = chain.shape[-1]
+        for name in args.plans:
+            for mode in [0] if name == "none" else args.modes:
+                seconds = timed(chain, PLANS[name], mode, args.replays)
+                share = chain.bytes / seconds / rate
+                row = dict(rows=rows, plan=name, mode=mode, us_layer=seconds / layers * 1e6, share=share)
+                results.append(row)
+                print(
+                    f"rows {rows:3d}  {name:12s} mode {mode}  {row['us_layer']:6.1f} µs a layer  {share:6.1%}",
+                    flush=True,
+                )
+        del chain
+        torch.cuda.empty_cache()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(
+            json.dumps(dict(device=torch.cuda.get_device_name(device), copy_rate=rate, results=results))
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
