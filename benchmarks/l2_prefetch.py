@@ -10,6 +10,11 @@ so the memory streams while they run. Printed: µs a layer, and the chain's byte
 share of the copy rate, for each plan of what each kernel prefetches.
 
     bash benchmarks/gpu_env.sh python3 -m benchmarks.l2_prefetch --size 1b --rows 50
+
+Session 23, one H100: without prefetches the chain ran 64.3 µs a layer, 50.4 % of the copy rate (a
+whole run's 1.1 B steps: 51 %, so the chain stands for a real step); every plan with prefetches was
+slower, 68.3–86.5 µs a layer (docs/benchmarks.md). The engine's version of it (`prefetch.py`,
+`ENGINE_L2_PREFETCH`) is in commit f79dbd6 and was removed.
 """
 
 from __future__ import annotations

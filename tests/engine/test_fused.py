@@ -377,13 +377,12 @@ def _merge_signature():
     } | lse
 
 
-_ASK = {"pf_ptr": "*bf16", "pf_bytes": "i64"}  # the weight a decode step's kernel asks L2 for (prefetch.py)
 KERNELS = {  # name: (signature of its tensors and numbers, constexprs)
     "rms_norm": (
-        dict.fromkeys(("x_ptr", "res_ptr", "w_ptr", "out_ptr", "res_out_ptr"), "*bf16") | {"n": "i32", "inv_n": "fp32", "eps": "fp32"} | _ASK,
-        {"HAS_RES": True, "BLOCK": 2048, "EXACT": True, "PF": 0, "PF_LANES": 128},
+        dict.fromkeys(("x_ptr", "res_ptr", "w_ptr", "out_ptr", "res_out_ptr"), "*bf16") | {"n": "i32", "inv_n": "fp32", "eps": "fp32"},
+        {"HAS_RES": True, "BLOCK": 2048, "EXACT": True},
     ),
-    "silu_mul": (dict.fromkeys(("gate_ptr", "up_ptr", "out_ptr"), "*bf16") | {"inter": "i32", "in_row": "i32"} | _ASK, {"BLOCK": 1024, "EXACT": True, "PF": 0}),
+    "silu_mul": (dict.fromkeys(("gate_ptr", "up_ptr", "out_ptr"), "*bf16") | {"inter": "i32", "in_row": "i32"}, {"BLOCK": 1024, "EXACT": True}),
     "merge": (_merge_signature(), {"DIM": 128, "BLOCK_H": 32, "EXACT": True}),
 }  # fmt: skip
 
@@ -439,14 +438,3 @@ def test_every_kernel_compiles_for_a_gpu(name):
         signature, consts = KERNELS[name]
         kernel = getattr(fused, f"_{name}_kernel")
     assert ".entry" in _ptx(kernel, signature, consts)
-
-
-@pytest.mark.parametrize("name", ["rms_norm", "silu_mul"])
-def test_a_decode_steps_small_kernels_ask_l2_for_a_weight_only_when_told(name):
-    """The prefetch is PTX the interpreter cannot run: compiled for sm90, the kernel holds a bulk L2
-    prefetch with PF=1, the same under an evict-last policy with PF=2, and none with PF=0."""
-    signature, consts = KERNELS[name]
-    kernel = getattr(fused, f"_{name}_kernel")
-    asks = {pf: _ptx(kernel, signature, consts | {"PF": pf}) for pf in (0, 1, 2)}
-    assert [ptx.count("cp.async.bulk.prefetch.L2.global") for ptx in asks.values()] == [0, 1, 1]
-    assert ["evict_last" in ptx for ptx in asks.values()] == [False, False, True]

@@ -52,7 +52,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from evaluation.engine.server import prefetch
 from evaluation.engine.server.attention import attention_shape
 
 log = logging.getLogger(__name__)
@@ -78,13 +77,10 @@ if triton is not None:
 
     @triton.jit
     def _rms_norm_kernel(
-        x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, inv_n, eps, pf_ptr, pf_bytes,
-        HAS_RES: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr, PF: tl.constexpr = 0,
-        PF_LANES: tl.constexpr = 128,
+        x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, inv_n, eps,
+        HAS_RES: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
-        if PF != 0:  # a weight a later product reads, asked of L2 (prefetch.py)
-            prefetch.ask(pf_ptr, pf_bytes, tl.num_programs(0), tl.program_id(0), PF, PF_LANES)
         cols = tl.arange(0, BLOCK)
         keep = cols < n
         x = tl.load(x_ptr + row * n + cols, mask=keep, other=0.0).to(tl.float32)
@@ -103,16 +99,8 @@ if triton is not None:
         tl.store(out_ptr + row * n + cols, (w * y).to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
-    def _silu_mul_kernel(
-        gate_ptr, up_ptr, out_ptr, inter, in_row, pf_ptr, pf_bytes,
-        BLOCK: tl.constexpr, EXACT: tl.constexpr, PF: tl.constexpr = 0,
-    ):  # fmt: skip
+    def _silu_mul_kernel(gate_ptr, up_ptr, out_ptr, inter, in_row, BLOCK: tl.constexpr, EXACT: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
-        if PF != 0:
-            programs = tl.num_programs(0) * tl.num_programs(1)
-            prefetch.ask(
-                pf_ptr, pf_bytes, programs, tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), PF, 128
-            )  # fmt: skip: the launch's 4 warps
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         keep = cols < inter
         g = tl.load(gate_ptr + row * in_row + cols, mask=keep, other=0.0).to(tl.float32)
@@ -244,10 +232,8 @@ def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
     return weight * h.to(x.dtype)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
-             ask: torch.Tensor | None = None):  # fmt: skip
-    """RMSNorm of x, or of residual + x, then (normed, residual + x); `ask`: a weight the kernel asks
-    L2 for (prefetch.py)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """RMSNorm of x, or of residual + x, then (normed, residual + x)."""
     plain = not x.is_contiguous() or weight.dtype != x.dtype or (residual is not None and not residual.is_contiguous())
     if not _use_triton(x) or plain:
         return _rms_norm_fallback(x, weight, eps, residual)
@@ -259,12 +245,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
         rows = x.numel() // n
         if rows:
             block = triton.next_power_of_2(n)
-            warps = min(16, max(1, block // 512))
-            pf_ptr, pf_bytes, pf = prefetch.args(ask, x)
             _rms_norm_kernel[(rows,)](
                 x, residual if residual is not None else x, weight, out, res_out, n, _fp32_reciprocal(n), eps,
-                pf_ptr, pf_bytes, HAS_RES=residual is not None, BLOCK=block, EXACT=not _INTERPRET, PF=pf,
-                PF_LANES=32 * warps, num_warps=warps,
+                HAS_RES=residual is not None, BLOCK=block, EXACT=not _INTERPRET,
+                num_warps=min(16, max(1, block // 512)),
             )  # fmt: skip
         return out, res_out
 
@@ -298,9 +282,8 @@ def _token_stride(x: torch.Tensor) -> int | None:
     return step
 
 
-def silu_mul(gate: torch.Tensor, up: torch.Tensor, ask: torch.Tensor | None = None) -> torch.Tensor:
-    """SiLU(gate) * up in one kernel (gate and up may be column slices of one joined product); `ask`:
-    a weight the kernel asks L2 for (prefetch.py)."""
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SiLU(gate) * up in one kernel (gate and up may be column slices of one joined product)."""
     step = _token_stride(gate)
     if not _use_triton(gate) or up.shape != gate.shape or step is None or _token_stride(up) != step:
         return silu_mul_torch(gate, up)
@@ -311,9 +294,8 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, ask: torch.Tensor | None = No
         rows = gate.numel() // inter
         if rows:
             block = 1024
-            pf_ptr, pf_bytes, pf = prefetch.args(ask, gate)
             _silu_mul_kernel[(rows, triton.cdiv(inter, block))](
-                gate, up, out, inter, step, pf_ptr, pf_bytes, BLOCK=block, EXACT=not _INTERPRET, PF=pf, num_warps=4
+                gate, up, out, inter, step, BLOCK=block, EXACT=not _INTERPRET, num_warps=4
             )
         return out
 
@@ -481,12 +463,10 @@ def layer_parts(layer: Any, hidden_states: torch.Tensor, pending: torch.Tensor |
     attn, mlp = layer.self_attn, layer.mlp
     rows, length = hidden_states.shape[:2]
     norm = layer.input_layernorm
-    # A decode step's small kernels ask L2 for weights its products read next (prefetch.py).
-    asks = getattr(layer, "_engine_prefetch", {}) if length == 1 else {}
     if pending is None:
-        x, _ = rms_norm(hidden_states, norm.weight, _eps(norm), ask=asks.get("norm1"))
+        x, _ = rms_norm(hidden_states, norm.weight, _eps(norm))
     else:
-        x, hidden_states = rms_norm(pending, norm.weight, _eps(norm), residual=hidden_states, ask=asks.get("norm1"))
+        x, hidden_states = rms_norm(pending, norm.weight, _eps(norm), residual=hidden_states)
     cos, sin = position_embeddings
     qkv = _joined_here(attn, length)
     # Else Hugging Face's three products, whose results are bitwise the stock layer's.
@@ -499,10 +479,10 @@ def layer_parts(layer: Any, hidden_states: torch.Tensor, pending: torch.Tensor |
         out = _attention(attn, q, k, v, cos, sin, attention_mask, position_ids, past, cache_position, **kwargs)
     out = attn.o_proj(out.reshape(rows, length, -1).contiguous())
     post = layer.post_attention_layernorm
-    x, residual = rms_norm(out, post.weight, _eps(post), residual=hidden_states, ask=asks.get("norm2"))
+    x, residual = rms_norm(out, post.weight, _eps(post), residual=hidden_states)
     gate_up = _joined_here(mlp, length)
     gate, up = gate_up(x) if gate_up is not None else (mlp.gate_proj(x), mlp.up_proj(x))
-    return mlp.down_proj(silu_mul(gate, up, ask=asks.get("silu"))), residual
+    return mlp.down_proj(silu_mul(gate, up)), residual
 
 
 def _attention(attn, q, k, v, cos, sin, attention_mask, position_ids, past, cache_position, **kwargs):
@@ -668,7 +648,6 @@ def install(model: Any) -> bool:
             return _original(*args, **kwargs)
 
         layer.forward = forward
-    prefetch.plan(model)
     model._engine_fused = True
     return True
 
