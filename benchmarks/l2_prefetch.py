@@ -32,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from benchmarks.fused_kernels import _replayed_ms  # noqa: E402
+from benchmarks.gpu_ceilings import measure  # noqa: E402
+
 SIZES = {  # hidden, intermediate, heads, kv heads, layers (the benchmarks' Llama configs)
     "1b": (2048, 5632, 32, 4, 22),
     "7b": (4096, 11008, 32, 32, 32),
@@ -202,39 +205,10 @@ PLANS = {
 }
 
 
-def copy_rate(device) -> float:
-    a = torch.empty(1 << 30, dtype=torch.uint8, device=device)
-    b = torch.empty_like(a)
-    for _ in range(3):
-        b.copy_(a)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        b.copy_(a)
-    end.record()
-    end.synchronize()
-    return 2 * a.numel() * 20 / (start.elapsed_time(end) / 1e3)
-
-
 def timed(chain: Chain, plan: dict, mode: int, replays: int) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            chain.run(plan, mode)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        chain.run(plan, mode)
-    for _ in range(5):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3 / replays
+    """Seconds a replay of the chain captured as one CUDA graph."""
+    ms, _ = _replayed_ms(lambda: chain.run(plan, mode), replays)
+    return ms / 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     device = torch.device("cuda")
-    rate = copy_rate(device)
+    rate = measure(str(device))["copy_bandwidth_tb_s"] * 1e12  # the rate whole runs' shares are of
     print(f"{torch.cuda.get_device_name(device)}: copy rate {rate / 1e12:.2f} TB/s", flush=True)
     results = []
     for rows in args.rows:

@@ -2,29 +2,19 @@
 for an H100/H200, compiled here: the interpreter cannot run inline PTX), and every plan names a kernel
 of the chain and a weight of a layer."""
 
-import pytest
-
 from benchmarks import l2_prefetch as bench
+from tests.engine.test_fused import _ptx
 
 NORM = {"x_ptr": "*bf16", "res_ptr": "*bf16", "w_ptr": "*bf16", "out_ptr": "*bf16", "n": "i32", "pf_ptr": "*bf16",
         "pf_bytes": "i64"}  # fmt: skip
 
 
-def _ptx(mode: int) -> str:
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    consts = {"BLOCK": 2048, "MODE": mode}
-    source = ASTSource(fn=bench._norm_kernel, signature=NORM | dict.fromkeys(consts, "constexpr"), constexprs=consts)
-    try:
-        return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
-    except (ImportError, FileNotFoundError) as e:  # pragma: no cover - a Triton build without its CUDA tool chain
-        pytest.skip(f"cannot compile for CUDA here: {e}")
+def _norm_ptx(mode: int) -> str:
+    return _ptx(bench._norm_kernel, NORM, {"BLOCK": 2048, "MODE": mode})
 
 
 def test_each_mode_compiles_the_prefetch_it_names():
-    ptx = {mode: _ptx(mode) for mode in (0, 1, 2, 3)}
+    ptx = {mode: _norm_ptx(mode) for mode in (0, 1, 2, 3)}
     assert "prefetch" not in ptx[0].replace("l2_prefetch.py", "")
     assert "cp.async.bulk.prefetch.L2.global [" in ptx[1] and "evict_last" not in ptx[1]
     assert "cp.async.bulk.prefetch.L2.global.L2::cache_hint" in ptx[2] and "evict_last" in ptx[2]

@@ -232,8 +232,9 @@ def _packed_order(groups: list[PrefixGroup]) -> list[PrefixGroup]:
 
 
 def _packed_inputs(groups: list[PrefixGroup]) -> tuple[list[PrefixGroup], list[int], list[int], list[int], list]:
-    """A packed forward's inputs: the groups in packed order (`_packed_order`), the rows' own tokens side by side, their positions,
-    each row's count and, per group with a prefix, (first token, end token, its cache's tensors)."""
+    """A packed forward's inputs: the groups in packed order (`_packed_order`), the rows' own tokens
+    side by side, their positions, each row's count and, per group with a prefix, (first token, end
+    token, its cache's tensors)."""
     ordered = _packed_order(groups)
     ids: list[int] = []
     positions: list[int] = []
