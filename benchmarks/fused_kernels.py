@@ -62,6 +62,11 @@ def check_kernels(device: str) -> list[dict]:
         gate, up = joined.split(1100, dim=-1)
         got = fused.silu_mul(gate, up)
         out.append(_diff("silu_mul_joined", dtype, got, fused.silu_mul_torch(gate, up), fused._use_triton(gate)))
+        # Folded norms (folded.py): the products of the raw residual rows, each row scaled by its factor.
+        residual = torch.randn(6, 1, 2048, dtype=dtype, device=device) * 5
+        scale_of = (residual, 1e-5)
+        want = fused._silu_mul_fallback(gate, up, scale_of)
+        out.append(_diff("silu_mul_folded", dtype, fused.silu_mul(gate, up, scale_of), want, fused._use_triton(gate)))
         for tokens, heads, dim in ((7, 6, 16), (50, 32, 64)):  # the packed attention's merge, varlen layout
             own, pre = (torch.randn(tokens, heads, dim, dtype=dtype, device=device) for _ in range(2))
             own_lse, pre_lse = (torch.randn(heads, tokens, device=device).t() * 3 for _ in range(2))
@@ -213,8 +218,26 @@ def check_decode_attention(device: str, dtype) -> list[dict]:
             ("rope_attend_v_cache", values, want_caches[1]),
         ):
             out.append(_diff(name, dtype, cache[:, :, column], expected[:, :, column], used) | shape)
+        # Folded norms (folded.py): q, k, v the products of the raw residual rows, scaled by the kernel.
+        residual = torch.randn(rows, 1, 1024, dtype=dtype, device=device) * 3
+        scale_of = (residual, 1e-5)
+        want_caches = [keys.nan_to_num(0.0), values.nan_to_num(0.0)]  # the NaNs stand outside the bounds
+        want_folded = decode_attention.rope_attend_torch(new_q, new_k, new_v, cos, sin, *want_caches, bounds, step,
+                                                         dim**-0.5, scale_of)  # fmt: skip
+        got = decode_attention.rope_attend(new_q, new_k, new_v, cos, sin, keys, values, bounds, step, dim**-0.5, work,
+                                           scale_of)  # fmt: skip
+        used = got is not None and fused._use_triton(new_q)
+        if got is None:
+            got, keys, values = want_folded, *want_caches
+        finite = {"finite": bool(torch.isfinite(got).all())}
+        out.append(_diff("rope_attend_folded", dtype, got, want_folded, used) | shape | finite)
+        for name, cache, expected in (
+            ("rope_attend_folded_k_cache", keys, want_caches[0]),
+            ("rope_attend_folded_v_cache", values, want_caches[1]),
+        ):
+            out.append(_diff(name, dtype, cache[:, :, column], expected[:, :, column], used) | shape)
         # The server's warm-up check (`verify_rope_attend`) at these shapes.
-        why = decode_attention.rope_attend_disagreement(heads, kv_heads, dim, dtype, device)
+        why = decode_attention.rope_attend_disagreement(heads, kv_heads, dim, dtype, device, scaled=True)
         out.append({"op": "rope_attend_warm_up_check", "dtype": str(dtype).removeprefix("torch."), "triton": used,
                     "heads": [heads, kv_heads], "agrees": why is None, "why": why})  # fmt: skip
     return out

@@ -87,7 +87,16 @@ def _norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, n, pf_ptr, pf_bytes, BLOCK: tl.
 
 
 @triton.jit
-def _silu_kernel(gu_ptr, out_ptr, inter, pf_ptr, pf_bytes, BLOCK: tl.constexpr, MODE: tl.constexpr):
+def _row_scale(res_ptr, row, n, BLOCK_H: tl.constexpr):
+    """The RMS norm's 1/rms of a residual row, as a folded step's kernels compute it for themselves."""
+    h = tl.arange(0, BLOCK_H)
+    r = tl.load(res_ptr + row * n + h, mask=h < n, other=0.0).to(tl.float32)
+    return tl.math.rsqrt(tl.sum(r * r, 0) / n + 1e-5)
+
+
+@triton.jit
+def _silu_kernel(gu_ptr, out_ptr, inter, pf_ptr, pf_bytes, res_ptr, n, BLOCK: tl.constexpr, MODE: tl.constexpr,
+                 FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     if MODE != 0:
         _prefetch(pf_ptr, pf_bytes, tl.num_programs(0) * tl.num_programs(1),
@@ -96,13 +105,17 @@ def _silu_kernel(gu_ptr, out_ptr, inter, pf_ptr, pf_bytes, BLOCK: tl.constexpr, 
     keep = cols < inter
     g = tl.load(gu_ptr + row * 2 * inter + cols, mask=keep, other=0.0).to(tl.float32)
     u = tl.load(gu_ptr + row * 2 * inter + inter + cols, mask=keep, other=0.0).to(tl.float32)
+    if FOLD:
+        scale = _row_scale(res_ptr, row, n, BLOCK_H)
+        g, u = g * scale, u * scale
     tl.store(out_ptr + row * inter + cols, (g / (1.0 + tl.exp(-g)) * u).to(out_ptr.dtype.element_ty), mask=keep)
 
 
 @triton.jit
 def _attend_kernel(
-    qkv_ptr, kv_ptr, out_ptr, qkv_row, cols, pf_ptr, pf_bytes,
+    qkv_ptr, kv_ptr, out_ptr, qkv_row, cols, pf_ptr, pf_bytes, res_ptr, hidden,
     GROUP: tl.constexpr, DIM: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
+    FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1,
 ):  # fmt: skip
     """A stand-in for the step's attention: a (row, key/value head) program reads the row's keys and
     values (`cols` of them) and its queries, as the real kernel does, with simpler arithmetic."""
@@ -115,6 +128,8 @@ def _attend_kernel(
     d = tl.arange(0, DIM)
     g = tl.arange(0, GROUP)
     q = tl.load(qkv_ptr + row * qkv_row + (head * GROUP + g[:, None]) * DIM + d[None, :]).to(tl.float32)
+    if FOLD:
+        q = q * _row_scale(res_ptr, row, hidden, BLOCK_H)
     acc = tl.zeros((DIM,), dtype=tl.float32)
     base = kv_ptr + ((row * kv_heads + head) * 2) * cols * DIM
     for c in range(0, cols, BLOCK_N):
@@ -155,7 +170,7 @@ class Chain:
         self.res = torch.zeros(rows, hidden, device=device, dtype=dt)
         self.bytes = sum(t.numel() * t.element_size() for layer in self.layers for t in layer.values())
 
-    def run(self, plan: dict, mode: int) -> torch.Tensor:
+    def run(self, plan: dict, mode: int, fold: bool = False) -> torch.Tensor:
         hidden, inter, heads, kv_heads, layers = self.shape
         rows = self.rows
         x, res = self.x, self.res
@@ -172,27 +187,52 @@ class Chain:
             t = self.layers[j][which]
             return t, t.numel() * t.element_size(), mode
 
+        if fold:
+            return self.run_folded()
+        block_h = triton.next_power_of_2(hidden)
         for i, p in enumerate(self.layers):
             normed = torch.empty_like(x)
             t, b, m = pf("norm1", i)
-            _norm_kernel[(rows,)](x, res, p["n1"], normed, hidden, t, b, BLOCK=triton.next_power_of_2(hidden),
-                                  MODE=m, num_warps=4)  # fmt: skip
+            _norm_kernel[(rows,)](x, res, p["n1"], normed, hidden, t, b, BLOCK=block_h, MODE=m, num_warps=4)
             qkv = F.linear(normed, p["qkv"])
             att = torch.empty(rows, heads * DIM, device=x.device, dtype=x.dtype)
             t, b, m = pf("attend", i)
-            _attend_kernel[(rows, kv_heads)](qkv, p["kv"], att, qkv.stride(0), self.cols, t, b,
+            _attend_kernel[(rows, kv_heads)](qkv, p["kv"], att, qkv.stride(0), self.cols, t, b, res, hidden,
                                              GROUP=heads // kv_heads, DIM=DIM, BLOCK_N=64, MODE=m, num_warps=4)  # fmt: skip
             o = F.linear(att, p["o"])
             normed = torch.empty_like(x)
             t, b, m = pf("norm2", i)
-            _norm_kernel[(rows,)](o, res, p["n2"], normed, hidden, t, b, BLOCK=triton.next_power_of_2(hidden),
-                                  MODE=m, num_warps=4)  # fmt: skip
+            _norm_kernel[(rows,)](o, res, p["n2"], normed, hidden, t, b, BLOCK=block_h, MODE=m, num_warps=4)
             gu = F.linear(normed, p["gu"])
             h = torch.empty(rows, inter, device=x.device, dtype=x.dtype)
             t, b, m = pf("silu", i)
-            _silu_kernel[(rows, triton.cdiv(inter, 1024))](gu, h, inter, t, b, BLOCK=1024, MODE=m, num_warps=4)
+            _silu_kernel[(rows, triton.cdiv(inter, 1024))](gu, h, inter, t, b, res, hidden, BLOCK=1024, MODE=m,
+                                                           num_warps=4)  # fmt: skip
             x = F.linear(h, p["down"])
         return x
+
+    def run_folded(self) -> torch.Tensor:
+        """The chain with its norms folded away (issue 8, session 24): each norm's weight is folded
+        into the next product's columns, the products read the residual itself, and the kernels after
+        them (attention, SiLU × up) scale their inputs by the row's 1/rms, computed from the residual
+        row; the output and down products add into the residual (cuBLAS's beta = 1). Six kernels a
+        layer instead of eight; the weights here are random, so only the time means anything."""
+        hidden, inter, heads, kv_heads, layers = self.shape
+        rows, res = self.rows, self.x.clone()
+        block_h = triton.next_power_of_2(hidden)
+        for p in self.layers:
+            qkv = F.linear(res, p["qkv"])
+            att = torch.empty(rows, heads * DIM, device=res.device, dtype=res.dtype)
+            _attend_kernel[(rows, kv_heads)](qkv, p["kv"], att, qkv.stride(0), self.cols, res, 0, res, hidden,
+                                             GROUP=heads // kv_heads, DIM=DIM, BLOCK_N=64, MODE=0, FOLD=True,
+                                             BLOCK_H=block_h, num_warps=4)  # fmt: skip
+            res.addmm_(att, p["o"].t())
+            gu = F.linear(res, p["gu"])
+            h = torch.empty(rows, inter, device=res.device, dtype=res.dtype)
+            _silu_kernel[(rows, triton.cdiv(inter, 1024))](gu, h, inter, res, 0, res, hidden, BLOCK=1024, MODE=0,
+                                                           FOLD=True, BLOCK_H=block_h, num_warps=4)  # fmt: skip
+            res.addmm_(h, p["down"].t())
+        return res
 
 
 PLANS = {
@@ -205,9 +245,9 @@ PLANS = {
 }
 
 
-def timed(chain: Chain, plan: dict, mode: int, replays: int) -> float:
+def timed(chain: Chain, plan: dict, mode: int, replays: int, fold: bool = False) -> float:
     """Seconds a replay of the chain captured as one CUDA graph."""
-    ms, _ = _replayed_ms(lambda: chain.run(plan, mode), replays)
+    ms, _ = _replayed_ms(lambda: chain.run(plan, mode, fold), replays)
     return ms / 1e3
 
 
@@ -219,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replays", type=int, default=100)
     p.add_argument("--plans", nargs="+", default=list(PLANS))
     p.add_argument("--modes", type=int, nargs="+", default=[1, 2, 3], help="1 bulk, 2 bulk evict_last, 3 a line")
+    p.add_argument("--fold", action="store_true", help="also the chain with its norms folded away (run_folded)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     device = torch.device("cuda")
@@ -228,16 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     for rows in args.rows:
         chain = Chain(args.size, rows, args.cols, device)
         layers = chain.shape[-1]
-        for name in args.plans:
-            for mode in [0] if name == "none" else args.modes:
-                seconds = timed(chain, PLANS[name], mode, args.replays)
-                share = chain.bytes / seconds / rate
-                row = dict(rows=rows, plan=name, mode=mode, us_layer=seconds / layers * 1e6, share=share)
-                results.append(row)
-                print(
-                    f"rows {rows:3d}  {name:12s} mode {mode}  {row['us_layer']:6.1f} µs a layer  {share:6.1%}",
-                    flush=True,
-                )
+        runs = [(name, mode) for name in args.plans for mode in ([0] if name == "none" else args.modes)]
+        for name, mode in runs + ([("folded", 0)] if args.fold else []):
+            seconds = timed(chain, PLANS.get(name, {}), mode, args.replays, fold=name == "folded")
+            share = chain.bytes / seconds / rate
+            row = dict(rows=rows, plan=name, mode=mode, us_layer=seconds / layers * 1e6, share=share)
+            results.append(row)
+            print(
+                f"rows {rows:3d}  {name:12s} mode {mode}  {row['us_layer']:6.1f} µs a layer  {share:6.1%}",
+                flush=True,
+            )
         del chain
         torch.cuda.empty_cache()
     if args.out:

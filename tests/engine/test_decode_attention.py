@@ -228,7 +228,9 @@ def test_the_warm_up_check_passes_the_reference_rope_attend(monkeypatch, dtype):
     monkeypatch.setattr(decode_attention, "everywhere", True)
     monkeypatch.setattr(decode_attention, "rope_inside", True)
     assert decode_attention.rope_attend_disagreement(8, 2, 32, dtype, torch.device("cpu")) is None
-    assert decode_attention.verify_rope_attend(8, 2, 32, dtype, torch.device("cpu"))
+    # Folded norms: the rows' factors taken inside, against q, k and v scaled first.
+    assert decode_attention.rope_attend_disagreement(8, 2, 32, dtype, torch.device("cpu"), scaled=True) is None
+    assert decode_attention.verify_rope_attend(8, 2, 32, dtype, torch.device("cpu"), scaled=True)
     assert decode_attention.rope_inside
 
 
@@ -249,10 +251,10 @@ def test_a_rope_attend_that_disagrees_is_turned_off_at_the_warm_up(monkeypatch, 
     monkeypatch.setattr(decode_attention, "rope_inside", True)
     reference = decode_attention.rope_attend_torch
 
-    def faulty(q, k, v, cos, sin, keys, values, bounds, column, scaling):
+    def faulty(q, k, v, cos, sin, keys, values, bounds, column, scaling, scale_of=None):
         if fault == "raises":
             raise RuntimeError("no kernel for sm_00")
-        out = reference(q, k, v, cos, sin, keys, values, bounds, column, scaling)
+        out = reference(q, k, v, cos, sin, keys, values, bounds, column, scaling, scale_of)
         if fault == "column":
             keys[:, :, column + 1] = keys[:, :, column]
         elif fault == "output":

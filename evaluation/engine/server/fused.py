@@ -99,12 +99,30 @@ if triton is not None:
         tl.store(out_ptr + row * n + cols, (w * y).to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
-    def _silu_mul_kernel(gate_ptr, up_ptr, out_ptr, inter, in_row, BLOCK: tl.constexpr, EXACT: tl.constexpr):
+    def _row_scale(res_ptr, row, n, inv_n, eps, BLOCK_H: tl.constexpr, EXACT: tl.constexpr):
+        """A residual row's RMS-norm factor, 1 / sqrt(mean(x²) + eps), as `_rms_norm_kernel` computes it:
+        the kernels after a folded norm's product (folded.py) scale their inputs by it."""
+        h = tl.arange(0, BLOCK_H)
+        x = tl.load(res_ptr + row * n + h, mask=h < n, other=0.0).to(tl.float32)
+        variance = tl.sum(x * x, axis=0) * inv_n
+        if EXACT:
+            return libdevice.rsqrt(variance + eps)
+        return tl.math.rsqrt(variance + eps)
+
+    @triton.jit
+    def _silu_mul_kernel(
+        gate_ptr, up_ptr, out_ptr, inter, in_row, res_ptr, n, inv_n, eps,
+        BLOCK: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr = False, BLOCK_H: tl.constexpr = 16,
+    ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         keep = cols < inter
         g = tl.load(gate_ptr + row * in_row + cols, mask=keep, other=0.0).to(tl.float32)
         u = tl.load(up_ptr + row * in_row + cols, mask=keep, other=0.0).to(tl.float32)
+        if SCALED:  # a folded norm: the product read the residual; its outputs take the row's factor, rounded
+            scale = _row_scale(res_ptr, row, n, inv_n, eps, BLOCK_H, EXACT)
+            g = (g * scale).to(out_ptr.dtype.element_ty).to(tl.float32)
+            u = (u * scale).to(out_ptr.dtype.element_ty).to(tl.float32)
         if EXACT:  # torch's SiLU: CUDA's expf and an IEEE division (tl.exp and / are approximate)
             s = tl.math.div_rn(g, 1.0 + libdevice.exp(-g))
         else:
@@ -282,11 +300,28 @@ def _token_stride(x: torch.Tensor) -> int | None:
     return step
 
 
-def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """SiLU(gate) * up in one kernel (gate and up may be column slices of one joined product)."""
+def row_scale_torch(residual: torch.Tensor, eps: float) -> torch.Tensor:
+    """Each row's RMS-norm factor [..., 1] in fp32, as `rms_norm_torch` computes it."""
+    h = residual.to(torch.float32)
+    return torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def scaled_torch(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [rows, ..., features] times each row's factor, rounded to x's dtype (as a product's output is)."""
+    return (x.to(torch.float32) * scale.reshape(scale.shape[0], *[1] * (x.dim() - 1))).to(x.dtype)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor, scale_of: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    """SiLU(gate) * up in one kernel (gate and up may be column slices of one joined product).
+    `scale_of` (residual, eps): gate and up are a folded norm's products of the raw residual rows, and
+    each takes its row's RMS-norm factor first (folded.py)."""
     step = _token_stride(gate)
-    if not _use_triton(gate) or up.shape != gate.shape or step is None or _token_stride(up) != step:
-        return silu_mul_torch(gate, up)
+    residual = scale_of[0] if scale_of is not None else None
+    plain = up.shape != gate.shape or step is None or _token_stride(up) != step
+    if residual is not None:
+        plain = plain or not residual.is_contiguous() or residual.dtype != gate.dtype
+    if not _use_triton(gate) or plain:
+        return _silu_mul_fallback(gate, up, scale_of)
     inter = gate.shape[-1]
     out = torch.empty(gate.shape, dtype=gate.dtype, device=gate.device)
 
@@ -294,12 +329,22 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         rows = gate.numel() // inter
         if rows:
             block = 1024
+            n = residual.shape[-1] if residual is not None else 1
             _silu_mul_kernel[(rows, triton.cdiv(inter, block))](
-                gate, up, out, inter, step, BLOCK=block, EXACT=not _INTERPRET, num_warps=4
-            )
+                gate, up, out, inter, step, residual if residual is not None else gate, n, _fp32_reciprocal(n),
+                scale_of[1] if scale_of is not None else 0.0, BLOCK=block, EXACT=not _INTERPRET,
+                SCALED=residual is not None, BLOCK_H=triton.next_power_of_2(n), num_warps=4,
+            )  # fmt: skip
         return out
 
-    return _run_kernel(launch, lambda: silu_mul_torch(gate, up))
+    return _run_kernel(launch, lambda: _silu_mul_fallback(gate, up, scale_of))
+
+
+def _silu_mul_fallback(gate, up, scale_of):
+    if scale_of is not None:
+        scale = row_scale_torch(scale_of[0], scale_of[1])
+        gate, up = scaled_torch(gate, scale), scaled_torch(up, scale)
+    return silu_mul_torch(gate, up)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -519,8 +564,11 @@ def _attention(attn, q, k, v, cos, sin, attention_mask, position_ids, past, cach
     return out
 
 
-def final_norm(norm: Any, pending: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """The model's last norm of residual + pending (the last layer's sum), in one kernel."""
+def final_norm(norm: Any, pending: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
+    """The model's last norm of residual + pending (the last layer's sum; None: residual is summed), in
+    one kernel."""
+    if pending is None:
+        return rms_norm(residual, norm.weight, _eps(norm))[0]
     return rms_norm(pending, norm.weight, _eps(norm), residual=residual)[0]
 
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
-from evaluation.engine.server import decode_attention, fused, packed, packed_graphs, static_decode
+from evaluation.engine.server import decode_attention, folded, fused, packed, packed_graphs, static_decode
 from evaluation.engine.server.attention import engine_attention
 from evaluation.engine.server.decode_step import greedy_choice, write_choice
 from evaluation.engine.server.kv_cache import PrefixStore, cache_tensors, expanded, gathered, map_cache
@@ -271,6 +271,8 @@ class BatchGenerator:
         self.device = next(model.parameters()).device
         # Fused decoder layers for the engine's forwards (fused.py: on a GPU in half precision).
         self.fused = fused.install(model)
+        # Decode steps with the norms folded into the products (folded.py: `ENGINE_FOLD_NORMS`).
+        self.folded = self.fused and folded.fold(model)
         self.prefix_sharing = prefix_sharing
         self.min_shared_prefix = min_shared_prefix
         # Tokens a decoding batch's own forward of a prefix no batch stored must skip to be worth it,

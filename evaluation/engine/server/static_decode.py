@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from evaluation.engine.server import cuda_graphs, decode_attention, decode_step, fused
+from evaluation.engine.server import cuda_graphs, decode_attention, decode_step, folded, fused
 from evaluation.engine.server.attention import attention_shape
 from evaluation.engine.server.kv_cache import cache_tensors
 from evaluation.engine.server.staging import Staging
@@ -111,7 +111,7 @@ class _StaticCache:
             return None
         return q, self.keys[layer_idx], self.values[layer_idx]
 
-    def rope_attend(self, q, k, v, cos, sin, layer_idx: int, scaling: float) -> torch.Tensor | None:
+    def rope_attend(self, q, k, v, cos, sin, layer_idx: int, scaling: float, scale_of=None) -> torch.Tensor | None:
         """The step's attention output [rows, 1, heads, dim] from the projections' outputs, the key
         rotated and the value written into the cache by the same kernel; or None: `store_rotated`
         and `attend` (or the mask) serve."""
@@ -119,7 +119,7 @@ class _StaticCache:
             return None
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         return decode_attention.rope_attend(q, k, v, cos, sin, keys, values, self.bounds, self.column, scaling,
-                                            self.work)  # fmt: skip
+                                            self.work, scale_of)  # fmt: skip
 
     def attend(self, q: torch.Tensor, layer_idx: int, scaling: float) -> torch.Tensor | None:
         """The step's attention output [rows, 1, heads, dim], or None: attend through the mask."""
@@ -245,7 +245,14 @@ class StaticDecoder:
             position_embeddings = decode_step.cos_sin(b.rotary_now)
         else:
             position_embeddings = self.inner.rotary_emb(hidden, position_ids)
-        if fused.runs_fused(self.model) and fused.plain_rms_norm(self.inner.norm):
+        folds = folded.folded(self.model) and b.cache.bounded and fused.plain_rms_norm(self.inner.norm)
+        if fused.runs_fused(self.model) and folds:
+            # The norms folded into the products (folded.py): each layer adds into the residual in place.
+            mask = bias if decode_step.lean else bias()
+            for layer in self.inner.layers:
+                hidden = folded.step_parts(layer, hidden, b.cache, mask, position_ids, position_embeddings)
+            hidden = fused.final_norm(self.inner.norm, None, hidden)
+        elif fused.runs_fused(self.model) and fused.plain_rms_norm(self.inner.norm):
             # Each layer's residual sum is made by the next layer's input norm (the last one's by the
             # final norm): the same roundings, one kernel fewer a layer.
             pending = None

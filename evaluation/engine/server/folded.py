@@ -1,0 +1,109 @@
+"""Decode steps without norm kernels: each RMSNorm's weight folded into the products it feeds.
+
+A 1.1 B decode step at ~50 rows is ~8 kernels a layer, and between kernels the memory idles: on an
+H100 the steps reach ~51 % of the copy rate, on an H200 ~41 % (docs/benchmarks.md, sessions 22-23;
+no product kernel beat cuBLAS's, and L2 prefetches made steps slower). Two of the eight are the
+norms, each a residual sum and an RMSNorm. Both can go:
+
+- A Llama norm is weight ⊙ (x · s), s = 1 / sqrt(mean(x²) + eps) a number per row, and what reads it
+  is a product W · (weight ⊙ x · s) = s · ((W ⊙ weight) · x): the weight folds into the product's
+  columns once, at load (`fold`: the joined q/k/v weight takes the input norm's, the joined gate/up
+  weight the post-attention norm's, and both norms' weights become ones, so every other forward, the
+  prefills included, computes the same function).
+- In a decode step the products then read the residual rows themselves, and the kernel after each
+  (the step's attention, `decode_attention.rope_attend`; SiLU × up, `fused.silu_mul`) computes its
+  row's s from the residual row (a few KB, from L2) and scales its inputs, rounded as a product's
+  output is, before anything else.
+- The output and down products add into the residual in place (cuBLAS with beta = 1), where the
+  norms' kernels made the sums.
+
+Six kernels a layer instead of eight. The values are the same function in another rounding: the
+weights' product with the norm's rounded once in bf16, the residual sums rounded once with the
+product's. So this is for half precision only (`applies`), where a step's values already differ from
+Hugging Face's layer by cuBLAS's order of sums; fp32 models keep their norms, and the fp32 equality
+with stock HELM stands. Joined projections and no biases (a bias would be scaled with its product);
+`ENGINE_FOLD_NORMS=0` keeps the norms, `=1` folds on any device and dtype (the tests).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from evaluation.engine.server import fused
+
+
+def _setting() -> str:
+    return os.environ.get("ENGINE_FOLD_NORMS", "auto")
+
+
+def possible(model: Any) -> bool:
+    """Whether `fold` would fold this model's norms (its layers installed fused, see the docstring)."""
+    setting = _setting()
+    if setting == "0" or not getattr(model, "_engine_fused", False):
+        return False
+    param = next(model.parameters(), None)
+    if param is None:
+        return False
+    if setting != "1" and not (param.is_cuda and param.dtype in (torch.float16, torch.bfloat16)):
+        return False
+    return all(_layer_ok(layer) for layer in model.model.layers)
+
+
+def _layer_ok(layer: Any) -> bool:
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv, gate_up = getattr(attn, "_engine_joined", None), getattr(mlp, "_engine_joined", None)
+    if qkv is None or gate_up is None or qkv.bias is not None or gate_up.bias is not None:
+        return False
+    if attn.o_proj.bias is not None or mlp.down_proj.bias is not None or type(attn.o_proj) is not torch.nn.Linear:
+        return False
+    norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
+    return all(w.dtype == qkv.weight.dtype and w.shape == (qkv.weight.shape[1],) for w in norms)
+
+
+def fold(model: Any) -> bool:
+    """Fold each layer's norm weights into its joined products, in place (see the docstring); returns
+    whether the model's decode steps run folded."""
+    if getattr(model, "_engine_folded", False):
+        return True
+    if not possible(model):
+        return False
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for norm, joined in ((layer.input_layernorm, layer.self_attn._engine_joined),
+                                 (layer.post_attention_layernorm, layer.mlp._engine_joined)):  # fmt: skip
+                # In fp32, one rounding of each product back to the weights' dtype.
+                w = joined.weight
+                w.copy_((w.float() * norm.weight.float()[None, :]).to(w.dtype))
+                norm.weight.fill_(1)
+    model._engine_folded = True
+    return True
+
+
+def folded(model: Any) -> bool:
+    """Whether `fold` folded this model's norms."""
+    return bool(getattr(model, "_engine_folded", False))
+
+
+def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, position_embeddings) -> torch.Tensor:
+    """One folded layer of a static decode step (one token a row): the residual rows [rows, 1, hidden]
+    are updated in place and returned (hidden must be fully summed: the step's embeddings, or the layer
+    before's output)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    rows = hidden.shape[0]
+    flat = hidden.view(rows, -1)
+    q, k, v = attn._engine_joined(hidden)
+    cos, sin = position_embeddings
+    scale_of = (hidden, fused._eps(layer.input_layernorm))
+    out = past.rope_attend(q, k, v, cos, sin, attn.layer_idx, attn.scaling, scale_of=scale_of)
+    if out is None:  # the kernel does not apply: scale here, then the fused layer's own attention path
+        scale = fused.row_scale_torch(hidden, scale_of[1])
+        q, k, v = (fused.scaled_torch(t, scale) for t in (q, k, v))
+        out = fused._attention(attn, q, k, v, cos, sin, mask, position_ids, past, past.column)
+    flat.addmm_(out.reshape(rows, -1), attn.o_proj.weight.t())
+    gate, up = mlp._engine_joined(hidden)
+    act = fused.silu_mul(gate, up, scale_of=(hidden, fused._eps(layer.post_attention_layernorm)))
+    flat.addmm_(act.reshape(rows, -1), mlp.down_proj.weight.t())
+    return hidden

@@ -1,0 +1,144 @@
+"""Folded norms (folded.py): each RMSNorm's weight folded into the products it feeds, decode steps
+without norm kernels. fp32 on the CPU, fused layers and bounded attention through the torch references
+(the kernels' scaled paths are checked against them under Triton's interpreter:
+test_fused.test_kernels_under_tritons_interpreter). The norms' weights are made random first: a tiny
+model's are ones, which any fold would keep."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evaluation.engine.server import decode_attention, folded, fused
+from evaluation.engine.server.generation import BatchGenerator
+from tests.engine.reference import FEW_SHOT_PROMPTS, PROMPTS, assert_like_generate, rows_for
+from tests.engine.test_joining import Arrivals
+
+
+def _load(folder):
+    from evaluation.engine.loading import load_model
+
+    loaded = load_model(folder, device="cpu", dtype="float32")
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for layer in loaded.model.model.layers:
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight.copy_(0.5 + torch.rand(norm.weight.shape, generator=gen))
+    return loaded
+
+
+@pytest.fixture
+def folding(monkeypatch):
+    """Fused layers, folding and bounded attention on the CPU; counts of the folded layers' steps and
+    of the scaled attention and SiLU × up they ran."""
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    monkeypatch.setenv("ENGINE_FOLD_NORMS", "1")
+    monkeypatch.setattr(decode_attention, "everywhere", True)
+    counts = {"layers": 0, "attend": 0, "silu": 0}
+
+    def counted(name, fn, scaled_at):
+        def wrapper(*args, **kwargs):
+            scale_of = kwargs.get("scale_of", args[scaled_at] if len(args) > scaled_at else None)
+            counts[name] += scale_of is not None
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    step_parts = folded.step_parts
+
+    def layer(*args, **kwargs):
+        counts["layers"] += 1
+        return step_parts(*args, **kwargs)
+
+    monkeypatch.setattr(folded, "step_parts", layer)
+    monkeypatch.setattr(decode_attention, "rope_attend_torch", counted("attend", decode_attention.rope_attend_torch, 10))
+    monkeypatch.setattr(fused, "_silu_mul_fallback", counted("silu", fused._silu_mul_fallback, 2))
+    return counts
+
+
+def test_fold_puts_the_norms_weights_into_the_products_and_keeps_the_function(tiny_llama_dir, folding):
+    model = _load(tiny_llama_dir).model
+    reference = _load(tiny_llama_dir).model
+    ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    want = reference(ids).logits
+    assert fused.install(model) and folded.fold(model) and folded.folded(model)
+    layer, plain = model.model.layers[0], reference.model.layers[0]
+    assert torch.equal(layer.input_layernorm.weight, torch.ones_like(layer.input_layernorm.weight))
+    assert torch.equal(layer.post_attention_layernorm.weight, torch.ones_like(plain.post_attention_layernorm.weight))
+    # The modules' weights are views of the joined ones: each took its norm's weight in its columns.
+    g = plain.input_layernorm.weight
+    assert torch.allclose(layer.self_attn.k_proj.weight, plain.self_attn.k_proj.weight * g[None, :])
+    g = plain.post_attention_layernorm.weight
+    assert torch.allclose(layer.mlp.up_proj.weight, plain.mlp.up_proj.weight * g[None, :])
+    assert torch.equal(layer.self_attn.o_proj.weight, plain.self_attn.o_proj.weight)  # no norm before it
+    with fused.active(model):
+        got = model(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert folded.fold(model)  # once: a second call folds nothing again
+    assert torch.equal(layer.self_attn.k_proj.weight, plain.self_attn.k_proj.weight * plain.input_layernorm.weight)
+
+
+def test_folded_steps_equal_generate_with_padding_shared_prefixes_and_joins(tiny_llama_dir, folding):
+    """The unfolded model's greedy tokens and logprobs, from steps that ran every layer folded: the
+    attention and SiLU × up scaled each row themselves, no norm but the final one."""
+    loaded = _load(tiny_llama_dir)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    reference = _load(tiny_llama_dir).model
+    first = rows_for(tokenizer, PROMPTS[:3], max_new_tokens=10)
+    later = rows_for(tokenizer, PROMPTS[3:], max_new_tokens=12)
+    prefixed = rows_for(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=6)
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    assert generator.folded
+    norms = []
+    for layer in model.model.layers:
+        layer.input_layernorm.register_forward_hook(lambda m, a, o: norms.append(a[0].shape[1]))
+    generator.generate(first, Arrivals({2: later, 5: prefixed}))
+    assert generator.static.buffers.cache.bounded
+    layers = model.config.num_hidden_layers
+    assert folding["layers"] >= layers * generator.last_decode_steps > 0
+    assert folding["attend"] == folding["silu"] == folding["layers"]
+    assert 1 not in norms  # the input norms ran in the prefills only
+    assert_like_generate(reference, tokenizer, first + later + prefixed)
+
+
+@pytest.mark.parametrize("apart", ["rope_attend off", "mask"])
+def test_folded_steps_without_the_scaled_attention_still_equal_generate(tiny_llama_dir, folding, monkeypatch, apart):
+    """Where the step's attention cannot scale the rows itself (`rope_attend` turned off at the warm-up),
+    the layer scales them in torch; where the bounds cannot describe a row's mask, the steps keep the
+    fused layers' path through the norms (their weights are ones now): the same tokens either way."""
+    loaded = _load(tiny_llama_dir)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    reference = _load(tiny_llama_dir).model
+    if apart == "rope_attend off":
+        monkeypatch.setattr(decode_attention, "rope_inside", False)
+    else:
+        real = decode_attention.row_bounds
+        monkeypatch.setattr(decode_attention, "row_bounds", lambda mask: (real(mask)[0], False))
+    rows = rows_for(tokenizer, PROMPTS[:4], max_new_tokens=8)
+    generator = BatchGenerator(model, tokenizer, decode="static")
+    generator.generate(rows)
+    assert folding["attend"] == 0 and generator.folded
+    if apart == "mask":
+        assert not generator.static.buffers.cache.bounded and folding["layers"] == 0
+    else:
+        assert folding["layers"] > 0 and folding["silu"] == folding["layers"]
+    assert_like_generate(reference, tokenizer, rows)
+
+
+def test_fold_applies_only_where_it_may(tiny_llama_dir, monkeypatch):
+    """By default only half precision on a GPU folds (fp32 keeps its norms: equality with stock HELM);
+    `ENGINE_FOLD_NORMS=0` never; a layer whose products carry a bias never (it would take the scale)."""
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    model = _load(tiny_llama_dir).model
+    assert fused.install(model)
+    monkeypatch.delenv("ENGINE_FOLD_NORMS", raising=False)
+    assert not folded.possible(model)  # the CPU, fp32
+    monkeypatch.setenv("ENGINE_FOLD_NORMS", "0")
+    assert not folded.fold(model) and not folded.folded(model)
+    monkeypatch.setenv("ENGINE_FOLD_NORMS", "1")
+    o_proj = model.model.layers[1].self_attn.o_proj
+    o_proj.bias = torch.nn.Parameter(torch.zeros(o_proj.out_features))
+    assert not folded.fold(model)
+    norm = model.model.layers[0].input_layernorm.weight
+    assert not torch.equal(norm, torch.ones_like(norm))  # nothing folded
+    assert not folded.possible(_load(tiny_llama_dir).model)  # not installed fused: nothing joined
