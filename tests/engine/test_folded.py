@@ -51,7 +51,9 @@ def folding(monkeypatch):
         return step_parts(*args, **kwargs)
 
     monkeypatch.setattr(folded, "step_parts", layer)
-    monkeypatch.setattr(decode_attention, "rope_attend_torch", counted("attend", decode_attention.rope_attend_torch, 10))
+    monkeypatch.setattr(
+        decode_attention, "rope_attend_torch", counted("attend", decode_attention.rope_attend_torch, 10)
+    )
     monkeypatch.setattr(fused, "_silu_mul_fallback", counted("silu", fused._silu_mul_fallback, 2))
     return counts
 
@@ -142,3 +144,15 @@ def test_fold_applies_only_where_it_may(tiny_llama_dir, monkeypatch):
     norm = model.model.layers[0].input_layernorm.weight
     assert not torch.equal(norm, torch.ones_like(norm))  # nothing folded
     assert not folded.possible(_load(tiny_llama_dir).model)  # not installed fused: nothing joined
+
+
+def test_stats_say_whether_the_steps_ran_folded(tiny_llama_dir, folding, monkeypatch):
+    from evaluation.engine.server.app import ModelService
+    from evaluation.engine.server.batching import Limits
+
+    loaded = _load(tiny_llama_dir)
+    service = ModelService(loaded, Limits(max_batch_size=8, max_batch_tokens=4096), decode="static")
+    assert service.stats_snapshot()["decode"]["folded_norms"] is True
+    monkeypatch.setenv("ENGINE_FOLD_NORMS", "0")
+    service = ModelService(_load(tiny_llama_dir), Limits(max_batch_size=8, max_batch_tokens=4096), decode="static")
+    assert service.stats_snapshot()["decode"]["folded_norms"] is False

@@ -84,6 +84,10 @@ def test_a_run_whose_warm_up_turned_rope_attend_off_says_so():
     assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03")
     stats["decode"]["rope_attend"] = False
     assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03 (rope_attend off)")
+    stats["decode"] |= {"rope_attend": True, "folded_norms": True}
+    assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03")
+    stats["decode"]["folded_norms"] = False  # ENGINE_FOLD_NORMS=0: the steps ran their norm kernels
+    assert server_columns(stats).endswith("| 0.10 / 0.05 / 0.04 (2) / 0.03 (norms kept)")
 
 
 def test_a_decode_step_reads_every_weight_but_the_input_embedding_table(tiny_llama_dir, llama, tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from evaluation.engine.loading import LoadedModel
-from evaluation.engine.server import decode_attention
+from evaluation.engine.server import decode_attention, folded
 from evaluation.engine.server.batching import Limits, Scheduler
 from evaluation.engine.server.gc_clock import GcClock
 from evaluation.engine.server.generation import BatchGenerator, Row
@@ -337,6 +337,8 @@ class ModelService(Frontend):
             else 0.0,
             "standing": [static.standing.rows, static.standing.columns] if static and static.standing else None,
             "rope_attend": decode_attention.rope_attend_state(static.model) if static is not None else None,
+            # The norms folded into the products, steps without norm kernels (folded.py).
+            "folded_norms": folded.folded(self.generator.model),
         }
         # Packed batches replayed as CUDA graphs, and the captures batches waited for (not the warm-up's).
         graphs = self.generator.graphs
