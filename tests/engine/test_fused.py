@@ -258,8 +258,14 @@ def test_kernels_under_tritons_interpreter():
     # The server's warm-up compares the fused kernel with the two it replaces before any step runs.
     warm_up = [c for c in checks if c["op"] == "rope_attend_warm_up_check"]
     assert len(warm_up) == len(fused_rope) and all(c["agrees"] for c in warm_up), warm_up
+    # Folded norms (folded.py): the kernel scales q, k and v by the row's factor first; the key and value
+    # it writes are exactly the reference's, the outputs as close as rope_attend's.
+    folded = [c for c in checks if c["op"] == "rope_attend_folded"]
+    assert len(folded) == len(fused_rope) and all(c["finite"] and c["max_abs_diff"] <= 1e-2 for c in folded), folded
+    assert {c["op"] for c in checks} >= {"silu_mul_folded", "rope_attend_folded_k_cache", "rope_attend_folded_v_cache"}
     half = [c for c in checks if c["dtype"] == "float16" and c["op"] not in ("decode_attention", "rope_attend",
-                                                                            "rope_attend_warm_up_check", "greedy_tail")]  # fmt: skip
+                                                                            "rope_attend_warm_up_check", "greedy_tail",
+                                                                            "rope_attend_folded")]  # fmt: skip
     assert all(c["unequal"] == 0 for c in half if c["op"].startswith(("rope", "residual"))), checks
     assert all(c["unequal"] <= c["elements"] // 500 for c in half), checks
     layer = report["model"]["float16"]
@@ -377,12 +383,18 @@ def _merge_signature():
     } | lse
 
 
+def _silu_signature():
+    pointers = dict.fromkeys(("gate_ptr", "up_ptr", "out_ptr"), "*bf16") | {"inter": "i32", "in_row": "i32"}
+    return pointers | {"res_ptr": "*bf16", "n": "i32", "inv_n": "fp32", "eps": "fp32"}
+
+
 KERNELS = {  # name: (signature of its tensors and numbers, constexprs)
     "rms_norm": (
         dict.fromkeys(("x_ptr", "res_ptr", "w_ptr", "out_ptr", "res_out_ptr"), "*bf16") | {"n": "i32", "inv_n": "fp32", "eps": "fp32"},
         {"HAS_RES": True, "BLOCK": 2048, "EXACT": True},
     ),
-    "silu_mul": (dict.fromkeys(("gate_ptr", "up_ptr", "out_ptr"), "*bf16") | {"inter": "i32", "in_row": "i32"}, {"BLOCK": 1024, "EXACT": True}),
+    "silu_mul": (_silu_signature(), {"BLOCK": 1024, "EXACT": True, "SCALED": False, "BLOCK_H": 16}),
+    "silu_mul_folded": (_silu_signature(), {"BLOCK": 1024, "EXACT": True, "SCALED": True, "BLOCK_H": 2048}),
     "merge": (_merge_signature(), {"DIM": 128, "BLOCK_H": 32, "EXACT": True}),
 }  # fmt: skip
 
@@ -398,11 +410,13 @@ def _attend_signature():
     )
     rope = dict.fromkeys(("new_k_ptr", "new_v_ptr", "cos_ptr", "sin_ptr"), "*bf16")
     rope |= dict.fromkeys(("new_k_row", "new_v_row", "cos_row"), "i32")
+    rope |= {"res_ptr": "*bf16", "res_n": "i32", "inv_n": "fp32", "eps": "fp32"}  # folded norms' residual rows
     return pointers | ints | {"scale": "fp32", "splits": "i32"} | rope
 
 
-def _attend(group: int, dim: int, one: bool, rope: bool) -> dict:
-    return {"GROUP": group, "G_PAD": 16, "DIM": dim, "BLOCK": 64, "ONE": one, "ROPE": rope, "EXACT": True}
+def _attend(group: int, dim: int, one: bool, rope: bool, scaled: bool = False) -> dict:
+    consts = {"GROUP": group, "G_PAD": 16, "DIM": dim, "BLOCK": 64, "ONE": one, "ROPE": rope, "EXACT": True}
+    return consts | {"SCALED": scaled, "BLOCK_H": 2048 if scaled else 16}
 
 
 DECODE_KERNELS = {
@@ -410,6 +424,7 @@ DECODE_KERNELS = {
     "attend_one_split": (_attend_signature(), _attend(1, 128, True, False)),
     "rope_attend": (_attend_signature(), _attend(8, 64, False, True)),
     "rope_attend_one_split": (_attend_signature(), _attend(1, 128, True, True)),
+    "rope_attend_folded": (_attend_signature(), _attend(8, 64, True, True, scaled=True)),
     "greedy": (
         {"logits_ptr": "*bf16", "out_ptr": "*fp32", "chosen_ptr": "*fp64", "tokens_ptr": "*i64",
          "positions_ptr": "*i64", "column_ptr": "*i64", "table_ptr": "*bf16", "now_ptr": "*bf16",
@@ -436,5 +451,5 @@ def test_every_kernel_compiles_for_a_gpu(name):
         )
     else:
         signature, consts = KERNELS[name]
-        kernel = getattr(fused, f"_{name}_kernel")
+        kernel = getattr(fused, f"_{name.removesuffix('_folded')}_kernel")
     assert ".entry" in _ptx(kernel, signature, consts)
