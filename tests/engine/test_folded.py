@@ -58,26 +58,29 @@ def folding(monkeypatch):
     return counts
 
 
-def test_fold_puts_the_norms_weights_into_the_products_and_keeps_the_function(tiny_llama_dir, folding):
+def test_fold_gives_the_steps_copies_with_the_norms_weights_and_leaves_the_model_as_it_was(tiny_llama_dir, folding):
     model = _load(tiny_llama_dir).model
     reference = _load(tiny_llama_dir).model
     ids = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
-    want = reference(ids).logits
     assert fused.install(model) and folded.fold(model) and folded.folded(model)
     layer, plain = model.model.layers[0], reference.model.layers[0]
-    assert torch.equal(layer.input_layernorm.weight, torch.ones_like(layer.input_layernorm.weight))
-    assert torch.equal(layer.post_attention_layernorm.weight, torch.ones_like(plain.post_attention_layernorm.weight))
-    # The modules' weights are views of the joined ones: each took its norm's weight in its columns.
-    g = plain.input_layernorm.weight
-    assert torch.allclose(layer.self_attn.k_proj.weight, plain.self_attn.k_proj.weight * g[None, :])
-    g = plain.post_attention_layernorm.weight
-    assert torch.allclose(layer.mlp.up_proj.weight, plain.mlp.up_proj.weight * g[None, :])
-    assert torch.equal(layer.self_attn.o_proj.weight, plain.self_attn.o_proj.weight)  # no norm before it
+    # The copies: each joined product's weight with its norm's weight in its columns.
+    qkv, gate_up = layer.self_attn._engine_joined, layer.mlp._engine_joined
+    torch.testing.assert_close(qkv.folded, qkv.weight * plain.input_layernorm.weight[None, :], rtol=0, atol=0)
+    torch.testing.assert_close(gate_up.folded, gate_up.weight * plain.post_attention_layernorm.weight[None, :],
+                               rtol=0, atol=0)  # fmt: skip
+    # The model itself is untouched: its weights, its norms, every forward but the decode steps, bitwise.
+    for mine, theirs in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
     with fused.active(model):
         got = model(ids).logits
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert folded.fold(model)  # once: a second call folds nothing again
-    assert torch.equal(layer.self_attn.k_proj.weight, plain.self_attn.k_proj.weight * plain.input_layernorm.weight)
+    assert torch.equal(got, reference(ids).logits)
+    assert folded.extra_bytes(model) == 4 * sum(
+        j.weight.numel()
+        for block in model.model.layers
+        for j in (block.self_attn._engine_joined, block.mlp._engine_joined)
+    )
+    assert folded.fold(model) and qkv.folded is layer.self_attn._engine_joined.folded  # once
 
 
 def test_folded_steps_equal_generate_with_padding_shared_prefixes_and_joins(tiny_llama_dir, folding):
@@ -100,6 +103,8 @@ def test_folded_steps_equal_generate_with_padding_shared_prefixes_and_joins(tiny
     assert folding["layers"] >= layers * generator.last_decode_steps > 0
     assert folding["attend"] == folding["silu"] == folding["layers"]
     assert 1 not in norms  # the input norms ran in the prefills only
+    for mine, theirs in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)  # the steps read copies
     assert_like_generate(reference, tokenizer, first + later + prefixed)
 
 
@@ -138,12 +143,35 @@ def test_fold_applies_only_where_it_may(tiny_llama_dir, monkeypatch):
     monkeypatch.setenv("ENGINE_FOLD_NORMS", "0")
     assert not folded.fold(model) and not folded.folded(model)
     monkeypatch.setenv("ENGINE_FOLD_NORMS", "1")
+    assert folded.possible(model)
     o_proj = model.model.layers[1].self_attn.o_proj
     o_proj.bias = torch.nn.Parameter(torch.zeros(o_proj.out_features))
     assert not folded.fold(model)
-    norm = model.model.layers[0].input_layernorm.weight
-    assert not torch.equal(norm, torch.ones_like(norm))  # nothing folded
+    assert not hasattr(model.model.layers[0].self_attn._engine_joined, "folded")  # nothing folded
     assert not folded.possible(_load(tiny_llama_dir).model)  # not installed fused: nothing joined
+
+
+def test_the_copies_must_fit_a_tenth_of_what_the_allocator_may_hold(tiny_llama_dir, monkeypatch):
+    """`auto` on a GPU: a 1.1 B model's copies (1.2 GB) under a 24 GB budget fold, a 6.7 B model's
+    (9 GB) do not. The model here stands on a "GPU" by its parameters' answer to is_cuda."""
+    from evaluation.engine.loading import CUDA_CONTEXT_ALLOWANCE_BYTES as CONTEXT
+
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    monkeypatch.delenv("ENGINE_FOLD_NORMS", raising=False)
+    model = load_model_half(tiny_llama_dir)
+    assert fused.install(model)
+    extra = folded.extra_bytes(model)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    least = CONTEXT + int(extra / folded.MAX_SHARE) + 1  # the budget whose allocator cap holds ten copies
+    assert folded.possible(model, budget_bytes=least)
+    assert not folded.possible(model, budget_bytes=least - 100)
+    assert not folded.fold(model, budget_bytes=least - 100)
+
+
+def load_model_half(folder):
+    from evaluation.engine.loading import load_model
+
+    return load_model(folder, device="cpu", dtype="float16").model
 
 
 def test_stats_say_whether_the_steps_ran_folded(tiny_llama_dir, folding, monkeypatch):

@@ -89,6 +89,7 @@ def create_service(args: argparse.Namespace):
     """Load the model and build the service (raises EngineError subclasses on failure)."""
     started = time.monotonic()
     from evaluation.engine.loading import load_model
+    from evaluation.engine.server import folded, fused
     from evaluation.engine.server.app import ModelService
     from evaluation.engine.server.batching import default_limits
 
@@ -100,6 +101,9 @@ def create_service(args: argparse.Namespace):
         memory_budget_gb=args.track_memory_gb,
         track_name=args.track_name,
     )
+    # The fused layers and the decode steps' folded copies first: the limits leave the copies room.
+    if fused.install(loaded.model):
+        folded.fold(loaded.model, loaded.budget_bytes)
     limits = default_limits(loaded.model, loaded.device, loaded.budget_bytes)
     if args.max_batch_size:
         limits.max_batch_size = args.max_batch_size

@@ -7,22 +7,25 @@ norms, each a residual sum and an RMSNorm. Both can go:
 
 - A Llama norm is weight ⊙ (x · s), s = 1 / sqrt(mean(x²) + eps) a number per row, and what reads it
   is a product W · (weight ⊙ x · s) = s · ((W ⊙ weight) · x): the weight folds into the product's
-  columns once, at load (`fold`: the joined q/k/v weight takes the input norm's, the joined gate/up
-  weight the post-attention norm's, and both norms' weights become ones, so every other forward, the
-  prefills included, computes the same function).
-- In a decode step the products then read the residual rows themselves, and the kernel after each
-  (the step's attention, `decode_attention.rope_attend`; SiLU × up, `fused.silu_mul`) computes its
-  row's s from the residual row (a few KB, from L2) and scales its inputs, rounded as a product's
-  output is, before anything else.
+  columns once, at load (`fold`: a copy of the joined q/k/v weight takes the input norm's, a copy of
+  the joined gate/up weight the post-attention norm's, each rounded once to the weights' dtype).
+- In a decode step those products read the residual rows themselves, and the kernel after each (the
+  step's attention, `decode_attention.rope_attend`; SiLU × up, `fused.silu_mul`) computes its row's s
+  from the residual row (a few KB, from L2) and scales its inputs, rounded as a product's output is,
+  before anything else.
 - The output and down products add into the residual in place (cuBLAS with beta = 1), where the
   norms' kernels made the sums.
 
-Six kernels a layer instead of eight. The values are the same function in another rounding: the
-weights' product with the norm's rounded once in bf16, the residual sums rounded once with the
-product's. So this is for half precision only (`applies`), where a step's values already differ from
-Hugging Face's layer by cuBLAS's order of sums; fp32 models keep their norms, and the fp32 equality
-with stock HELM stands. Joined projections and no biases (a bias would be scaled with its product);
-`ENGINE_FOLD_NORMS=0` keeps the norms, `=1` folds on any device and dtype (the tests).
+Six kernels a layer instead of eight. The values are the same function in another rounding (the
+weight's product with the norm's rounded once, the residual sums rounded once with the product's), so
+only decode steps run folded: the model's own weights and every other forward (multiple choice, the
+prefills) stay as they were, bitwise. The copies cost memory (1.2 GB at 1.1 B, 9 GB at 6.7 B), so a
+model folds only where they take at most a tenth of what the allocator may hold (`MAX_SHARE`): a 1.1 B
+model under the 4090 track's 24 GB does, a 6.7 B one does not (its steps are at ~84 % of the copy
+rate already). The server folds before it sizes its batch limits, which then leave the copies room.
+Half precision only (fp32 runs keep the steps whose values match stock HELM's); joined projections
+and no biases (a bias would take the scale). `ENGINE_FOLD_NORMS=0` keeps the norms, `=1` folds on any device
+and dtype, whatever the memory (the tests).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import os
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from evaluation.engine.server import fused
 
@@ -39,17 +43,38 @@ def _setting() -> str:
     return os.environ.get("ENGINE_FOLD_NORMS", "auto")
 
 
-def possible(model: Any) -> bool:
-    """Whether `fold` would fold this model's norms (its layers installed fused, see the docstring)."""
+MAX_SHARE = 0.1
+
+
+def possible(model: Any, budget_bytes: int | None = None) -> bool:
+    """Whether `fold` would fold this model's norms (its layers installed fused; see the docstring):
+    `budget_bytes`, the track's budget (None: the whole card)."""
     setting = _setting()
     if setting == "0" or not getattr(model, "_engine_fused", False):
         return False
     param = next(model.parameters(), None)
-    if param is None:
+    if param is None or not all(_layer_ok(layer) for layer in model.model.layers):
         return False
-    if setting != "1" and not (param.is_cuda and param.dtype in (torch.float16, torch.bfloat16)):
+    if setting == "1":
+        return True
+    if not (param.is_cuda and param.dtype in (torch.float16, torch.bfloat16)):
         return False
-    return all(_layer_ok(layer) for layer in model.model.layers)
+    from evaluation.engine.loading import allocator_cap_bytes
+
+    limit = (
+        allocator_cap_bytes(budget_bytes)
+        if budget_bytes
+        else torch.cuda.get_device_properties(param.device).total_memory
+    )
+    return extra_bytes(model) <= MAX_SHARE * limit
+
+
+def extra_bytes(model: Any) -> int:
+    """The folded copies' bytes: every layer's joined q/k/v and gate/up weights."""
+    joined = [
+        j.weight for layer in model.model.layers for j in (layer.self_attn._engine_joined, layer.mlp._engine_joined)
+    ]
+    return sum(w.numel() * w.element_size() for w in joined)
 
 
 def _layer_ok(layer: Any) -> bool:
@@ -63,21 +88,19 @@ def _layer_ok(layer: Any) -> bool:
     return all(w.dtype == qkv.weight.dtype and w.shape == (qkv.weight.shape[1],) for w in norms)
 
 
-def fold(model: Any) -> bool:
-    """Fold each layer's norm weights into its joined products, in place (see the docstring); returns
-    whether the model's decode steps run folded."""
+def fold(model: Any, budget_bytes: int | None = None) -> bool:
+    """Give each layer's joined q/k/v and gate/up products a copy with its norm's weight folded in (see
+    the docstring); returns whether the model's decode steps run folded."""
     if getattr(model, "_engine_folded", False):
         return True
-    if not possible(model):
+    if not possible(model, budget_bytes):
         return False
     with torch.no_grad():
         for layer in model.model.layers:
             for norm, joined in ((layer.input_layernorm, layer.self_attn._engine_joined),
                                  (layer.post_attention_layernorm, layer.mlp._engine_joined)):  # fmt: skip
-                # In fp32, one rounding of each product back to the weights' dtype.
-                w = joined.weight
-                w.copy_((w.float() * norm.weight.float()[None, :]).to(w.dtype))
-                norm.weight.fill_(1)
+                w = joined.weight  # in fp32, then one rounding to the weights' dtype
+                joined.folded = (w.float() * norm.weight.float()[None, :]).to(w.dtype)
     model._engine_folded = True
     return True
 
@@ -94,7 +117,8 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
     attn, mlp = layer.self_attn, layer.mlp
     rows = hidden.shape[0]
     flat = hidden.view(rows, -1)
-    q, k, v = attn._engine_joined(hidden)
+    qkv = attn._engine_joined
+    q, k, v = F.linear(hidden, qkv.folded).split(qkv.sizes, dim=-1)
     cos, sin = position_embeddings
     scale_of = (hidden, fused._eps(layer.input_layernorm))
     out = past.rope_attend(q, k, v, cos, sin, attn.layer_idx, attn.scaling, scale_of=scale_of)
@@ -103,7 +127,8 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
         q, k, v = (fused.scaled_torch(t, scale) for t in (q, k, v))
         out = fused._attention(attn, q, k, v, cos, sin, mask, position_ids, past, past.column)
     flat.addmm_(out.reshape(rows, -1), attn.o_proj.weight.t())
-    gate, up = mlp._engine_joined(hidden)
+    gate_up = mlp._engine_joined
+    gate, up = F.linear(hidden, gate_up.folded).split(gate_up.sizes, dim=-1)
     act = fused.silu_mul(gate, up, scale_of=(hidden, fused._eps(layer.post_attention_layernorm)))
     flat.addmm_(act.reshape(rows, -1), mlp.down_proj.weight.t())
     return hidden
