@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from triton.language.extra.cuda import gdc_wait  # noqa: E402
 
 from benchmarks.fused_kernels import _replayed_ms  # noqa: E402
 from benchmarks.gpu_ceilings import measure  # noqa: E402
@@ -96,8 +97,12 @@ def _row_scale(res_ptr, row, n, BLOCK_H: tl.constexpr):
 
 @triton.jit
 def _silu_kernel(gu_ptr, out_ptr, inter, pf_ptr, pf_bytes, res_ptr, n, BLOCK: tl.constexpr, MODE: tl.constexpr,
-                 FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1):  # fmt: skip
+                 FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1, PDL: tl.constexpr = False):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
+    if FOLD:  # the residual row was written two kernels back: read before waiting on the product
+        scale = _row_scale(res_ptr, row, n, BLOCK_H)
+    if PDL:
+        gdc_wait()
     if MODE != 0:
         _prefetch(pf_ptr, pf_bytes, tl.num_programs(0) * tl.num_programs(1),
                   tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), MODE)  # fmt: skip
@@ -106,7 +111,6 @@ def _silu_kernel(gu_ptr, out_ptr, inter, pf_ptr, pf_bytes, res_ptr, n, BLOCK: tl
     g = tl.load(gu_ptr + row * 2 * inter + cols, mask=keep, other=0.0).to(tl.float32)
     u = tl.load(gu_ptr + row * 2 * inter + inter + cols, mask=keep, other=0.0).to(tl.float32)
     if FOLD:
-        scale = _row_scale(res_ptr, row, n, BLOCK_H)
         g, u = g * scale, u * scale
     tl.store(out_ptr + row * inter + cols, (g / (1.0 + tl.exp(-g)) * u).to(out_ptr.dtype.element_ty), mask=keep)
 
@@ -115,7 +119,7 @@ def _silu_kernel(gu_ptr, out_ptr, inter, pf_ptr, pf_bytes, res_ptr, n, BLOCK: tl
 def _attend_kernel(
     qkv_ptr, kv_ptr, out_ptr, qkv_row, cols, pf_ptr, pf_bytes, res_ptr, hidden,
     GROUP: tl.constexpr, DIM: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
-    FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1,
+    FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """A stand-in for the step's attention: a (row, key/value head) program reads the row's keys and
     values (`cols` of them) and its queries, as the real kernel does, with simpler arithmetic."""
@@ -127,9 +131,13 @@ def _attend_kernel(
     kv_heads = tl.num_programs(1)
     d = tl.arange(0, DIM)
     g = tl.arange(0, GROUP)
+    if FOLD:
+        scale = _row_scale(res_ptr, row, hidden, BLOCK_H)
+    if PDL:
+        gdc_wait()
     q = tl.load(qkv_ptr + row * qkv_row + (head * GROUP + g[:, None]) * DIM + d[None, :]).to(tl.float32)
     if FOLD:
-        q = q * _row_scale(res_ptr, row, hidden, BLOCK_H)
+        q = q * scale
     acc = tl.zeros((DIM,), dtype=tl.float32)
     base = kv_ptr + ((row * kv_heads + head) * 2) * cols * DIM
     for c in range(0, cols, BLOCK_N):
@@ -170,7 +178,7 @@ class Chain:
         self.res = torch.zeros(rows, hidden, device=device, dtype=dt)
         self.bytes = sum(t.numel() * t.element_size() for layer in self.layers for t in layer.values())
 
-    def run(self, plan: dict, mode: int, fold: bool = False) -> torch.Tensor:
+    def run(self, plan: dict, mode: int, fold: bool = False, pdl: bool = False) -> torch.Tensor:
         hidden, inter, heads, kv_heads, layers = self.shape
         rows = self.rows
         x, res = self.x, self.res
@@ -188,7 +196,7 @@ class Chain:
             return t, t.numel() * t.element_size(), mode
 
         if fold:
-            return self.run_folded()
+            return self.run_folded(pdl)
         block_h = triton.next_power_of_2(hidden)
         for i, p in enumerate(self.layers):
             normed = torch.empty_like(x)
@@ -211,7 +219,7 @@ class Chain:
             x = F.linear(h, p["down"])
         return x
 
-    def run_folded(self) -> torch.Tensor:
+    def run_folded(self, pdl: bool = False) -> torch.Tensor:
         """The chain with its norms folded away (issue 8, session 24): each norm's weight is folded
         into the next product's columns, the products read the residual itself, and the kernels after
         them (attention, SiLU × up) scale their inputs by the row's 1/rms, computed from the residual
@@ -225,12 +233,13 @@ class Chain:
             att = torch.empty(rows, heads * DIM, device=res.device, dtype=res.dtype)
             _attend_kernel[(rows, kv_heads)](qkv, p["kv"], att, qkv.stride(0), self.cols, res, 0, res, hidden,
                                              GROUP=heads // kv_heads, DIM=DIM, BLOCK_N=64, MODE=0, FOLD=True,
-                                             BLOCK_H=block_h, num_warps=4)  # fmt: skip
+                                             BLOCK_H=block_h, PDL=pdl, num_warps=4, launch_pdl=pdl)  # fmt: skip
             res.addmm_(att, p["o"].t())
             gu = F.linear(res, p["gu"])
             h = torch.empty(rows, inter, device=res.device, dtype=res.dtype)
             _silu_kernel[(rows, triton.cdiv(inter, 1024))](gu, h, inter, res, 0, res, hidden, BLOCK=1024, MODE=0,
-                                                           FOLD=True, BLOCK_H=block_h, num_warps=4)  # fmt: skip
+                                                           FOLD=True, BLOCK_H=block_h, PDL=pdl, num_warps=4,
+                                                           launch_pdl=pdl)  # fmt: skip
             res.addmm_(h, p["down"].t())
         return res
 
@@ -245,9 +254,9 @@ PLANS = {
 }
 
 
-def timed(chain: Chain, plan: dict, mode: int, replays: int, fold: bool = False) -> float:
+def timed(chain: Chain, plan: dict, mode: int, replays: int, fold: bool = False, pdl: bool = False) -> float:
     """Seconds a replay of the chain captured as one CUDA graph."""
-    ms, _ = _replayed_ms(lambda: chain.run(plan, mode, fold), replays)
+    ms, _ = _replayed_ms(lambda: chain.run(plan, mode, fold, pdl), replays)
     return ms / 1e3
 
 
@@ -260,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plans", nargs="+", default=list(PLANS))
     p.add_argument("--modes", type=int, nargs="+", default=[1, 2, 3], help="1 bulk, 2 bulk evict_last, 3 a line")
     p.add_argument("--fold", action="store_true", help="also the chain with its norms folded away (run_folded)")
+    p.add_argument("--pdl", action="store_true", help="also folded, its Triton kernels launched early (PDL)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     device = torch.device("cuda")
@@ -270,8 +280,11 @@ def main(argv: list[str] | None = None) -> int:
         chain = Chain(args.size, rows, args.cols, device)
         layers = chain.shape[-1]
         runs = [(name, mode) for name in args.plans for mode in ([0] if name == "none" else args.modes)]
-        for name, mode in runs + ([("folded", 0)] if args.fold else []):
-            seconds = timed(chain, PLANS.get(name, {}), mode, args.replays, fold=name == "folded")
+        runs += [("folded", 0)] if args.fold else []
+        runs += [("folded+pdl", 0)] if args.pdl else []
+        for name, mode in runs:
+            fold = name.startswith("folded")
+            seconds = timed(chain, PLANS.get(name, {}), mode, args.replays, fold=fold, pdl=name.endswith("pdl"))
             share = chain.bytes / seconds / rate
             row = dict(rows=rows, plan=name, mode=mode, us_layer=seconds / layers * 1e6, share=share)
             results.append(row)
