@@ -144,9 +144,11 @@ def test_fold_applies_only_where_it_may(tiny_llama_dir, monkeypatch):
     assert not folded.fold(model) and not folded.folded(model)
     monkeypatch.setenv("ENGINE_FOLD_NORMS", "1")
     assert folded.possible(model)
+    model = _load(tiny_llama_dir).model
+    assert fused.install(model)
     o_proj = model.model.layers[1].self_attn.o_proj
     o_proj.bias = torch.nn.Parameter(torch.zeros(o_proj.out_features))
-    assert not folded.fold(model)
+    assert not folded.possible(model) and not folded.fold(model)
     assert not hasattr(model.model.layers[0].self_attn._engine_joined, "folded")  # nothing folded
     assert not folded.possible(_load(tiny_llama_dir).model)  # not installed fused: nothing joined
 
@@ -165,7 +167,11 @@ def test_the_copies_must_fit_a_tenth_of_what_the_allocator_may_hold(tiny_llama_d
     least = CONTEXT + int(extra / folded.MAX_SHARE) + 1  # the budget whose allocator cap holds ten copies
     assert folded.possible(model, budget_bytes=least)
     assert not folded.possible(model, budget_bytes=least - 100)
+    # The server's call, under the track's budget, decides; a BatchGenerator's later one (the whole
+    # card's memory) keeps that decision.
     assert not folded.fold(model, budget_bytes=least - 100)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 10 * least}))
+    assert folded.possible(model) and not folded.fold(model) and not folded.folded(model)
 
 
 def load_model_half(folder):

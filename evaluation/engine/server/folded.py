@@ -91,9 +91,11 @@ def _layer_ok(layer: Any) -> bool:
 def fold(model: Any, budget_bytes: int | None = None) -> bool:
     """Give each layer's joined q/k/v and gate/up products a copy with its norm's weight folded in (see
     the docstring); returns whether the model's decode steps run folded."""
-    if getattr(model, "_engine_folded", False):
-        return True
+    decided = getattr(model, "_engine_folded", None)
+    if decided is not None:  # the first call decides: the server's, under the track's budget
+        return decided
     if not possible(model, budget_bytes):
+        model._engine_folded = False
         return False
     with torch.no_grad():
         for layer in model.model.layers:
