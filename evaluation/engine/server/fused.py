@@ -344,7 +344,9 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, scale_of: tuple[torch.Tensor,
     residual = scale_of[0] if scale_of is not None else None
     plain = up.shape != gate.shape or step is None or _token_stride(up) != step
     if residual is not None:
+        rows = gate.numel() // gate.shape[-1]
         plain = plain or not residual.is_contiguous() or residual.dtype != gate.dtype
+        plain = plain or residual.numel() != rows * residual.shape[-1]  # a residual row for each row
     if not _use_triton(gate) or plain:
         return _silu_mul_fallback(gate, up, scale_of)
     inter = gate.shape[-1]
