@@ -15,6 +15,12 @@ Session 23, one H100: without prefetches the chain ran 64.3 µs a layer, 50.4 % 
 whole run's 1.1 B steps: 51 %, so the chain stands for a real step); every plan with prefetches was
 slower, 68.3–86.5 µs a layer (docs/benchmarks.md). The engine's version of it (`prefetch.py`,
 `ENGINE_L2_PREFETCH`) is in commit f79dbd6 and was removed.
+
+`--fold` adds the chain as the engine's folded steps run it (folded.py: no norm kernels; the
+attention and SiLU × up scale each row by its RMS factor; the output and down products add into the
+residual), `--pdl` the same with those two kernels launched early (`ENGINE_PDL`). Session 24, one
+H100, 50 rows: 59.9 µs a layer folded against 64.0 with the norms (54.0 % against 50.6 %); `--pdl`
+not yet measured.
 """
 
 from __future__ import annotations
