@@ -27,6 +27,12 @@ def _load(folder):
     return loaded
 
 
+def _load_half(folder):
+    from evaluation.engine.loading import load_model
+
+    return load_model(folder, device="cpu", dtype="float16").model
+
+
 @pytest.fixture
 def folding(monkeypatch):
     """Fused layers, folding and bounded attention on the CPU; counts of the folded layers' steps and
@@ -112,7 +118,7 @@ def test_folded_steps_equal_generate_with_padding_shared_prefixes_and_joins(tiny
 def test_folded_steps_without_the_scaled_attention_still_equal_generate(tiny_llama_dir, folding, monkeypatch, apart):
     """Where the step's attention cannot scale the rows itself (`rope_attend` turned off at the warm-up),
     the layer scales them in torch; where the bounds cannot describe a row's mask, the steps keep the
-    fused layers' path through the norms (their weights are ones now): the same tokens either way."""
+    fused layers' path through the norms: the same tokens either way."""
     loaded = _load(tiny_llama_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
     reference = _load(tiny_llama_dir).model
@@ -160,7 +166,7 @@ def test_the_copies_must_fit_a_tenth_of_what_the_allocator_may_hold(tiny_llama_d
 
     monkeypatch.setenv("ENGINE_FUSED", "1")
     monkeypatch.delenv("ENGINE_FOLD_NORMS", raising=False)
-    model = load_model_half(tiny_llama_dir)
+    model = _load_half(tiny_llama_dir)
     assert fused.install(model)
     extra = folded.extra_bytes(model)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
@@ -172,12 +178,6 @@ def test_the_copies_must_fit_a_tenth_of_what_the_allocator_may_hold(tiny_llama_d
     assert not folded.fold(model, budget_bytes=least - 100)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 10 * least}))
     assert folded.possible(model) and not folded.fold(model) and not folded.folded(model)
-
-
-def load_model_half(folder):
-    from evaluation.engine.loading import load_model
-
-    return load_model(folder, device="cpu", dtype="float16").model
 
 
 def test_stats_say_whether_the_steps_ran_folded(tiny_llama_dir, folding, monkeypatch):

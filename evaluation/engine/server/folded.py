@@ -24,8 +24,8 @@ model folds only where they take at most a tenth of what the allocator may hold 
 model under the 4090 track's 24 GB does, a 6.7 B one does not (its steps are at ~84 % of the copy
 rate already). The server folds before it sizes its batch limits, which then leave the copies room.
 Half precision only (fp32 runs keep the steps whose values match stock HELM's); joined projections
-and no biases (a bias would take the scale). `ENGINE_FOLD_NORMS=0` keeps the norms, `=1` folds on any device
-and dtype, whatever the memory (the tests).
+and no biases (a bias would take the scale). `ENGINE_FOLD_NORMS=0` keeps the norms, `=1` folds on any
+device and dtype, whatever the memory (the tests).
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ import torch.nn.functional as F
 
 from evaluation.engine.server import fused
 
+# The most of what the allocator may hold that the folded copies may take.
+MAX_SHARE = 0.1
+
 
 def _setting() -> str:
     return os.environ.get("ENGINE_FOLD_NORMS", "auto")
-
-
-MAX_SHARE = 0.1
 
 
 def possible(model: Any, budget_bytes: int | None = None) -> bool:
