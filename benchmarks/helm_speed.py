@@ -668,7 +668,7 @@ def server_columns(stats: dict | None) -> str:
         decode = " / ".join(parts)
         if decode_stats.get("rope_attend") is False:  # separate rotary and attention kernels
             decode += " (rope_attend off)"
-        if decode_stats.get("folded_norms") is False:  # norm kernels in the steps (ENGINE_FOLD_NORMS=0)
+        if decode_stats.get("folded_norms") is False:  # norm kernels in the steps (off, or no room for the copies)
             decode += " (norms kept)"
     return (
         f"{fmt(stats.get('busy_seconds'), '.2f')} | "

@@ -19,8 +19,9 @@ slower, 68.3–86.5 µs a layer (docs/benchmarks.md). The engine's version of it
 `--fold` adds the chain as the engine's folded steps run it (folded.py: no norm kernels; the
 attention and SiLU × up scale each row by its RMS factor; the output and down products add into the
 residual), `--pdl` the same with those two kernels launched early (`ENGINE_PDL`). Session 24, one
-H100, 50 rows: 59.9 µs a layer folded against 64.0 with the norms (54.0 % against 50.6 %); `--pdl`
-not yet measured.
+H100, 50 rows: 59.9 µs a layer folded against 64.0 with the norms (54.0 % against 50.6 %), at commit
+b95208b, where the chain computed the row's factor with its own copy (an approximate rsqrt; now the
+engine's `fused._row_scale`, not rerun); `--pdl` not yet measured.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from triton.language.extra.cuda import gdc_wait  # noqa: E402
 
 from benchmarks.fused_kernels import _replayed_ms  # noqa: E402
 from benchmarks.gpu_ceilings import measure  # noqa: E402
+from evaluation.engine.server import fused  # noqa: E402
 
 SIZES = {  # hidden, intermediate, heads, kv heads, layers (the benchmarks' Llama configs)
     "1b": (2048, 5632, 32, 4, 22),
@@ -94,21 +95,13 @@ def _norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, n, pf_ptr, pf_bytes, BLOCK: tl.
 
 
 @triton.jit
-def _row_scale(res_ptr, row, n, BLOCK_H: tl.constexpr):
-    """The RMS norm's 1/rms of a residual row, as a folded step's kernels compute it for themselves."""
-    h = tl.arange(0, BLOCK_H)
-    r = tl.load(res_ptr + row * n + h, mask=h < n, other=0.0).to(tl.float32)
-    return tl.math.rsqrt(tl.sum(r * r, 0) / n + 1e-5)
-
-
-@triton.jit
 def _silu_kernel(gu_ptr, out_ptr, inter, pf_ptr, pf_bytes, res_ptr, n, BLOCK: tl.constexpr, MODE: tl.constexpr,
                  FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1, PDL: tl.constexpr = False):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     if FOLD:  # the residual row was written two kernels back: read before waiting on the product
-        scale = _row_scale(res_ptr, row, n, BLOCK_H)
+        scale = fused._row_scale(res_ptr, row, n, 1.0 / n, 1e-5, BLOCK_H, True)  # the engine's own
     if PDL:
-        gdc_wait()
+        fused.gdc_wait()
     if MODE != 0:
         _prefetch(pf_ptr, pf_bytes, tl.num_programs(0) * tl.num_programs(1),
                   tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), MODE)  # fmt: skip
@@ -138,9 +131,9 @@ def _attend_kernel(
     d = tl.arange(0, DIM)
     g = tl.arange(0, GROUP)
     if FOLD:
-        scale = _row_scale(res_ptr, row, hidden, BLOCK_H)
+        scale = fused._row_scale(res_ptr, row, hidden, 1.0 / hidden, 1e-5, BLOCK_H, True)
     if PDL:
-        gdc_wait()
+        fused.gdc_wait()
     q = tl.load(qkv_ptr + row * qkv_row + (head * GROUP + g[:, None]) * DIM + d[None, :]).to(tl.float32)
     if FOLD:
         q = q * scale

@@ -322,8 +322,7 @@ def rope_attend_disagreement(heads: int, kv_heads: int, dim: int, dtype, device,
         want_k, want_v = keys.clone(), values.clone()
         q, k, v = projections()
         if scale_of is not None:
-            factor = fused.row_scale_torch(residual, 1e-5)
-            q, k, v = (fused.scaled_torch(t, factor) for t in (q, k, v))
+            q, k, v = fused.scaled_rows(scale_of, q, k, v)
         rotated = fused.rope_store(q, k, v, cos, sin, dim, want_k, want_v, column)
         if rotated is None:  # the torch operations the decoder would run instead
             rotated = _rope_store_torch(q, k, v, cos, sin, want_k, want_v, column)
@@ -405,8 +404,7 @@ def _rope_store_torch(q, k, v, cos, sin, keys, values, column) -> torch.Tensor:
 def rope_attend_torch(q, k, v, cos, sin, keys, values, bounds, column, scaling, scale_of=None) -> torch.Tensor:
     """The reference of `rope_attend`: the torch rotary embedding and cache write, then attend_torch."""
     if scale_of is not None:
-        scale = fused.row_scale_torch(scale_of[0], scale_of[1])
-        q, k, v = (fused.scaled_torch(t, scale) for t in (q, k, v))
+        q, k, v = fused.scaled_rows(scale_of, q, k, v)
     q = _rope_store_torch(q, k, v, cos, sin, keys, values, column)
     return attend_torch(q, keys, values, bounds, column, scaling)
 

@@ -125,8 +125,7 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
     scale_of = (hidden, fused._eps(layer.input_layernorm))
     out = past.rope_attend(q, k, v, cos, sin, attn.layer_idx, attn.scaling, scale_of=scale_of)
     if out is None:  # the kernel does not apply: scale here, then the fused layer's own attention path
-        scale = fused.row_scale_torch(hidden, scale_of[1])
-        q, k, v = (fused.scaled_torch(t, scale) for t in (q, k, v))
+        q, k, v = fused.scaled_rows(scale_of, q, k, v)
         out = fused._attention(attn, q, k, v, cos, sin, mask, position_ids, past, past.column)
     flat.addmm_(out.reshape(rows, -1), attn.o_proj.weight.t())
     gate_up = mlp._engine_joined

@@ -85,6 +85,14 @@ early_launch = os.environ.get("ENGINE_PDL", "0") == "1"
 if triton is not None:
 
     @triton.jit
+    def _rms_factor(x, inv_n, eps, EXACT: tl.constexpr):
+        """1 / sqrt(mean(x²) + eps) of an fp32 row (its padding zeros)."""
+        variance = tl.sum(x * x, axis=0) * inv_n  # torch's mean multiplies by the fp32 1/n
+        if EXACT:  # CUDA's rsqrtf, as torch.rsqrt calls it (tl.math.rsqrt flushes denormals)
+            return libdevice.rsqrt(variance + eps)
+        return tl.math.rsqrt(variance + eps)
+
+    @triton.jit
     def _rms_norm_kernel(
         x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, n, inv_n, eps,
         HAS_RES: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr,
@@ -98,25 +106,18 @@ if triton is not None:
             x = (x + r).to(res_out_ptr.dtype.element_ty)
             tl.store(res_out_ptr + row * n + cols, x, mask=keep)
             x = x.to(tl.float32)
-        variance = tl.sum(x * x, axis=0) * inv_n  # torch's mean multiplies by the fp32 1/n
-        if EXACT:  # CUDA's rsqrtf, as torch.rsqrt calls it (tl.math.rsqrt flushes denormals)
-            scale = libdevice.rsqrt(variance + eps)
-        else:
-            scale = tl.math.rsqrt(variance + eps)
+        scale = _rms_factor(x, inv_n, eps, EXACT)
         y = (x * scale).to(out_ptr.dtype.element_ty).to(tl.float32)
         w = tl.load(w_ptr + cols, mask=keep, other=0.0).to(tl.float32)
         tl.store(out_ptr + row * n + cols, (w * y).to(out_ptr.dtype.element_ty), mask=keep)
 
     @triton.jit
     def _row_scale(res_ptr, row, n, inv_n, eps, BLOCK_H: tl.constexpr, EXACT: tl.constexpr):
-        """A residual row's RMS-norm factor, 1 / sqrt(mean(x²) + eps), as `_rms_norm_kernel` computes it:
-        the kernels after a folded norm's product (folded.py) scale their inputs by it."""
+        """A residual row's RMS-norm factor, as `_rms_norm_kernel` computes it: the kernels after a
+        folded norm's product (folded.py) scale their inputs by it."""
         h = tl.arange(0, BLOCK_H)
         x = tl.load(res_ptr + row * n + h, mask=h < n, other=0.0).to(tl.float32)
-        variance = tl.sum(x * x, axis=0) * inv_n
-        if EXACT:
-            return libdevice.rsqrt(variance + eps)
-        return tl.math.rsqrt(variance + eps)
+        return _rms_factor(x, inv_n, eps, EXACT)
 
     @triton.jit
     def _silu_mul_kernel(
@@ -270,8 +271,7 @@ def _run_kernel(launch, fallback):
 
 def rms_norm_torch(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Hugging Face's LlamaRMSNorm, operation for operation."""
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    h = x.to(torch.float32) * row_scale_torch(x, eps)
     return weight * h.to(x.dtype)
 
 
@@ -331,9 +331,13 @@ def row_scale_torch(residual: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
 
 
-def scaled_torch(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x [rows, ..., features] times each row's factor, rounded to x's dtype (as a product's output is)."""
-    return (x.to(torch.float32) * scale.reshape(scale.shape[0], *[1] * (x.dim() - 1))).to(x.dtype)
+def scaled_rows(scale_of: tuple[torch.Tensor, float], *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each of `tensors` [rows, ..., features] times its row's RMS-norm factor of the residual rows
+    `scale_of` = (residual, eps), rounded to its dtype (as a product's output is): a folded norm's
+    products in torch operations (folded.py)."""
+    scale = row_scale_torch(*scale_of)
+    return tuple((t.to(torch.float32) * scale.reshape(scale.shape[0], *[1] * (t.dim() - 1))).to(t.dtype)
+                 for t in tensors)  # fmt: skip
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor, scale_of: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
@@ -370,8 +374,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, scale_of: tuple[torch.Tensor,
 
 def _silu_mul_fallback(gate, up, scale_of):
     if scale_of is not None:
-        scale = row_scale_torch(scale_of[0], scale_of[1])
-        gate, up = scaled_torch(gate, scale), scaled_torch(up, scale)
+        gate, up = scaled_rows(scale_of, gate, up)
     return silu_mul_torch(gate, up)
 
 
