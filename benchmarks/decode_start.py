@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--top", type=int, default=30, help="profiler rows (0: no profile)")
+    p.add_argument("--trace", help="also write the profiled batch's timeline here (Chrome trace JSON)")
     p.add_argument(
         "--profile-new-tokens",
         type=int,
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+    from torch.profiler import record_function
 
     from evaluation.engine.loading import load_model
     from evaluation.engine.server import decode_attention, static_decode
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         def wrapper(*a, **k):
             sync()
             t0 = time.perf_counter()
-            out = fn(*a, **k)
+            with record_function(label):  # the piece's name on a trace's timeline
+                out = fn(*a, **k)
             t1 = time.perf_counter()
             sync()
             log.append((label, round((t1 - t0) * 1e3, 2), round((time.perf_counter() - t1) * 1e3, 2)))
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"batch {index}: {(time.perf_counter() - t0) * 1e3:.1f} ms", times, "steps",
                   generator.last_decode_steps)  # fmt: skip
             print("   (piece, host ms, then GPU ms)", log, flush=True)
+            if generator.graphs is not None:
+                print("   (packed replays' host ms)", generator.graphs.last_steps, flush=True)
         if args.top:
             from torch.profiler import ProfilerActivity, profile
 
@@ -120,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             with profile(activities=activities) as prof:
                 generator.generate(rows(args.profile_new_tokens))
                 sync()
+            if args.trace:
+                prof.export_chrome_trace(args.trace)
             averages = prof.key_averages()
             print(averages.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=60))
             if cuda:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 from benchmarks import decode_start
 
 
-def test_it_times_the_prefill_and_each_piece_of_the_start(tiny_llama_dir, capsys):
+def test_it_times_the_prefill_and_each_piece_of_the_start(tiny_llama_dir, capsys, tmp_path):
+    trace = tmp_path / "trace.json"
     argv = [str(tiny_llama_dir), "--device", "cpu", "--dtype", "float32", "--rows", "6", "--new-tokens", "4",
-            "--batches", "2", "--top", "5"]  # fmt: skip
+            "--batches", "2", "--top", "5", "--trace", str(trace)]  # fmt: skip
     assert decode_start.main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("batch ") == 2 and "'start':" in out and "steps 3" in out
     for piece in ("'prefill'", "'reserve'", "'row_bounds'", "'cache_tensors'", "'refresh_rotary'", "'start'", "'feed'"):
         assert piece in out.split("batch 1")[1]
     assert "Self CPU" in out  # the profiled batch's table
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert {"reserve", "start", "feed"} <= {e.get("name") for e in events}  # the pieces on its timeline
     from evaluation.engine.server import decode_attention, static_decode
 
     # Put back for every later test.
@@ -31,3 +36,4 @@ def test_it_times_the_prefill_by_replays_where_that_is_on(tiny_llama_dir, capsys
     assert decode_start.main(argv) == 0
     out = capsys.readouterr().out
     assert "('graph_prefill'" in out and "('prefill'" not in out  # the forward did not run
+    assert "(packed replays' host ms) [('prefixes'" in out and "('replay'" in out

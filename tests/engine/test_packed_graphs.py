@@ -199,10 +199,14 @@ def test_with_fused_layers_the_residual_sums_deferred_to_the_next_norm_give_the_
     # The layer before's MLP output handed on (`pending`): only the bucketed forward does that here.
     monkeypatch.setattr(fused, "layer_parts", lambda *a, **k: parts.append(a[2] is not None) or layer_parts(*a, **k))
     rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
+    forward = generator.graphs._forward
+    calls = []
+    monkeypatch.setattr(generator.graphs, "_forward", lambda g: calls.append(g.shape) or forward(g))
     generator.generate(rows)
-    # The batch's forward and each prefix's fill (PackedGraphs.prefix_cache) run the same layers.
-    forwards = generator.last_prefix_fills[0] + 1
-    assert forwards > 1 and len(parts) == forwards * model.config.num_hidden_layers
+    # The prefixes' fills (PackedGraphs.prefix_caches) and the batch's forward run the same layers.
+    forwards = len(calls)
+    assert generator.last_prefix_fills[0] == 3 and forwards > 1 and all(c.kv for c in calls[:-1])
+    assert len(parts) == forwards * model.config.num_hidden_layers
     assert generator.graphs.served == 1 and sum(parts) == forwards * (model.config.num_hidden_layers - 1)
     assert_like_generate(model, tokenizer, rows)
 
@@ -358,41 +362,65 @@ def test_the_host_benchmark_times_packed_batches_through_the_graphs(capsys):
     assert 0 < result["launch_ms_a_batch"] < result["ms_a_batch"]
 
 
-def test_a_prefix_filled_by_a_replay_keeps_the_keys_and_values_a_model_call_gives(loaded, graphs_on):
-    from evaluation.engine.server.kv_cache import cache_tensors
+def test_prefixes_filled_by_one_replay_keep_the_keys_and_values_a_model_call_gives(loaded, graphs_on, monkeypatch):
+    """Two prefixes side by side in one replay: each one's cache is what its own model call gives, its
+    layers views of one [layers, kv_heads, length, dim] tensor for keys and one for values."""
+    from evaluation.engine.server.kv_cache import cache_tensors, stacked
 
     model, tokenizer = loaded.model, loaded.tokenizer
     generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
-    tokens = tokenizer(run_prompts(0, 1)[0])["input_ids"][:40]
+    prefixes = [tokenizer(run_prompts(run, 1)[0])["input_ids"][:n] for run, n in ((0, 40), (1, 23))]
+    graphs = generator.graphs
+    forward = graphs._forward
+    calls = []
+    monkeypatch.setattr(graphs, "_forward", lambda g: calls.append(g.shape) or forward(g))
     with generator._running():
-        cache = generator.graphs.prefix_cache(tokens)
-        reference = model(input_ids=torch.tensor([tokens]), use_cache=True).past_key_values
-    assert next(iter(generator.graphs.graphs)).kv  # its own shape, which keeps what it computed
-    assert cache.get_seq_length() == len(tokens)
-    for (k, v), (rk, rv) in zip(cache_tensors(cache), cache_tensors(reference), strict=True):
-        assert k.shape == rk.shape == (1, rk.shape[1], len(tokens), rk.shape[3]) and k.is_contiguous()
-        torch.testing.assert_close(k, rk, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(v, rv, atol=1e-5, rtol=1e-5)
+        caches = graphs.prefix_caches(prefixes)
+        references = [model(input_ids=torch.tensor([t]), use_cache=True).past_key_values for t in prefixes]
+    assert len(calls) == 1 and calls[0].kv  # one replay, of a shape that keeps what it computed
+    layers = model.config.num_hidden_layers
+    for tokens, cache, reference in zip(prefixes, caches, references, strict=True):
+        assert cache.get_seq_length() == len(tokens)
+        pairs = cache_tensors(cache)
+        keys, values = stacked(pairs)
+        assert keys.shape[:3] == (layers, pairs[0][0].shape[1], len(tokens)) and keys.is_contiguous()
+        for (k, v), (rk, rv) in zip(pairs, cache_tensors(reference), strict=True):
+            assert k.shape == rk.shape == (1, rk.shape[1], len(tokens), rk.shape[3]) and k.is_contiguous()
+            torch.testing.assert_close(k, rk, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v, rv, atol=1e-5, rtol=1e-5)
+        assert stacked(cache_tensors(reference)) is None  # a model call's layers are tensors of their own
+    # More than JOINT_FILL tokens: a replay for each group of them, the prefixes in order, each replay a
+    # fill shape the warm-up captures.
+    more = [[5 + i] * n for i, n in enumerate((700, 300, 150, 30, 40))]
+    with generator._running():
+        caches = graphs.prefix_caches(more)
+        reference = model(input_ids=torch.tensor([more[1]]), use_cache=True).past_key_values
+        assert graphs.prefix_caches([]) is None and graphs.prefix_caches([[5], []]) is None
+    assert [c.get_seq_length() for c in caches] == [700, 300, 150, 30, 40]
+    fill_shapes = {packed_graphs._fill_shape(n) for n in packed_graphs.FILL_SIZES}
+    assert len(calls) == 4 and set(calls[1:]) <= fill_shapes  # 700; 300 and 150; 30 and 40
+    torch.testing.assert_close(cache_tensors(caches[1])[-1][1], cache_tensors(reference)[-1][1], atol=1e-5, rtol=1e-5)
 
 
 def test_new_prefixes_are_filled_by_replays_unless_turned_off(loaded, graphs_on, monkeypatch):
     model, tokenizer = loaded.model, loaded.tokenizer
-    fills = []  # what each call gave: a cache, or None (the model call then)
-    real = packed_graphs.PackedGraphs.prefix_cache
-    monkeypatch.setattr(packed_graphs.PackedGraphs, "prefix_cache",
-                        lambda self, tokens: fills.append(real(self, tokens)) or fills[-1])  # fmt: skip
+    fills = []  # each call: how many prefixes, whether it filled them (else None: model calls then)
+    real = packed_graphs.PackedGraphs.prefix_caches
+    monkeypatch.setattr(packed_graphs.PackedGraphs, "prefix_caches",
+                        lambda self, prefixes: fills.append((len(prefixes), real(self, prefixes))) or fills[-1][1])  # fmt: skip
     for on in (True, False):
         monkeypatch.setattr(packed_graphs, "fill_prefixes", on)
         fills.clear()
         generator = BatchGenerator(model, tokenizer, prefix_store_bytes=STORE_BYTES)
         rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1)
         generator.generate(rows)
-        assert generator.last_packed and len(fills) == generator.last_prefix_fills[0] == 3
-        # Off, the same calls answer None and each prefix is a model call of its own, as before.
-        assert [cache is not None for cache in fills] == [on] * 3
+        assert generator.last_packed and generator.last_prefix_fills[0] == 3
+        # One call for the three; off, it answers None and each prefix is a model call of its own.
+        assert [(count, caches is not None) for count, caches in fills] == [(3, on)]
         assert_like_generate(model, tokenizer, rows)
     assert (
-        packed_graphs.PackedGraphs(model, use_graphs=False).prefix_cache([1] * (packed_graphs.CHUNKS[-1] + 1)) is None
+        packed_graphs.PackedGraphs(model, use_graphs=False).prefix_caches([[1] * (packed_graphs.CHUNKS[-1] + 1)])
+        is None
     )
 
 

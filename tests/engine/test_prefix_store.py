@@ -272,3 +272,51 @@ def test_cache_tensors_pairs_keys_and_values_by_layer_in_the_older_layout_too():
     entry.key_cache = [torch.full((1,), 1.0), torch.full((1,), 2.0)]
     entry.value_cache = [torch.full((1,), 10.0), torch.full((1,), 20.0)]
     assert [(k.item(), v.item()) for k, v in cache_tensors(entry)] == [(1.0, 10.0), (2.0, 20.0)]
+
+
+@pytest.mark.parametrize("inference", [False, True])
+def test_a_stacked_cache_gives_back_its_two_tensors_and_other_caches_none(inference):
+    """kv_cache.stacked_cache: a replay's fill, every layer a view of one [layers, kv_heads, length, dim]
+    tensor, found again by address (under inference mode views do not record their base)."""
+    from evaluation.engine.server.kv_cache import cache_tensors, stacked, stacked_cache
+
+    with torch.inference_mode(inference):
+        keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 6)
+        cache = stacked_cache(keys, values)
+        pairs = cache_tensors(cache)
+        assert cache.get_seq_length() == 5 and [k.shape for k, _ in pairs] == [(1, 2, 5, 4)] * 3
+        found = stacked(pairs)
+        assert found is not None and all(
+            a.data_ptr() == b.data_ptr() for a, b in zip(found, (keys, values), strict=True)
+        )
+        assert torch.equal(found[0], keys) and torch.equal(found[1], values)
+        # Copies of each layer (what `expanded` and a model call make), a layer out of order, or one
+        # that is not a single row: not stacked.
+        assert stacked(cache_tensors(expanded(cache, 1))) is None
+        assert stacked([pairs[1], pairs[0], pairs[2]]) is None
+        assert stacked([(keys[None, 0], values[None, 0]), (keys[None, 2], values[None, 2])]) is None
+        assert stacked([(keys[:2], values[:2])]) is None and stacked([]) is None
+
+
+def test_a_prefix_goes_into_the_static_buffers_alike_in_one_copy_or_layer_by_layer():
+    """generation._copy_prefix: a stacked prefix is copied into every layer at once; a model call's,
+    layer by layer; the buffers end up the same."""
+    from types import SimpleNamespace
+
+    from evaluation.engine.server.generation import _copy_prefix
+    from evaluation.engine.server.kv_cache import cache_tensors, stacked_cache
+
+    keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    stacked_pairs = cache_tensors(stacked_cache(keys, values))
+    own_pairs = [(k.clone(), v.clone()) for k, v in stacked_pairs]
+
+    def buffers():
+        big = [torch.zeros(3, 6, 2, 9, 4) for _ in range(2)]
+        return SimpleNamespace(stacked=big, keys=list(big[0].unbind(0)), values=list(big[1].unbind(0)))
+
+    one, by_layer = buffers(), buffers()
+    _copy_prefix(stacked_pairs, one, 1, 4, 2, 7)
+    _copy_prefix(own_pairs, by_layer, 1, 4, 2, 7)
+    for a, b, source in zip(one.stacked, by_layer.stacked, (keys, values), strict=True):
+        assert torch.equal(a, b) and torch.equal(a[:, 1:4, :, 2:7], source[:, None].expand(-1, 3, -1, -1, -1))
+        assert a[:, [0, 4, 5]].abs().sum() == 0 and a[..., [0, 1, 7, 8], :].abs().sum() == 0

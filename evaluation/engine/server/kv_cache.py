@@ -40,6 +40,39 @@ def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(tensors[::2], tensors[1::2], strict=True))
 
 
+def stacked_cache(keys: torch.Tensor, values: torch.Tensor) -> Any:
+    """A one-row transformers cache whose layer l holds keys[l] and values[l] ([layers, kv_heads, length,
+    dim], contiguous) as [1, kv_heads, length, dim] views: what a model call's cache holds, and `stacked`
+    gives back the two tensors, so a prefix goes into every layer's buffer in one copy."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for layer in range(keys.shape[0]):
+        cache.update(keys[layer, None, :, :0], values[layer, None, :, :0], layer)  # the layer, empty
+    views = iter(t[None] for pair in zip(keys, values, strict=True) for t in pair)
+    map_cache(cache, lambda _: next(views))
+    return cache
+
+
+def stacked(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The keys and values [layers, kv_heads, length, dim] that a one-row cache's layers (`cache_tensors`)
+    lie in, one after the other in one block of memory (`stacked_cache` made it), or None. Read from the
+    tensors' addresses: tensors made under inference mode do not record what they are views of."""
+    found = []
+    for part in (0, 1):
+        tensors = [pair[part] for pair in pairs]
+        if not tensors:
+            return None
+        first = tensors[0]
+        storage, step = first.untyped_storage().data_ptr(), first.numel() * first.element_size()
+        for layer, t in enumerate(tensors):
+            if (t.shape != first.shape or first.shape[0] != 1 or not t.is_contiguous()
+                    or t.untyped_storage().data_ptr() != storage or t.data_ptr() != first.data_ptr() + layer * step):  # fmt: skip
+                return None
+        found.append(first.as_strided((len(tensors), *first.shape[1:]), (first.numel(), *first.stride()[1:])))
+    return found[0], found[1]
+
+
 def cache_bytes(cache: Any) -> int:
     return sum(t.numel() * t.element_size() for pair in cache_tensors(cache) for t in pair)
 

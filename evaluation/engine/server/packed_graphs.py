@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from evaluation.engine.server import cuda_graphs, fused, packed, static_decode
+from evaluation.engine.server import cuda_graphs, fused, kv_cache, packed, static_decode
 from evaluation.engine.server.attention import attention_shape
 from evaluation.engine.server.staging import Staging
 from evaluation.engine.server.switches import switch
@@ -61,10 +61,12 @@ MIN_LONGEST = 512
 PREPARED_CAPACITY = 4096
 MAX_GRAPHS = 32
 # `ENGINE_GRAPH_PREFIX_FILLS=0`: a few-shot prefix no batch stored is prefilled by a model call of its
-# own; by default by a replay that keeps its keys and values (PackedGraphs.prefix_cache). The warm-up
+# own; by default by a replay that keeps its keys and values (PackedGraphs.prefix_caches). The warm-up
 # captures the fill shapes of prefixes up to these sizes (most few-shot prefixes of HELM's scenarios).
 fill_prefixes = os.environ.get("ENGINE_GRAPH_PREFIX_FILLS", "1") != "0"
 FILL_SIZES = (256, 512, 1024)
+# New prefixes are filled side by side, as a batch's rows, up to this many tokens a replay.
+JOINT_FILL = FILL_SIZES[1]
 # Models up to this size are host-bound (session 10: a 1.1 B batch's host time about its GPU time);
 # larger ones spend most of a batch on the GPU already and keep the track's memory for their weights.
 AUTO_MAX_PARAMETERS = 3e9
@@ -111,6 +113,27 @@ def _fill_shape(tokens: int) -> Shape | None:
     keys and values (None past the largest chunk)."""
     chunks = chunks_for([tokens])
     return dataclasses.replace(chunks[0].shape, kv=True) if chunks else None
+
+
+def _fill_chunks(lengths: list[int]) -> list[Chunk] | None:
+    """The chunks prefixes of these lengths are filled in, side by side: consecutive ones together up to
+    JOINT_FILL tokens, whose chunks are fill shapes the warm-up captures (256 and 512 tokens); a longer
+    one alone, in its own fill shape. None for one longer than the largest chunk."""
+    groups: list[list[int]] = []
+    total = JOINT_FILL + 1
+    for i, n in enumerate(lengths):
+        if total + n > JOINT_FILL:
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += n
+    chunks = []
+    for group in groups:
+        found = chunks_for([lengths[i] for i in group])
+        if found is None:
+            return None
+        chunks += [dataclasses.replace(c, first=c.first + group[0], end=c.end + group[0]) for c in found]
+    return chunks
 
 
 def chunks_for(lengths: list[int]) -> list[Chunk] | None:
@@ -267,9 +290,12 @@ class PackedGraphs:
             store_keys, store_values = self._stores
             start = 0
             for tensors, n in zip(layers, lengths, strict=True):
-                for store, part in ((store_keys, 0), (store_values, 1)):
-                    stacked = torch.stack([pair[part][0] for pair in tensors])  # [layers, kv_heads, n, dim]
-                    store[:, start : start + n].copy_(stacked.transpose(1, 2))
+                # [layers, kv_heads, n, dim]: a replay's fill is stacked already (kv_cache.stacked_cache)
+                stacked = kv_cache.stacked(tensors)
+                if stacked is None:
+                    stacked = [torch.stack([pair[part][0] for pair in tensors]) for part in (0, 1)]
+                for store, part in zip((store_keys, store_values), stacked, strict=True):
+                    store[:, start : start + n].copy_(part.transpose(1, 2))
                 start += n
             self._loaded = firsts
         return lengths
@@ -367,34 +393,41 @@ class PackedGraphs:
     # --- a prefix's keys and values ----------------------------------------------------------
 
     def fill_tokens(self, length: int) -> int | None:
-        """The tokens of the shape that `prefix_cache` would fill a prefix of `length` in (its padded
+        """The tokens of the shape that `prefix_caches` would fill a prefix of `length` in (its padded
         work), or None where it would not take it."""
         shape = _fill_shape(length) if length else None
         return shape.tokens if shape is not None and fill_prefixes and not self.failed else None
 
-    def prefix_cache(self, tokens: list[int]) -> Any | None:
-        """A few-shot prefix's keys and values as a Hugging Face cache, from one replay of a chunk shape
-        that keeps them (captured at the warm-up for prefixes of up to FILL_SIZES[-1] tokens), or None
-        where this path does not take it. The forward it replaces, a whole model call for one row,
-        cost the host 22-42 ms on an H100 (the first batches of each run, session 21's timelines)."""
-        shape = _fill_shape(len(tokens)) if tokens else None
-        if self.failed or not fill_prefixes or shape is None:
+    def prefix_caches(self, prefixes: list[list[int]]) -> list[Any] | None:
+        """Few-shot prefixes' keys and values, each as a one-row Hugging Face cache, from replays of chunk
+        shapes that keep them, the prefixes side by side as a packed batch's rows (one replay for a
+        generation batch's two prefixes; the warm-up captured the shapes up to FILL_SIZES[-1] tokens),
+        or None where this path does not take them. The forward it replaces, a whole model call for one
+        row, cost the host 22-42 ms on an H100 (the first batches of each run, session 21's timelines); a
+        replay for each prefix, ~2.7 ms of the GPU and ~1 ms of the host each (session 25's trace). Each
+        cache's layers lie in one tensor for keys and one for values (kv_cache.stacked_cache): a batch
+        copies a prefix into every layer at once."""
+        lengths = [len(tokens) for tokens in prefixes]
+        chunks = _fill_chunks(lengths) if lengths and min(lengths) > 0 else None
+        if self.failed or not fill_prefixes or chunks is None:
             return None
-        n = len(tokens)
-        g = self._graph(shape)
-        g.fill(tokens, list(range(n)), [n - 1], layout(g.shape, [n], [], [0]), self.staging)
-        if self._run(g) is None:
-            return None
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        keys, values = g.plan.kv_out
-        for layer, (k, v) in enumerate(zip(keys, values, strict=True)):
-            # [1, kv_heads, n, dim], contiguous as a model call's, in memory of their own: the next fill
-            # overwrites the buffers.
-            own = [t[:n].transpose(0, 1)[None].clone(memory_format=torch.contiguous_format) for t in (k, v)]
-            cache.update(*own, layer)
-        return cache
+        caches = []
+        for chunk in chunks:
+            own = prefixes[chunk.first : chunk.end]
+            counts = lengths[chunk.first : chunk.end]
+            ends = list(itertools.accumulate(counts))
+            g = self._graph(dataclasses.replace(chunk.shape, kv=True))
+            g.fill([t for tokens in own for t in tokens], [p for n in counts for p in range(n)],
+                   [end - 1 for end in ends], layout(g.shape, counts, [], [0]), self.staging)  # fmt: skip
+            if self._run(g) is None:
+                return None
+            # g.kv: [layers, tokens, kv_heads, dim], which the next replay overwrites. Each prefix's part
+            # as [layers, kv_heads, length, dim] in memory of its own (clone: a copy even where the
+            # transpose is contiguous already, with one key/value head).
+            for n, end in zip(counts, ends, strict=True):
+                parts = [t[:, end - n : end].transpose(1, 2).clone(memory_format=torch.contiguous_format) for t in g.kv]
+                caches.append(kv_cache.stacked_cache(*parts))
+        return caches
 
     def chunks(self, lengths: list[int], prefixes: int, keeps_kv: bool) -> list[Chunk] | None:
         """The chunks `forward` runs rows of these own token counts (packed order) in, with this many
