@@ -472,7 +472,7 @@ def test_a_decoding_batchs_prefill_written_by_replays_decodes_as_generate(loaded
     """ENGINE_GRAPH_DECODE_PREFILL: the replays write the keys and values into the static decoder's
     buffers as `_prefill`'s cache lays them out (each row's prefix ending at the longest prefix's end,
     its own tokens at the end, rows of no prefix among them), for stored prefixes and new ones."""
-    from evaluation.engine.server import generation
+    from evaluation.engine.server import decode_attention, generation
 
     monkeypatch.setattr(generation, "graph_decode_prefill", True)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -485,11 +485,22 @@ def test_a_decoding_batchs_prefill_written_by_replays_decodes_as_generate(loaded
     batches = (
         [_mixed_prompts()[:7] + loners, run_prompts(2, 3, 50) + run_prompts(0, 2, 9)] if with_prefixes else [loners]
     )
+    # The decoder's start is queued before the first tokens are read (which waits for the prefill).
+    order = []
+    start, choose = generator.static.start, generator._choose
+    monkeypatch.setattr(generator.static, "start", lambda *a: order.append("start") or start(*a))
+    monkeypatch.setattr(generator, "_choose", lambda *a: order.append("choose") or choose(*a))
     for prompts in batches:
+        order.clear()
         rows = rows_for(tokenizer, prompts, max_new_tokens=5)
         generator.generate(rows)
         assert written[-1] is not None and generator.last_decode_steps >= 4
         assert bool(generator.last_shared_prefix) == with_prefixes
+        assert order[:2] == ["start", "choose"] and order.count("start") == 1
+        # The bounds it was given, worked out on the host, are the mask's.
+        _, _, mask, _, (bounds, fits) = written[-1]
+        expected, expected_fits = decode_attention.row_bounds(mask)
+        assert torch.equal(bounds, expected) and fits == expected_fits
         assert_like_generate(model, tokenizer, rows)
 
 

@@ -720,10 +720,15 @@ class BatchGenerator:
         marks["reserve"] = self._reserve(groups) if static else 0.0
         written = self._graph_prefill(groups) if static and graph_decode_prefill else None
         if written is not None:  # the keys and values are in the static decoder's buffers already (cache None)
-            (rows, last, mask, next_pos), logits, cache = written, None, None
+            (rows, last, mask, next_pos, bounds), logits, cache = written, None, None
+            # The decoder's start queued behind the prefill's kernels, before the first tokens are read
+            # (which waits for them): its host time no longer idles the GPU.
+            marks["launched"] = time.perf_counter()
+            self.static.start(None, mask, next_pos, max(r.max_new_tokens for r in rows), bounds)
+            marks["early_start"] = time.perf_counter() - marks["launched"]
         else:
             last, logits, cache, mask, next_pos, ids = self._prefill(groups, use_cache, all_logits)
-        marks["launched"] = time.perf_counter()
+        marks.setdefault("launched", time.perf_counter())
         if logits is not None:
             self._prompt_logprobs(rows, logits, ids)
             del logits
@@ -803,10 +808,20 @@ class BatchGenerator:
                 slot += 1
             if g.length:
                 _copy_prefix(cache_tensors(g.cache), buffers, first, slot, longest_prefix - g.length, longest_prefix)
-        # Through arrays: torch.tensor() of a list looks at each of a batch's thousands of elements.
-        row_index, column_index = (
-            torch.frombuffer(array("q", x), dtype=torch.long).to(self.device) for x in (slots, columns)
-        )
+        # Each row's own columns, and its prefix's (ending at the longest prefix's end): one comparison
+        # for the batch, not two slice writes a row. Its bounds too, here on the host: the static
+        # decoder's start then waits for nothing (session 25: the start, 1-1.5 ms of host time after
+        # the prefill, with its copies and the bounds' sync, idled the GPU).
+        cols = torch.arange(width)
+        own_start, prefix_start = (torch.tensor(x)[:, None] for x in (own_from, prefix_from))
+        mask = ((cols >= own_start) | ((cols >= prefix_start) & (cols < longest_prefix))).long()
+        bounds, fits = decode_attention.row_bounds(mask)
+        # Through arrays: torch.tensor() of a list looks at each of a batch's thousands of elements. One
+        # pinned copy for all: one from pageable memory waits for every kernel queued before it.
+        row_index, column_index, mask, next_pos, bounds = self._to_device(
+            array("q", slots), array("q", columns), mask.numpy().tobytes(), array("q", next_positions),
+            bounds.numpy().tobytes(),
+        )  # fmt: skip
 
         def sink(kv, s: int, e: int) -> None:
             # All layers at once: [layers, tokens, kv_heads, dim] into [layers, rows, kv_heads, columns, dim]
@@ -819,12 +834,22 @@ class BatchGenerator:
         last = self.graphs.forward(ids, positions, lengths, spans, [end - 1 for end in ends], kv_sink=sink)
         if last is None:
             return None
-        # Each row's own columns, and its prefix's (ending at the longest prefix's end): one comparison
-        # for the batch, not two slice writes a row.
-        cols = torch.arange(width)
-        own_start, prefix_start = (torch.tensor(x)[:, None] for x in (own_from, prefix_from))
-        mask = ((cols >= own_start) | ((cols >= prefix_start) & (cols < longest_prefix))).long()
-        return rows, last, mask.to(self.device), torch.tensor(next_positions, device=self.device)
+        return rows, last, mask.view(len(rows), width), next_pos, (bounds.view(len(rows), 3), fits)
+
+    def _to_device(self, *parts: Any) -> list[torch.Tensor]:
+        """Longs (arrays, or their bytes) on the device, each a view of one tensor filled by one copy from
+        pinned memory, queued behind the GPU's work."""
+        joined = array("q")
+        for part in parts:
+            joined.frombytes(part) if isinstance(part, bytes) else joined.extend(part)
+        out = torch.empty(len(joined), dtype=torch.long, device=self.device)
+        self.staging.to_device(joined, torch.long, out)
+        views, start = [], 0
+        for part in parts:
+            n = len(part) // 8 if isinstance(part, bytes) else len(part)
+            views.append(out[start : start + n])
+            start += n
+        return views
 
     def _reserve(self, groups: list[PrefixGroup]) -> float:
         """Make the static decoder's buffers for the batch `_prefill` will give (its rows, its padded
@@ -846,17 +871,20 @@ class BatchGenerator:
     ) -> None:
         """The decode loop over the static cache: finished rows ride along (their logits are ignored)
         so every step has the shape its graph was captured for, until a joining row takes their slot.
-        `marks` (from `_generate`): the buffers made before the prefill count in the start."""
-        started, began, reserve = time.perf_counter(), marks["began"], marks["reserve"]
+        `marks` (from `_generate`): the buffers made before the prefill count in the start, and so does
+        the start itself where it was made before the first tokens were read (`early_start`)."""
+        started, began = time.perf_counter(), marks["began"]
+        made_early = marks["reserve"] + marks.get("early_start", 0.0)  # the start's parts made before the loop
         max_new = max(r.max_new_tokens for r in rows)
-        self.static.start(cache, mask, next_pos, max_new)
+        if "early_start" not in marks:
+            self.static.start(cache, mask, next_pos, max_new)
         del cache
         slots = list(rows)
         self._feed(range(len(slots)), slots)
         times = self.last_decode_times = {
-            "prefill": started - began - reserve, "start": time.perf_counter() - started + reserve,
+            "prefill": started - began - made_early, "start": time.perf_counter() - started + made_early,
             "joins": 0.0, "join_count": 0,
-            "prefill_launch": marks["launched"] - began - reserve,
+            "prefill_launch": marks["launched"] - began - marks["reserve"],
             "captures": self.static.capturer.seconds - marks["captured"],
             "joined": [],  # each join: seconds from the batch's start, rows, seconds it took, of them captures
         }  # fmt: skip
@@ -895,7 +923,7 @@ class BatchGenerator:
             logits = self.static.step([r.tokens[-1] if r.tokens else self.pad_id for r in slots])
             self.last_decode_steps += 1
             self._choose(logits, slots)
-        times["total"] = time.perf_counter() - started + reserve
+        times["total"] = time.perf_counter() - started + made_early
 
     def _feed(self, places, rows: list[Row]) -> None:
         self.static.feed(list(places), [r.tokens[-1] if r.tokens else self.pad_id for r in rows])

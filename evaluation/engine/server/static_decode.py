@@ -372,10 +372,12 @@ class StaticDecoder:
                 b.graph, b.logits = captured
         return b
 
-    def start(self, cache: Any, mask: torch.Tensor, next_positions: torch.Tensor, max_new_tokens: int) -> None:
+    def start(self, cache: Any, mask: torch.Tensor, next_positions: torch.Tensor, max_new_tokens: int,
+              bounds: tuple[torch.Tensor, bool] | None = None) -> None:  # fmt: skip
         """Load a prefill's cache (rows padded on the left to one width) and its 2-D attention mask;
         `cache` None: the prefill wrote its keys and values into the reserved buffers itself
-        (BatchGenerator._graph_prefill)."""
+        (BatchGenerator._graph_prefill). `bounds`: the mask's `row_bounds`, worked out already (on the
+        host): then nothing here waits for the GPU."""
         layers = cache_tensors(cache) if cache is not None else []
         if layers:
             # The shapes and dtypes of a layer's keys and values, without holding on to the prefill's cache.
@@ -398,9 +400,10 @@ class StaticDecoder:
         b.mask.zero_()
         b.mask[:rows, 0, 0, :width].copy_(mask.bool())
         b.mask[rows:, 0, 0, 0] = True  # bucket padding rows attend somewhere, so their softmax is finite
-        bounds, fits = decode_attention.row_bounds(mask)
+        bounds, fits = decode_attention.row_bounds(mask) if bounds is None else bounds
         b.bounds[:rows].copy_(bounds)
-        b.bounds[rows:] = torch.tensor([0, 0, width])  # padding rows: their own steps' columns
+        b.bounds[rows:].fill_(0)  # padding rows: their own steps' columns (no copy from the host: no wait)
+        b.bounds[rows:, 2].fill_(width)
         if not fits:
             self._unbounded(b)
         b.positions.zero_()
