@@ -18,10 +18,10 @@ slower, 68.3–86.5 µs a layer (docs/benchmarks.md). The engine's version of it
 
 `--fold` adds the chain as the engine's folded steps run it (folded.py: no norm kernels; the
 attention and SiLU × up scale each row by its RMS factor; the output and down products add into the
-residual), `--pdl` the same with those two kernels launched early (`ENGINE_PDL`). Session 24, one
-H100, 50 rows: 59.9 µs a layer folded against 64.0 with the norms (54.0 % against 50.6 %), at commit
-b95208b, where the chain computed the row's factor with its own copy (an approximate rsqrt; now the
-engine's `fused._row_scale`, not rerun); `--pdl` not yet measured.
+residual). Session 24, one H100, 50 rows: 59.9 µs a layer folded against 64.0 with the norms (54.0 %
+against 50.6 %), at commit b95208b (the chain's own copy of the row's factor); session 25, with the
+engine's `fused._row_scale`: 60.2 against 64.0. Session 25 also measured those two kernels launched
+early (programmatic dependent launch, commit 2f99c4d's `--pdl`): 60.6 µs, no gain; removed.
 """
 
 from __future__ import annotations
@@ -96,12 +96,10 @@ def _norm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, n, pf_ptr, pf_bytes, BLOCK: tl.
 
 @triton.jit
 def _silu_kernel(gu_ptr, out_ptr, inter, pf_ptr, pf_bytes, res_ptr, n, BLOCK: tl.constexpr, MODE: tl.constexpr,
-                 FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1, PDL: tl.constexpr = False):  # fmt: skip
+                 FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
-    if FOLD:  # the residual row was written two kernels back: read before waiting on the product
+    if FOLD:  # the residual row, as the engine's kernel reads it
         scale = fused._row_scale(res_ptr, row, n, 1.0 / n, 1e-5, BLOCK_H, True)  # the engine's own
-    if PDL:
-        fused.gdc_wait()
     if MODE != 0:
         _prefetch(pf_ptr, pf_bytes, tl.num_programs(0) * tl.num_programs(1),
                   tl.program_id(0) * tl.num_programs(1) + tl.program_id(1), MODE)  # fmt: skip
@@ -118,7 +116,7 @@ def _silu_kernel(gu_ptr, out_ptr, inter, pf_ptr, pf_bytes, res_ptr, n, BLOCK: tl
 def _attend_kernel(
     qkv_ptr, kv_ptr, out_ptr, qkv_row, cols, pf_ptr, pf_bytes, res_ptr, hidden,
     GROUP: tl.constexpr, DIM: tl.constexpr, BLOCK_N: tl.constexpr, MODE: tl.constexpr,
-    FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1, PDL: tl.constexpr = False,
+    FOLD: tl.constexpr = False, BLOCK_H: tl.constexpr = 1,
 ):  # fmt: skip
     """A stand-in for the step's attention: a (row, key/value head) program reads the row's keys and
     values (`cols` of them) and its queries, as the real kernel does, with simpler arithmetic."""
@@ -132,8 +130,6 @@ def _attend_kernel(
     g = tl.arange(0, GROUP)
     if FOLD:
         scale = fused._row_scale(res_ptr, row, hidden, 1.0 / hidden, 1e-5, BLOCK_H, True)
-    if PDL:
-        fused.gdc_wait()
     q = tl.load(qkv_ptr + row * qkv_row + (head * GROUP + g[:, None]) * DIM + d[None, :]).to(tl.float32)
     if FOLD:
         q = q * scale
@@ -177,7 +173,7 @@ class Chain:
         self.res = torch.zeros(rows, hidden, device=device, dtype=dt)
         self.bytes = sum(t.numel() * t.element_size() for layer in self.layers for t in layer.values())
 
-    def run(self, plan: dict, mode: int, fold: bool = False, pdl: bool = False) -> torch.Tensor:
+    def run(self, plan: dict, mode: int, fold: bool = False) -> torch.Tensor:
         hidden, inter, heads, kv_heads, layers = self.shape
         rows = self.rows
         x, res = self.x, self.res
@@ -195,7 +191,7 @@ class Chain:
             return t, t.numel() * t.element_size(), mode
 
         if fold:
-            return self.run_folded(pdl)
+            return self.run_folded()
         block_h = triton.next_power_of_2(hidden)
         for i, p in enumerate(self.layers):
             normed = torch.empty_like(x)
@@ -218,7 +214,7 @@ class Chain:
             x = F.linear(h, p["down"])
         return x
 
-    def run_folded(self, pdl: bool = False) -> torch.Tensor:
+    def run_folded(self) -> torch.Tensor:
         """The chain with its norms folded away (issue 8, session 24): each norm's weight is folded
         into the next product's columns, the products read the residual itself, and the kernels after
         them (attention, SiLU × up) scale their inputs by the row's 1/rms, computed from the residual
@@ -232,13 +228,12 @@ class Chain:
             att = torch.empty(rows, heads * DIM, device=res.device, dtype=res.dtype)
             _attend_kernel[(rows, kv_heads)](qkv, p["kv"], att, qkv.stride(0), self.cols, res, 0, res, hidden,
                                              GROUP=heads // kv_heads, DIM=DIM, BLOCK_N=64, MODE=0, FOLD=True,
-                                             BLOCK_H=block_h, PDL=pdl, num_warps=4, launch_pdl=pdl)  # fmt: skip
+                                             BLOCK_H=block_h, num_warps=4)  # fmt: skip
             res.addmm_(att, p["o"].t())
             gu = F.linear(res, p["gu"])
             h = torch.empty(rows, inter, device=res.device, dtype=res.dtype)
             _silu_kernel[(rows, triton.cdiv(inter, 1024))](gu, h, inter, res, 0, res, hidden, BLOCK=1024, MODE=0,
-                                                           FOLD=True, BLOCK_H=block_h, PDL=pdl, num_warps=4,
-                                                           launch_pdl=pdl)  # fmt: skip
+                                                           FOLD=True, BLOCK_H=block_h, num_warps=4)  # fmt: skip
             res.addmm_(h, p["down"].t())
         return res
 
@@ -253,9 +248,9 @@ PLANS = {
 }
 
 
-def timed(chain: Chain, plan: dict, mode: int, replays: int, fold: bool = False, pdl: bool = False) -> float:
+def timed(chain: Chain, plan: dict, mode: int, replays: int, fold: bool = False) -> float:
     """Seconds a replay of the chain captured as one CUDA graph."""
-    ms, _ = _replayed_ms(lambda: chain.run(plan, mode, fold, pdl), replays)
+    ms, _ = _replayed_ms(lambda: chain.run(plan, mode, fold), replays)
     return ms / 1e3
 
 
@@ -268,7 +263,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plans", nargs="+", default=list(PLANS))
     p.add_argument("--modes", type=int, nargs="+", default=[1, 2, 3], help="1 bulk, 2 bulk evict_last, 3 a line")
     p.add_argument("--fold", action="store_true", help="also the chain with its norms folded away (run_folded)")
-    p.add_argument("--pdl", action="store_true", help="also folded, its Triton kernels launched early (PDL)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     device = torch.device("cuda")
@@ -280,10 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         layers = chain.shape[-1]
         runs = [(name, mode) for name in args.plans for mode in ([0] if name == "none" else args.modes)]
         runs += [("folded", 0)] if args.fold else []
-        runs += [("folded+pdl", 0)] if args.pdl else []
         for name, mode in runs:
-            fold = name.startswith("folded")
-            seconds = timed(chain, PLANS.get(name, {}), mode, args.replays, fold=fold, pdl=name.endswith("pdl"))
+            seconds = timed(chain, PLANS.get(name, {}), mode, args.replays, fold=name == "folded")
             share = chain.bytes / seconds / rate
             row = dict(rows=rows, plan=name, mode=mode, us_layer=seconds / layers * 1e6, share=share)
             results.append(row)

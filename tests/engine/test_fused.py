@@ -393,11 +393,8 @@ KERNELS = {  # name: (signature of its tensors and numbers, constexprs)
         dict.fromkeys(("x_ptr", "res_ptr", "w_ptr", "out_ptr", "res_out_ptr"), "*bf16") | {"n": "i32", "inv_n": "fp32", "eps": "fp32"},
         {"HAS_RES": True, "BLOCK": 2048, "EXACT": True},
     ),
-    "silu_mul": (_silu_signature(), {"BLOCK": 1024, "EXACT": True, "SCALED": False, "BLOCK_H": 16, "PDL": False}),
-    "silu_mul_folded": (_silu_signature(), {"BLOCK": 1024, "EXACT": True, "SCALED": True, "BLOCK_H": 2048,
-                                            "PDL": False}),
-    "silu_mul_folded_pdl": (_silu_signature(), {"BLOCK": 1024, "EXACT": True, "SCALED": True, "BLOCK_H": 2048,
-                                                "PDL": True}),
+    "silu_mul": (_silu_signature(), {"BLOCK": 1024, "EXACT": True, "SCALED": False, "BLOCK_H": 16}),
+    "silu_mul_folded": (_silu_signature(), {"BLOCK": 1024, "EXACT": True, "SCALED": True, "BLOCK_H": 2048}),
     "merge": (_merge_signature(), {"DIM": 128, "BLOCK_H": 32, "EXACT": True}),
 }  # fmt: skip
 
@@ -419,7 +416,7 @@ def _attend_signature():
 
 def _attend(group: int, dim: int, one: bool, rope: bool, scaled: bool = False) -> dict:
     consts = {"GROUP": group, "G_PAD": 16, "DIM": dim, "BLOCK": 64, "ONE": one, "ROPE": rope, "EXACT": True}
-    return consts | {"SCALED": scaled, "BLOCK_H": 2048 if scaled else 16, "PDL": False}
+    return consts | {"SCALED": scaled, "BLOCK_H": 2048 if scaled else 16}
 
 
 DECODE_KERNELS = {
@@ -428,7 +425,6 @@ DECODE_KERNELS = {
     "rope_attend": (_attend_signature(), _attend(8, 64, False, True)),
     "rope_attend_one_split": (_attend_signature(), _attend(1, 128, True, True)),
     "rope_attend_folded": (_attend_signature(), _attend(8, 64, True, True, scaled=True)),
-    "rope_attend_folded_pdl": (_attend_signature(), _attend(8, 64, True, True, scaled=True) | {"PDL": True}),
     "greedy": (
         {"logits_ptr": "*bf16", "out_ptr": "*fp32", "chosen_ptr": "*fp64", "tokens_ptr": "*i64",
          "positions_ptr": "*i64", "column_ptr": "*i64", "table_ptr": "*bf16", "now_ptr": "*bf16",
@@ -455,23 +451,6 @@ def test_every_kernel_compiles_for_a_gpu(name):
         )
     else:
         signature, consts = KERNELS[name]
-        kernel = getattr(fused, f"_{name.removesuffix('_pdl').removesuffix('_folded')}_kernel")
+        kernel = getattr(fused, f"_{name.removesuffix('_folded')}_kernel")
     ptx = _ptx(kernel, signature, consts)
     assert ".entry" in ptx
-    # Launched early (ENGINE_PDL), a kernel waits for the product before it; otherwise never.
-    assert ("griddepcontrol.wait" in ptx) == name.endswith("_pdl")
-
-
-def test_only_a_folded_steps_kernels_on_hopper_with_the_setting_launch_early(monkeypatch):
-    """`ENGINE_PDL=1` (fused.early_launch): the scaled kernels of a folded step, on a GPU of compute
-    capability 9 or more; never on the CPU, an A100 (8.0), or unscaled kernels."""
-    x = torch.zeros(1)
-    monkeypatch.setattr(fused, "early_launch", False)
-    assert fused.launch_early(x, True) == {}
-    monkeypatch.setattr(fused, "early_launch", True)
-    assert fused.launch_early(x, True) == {}  # the CPU
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    for capability, expected in (((8, 0), {}), ((9, 0), {"PDL": True, "launch_pdl": True})):
-        monkeypatch.setattr(fused, "_capability", lambda index, c=capability: c)
-        assert fused.launch_early(x, True) == expected
-        assert fused.launch_early(x, False) == {}

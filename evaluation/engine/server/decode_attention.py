@@ -60,7 +60,6 @@ if fused.triton is not None:
         new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
         GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
         ROPE: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr = False, BLOCK_H: tl.constexpr = 16,
-        PDL: tl.constexpr = False,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         kv = tl.program_id(1)
@@ -88,8 +87,6 @@ if fused.triton is not None:
         dt = k_ptr.dtype.element_ty
         if SCALED:  # a folded norm (folded.py): the projections read the raw residual row
             row_scale = fused._row_scale(res_ptr, row, res_n, inv_n, eps, BLOCK_H, EXACT)
-        if PDL:  # launched early (fused.early_launch): all above was written before the product q, k, v are from
-            fused.gdc_wait()
         # Each query in halves (rotary embeddings pair element i with i + DIM/2).
         q_at = q_ptr + row * q_row + head[:, None] * q_head + h[None, :]
         q1 = tl.load(q_at, mask=in_group[:, None], other=0.0)
@@ -468,7 +465,7 @@ def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Works
             new_k, new_v, cos, sin, k_row, v_row, cos_row, residual, res_n, fused._fp32_reciprocal(res_n), eps,
             GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=BLOCK_N, ONE=splits == 1,
             ROPE=rope is not None, EXACT=not fused._INTERPRET, SCALED=scale_of is not None,
-            BLOCK_H=triton.next_power_of_2(res_n), **fused.launch_early(q, scale_of is not None),
+            BLOCK_H=triton.next_power_of_2(res_n),
         )  # fmt: skip
         if splits > 1:
             _merge_splits_kernel[(rows, heads)](

@@ -69,15 +69,6 @@ try:  # Triton ships with CUDA builds of torch; a CPU-only install may lack it
     from triton.language.extra.cuda import libdevice
 except ImportError:  # pragma: no cover - the torch operations serve
     triton = None
-try:  # Triton 3.3 and later
-    from triton.language.extra.cuda import gdc_wait
-except ImportError:  # pragma: no cover - no early launches
-    gdc_wait = None
-
-# `ENGINE_PDL=1`: a folded decode step's attention and SiLU × up (folded.py) are launched while the
-# product before them ends (programmatic dependent launch, Hopper and later): each reads the residual
-# row, written earlier, then waits for the product (`gdc_wait`) before it reads the product's output.
-early_launch = os.environ.get("ENGINE_PDL", "0") == "1"
 
 
 # --- the kernels ----------------------------------------------------------------------------------
@@ -123,15 +114,12 @@ if triton is not None:
     def _silu_mul_kernel(
         gate_ptr, up_ptr, out_ptr, inter, in_row, res_ptr, n, inv_n, eps,
         BLOCK: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr = False, BLOCK_H: tl.constexpr = 16,
-        PDL: tl.constexpr = False,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         keep = cols < inter
         if SCALED:  # a folded norm: the product read the residual; its outputs take the row's factor, rounded
             scale = _row_scale(res_ptr, row, n, inv_n, eps, BLOCK_H, EXACT)
-        if PDL:  # launched early (`early_launch`): the residual was written before the product
-            gdc_wait()
         g = tl.load(gate_ptr + row * in_row + cols, mask=keep, other=0.0).to(tl.float32)
         u = tl.load(up_ptr + row * in_row + cols, mask=keep, other=0.0).to(tl.float32)
         if SCALED:
@@ -238,18 +226,6 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 def _use_triton(x: torch.Tensor) -> bool:
     on_device = x.is_cuda or (_INTERPRET and x.device.type == "cpu")
     return triton is not None and not _triton_failed and on_device and x.dtype in (torch.float16, torch.bfloat16)
-
-
-def launch_early(x: torch.Tensor, scaled: bool) -> dict:
-    """The launch options of a folded step's kernel after a product: PDL and an early launch where
-    `early_launch` is set and the GPU has them, else none."""
-    on = early_launch and scaled and gdc_wait is not None and x.is_cuda and _capability(x.device.index) >= (9, 0)
-    return {"PDL": True, "launch_pdl": True} if on else {}
-
-
-@functools.cache
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
 
 
 def _run_kernel(launch, fallback):
@@ -365,7 +341,6 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor, scale_of: tuple[torch.Tensor,
                 gate, up, out, inter, step, residual if residual is not None else gate, n, _fp32_reciprocal(n),
                 scale_of[1] if scale_of is not None else 0.0, BLOCK=block, EXACT=not _INTERPRET,
                 SCALED=residual is not None, BLOCK_H=triton.next_power_of_2(n), num_warps=4,
-                **launch_early(gate, residual is not None),
             )  # fmt: skip
         return out
 
