@@ -94,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
               (generator, "_graph_prefill"))  # fmt: skip
     for owner, name in pieces:
         setattr(owner, name, timed(getattr(owner, name), name.lstrip("_")))
+    if generator.graphs is not None:  # each replay (a forward on the CPU) a range of its own
+        run = generator.graphs._run
+
+        def replay(g):
+            with record_function("replay"):
+                return run(g)
+
+        generator.graphs._run = replay
     try:
         vocab = loaded.model.config.vocab_size
         rng = random.Random(0)
@@ -127,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 sync()
             if args.trace:
                 prof.export_chrome_trace(args.trace)
+            print("host operators of the prefill and start, outside replays:", host_operators(prof.events()))
             averages = prof.key_averages()
             print(averages.table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=60))
             if cuda:
@@ -135,6 +144,31 @@ def main(argv: list[str] | None = None) -> int:
         for owner, name, fn in saved:
             setattr(owner, name, fn)
     return 0
+
+
+def host_operators(events) -> dict:
+    """The profiled batch's torch operators called by the decoding prefill and the decoder's start
+    outside the replays (on a GPU each replay is one launch; on the CPU it runs the model's operators):
+    how many, and of them copies. Nested operators count once, as their outermost call."""
+
+    def pieces(event):
+        names = []
+        while event is not None:
+            names.append(event.name)
+            event = event.cpu_parent
+        return names
+
+    counts = {"operators": 0, "copies": 0}
+    for event in events:
+        if not event.name.startswith("aten::"):
+            continue
+        above = pieces(event.cpu_parent)
+        if "replay" in above or any(name.startswith("aten::") for name in above):
+            continue
+        if "graph_prefill" in above or "start" in above or "prefill" in above:
+            counts["operators"] += 1
+            counts["copies"] += event.name in ("aten::copy_", "aten::clone", "aten::cat", "aten::stack")
+    return counts
 
 
 if __name__ == "__main__":

@@ -37,3 +37,21 @@ def test_it_times_the_prefill_by_replays_where_that_is_on(tiny_llama_dir, capsys
     out = capsys.readouterr().out
     assert "('graph_prefill'" in out and "('prefill'" not in out  # the forward did not run
     assert "(packed replays' host ms) [('prefixes'" in out and "('replay'" in out
+
+
+def test_host_operators_count_the_prefill_and_start_outside_replays_outermost_only():
+    from types import SimpleNamespace
+
+    def event(name, parent=None):
+        return SimpleNamespace(name=name, cpu_parent=parent)
+
+    prefill, start, steps = event("graph_prefill"), event("start"), event("step")
+    replay = event("replay", prefill)
+    copy = event("aten::copy_", prefill)
+    events = [
+        copy, event("aten::empty_like", copy),  # nested in the copy: counted once, as the copy
+        event("aten::mm", replay),  # inside a replay (one launch on a GPU)
+        event("aten::fill_", start), event("aten::cat", event("named range", start)),
+        event("aten::mm", steps), prefill, start,  # a step's operator; the ranges themselves
+    ]  # fmt: skip
+    assert decode_start.host_operators(events) == {"operators": 3, "copies": 2}

@@ -278,10 +278,10 @@ def test_cache_tensors_pairs_keys_and_values_by_layer_in_the_older_layout_too():
 def test_a_stacked_cache_gives_back_its_two_tensors_and_other_caches_none(inference):
     """kv_cache.stacked_cache: a replay's fill, every layer a view of one [layers, kv_heads, length, dim]
     tensor, found again by address (under inference mode views do not record their base)."""
-    from evaluation.engine.server.kv_cache import cache_tensors, stacked, stacked_cache
+    from evaluation.engine.server.kv_cache import cache_tensors, empty_cache, stacked, stacked_cache
 
     with torch.inference_mode(inference):
-        keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 6)
+        keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
         cache = stacked_cache(keys, values)
         pairs = cache_tensors(cache)
         assert cache.get_seq_length() == 5 and [k.shape for k, _ in pairs] == [(1, 2, 5, 4)] * 3
@@ -296,6 +296,11 @@ def test_a_stacked_cache_gives_back_its_two_tensors_and_other_caches_none(infere
         assert stacked([pairs[1], pairs[0], pairs[2]]) is None
         assert stacked([(keys[None, 0], values[None, 0]), (keys[None, 2], values[None, 2])]) is None
         assert stacked([(keys[:2], values[:2])]) is None and stacked([]) is None
+        # Each a copy of one empty cache's structure, which stays empty.
+        other = stacked_cache(keys + 1, values + 1)
+        assert cache_tensors(other)[0][0].data_ptr() != pairs[0][0].data_ptr()
+        assert torch.equal(cache_tensors(cache)[2][1][0], values[2])
+        assert empty_cache(3, keys.dtype, keys.device).get_seq_length() == 0
 
 
 def test_a_prefix_goes_into_the_static_buffers_alike_in_one_copy_or_layer_by_layer():

@@ -40,15 +40,31 @@ def cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return list(zip(tensors[::2], tensors[1::2], strict=True))
 
 
+_EMPTY_CACHES: dict[tuple, Any] = {}
+
+
+def empty_cache(layers: int, dtype: torch.dtype, device: torch.device) -> Any:
+    """A transformers cache of `layers` layers holding nothing yet (made once for each such kind: the
+    server's warm-up makes its model's, PackedGraphs.prepare). Filling a new cache layer by layer
+    (`update`) makes and joins empty tensors, ~10 operators a layer on the host."""
+    kind = (layers, dtype, torch.device(device))
+    empty = _EMPTY_CACHES.get(kind)
+    if empty is None:
+        from transformers import DynamicCache
+
+        empty = DynamicCache()
+        nothing = torch.empty(1, 1, 0, 1, dtype=dtype, device=device)
+        for layer in range(layers):
+            empty.update(nothing, nothing, layer)
+        _EMPTY_CACHES[kind] = empty
+    return empty
+
+
 def stacked_cache(keys: torch.Tensor, values: torch.Tensor) -> Any:
     """A one-row transformers cache whose layer l holds keys[l] and values[l] ([layers, kv_heads, length,
-    dim], contiguous) as [1, kv_heads, length, dim] views: what a model call's cache holds, and `stacked`
-    gives back the two tensors, so a prefix goes into every layer's buffer in one copy."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    for layer in range(keys.shape[0]):
-        cache.update(keys[layer, None, :, :0], values[layer, None, :, :0], layer)  # the layer, empty
+    dim], contiguous, one dtype) as [1, kv_heads, length, dim] views: what a model call's cache holds,
+    and `stacked` gives back the two tensors, so a prefix goes into every layer's buffer in one copy."""
+    cache = _structure_copy(empty_cache(keys.shape[0], keys.dtype, keys.device))
     views = iter(t[None] for pair in zip(keys, values, strict=True) for t in pair)
     map_cache(cache, lambda _: next(views))
     return cache

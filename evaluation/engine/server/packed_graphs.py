@@ -314,6 +314,8 @@ class PackedGraphs:
         `capacity` prefix tokens: the batches then pay for no capture unless a row is longer than
         MIN_LONGEST or the prefixes outgrow the room. `kv_chunks`: each size's shape that keeps its keys
         and values too (decoding batches' prefills, ENGINE_GRAPH_DECODE_PREFILL)."""
+        if fill_prefixes:  # what each filled prefix's cache is a copy of (kv_cache.stacked_cache)
+            kv_cache.empty_cache(len(self.inner.layers), next(self.model.parameters()).dtype, self.device)
         if not self.use_graphs or self.failed:
             return
         _, kv_heads, head_dim = attention_shape(self.model.config)
