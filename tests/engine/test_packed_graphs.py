@@ -398,7 +398,7 @@ def test_prefixes_filled_by_one_replay_keep_the_keys_and_values_a_model_call_giv
         assert graphs.prefix_caches([]) is None and graphs.prefix_caches([[5], []]) is None
     assert [c.get_seq_length() for c in caches] == [700, 300, 150, 30, 40]
     fill_shapes = {packed_graphs._fill_shape(n) for n in packed_graphs.FILL_SIZES}
-    assert len(calls) == 4 and set(calls[1:]) <= fill_shapes  # 700; 300 and 150; 30 and 40
+    assert len(calls) == 4 and set(calls[1:]) <= fill_shapes  # 700; 300, 150 and 30; 40
     torch.testing.assert_close(cache_tensors(caches[1])[-1][1], cache_tensors(reference)[-1][1], atol=1e-5, rtol=1e-5)
 
 
