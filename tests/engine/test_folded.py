@@ -155,7 +155,7 @@ def test_fold_applies_only_where_it_may(tiny_llama_dir, monkeypatch):
     o_proj = model.model.layers[1].self_attn.o_proj
     o_proj.bias = torch.nn.Parameter(torch.zeros(o_proj.out_features))
     assert not folded.possible(model) and not folded.fold(model)
-    assert not hasattr(model.model.layers[0].self_attn._engine_joined, "folded")  # nothing folded
+    assert model.model.layers[0].self_attn._engine_joined.folded is None  # nothing folded
     assert not folded.possible(_load(tiny_llama_dir).model)  # not installed fused: nothing joined
 
 

@@ -85,15 +85,14 @@ if fused.triton is not None:
         head = kv * GROUP + g
         in_group = g < GROUP
         dt = k_ptr.dtype.element_ty
-        if SCALED:  # a folded norm (folded.py): the projections read the raw residual row
-            row_scale = fused._row_scale(res_ptr, row, res_n, inv_n, eps, BLOCK_H, EXACT)
         # Each query in halves (rotary embeddings pair element i with i + DIM/2).
         q_at = q_ptr + row * q_row + head[:, None] * q_head + h[None, :]
         q1 = tl.load(q_at, mask=in_group[:, None], other=0.0)
         q2 = tl.load(q_at + HALF, mask=in_group[:, None], other=0.0)
         k_base = k_ptr + row * k_row + kv * k_head
         v_base = v_ptr + row * v_row + kv * v_head
-        if SCALED:
+        if SCALED:  # a folded norm (folded.py): the projections read the raw residual row
+            row_scale = fused._row_scale(res_ptr, row, res_n, inv_n, eps, BLOCK_H, EXACT)
             q1 = (q1.to(tl.float32) * row_scale).to(dt)
             q2 = (q2.to(tl.float32) * row_scale).to(dt)
         if ROPE:  # q, the step's key and value straight from the projections, rotated as `fused.rope` does

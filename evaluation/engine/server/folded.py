@@ -34,7 +34,6 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from evaluation.engine.server import fused
 
@@ -120,7 +119,7 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
     rows = hidden.shape[0]
     flat = hidden.view(rows, -1)
     qkv = attn._engine_joined
-    q, k, v = F.linear(hidden, qkv.folded).split(qkv.sizes, dim=-1)
+    q, k, v = qkv(hidden, qkv.folded)
     cos, sin = position_embeddings
     scale_of = (hidden, fused._eps(layer.input_layernorm))
     out = past.rope_attend(q, k, v, cos, sin, attn.layer_idx, attn.scaling, scale_of=scale_of)
@@ -129,7 +128,7 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
         out = fused._attention(attn, q, k, v, cos, sin, mask, position_ids, past, past.column)
     flat.addmm_(out.reshape(rows, -1), attn.o_proj.weight.t())
     gate_up = mlp._engine_joined
-    gate, up = F.linear(hidden, gate_up.folded).split(gate_up.sizes, dim=-1)
+    gate, up = gate_up(hidden, gate_up.folded)
     act = fused.silu_mul(gate, up, scale_of=(hidden, fused._eps(layer.post_attention_layernorm)))
     flat.addmm_(act.reshape(rows, -1), mlp.down_proj.weight.t())
     return hidden

@@ -118,11 +118,10 @@ if triton is not None:
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         keep = cols < inter
-        if SCALED:  # a folded norm: the product read the residual; its outputs take the row's factor, rounded
-            scale = _row_scale(res_ptr, row, n, inv_n, eps, BLOCK_H, EXACT)
         g = tl.load(gate_ptr + row * in_row + cols, mask=keep, other=0.0).to(tl.float32)
         u = tl.load(up_ptr + row * in_row + cols, mask=keep, other=0.0).to(tl.float32)
-        if SCALED:
+        if SCALED:  # a folded norm: the product read the residual; its outputs take the row's factor, rounded
+            scale = _row_scale(res_ptr, row, n, inv_n, eps, BLOCK_H, EXACT)
             g = (g * scale).to(out_ptr.dtype.element_ty).to(tl.float32)
             u = (u * scale).to(out_ptr.dtype.element_ty).to(tl.float32)
         if EXACT:  # torch's SiLU: CUDA's expf and an IEEE division (tl.exp and / are approximate)
@@ -601,6 +600,8 @@ class Joined:
     def __init__(self, linears: list[torch.nn.Linear]):
         first = linears[0].weight
         self.sizes = [m.out_features for m in linears]
+        # A decode step's copy of the weight with a norm's weight folded in (folded.py), or None.
+        self.folded: torch.Tensor | None = None
         self.weight = torch.empty(sum(self.sizes), first.shape[1], dtype=first.dtype, device=first.device)
         has_bias = linears[0].bias is not None
         self.bias = torch.empty(sum(self.sizes), dtype=first.dtype, device=first.device) if has_bias else None
@@ -636,8 +637,9 @@ class Joined:
             for m in linears
         )
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1))
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The projections of x; `weight`: another weight of the same layout (the folded copy)."""
+        return list(F.linear(x, self.weight if weight is None else weight, self.bias).split(self.sizes, dim=-1))
 
 
 def _join(module: Any, names: tuple[str, ...]) -> None:

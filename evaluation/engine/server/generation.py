@@ -818,7 +818,7 @@ class BatchGenerator:
         bounds, fits = decode_attention.row_bounds(mask)
         # Through arrays: torch.tensor() of a list looks at each of a batch's thousands of elements. One
         # pinned copy for all: one from pageable memory waits for every kernel queued before it.
-        row_index, column_index, mask, next_pos, bounds = self._to_device(
+        row_index, column_index, mask, next_pos, bounds = self.staging.longs(
             array("q", slots), array("q", columns), mask.numpy().tobytes(), array("q", next_positions),
             bounds.numpy().tobytes(),
         )  # fmt: skip
@@ -835,21 +835,6 @@ class BatchGenerator:
         if last is None:
             return None
         return rows, last, mask.view(len(rows), width), next_pos, (bounds.view(len(rows), 3), fits)
-
-    def _to_device(self, *parts: Any) -> list[torch.Tensor]:
-        """Longs (arrays, or their bytes) on the device, each a view of one tensor filled by one copy from
-        pinned memory, queued behind the GPU's work."""
-        joined = array("q")
-        for part in parts:
-            joined.frombytes(part) if isinstance(part, bytes) else joined.extend(part)
-        out = torch.empty(len(joined), dtype=torch.long, device=self.device)
-        self.staging.to_device(joined, torch.long, out)
-        views, start = [], 0
-        for part in parts:
-            n = len(part) // 8 if isinstance(part, bytes) else len(part)
-            views.append(out[start : start + n])
-            start += n
-        return views
 
     def _reserve(self, groups: list[PrefixGroup]) -> float:
         """Make the static decoder's buffers for the batch `_prefill` will give (its rows, its padded

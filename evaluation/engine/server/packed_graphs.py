@@ -406,9 +406,9 @@ class PackedGraphs:
         generation batch's two prefixes; the warm-up captured the shapes up to FILL_SIZES[-1] tokens),
         or None where this path does not take them. The forward it replaces, a whole model call for one
         row, cost the host 22-42 ms on an H100 (the first batches of each run, session 21's timelines); a
-        replay for each prefix, ~2.7 ms of the GPU and ~1 ms of the host each (session 25's trace). Each
-        cache's layers lie in one tensor for keys and one for values (kv_cache.stacked_cache): a batch
-        copies a prefix into every layer at once."""
+        replay for each prefix, ~2.7 ms of the GPU and ~1.2 ms of the host each (session 25's trace,
+        under the profiler). Each cache's layers lie in one tensor for keys and one for values
+        (kv_cache.stacked_cache): a batch copies a prefix into every layer at once."""
         lengths = [len(tokens) for tokens in prefixes]
         chunks = _fill_chunks(lengths) if lengths and min(lengths) > 0 else None
         if self.failed or not fill_prefixes or chunks is None:

@@ -71,6 +71,21 @@ class Staging:
         out[: len(values)].copy_(part, non_blocking=True)
         self._copied(slot)
 
+    def longs(self, *parts: array | bytes) -> list[torch.Tensor]:
+        """Longs (arrays, or their bytes) on the device, each a view of one new tensor filled by one
+        `to_device` copy."""
+        joined = array("q")
+        for part in parts:
+            joined.frombytes(part) if isinstance(part, bytes) else joined.extend(part)
+        out = torch.empty(len(joined), dtype=torch.long, device=self.device)
+        self.to_device(joined, torch.long, out)
+        views, start = [], 0
+        for part in parts:
+            n = len(part) // 8 if isinstance(part, bytes) else len(part)
+            views.append(out[start : start + n])
+            start += n
+        return views
+
     def from_device(self, values: torch.Tensor) -> tuple[torch.Tensor, Any]:
         """A host tensor that holds `values` once the event (None: at once, on a CPU) has passed. It stays
         valid for at least SLOTS - 1 more calls of its size: read it before."""

@@ -173,6 +173,14 @@ class _Buffers:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
+    def pad_rows(self, rows: int, column: int) -> None:
+        """The bucket's padding rows after `rows`: they attend somewhere (so their softmax is finite), by
+        their bounds to their own steps' columns from `column` on; filled in place, with no copy from
+        the host (which would wait for the GPU's queued work)."""
+        self.mask[rows:, 0, 0, 0] = True
+        self.bounds[rows:].fill_(0)
+        self.bounds[rows:, 2].fill_(column)
+
     def refresh_rotary(self) -> None:
         """The next step's cos and sin, after the host wrote positions (steps write their own)."""
         if self.table is not None:
@@ -399,11 +407,9 @@ class StaticDecoder:
                 bv[rows:].zero_()
         b.mask.zero_()
         b.mask[:rows, 0, 0, :width].copy_(mask.bool())
-        b.mask[rows:, 0, 0, 0] = True  # bucket padding rows attend somewhere, so their softmax is finite
+        b.pad_rows(rows, width)
         bounds, fits = decode_attention.row_bounds(mask) if bounds is None else bounds
         b.bounds[:rows].copy_(bounds)
-        b.bounds[rows:].fill_(0)  # padding rows: their own steps' columns (no copy from the host: no wait)
-        b.bounds[rows:, 2].fill_(width)
         if not fits:
             self._unbounded(b)
         b.positions.zero_()
@@ -475,10 +481,8 @@ class StaticDecoder:
         for (target, _, dim), part in zip(pairs, parts, strict=True):
             target.zero_()
             target[:rows].narrow(dim, shift, width).copy_(part)
-        new.mask[rows:, 0, 0, 0] = True
-        bounds = old.bounds[:rows] + shift
-        new.bounds[:rows].copy_(bounds)
-        new.bounds[rows:] = torch.tensor([0, 0, width + shift])
+        new.pad_rows(rows, width + shift)
+        new.bounds[:rows].copy_(old.bounds[:rows] + shift)
         if not old.cache.bounded:
             self._unbounded(new)
         if new is not old:
