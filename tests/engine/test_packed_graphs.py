@@ -526,3 +526,37 @@ def test_with_decoding_prefills_by_replays_the_warm_up_captures_every_shape_they
     # The prefixes' fills and the batch's prefill replayed shapes that keep their keys and values.
     assert sum(g.graph.replays - 1 for shape, g in graphs.graphs.items() if shape.kv) >= 4
     assert_like_generate(model, tokenizer, rows)
+
+
+@pytest.mark.parametrize("by_bounds", [True, False])
+def test_a_prefill_by_replays_leaves_stale_columns_that_only_attending_through_the_mask_clears(
+    loaded, graphs_on, monkeypatch, by_bounds
+):
+    """A prefill by replays writes only its rows' own columns (no zeroing of the whole buffers: ~0.5 ms
+    of GPU time a batch at 1.1 B). Attending by bounds never reads the others; attending through the mask
+    reads them as softmax weights of zero, so they are zeroed first (a stale NaN would spoil a row)."""
+    from evaluation.engine.server import decode_attention, generation
+
+    monkeypatch.setattr(generation, "graph_decode_prefill", True)
+    if by_bounds:
+        monkeypatch.setenv("ENGINE_FUSED", "1")
+        monkeypatch.setattr(decode_attention, "everywhere", True)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
+    generator.decode_prefix_saving = 0
+    prompts = _mixed_prompts()[:6]
+    generator.generate(rows_for(tokenizer, prompts, max_new_tokens=5))  # the buffers, then stale
+    buffers = generator.static.buffers
+    # The CPU's reference reads masked columns as the mask path does (weights of zero): a finite stale
+    # value there changes nothing, a NaN would.
+    stale = 1e4 if by_bounds else float("nan")
+    with torch.inference_mode():
+        for t in buffers.stacked:
+            t.fill_(stale)
+    rows = rows_for(tokenizer, prompts, max_new_tokens=5)
+    generator.generate(rows)
+    assert generator.static.buffers is buffers and buffers.cache.bounded == by_bounds
+    written = buffers.stacked[0][:, : len(rows)]  # (padding rows attend their own column 0, whatever it holds)
+    left = written == stale if by_bounds else written.isnan()
+    assert bool(left.any()) == by_bounds  # not zeroed by bounds; no NaN left through the mask
+    assert_like_generate(model, tokenizer, rows)

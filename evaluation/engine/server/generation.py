@@ -788,8 +788,6 @@ class BatchGenerator:
         self._fill_prefixes(groups)
         ordered, ids, positions, lengths, spans = _packed_inputs(groups)
         rows = [r for g in ordered for r in g.rows]
-        for t in buffers.stacked:
-            t.zero_()  # what no row writes: zero (finite), as a padded cache's columns are masked
         slots: list[int] = []  # each packed token's row and column in the buffers
         columns: list[int] = []
         next_positions: list[int] = []

@@ -141,7 +141,8 @@ class _Buffers:
         v_dim = like[1].shape[3]
         self.rows, self.columns = rows, columns
         # Every layer's keys (values) are views of one tensor [layers, rows, kv_heads, columns, dim]: a
-        # prefill by replays zeroes and writes all layers in one operation each (BatchGenerator._graph_prefill).
+        # prefill by replays writes all layers in one operation each (BatchGenerator._graph_prefill).
+        # Zeros once: every later write is a row's keys and values, finite for a finite model.
         self.stacked = (
             torch.zeros(layers, rows, kv_heads, columns, head_dim, dtype=like[0].dtype, device=device),
             torch.zeros(layers, rows, kv_heads, columns, v_dim, dtype=like[1].dtype, device=device),
@@ -180,6 +181,15 @@ class _Buffers:
         self.mask[rows:, 0, 0, 0] = True
         self.bounds[rows:].fill_(0)
         self.bounds[rows:, 2].fill_(column)
+
+    def clear_masked(self) -> None:
+        """Zero every masked column of keys and values: attending through the mask reads them (as a
+        softmax weight of zero, which a stale NaN or infinity would still spoil), while attending by
+        bounds never does, so a prefill by replays writes only the rows' own columns (session 26)."""
+        rows, columns = self.mask.shape[0], self.mask.shape[-1]
+        masked = ~self.mask.view(1, rows, 1, columns, 1)
+        for t in self.stacked:
+            t.masked_fill_(masked, 0)
 
     def refresh_rotary(self) -> None:
         """The next step's cos and sin, after the host wrote positions (steps write their own)."""
@@ -412,6 +422,8 @@ class StaticDecoder:
         b.bounds[:rows].copy_(bounds)
         if not fits:
             self._unbounded(b)
+        if not layers and not b.cache.bounded:
+            b.clear_masked()
         b.positions.zero_()
         b.positions[:rows].copy_(next_positions)
         b.refresh_rotary()
@@ -459,8 +471,9 @@ class StaticDecoder:
         b.mask.index_copy_(0, index, row_mask)
         bounds, fits = decode_attention.row_bounds(mask)
         b.bounds.index_copy_(0, index, bounds + start)
-        if not fits:
+        if not fits and b.cache.bounded:
             self._unbounded(b)
+            b.clear_masked()  # the running rows' unwritten columns too
         b.positions.index_copy_(0, index, next_positions.to(b.positions.dtype))
         b.refresh_rotary()
         self.rows, self.end = used, end
