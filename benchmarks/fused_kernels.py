@@ -135,7 +135,8 @@ def check_greedy_tail(device: str, dtype) -> list[dict]:
     from evaluation.engine.server import decode_step
 
     out = []
-    for vocab in (1000, 32000):
+    # 40,000: more than one block (decode_step.GREEDY_BLOCK), the ties in different blocks.
+    for vocab in (1000, 32000, 40000):
         rows = 6
         logits = torch.randn(rows, vocab, device=device).mul(4).to(dtype)
         logits[1, [7, vocab - 3]] = 30.0  # equal largest values, in different blocks
@@ -433,6 +434,34 @@ def time_decode_attention() -> list[dict]:
     return results
 
 
+def time_greedy_tail(rows: int = 50, vocab: int = 32000) -> list[dict]:
+    """A decode step's last kernel (`decode_step.greedy_tail`) at a 1.1 B step's shape, bf16, with the
+    row read in blocks of 4,096 (before session 26) and in one block (`decode_step.GREEDY_BLOCK`): µs a
+    call, 20 calls a replayed graph."""
+    import torch
+
+    from evaluation.engine.server import decode_step
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    head = torch.randn(rows, vocab, device=device).mul(4).to(torch.bfloat16)
+    table = torch.randn(4096, 128, device=device).to(torch.bfloat16)
+    buffers = [torch.zeros(3, rows, dtype=torch.float64, device=device), torch.zeros(rows, dtype=torch.long, device=device),
+               torch.zeros(rows, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device),
+               table, torch.zeros(rows, 128, dtype=torch.bfloat16, device=device)]  # fmt: skip
+    results, default = [], decode_step.GREEDY_BLOCK
+    try:
+        for block in (4096, default):
+            decode_step.GREEDY_BLOCK = block
+            with torch.inference_mode():
+                ms, _ = _replayed_ms(lambda: [decode_step.greedy_tail(head, *buffers) for _ in range(20)])
+            block_used, warps = decode_step.greedy_shape(vocab)
+            results.append({"rows": rows, "vocab": vocab, "block": block_used, "warps": warps, "us": ms * 1000 / 20})
+    finally:
+        decode_step.GREEDY_BLOCK = default
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -447,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.check_only and args.device == "cuda":
         report["layers"] = time_layers()
         report["decode_attention"] = time_decode_attention()
+        report["greedy_tail"] = time_greedy_tail()
+        for row in report["greedy_tail"]:
+            print(f"greedy tail {row['rows']}×{row['vocab']}, block {row['block']}: {row['us']:.2f} µs", file=sys.stderr)
         for row in report["decode_attention"]:
             print(f"decode attention {row['size']} {row['rows']} rows: mask {row['sdpa_mask_ms']:.3f} ms, "
                   f"bounds {row['bounds_ms']:.3f} ms", file=sys.stderr)  # fmt: skip

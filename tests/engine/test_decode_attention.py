@@ -318,3 +318,22 @@ def test_the_warm_up_reads_the_bounds_of_its_prefills_masks(tiny_llama_dir, boun
     monkeypatch.setattr(decode_attention, "row_bounds", lambda mask: seen.append(mask.shape) or real(mask))
     generator.warm_decode_prefill()
     assert seen == [(2, 8), (16, 48)]
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        [[(2, 5), (7, 10)], [(5, 5), (4, 10)], [(0, 3), (3, 10)], [(1, 4), (6, 9)], [(0, 0), (10, 10)]],
+        [[(0, 10)], [(3, 3)], [(9, 10)], [(0, 1), (9, 10)]],
+        [[(0, 2), (4, 6), (8, 10)]],  # three runs: does not fit
+    ],
+)
+def test_bounds_from_column_ranges_are_row_bounds_of_their_mask(runs):
+    width = 10
+    mask = torch.zeros(len(runs), width, dtype=torch.long)
+    for i, row in enumerate(runs):
+        for a, b in row:
+            mask[i, a:b] = 1
+    flat, fits = decode_attention.runs_bounds(runs, width)
+    expected, expected_fits = decode_attention.row_bounds(mask)
+    assert torch.equal(torch.tensor(flat).view(len(runs), 3), expected) and fits == expected_fits

@@ -240,7 +240,7 @@ def test_kernels_under_tritons_interpreter():
     # The decode step's last kernel: torch's choices (the first of equal values), the logprob within fp32
     # ulps of log-softmax's, the fp32 logits and the next step's inputs exact, a row with inf flagged.
     tails = [c for c in checks if c["op"] == "greedy_tail"]
-    assert {c["vocab"] for c in tails} == {1000, 32000}, tails
+    assert {c["vocab"] for c in tails} == {1000, 32000, 40000}, tails  # one block, and two
     for c in tails:
         assert c["tokens_equal"] == c["finite_rows"] == 5 and c["ties_first"] == [7, 5], c
         assert c["logits_unequal"] == 0 and c["rotary_unequal"] == 0 and c["logprob_max_diff"] < 1e-5, c
@@ -429,7 +429,13 @@ DECODE_KERNELS = {
         {"logits_ptr": "*bf16", "out_ptr": "*fp32", "chosen_ptr": "*fp64", "tokens_ptr": "*i64",
          "positions_ptr": "*i64", "column_ptr": "*i64", "table_ptr": "*bf16", "now_ptr": "*bf16",
          "vocab": "i32", "in_row": "i32", "rows": "i32", "last": "i32"},
-        {"WIDTH": 128, "ROTARY": True, "BLOCK": 4096, "EXACT": True},
+        {"WIDTH": 128, "ROTARY": True, "BLOCK": 4096, "EXACT": True, "ONE": False},
+    ),
+    "greedy_one": (  # the row in one block (decode_step.greedy_shape)
+        {"logits_ptr": "*bf16", "out_ptr": "*fp32", "chosen_ptr": "*fp64", "tokens_ptr": "*i64",
+         "positions_ptr": "*i64", "column_ptr": "*i64", "table_ptr": "*bf16", "now_ptr": "*bf16",
+         "vocab": "i32", "in_row": "i32", "rows": "i32", "last": "i32"},
+        {"WIDTH": 128, "ROTARY": True, "BLOCK": 32768, "EXACT": True, "ONE": True},
     ),
     "merge_splits": (
         {"part_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*bf16", "out_row": "i32", "out_head": "i32",
@@ -446,7 +452,8 @@ def test_every_kernel_compiles_for_a_gpu(name):
 
     if name in DECODE_KERNELS:
         signature, consts = DECODE_KERNELS[name]
-        kernel = {"merge_splits": decode_attention._merge_splits_kernel, "greedy": decode_step._greedy_kernel}.get(
+        kernel = {"merge_splits": decode_attention._merge_splits_kernel, "greedy": decode_step._greedy_kernel,
+                  "greedy_one": decode_step._greedy_kernel}.get(
             name, decode_attention._attend_kernel
         )
     else:

@@ -201,6 +201,28 @@ def row_bounds(mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return torch.stack([a1, b1, a2], dim=1), fits
 
 
+def runs_bounds(runs: list[list[tuple[int, int]]], width: int) -> tuple[list[int], bool]:
+    """`row_bounds` of the [rows, width] mask whose row i is ones on the column ranges runs[i] (in
+    order, not overlapping, empty ones allowed), worked out from the ranges in plain Python: (a1, b1, a2
+    for each row, flattened; whether every row fits). For a prefill whose mask is built from such
+    ranges: row_bounds on the host's tensors took ~0.8 ms of a batch's prefill (session 26's trace)."""
+    flat, fits = [], True
+    for row in runs:
+        merged: list[list[int]] = []
+        for a, b in row:
+            if a >= b:
+                continue
+            if merged and merged[-1][1] == a:
+                merged[-1][1] = b
+            else:
+                merged.append([a, b])
+        last = merged.pop() if merged and merged[-1][1] == width else None
+        a2 = last[0] if last is not None else width
+        fits = fits and len(merged) <= 1
+        flat += [merged[0][0], merged[-1][1], a2] if merged else [0, 0, a2]
+    return flat, fits
+
+
 def bounds_mask(bounds: torch.Tensor, column: torch.Tensor, columns: int) -> torch.Tensor:
     """The [rows, columns] boolean mask `bounds` describe at the step writing `column`."""
     a1, b1, a2 = (bounds[:, i : i + 1] for i in range(3))

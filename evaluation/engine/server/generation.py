@@ -806,20 +806,22 @@ class BatchGenerator:
                 slot += 1
             if g.length:
                 _copy_prefix(cache_tensors(g.cache), buffers, first, slot, longest_prefix - g.length, longest_prefix)
-        # Each row's own columns, and its prefix's (ending at the longest prefix's end): one comparison
-        # for the batch, not two slice writes a row. Its bounds too, here on the host: the static
-        # decoder's start then waits for nothing (session 25: the start, 1-1.5 ms of host time after
-        # the prefill, with its copies and the bounds' sync, idled the GPU).
-        cols = torch.arange(width)
-        own_start, prefix_start = (torch.tensor(x)[:, None] for x in (own_from, prefix_from))
-        mask = ((cols >= own_start) | ((cols >= prefix_start) & (cols < longest_prefix))).long()
-        bounds, fits = decode_attention.row_bounds(mask)
+        # Each row's bounds from its two column ranges, on the host: the static decoder's start then
+        # waits for nothing (session 25: the start, 1-1.5 ms of host time after the prefill, with its
+        # copies and the bounds' sync, idled the GPU).
+        bounds, fits = decode_attention.runs_bounds(
+            [[(p, longest_prefix), (o, width)] for p, o in zip(prefix_from, own_from, strict=True)], width
+        )
         # Through arrays: torch.tensor() of a list looks at each of a batch's thousands of elements. One
         # pinned copy for all: one from pageable memory waits for every kernel queued before it.
-        row_index, column_index, mask, next_pos, bounds = self.staging.longs(
-            array("q", slots), array("q", columns), mask.numpy().tobytes(), array("q", next_positions),
-            bounds.numpy().tobytes(),
+        row_index, column_index, next_pos, bounds, own_start, prefix_start = self.staging.longs(
+            array("q", slots), array("q", columns), array("q", next_positions), array("q", bounds),
+            array("q", own_from), array("q", prefix_from),
         )  # fmt: skip
+        # Each row's own columns, and its prefix's (ending at the longest prefix's end), made on the GPU:
+        # one comparison for the batch (session 26: built on the host it was ~0.5 ms of the prefill's).
+        cols = torch.arange(width, device=self.device)
+        mask = (cols >= own_start[:, None]) | ((cols >= prefix_start[:, None]) & (cols < longest_prefix))
 
         def sink(kv, s: int, e: int) -> None:
             # All layers at once: [layers, tokens, kv_heads, dim] into [layers, rows, kv_heads, columns, dim]
@@ -832,7 +834,7 @@ class BatchGenerator:
         last = self.graphs.forward(ids, positions, lengths, spans, [end - 1 for end in ends], kv_sink=sink)
         if last is None:
             return None
-        return rows, last, mask.view(len(rows), width), next_pos, (bounds.view(len(rows), 3), fits)
+        return rows, last, mask, next_pos, (bounds.view(len(rows), 3), fits)
 
     def _reserve(self, groups: list[PrefixGroup]) -> float:
         """Make the static decoder's buffers for the batch `_prefill` will give (its rows, its padded
