@@ -478,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         report["decode_attention"] = time_decode_attention()
         report["greedy_tail"] = time_greedy_tail()
         for row in report["greedy_tail"]:
-            print(f"greedy tail {row['rows']}×{row['vocab']}, block {row['block']}: {row['us']:.2f} µs", file=sys.stderr)
+            print(
+                f"greedy tail {row['rows']}×{row['vocab']}, block {row['block']}: {row['us']:.2f} µs", file=sys.stderr
+            )
         for row in report["decode_attention"]:
             print(f"decode attention {row['size']} {row['rows']} rows: mask {row['sdpa_mask_ms']:.3f} ms, "
                   f"bounds {row['bounds_ms']:.3f} ms", file=sys.stderr)  # fmt: skip

@@ -452,10 +452,11 @@ def test_every_kernel_compiles_for_a_gpu(name):
 
     if name in DECODE_KERNELS:
         signature, consts = DECODE_KERNELS[name]
-        kernel = {"merge_splits": decode_attention._merge_splits_kernel, "greedy": decode_step._greedy_kernel,
-                  "greedy_one": decode_step._greedy_kernel}.get(
-            name, decode_attention._attend_kernel
-        )
+        kernel = {
+            "merge_splits": decode_attention._merge_splits_kernel,
+            "greedy": decode_step._greedy_kernel,
+            "greedy_one": decode_step._greedy_kernel,
+        }.get(name, decode_attention._attend_kernel)
     else:
         signature, consts = KERNELS[name]
         kernel = getattr(fused, f"_{name.removesuffix('_folded')}_kernel")
