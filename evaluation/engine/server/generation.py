@@ -793,6 +793,7 @@ class BatchGenerator:
         next_positions: list[int] = []
         own_from: list[int] = []  # each row's first own column; its prefix's first column
         prefix_from: list[int] = []
+        prefixed: list[tuple[PrefixGroup, int, int]] = []  # each group with a prefix: its first and end slot
         slot = 0
         for g in ordered:
             first = slot
@@ -805,23 +806,10 @@ class BatchGenerator:
                 prefix_from.append(longest_prefix - g.length)
                 slot += 1
             if g.length:
-                _copy_prefix(cache_tensors(g.cache), buffers, first, slot, longest_prefix - g.length, longest_prefix)
-        # Each row's bounds from its two column ranges, on the host: the static decoder's start then
-        # waits for nothing (session 25: the start, 1-1.5 ms of host time after the prefill, with its
-        # copies and the bounds' sync, idled the GPU).
-        bounds, fits = decode_attention.runs_bounds(
-            [[(p, longest_prefix), (o, width)] for p, o in zip(prefix_from, own_from, strict=True)], width
-        )
-        # Through arrays: torch.tensor() of a list looks at each of a batch's thousands of elements. One
-        # pinned copy for all: one from pageable memory waits for every kernel queued before it.
-        row_index, column_index, next_pos, bounds, own_start, prefix_start = self.staging.longs(
-            array("q", slots), array("q", columns), array("q", next_positions), array("q", bounds),
-            array("q", own_from), array("q", prefix_from),
-        )  # fmt: skip
-        # Each row's own columns, and its prefix's (ending at the longest prefix's end), made on the GPU:
-        # one comparison for the batch (session 26: built on the host it was ~0.5 ms of the prefill's).
-        cols = torch.arange(width, device=self.device)
-        mask = (cols >= own_start[:, None]) | ((cols >= prefix_start[:, None]) & (cols < longest_prefix))
+                prefixed.append((g, first, slot))
+        # Through arrays: torch.tensor() of a list looks at each of a batch's thousands of elements; from
+        # pinned memory: a copy from pageable memory waits for every kernel queued before it.
+        row_index, column_index = self.staging.longs(array("q", slots), array("q", columns))
 
         def sink(kv, s: int, e: int) -> None:
             # All layers at once: [layers, tokens, kv_heads, dim] into [layers, rows, kv_heads, columns, dim]
@@ -834,6 +822,22 @@ class BatchGenerator:
         last = self.graphs.forward(ids, positions, lengths, spans, [end - 1 for end in ends], kv_sink=sink)
         if last is None:
             return None
+        # What only the decoder's start reads, queued behind the replays while the GPU runs them (session
+        # 26's trace: before them, this host work idled the GPU after the prefixes' fill).
+        for g, first, end in prefixed:
+            _copy_prefix(cache_tensors(g.cache), buffers, first, end, longest_prefix - g.length, longest_prefix)
+        # Each row's bounds from its two column ranges, on the host: the start then waits for nothing
+        # (session 25: the start's copies and the bounds' sync, after the prefill, idled the GPU).
+        bounds, fits = decode_attention.runs_bounds(
+            [[(p, longest_prefix), (o, width)] for p, o in zip(prefix_from, own_from, strict=True)], width
+        )
+        next_pos, bounds, own_start, prefix_start = self.staging.longs(
+            array("q", next_positions), array("q", bounds), array("q", own_from), array("q", prefix_from)
+        )
+        # Each row's own columns, and its prefix's (ending at the longest prefix's end), made on the GPU:
+        # one comparison for the batch (session 26: built on the host it was ~0.5 ms of the prefill's).
+        cols = torch.arange(width, device=self.device)
+        mask = (cols >= own_start[:, None]) | ((cols >= prefix_start[:, None]) & (cols < longest_prefix))
         return rows, last, mask, next_pos, (bounds.view(len(rows), 3), fits)
 
     def _reserve(self, groups: list[PrefixGroup]) -> float:
