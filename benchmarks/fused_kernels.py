@@ -130,38 +130,50 @@ def check_greedy_tail(device: str, dtype) -> list[dict]:
     """The static decode step's last kernel (`decode_step.greedy_tail`) against its torch operations
     (`greedy_tail_torch`): fp32 logits, argmax (ties planted: the first index wins), the chosen logprob,
     finiteness (a row with inf), the next positions, column and rotary rows (one past the table: clamped)."""
+    from evaluation.engine.server import decode_step
+
+    out = []
+    default = decode_step.GREEDY_BLOCK
+    # Each `ENGINE_GREEDY_BLOCK` the kernel may run with: 4,096 (32,000 logits in 8 blocks) and 32,768
+    # (in one, 40,000 in two: the ties in different blocks).
+    for vocab, block in ((1000, 4096), (32000, 4096), (32000, 32768), (40000, 32768)):
+        decode_step.GREEDY_BLOCK = block
+        try:
+            out.append(_check_greedy_tail(device, dtype, vocab) | {"block": decode_step.greedy_shape(vocab)[0]})
+        finally:
+            decode_step.GREEDY_BLOCK = default
+    return out
+
+
+def _check_greedy_tail(device: str, dtype, vocab: int) -> dict:
     import torch
 
     from evaluation.engine.server import decode_step
 
-    out = []
-    # 40,000: more than one block (decode_step.GREEDY_BLOCK), the ties in different blocks.
-    for vocab in (1000, 32000, 40000):
-        rows = 6
-        logits = torch.randn(rows, vocab, device=device).mul(4).to(dtype)
-        logits[1, [7, vocab - 3]] = 30.0  # equal largest values, in different blocks
-        logits[2, [5, 6]] = 30.0  # and in one block
-        logits[3, 11] = float("inf")
-        table = torch.randn(40, 128, device=device).to(dtype)
+    rows = 6
+    logits = torch.randn(rows, vocab, device=device).mul(4).to(dtype)
+    logits[1, [7, vocab - 3]] = 30.0  # equal largest values, in different blocks
+    logits[2, [5, 6]] = 30.0  # and in one block
+    logits[3, 11] = float("inf")
+    table = torch.randn(40, 128, device=device).to(dtype)
 
-        got_buffers, want_buffers = (_tail_buffers(rows, table, dtype, device) for _ in range(2))
-        used = decode_step.kernel_applies(logits, got_buffers[0], table, got_buffers[5])
-        got = decode_step.greedy_tail(logits, *got_buffers)
-        want = decode_step.greedy_tail_torch(logits, *want_buffers)
-        (chosen, tokens, positions, column, _, now), (want_chosen, *want_rest) = got_buffers, want_buffers
-        ok = want_chosen[2].bool()
-        out.append({
-            "op": "greedy_tail", "dtype": str(dtype).removeprefix("torch."), "triton": used, "vocab": vocab,
-            "logits_unequal": int((got != want).sum()),
-            "tokens_equal": int((chosen[0] == want_chosen[0])[ok].sum()), "finite_rows": int(ok.sum()),
-            "ties_first": [int(chosen[0, 1]), int(chosen[0, 2])],
-            "logprob_max_diff": float((chosen[1] - want_chosen[1])[ok].abs().max()),
-            "finite_equal": bool((chosen[2] == want_chosen[2]).all()),
-            "next_tokens_equal": bool((tokens == want_rest[0]).all()),
-            "positions_equal": bool((positions == want_rest[1]).all()), "column": int(column),
-            "rotary_unequal": int((now != want_rest[4]).sum()),
-        })  # fmt: skip
-    return out
+    got_buffers, want_buffers = (_tail_buffers(rows, table, dtype, device) for _ in range(2))
+    used = decode_step.kernel_applies(logits, got_buffers[0], table, got_buffers[5])
+    got = decode_step.greedy_tail(logits, *got_buffers)
+    want = decode_step.greedy_tail_torch(logits, *want_buffers)
+    (chosen, tokens, positions, column, _, now), (want_chosen, *want_rest) = got_buffers, want_buffers
+    ok = want_chosen[2].bool()
+    return {
+        "op": "greedy_tail", "dtype": str(dtype).removeprefix("torch."), "triton": used, "vocab": vocab,
+        "logits_unequal": int((got != want).sum()),
+        "tokens_equal": int((chosen[0] == want_chosen[0])[ok].sum()), "finite_rows": int(ok.sum()),
+        "ties_first": [int(chosen[0, 1]), int(chosen[0, 2])],
+        "logprob_max_diff": float((chosen[1] - want_chosen[1])[ok].abs().max()),
+        "finite_equal": bool((chosen[2] == want_chosen[2]).all()),
+        "next_tokens_equal": bool((tokens == want_rest[0]).all()),
+        "positions_equal": bool((positions == want_rest[1]).all()), "column": int(column),
+        "rotary_unequal": int((now != want_rest[4]).sum()),
+    }  # fmt: skip
 
 
 def check_decode_attention(device: str, dtype) -> list[dict]:
@@ -435,9 +447,9 @@ def time_decode_attention() -> list[dict]:
 
 
 def time_greedy_tail(rows: int = 50, vocab: int = 32000) -> list[dict]:
-    """A decode step's last kernel (`decode_step.greedy_tail`) at a 1.1 B step's shape, bf16, with the
-    row read in blocks of 4,096 (before session 26) and in one block (`decode_step.GREEDY_BLOCK`): µs a
-    call, 20 calls a replayed graph."""
+    """A decode step's last kernel (`decode_step.greedy_tail`) at a 1.1 B step's shape, bf16, at each
+    `ENGINE_GREEDY_BLOCK` (4,096: the default; 32,768: a 32,000-token row in one block): µs a call, 20
+    calls a replayed graph."""
     import torch
 
     from evaluation.engine.server import decode_step
@@ -451,7 +463,7 @@ def time_greedy_tail(rows: int = 50, vocab: int = 32000) -> list[dict]:
                table, torch.zeros(rows, 128, dtype=torch.bfloat16, device=device)]  # fmt: skip
     results, default = [], decode_step.GREEDY_BLOCK
     try:
-        for block in (4096, default):
+        for block in (4096, 8192, 16384, 32768):
             decode_step.GREEDY_BLOCK = block
             with torch.inference_mode():
                 ms, _ = _replayed_ms(lambda: [decode_step.greedy_tail(head, *buffers) for _ in range(20)])

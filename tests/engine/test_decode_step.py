@@ -129,3 +129,11 @@ def test_rows_joining_and_a_grown_buffer_read_their_own_positions(llama, monkeyp
     assert not arrivals.declined and generator.static.buffers.table is not None
     assert generator.static.buffers.rows == 8  # grown from four
     assert_like_generate(model, tokenizer, first + later)
+
+
+@pytest.mark.parametrize(
+    ("setting", "block"), [("4096", 4096), ("32768", 32768), ("3000", 4096), ("x", 4096), ("65536", 4096)]
+)
+def test_the_greedy_block_setting_takes_powers_of_two_up_to_32768(setting, block, caplog):
+    assert decode_step._greedy_block(setting) == block
+    assert ("ENGINE_GREEDY_BLOCK" in caplog.text) == (setting not in ("4096", "32768"))

@@ -25,6 +25,7 @@ Triton on CUDA (and under Triton's interpreter, for the tests); elsewhere torch'
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -32,8 +33,27 @@ import torch
 
 from evaluation.engine.server import fused
 
+log = logging.getLogger(__name__)
+
 lean = os.environ.get("ENGINE_LEAN_STEP", "1") != "0"
-GREEDY_BLOCK = 32768  # logits a greedy program reads in one block (greedy_shape)
+
+
+def _greedy_block(setting: str) -> int:
+    """`ENGINE_GREEDY_BLOCK`: logits a greedy program reads in one block, a power of two from 1,024 to
+    32,768 (else 4,096, with a warning)."""
+    try:
+        block = int(setting)
+    except ValueError:
+        block = 0
+    if not 1024 <= block <= 32768 or block & (block - 1):
+        log.warning("ENGINE_GREEDY_BLOCK=%r is not a power of two from 1024 to 32768: 4096", setting)
+        return 4096
+    return block
+
+
+# 4,096 (measured); 32,768 reads a 32,000-token vocabulary's row once, in one block (session 26, not
+# yet measured on a GPU: 32 warps may spill registers).
+GREEDY_BLOCK = _greedy_block(os.environ.get("ENGINE_GREEDY_BLOCK", "4096"))
 # Frequencies fixed at the module's construction; "dynamic" and "longrope" change with the length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -144,9 +164,10 @@ def kernel_applies(head: torch.Tensor, chosen: torch.Tensor, table, now) -> bool
 
 
 def greedy_shape(vocab: int) -> tuple[int, int]:
-    """The greedy kernel's block and warps: a row of up to GREEDY_BLOCK logits in one block, read once,
-    32 a thread (8 warps at least). A program per row reads its row alone: in blocks of 4,096 (16 reads
-    one after another), a 50-row step's kernel took 16.8 µs for 32,000 logits on an H200 (session 26)."""
+    """The greedy kernel's block and warps: blocks of GREEDY_BLOCK logits, 32 a thread (8 warps at
+    least); a row of one block is read once, larger ones twice. A program per row reads its row alone:
+    in blocks of 4,096 (16 reads one after another), a 50-row step's kernel took 16.8 µs for 32,000
+    logits on an H200 (session 26's trace)."""
     block = min(GREEDY_BLOCK, triton.next_power_of_2(vocab))
     return block, max(8, min(32, block // 1024))
 
