@@ -52,7 +52,7 @@ def _greedy_block(setting: str) -> int:
 
 
 # 4,096 (measured); 32,768 reads a 32,000-token vocabulary's row once, in one block (session 26, not
-# yet measured on a GPU: 32 warps may spill registers).
+# yet timed on a GPU: at 32 warps a thread may hold 64 registers, and may spill).
 GREEDY_BLOCK = _greedy_block(os.environ.get("ENGINE_GREEDY_BLOCK", "4096"))
 # Frequencies fixed at the module's construction; "dynamic" and "longrope" change with the length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
@@ -164,12 +164,12 @@ def kernel_applies(head: torch.Tensor, chosen: torch.Tensor, table, now) -> bool
 
 
 def greedy_shape(vocab: int) -> tuple[int, int]:
-    """The greedy kernel's block and warps: blocks of GREEDY_BLOCK logits, 32 a thread (8 warps at
-    least); a row of one block is read once, larger ones twice. A program per row reads its row alone:
+    """The greedy kernel's block and warps: blocks of GREEDY_BLOCK logits, 16 a thread as at 4,096 with
+    8 warps (up to 32 warps: 32 a thread at 32,768); a row of one block is read once, larger ones twice. A program per row reads its row alone:
     in blocks of 4,096 (16 reads one after another), a 50-row step's kernel took 16.8 µs for 32,000
     logits on an H200 (session 26's trace)."""
     block = min(GREEDY_BLOCK, triton.next_power_of_2(vocab))
-    return block, max(8, min(32, block // 1024))
+    return block, max(8, min(32, block // 512))
 
 
 def greedy_tail(head: torch.Tensor, chosen, tokens, positions, column, table, now) -> torch.Tensor:
