@@ -165,9 +165,9 @@ def kernel_applies(head: torch.Tensor, chosen: torch.Tensor, table, now) -> bool
 
 def greedy_shape(vocab: int) -> tuple[int, int]:
     """The greedy kernel's block and warps: blocks of GREEDY_BLOCK logits, 16 a thread as at 4,096 with
-    8 warps (up to 32 warps: 32 a thread at 32,768); a row of one block is read once, larger ones twice. A program per row reads its row alone:
-    in blocks of 4,096 (16 reads one after another), a 50-row step's kernel took 16.8 µs for 32,000
-    logits on an H200 (session 26's trace)."""
+    8 warps (up to 32 warps: 32 a thread at 32,768); a row of one block is read once, longer ones twice.
+    A program per row reads its row alone: in blocks of 4,096 (16 reads one after another), a 50-row
+    step's kernel took 16.8 µs for 32,000 logits on an H200 (session 26's trace)."""
     block = min(GREEDY_BLOCK, triton.next_power_of_2(vocab))
     return block, max(8, min(32, block // 512))
 
@@ -182,7 +182,6 @@ def greedy_tail(head: torch.Tensor, chosen, tokens, positions, column, table, no
     rows, vocab = head.shape
     out = torch.empty(rows, vocab, dtype=torch.float32, device=head.device)
     rotary = table is not None
-
     block, warps = greedy_shape(vocab)
 
     def launch():
