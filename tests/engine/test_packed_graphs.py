@@ -547,9 +547,7 @@ def test_a_prefill_by_replays_leaves_stale_columns_that_only_attending_through_t
     prompts = _mixed_prompts()[:6]
     generator.generate(rows_for(tokenizer, prompts, max_new_tokens=5))  # the buffers, then stale
     buffers = generator.static.buffers
-    # The CPU's reference reads masked columns as the mask path does (weights of zero): a finite stale
-    # value there changes nothing, a NaN would.
-    stale = 1e4 if by_bounds else float("nan")
+    stale = float("nan")
     with torch.inference_mode():
         for t in buffers.stacked:
             t.fill_(stale)
@@ -557,6 +555,32 @@ def test_a_prefill_by_replays_leaves_stale_columns_that_only_attending_through_t
     generator.generate(rows)
     assert generator.static.buffers is buffers and buffers.cache.bounded == by_bounds
     written = buffers.stacked[0][:, : len(rows)]  # (padding rows attend their own column 0, whatever it holds)
-    left = written == stale if by_bounds else written.isnan()
-    assert bool(left.any()) == by_bounds  # not zeroed by bounds; no NaN left through the mask
+    assert bool(written.isnan().any()) == by_bounds  # left where bounds are read; cleared through the mask
     assert_like_generate(model, tokenizer, rows)
+
+
+def test_a_join_that_turns_a_batch_to_the_mask_clears_the_running_rows_stale_columns(loaded, graphs_on, monkeypatch):
+    """Rows joining that the bounds cannot describe: the batch attends through the mask from then on, so
+    the running rows' unwritten columns (stale, never zeroed by their prefill by replays) are zeroed."""
+    from evaluation.engine.server import decode_attention, generation
+    from tests.engine.test_joining import Arrivals
+
+    monkeypatch.setattr(generation, "graph_decode_prefill", True)
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    monkeypatch.setattr(decode_attention, "everywhere", True)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
+    generator.decode_prefix_saving = 0
+    prompts = _mixed_prompts()[:6]
+    generator.generate(rows_for(tokenizer, prompts, max_new_tokens=8))
+    buffers = generator.static.buffers
+    with torch.inference_mode():
+        for t in buffers.stacked:
+            t.fill_(float("nan"))
+    real = decode_attention.row_bounds
+    monkeypatch.setattr(decode_attention, "row_bounds", lambda mask: (real(mask)[0], False))  # the join's
+    first = rows_for(tokenizer, prompts, max_new_tokens=8)
+    later = rows_for(tokenizer, _mixed_prompts()[6:8], max_new_tokens=4)
+    generator.generate(first, Arrivals({2: later}))
+    assert generator.static.buffers is buffers and not buffers.cache.bounded and generator.last_joined
+    assert_like_generate(model, tokenizer, first + later)

@@ -235,6 +235,9 @@ def attend_torch(q, keys, values, bounds, column, scaling) -> torch.Tensor:
     rows, heads, _, dim = q.shape
     kv_heads, columns = keys.shape[1], keys.shape[2]
     mask = bounds_mask(bounds, column, columns)[:, None, None, :]
+    # As the kernel, reading nothing outside the bounds: what lies there (a stale NaN) does not count.
+    outside = ~mask.view(rows, 1, columns, 1)
+    keys, values = keys.masked_fill(outside, 0), values.masked_fill(outside, 0)
     grouped = q.reshape(rows, kv_heads, heads // kv_heads, dim)
     out = torch.nn.functional.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scaling)
     return out.reshape(rows, 1, heads, dim)
