@@ -16,6 +16,7 @@ Prints one JSON line; writes results.json to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -133,16 +134,24 @@ def check_greedy_tail(device: str, dtype) -> list[dict]:
     from evaluation.engine.server import decode_step
 
     out = []
-    default = decode_step.GREEDY_BLOCK
     # Each `ENGINE_GREEDY_BLOCK` the kernel may run with: 4,096 (32,000 logits in 8 blocks) and 32,768
     # (in one, 40,000 in two: the ties in different blocks).
     for vocab, block in ((1000, 4096), (32000, 4096), (32000, 32768), (40000, 32768)):
-        decode_step.GREEDY_BLOCK = block
-        try:
+        with _greedy_block(block):
             out.append(_check_greedy_tail(device, dtype, vocab) | {"block": decode_step.greedy_shape(vocab)[0]})
-        finally:
-            decode_step.GREEDY_BLOCK = default
     return out
+
+
+@contextlib.contextmanager
+def _greedy_block(block: int):
+    """`ENGINE_GREEDY_BLOCK` set to `block` for the calls inside."""
+    from evaluation.engine.server import decode_step
+
+    default, decode_step.GREEDY_BLOCK = decode_step.GREEDY_BLOCK, block
+    try:
+        yield
+    finally:
+        decode_step.GREEDY_BLOCK = default
 
 
 def _check_greedy_tail(device: str, dtype, vocab: int) -> dict:
@@ -461,16 +470,12 @@ def time_greedy_tail(rows: int = 50, vocab: int = 32000) -> list[dict]:
     buffers = [torch.zeros(3, rows, dtype=torch.float64, device=device), torch.zeros(rows, dtype=torch.long, device=device),
                torch.zeros(rows, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device),
                table, torch.zeros(rows, 128, dtype=torch.bfloat16, device=device)]  # fmt: skip
-    results, default = [], decode_step.GREEDY_BLOCK
-    try:
-        for block in (4096, 8192, 16384, 32768):
-            decode_step.GREEDY_BLOCK = block
-            with torch.inference_mode():
-                ms, _ = _replayed_ms(lambda: [decode_step.greedy_tail(head, *buffers) for _ in range(20)])
+    results = []
+    for block in (4096, 8192, 16384, 32768):
+        with _greedy_block(block), torch.inference_mode():
+            ms, _ = _replayed_ms(lambda: [decode_step.greedy_tail(head, *buffers) for _ in range(20)])
             block_used, warps = decode_step.greedy_shape(vocab)
-            results.append({"rows": rows, "vocab": vocab, "block": block_used, "warps": warps, "us": ms * 1000 / 20})
-    finally:
-        decode_step.GREEDY_BLOCK = default
+        results.append({"rows": rows, "vocab": vocab, "block": block_used, "warps": warps, "us": ms * 1000 / 20})
     return results
 
 

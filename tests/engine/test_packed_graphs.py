@@ -528,6 +528,24 @@ def test_with_decoding_prefills_by_replays_the_warm_up_captures_every_shape_they
     assert_like_generate(model, tokenizer, rows)
 
 
+def _stale_buffers(loaded, monkeypatch, by_bounds: bool, max_new_tokens: int):
+    """A generator whose decoding prefills run by replays (attending by bounds or through the mask), after
+    a batch of `_mixed_prompts()[:6]` made its buffers, every element of which is then NaN."""
+    from evaluation.engine.server import decode_attention, generation
+
+    monkeypatch.setattr(generation, "graph_decode_prefill", True)
+    if by_bounds:
+        monkeypatch.setenv("ENGINE_FUSED", "1")
+        monkeypatch.setattr(decode_attention, "everywhere", True)
+    generator = BatchGenerator(loaded.model, loaded.tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
+    generator.decode_prefix_saving = 0
+    generator.generate(rows_for(loaded.tokenizer, _mixed_prompts()[:6], max_new_tokens=max_new_tokens))
+    with torch.inference_mode():
+        for t in generator.static.buffers.stacked:
+            t.fill_(float("nan"))
+    return generator, generator.static.buffers
+
+
 @pytest.mark.parametrize("by_bounds", [True, False])
 def test_a_prefill_by_replays_leaves_stale_columns_that_only_attending_through_the_mask_clears(
     loaded, graphs_on, monkeypatch, by_bounds
@@ -535,23 +553,9 @@ def test_a_prefill_by_replays_leaves_stale_columns_that_only_attending_through_t
     """A prefill by replays writes only its rows' own columns (no zeroing of the whole buffers: ~0.5 ms
     of GPU time a batch at 1.1 B). Attending by bounds never reads the others; attending through the mask
     reads them as softmax weights of zero, so they are zeroed first (a stale NaN would spoil a row)."""
-    from evaluation.engine.server import decode_attention, generation
-
-    monkeypatch.setattr(generation, "graph_decode_prefill", True)
-    if by_bounds:
-        monkeypatch.setenv("ENGINE_FUSED", "1")
-        monkeypatch.setattr(decode_attention, "everywhere", True)
     model, tokenizer = loaded.model, loaded.tokenizer
-    generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
-    generator.decode_prefix_saving = 0
-    prompts = _mixed_prompts()[:6]
-    generator.generate(rows_for(tokenizer, prompts, max_new_tokens=5))  # the buffers, then stale
-    buffers = generator.static.buffers
-    stale = float("nan")
-    with torch.inference_mode():
-        for t in buffers.stacked:
-            t.fill_(stale)
-    rows = rows_for(tokenizer, prompts, max_new_tokens=5)
+    generator, buffers = _stale_buffers(loaded, monkeypatch, by_bounds, max_new_tokens=5)
+    rows = rows_for(tokenizer, _mixed_prompts()[:6], max_new_tokens=5)
     generator.generate(rows)
     assert generator.static.buffers is buffers and buffers.cache.bounded == by_bounds
     written = buffers.stacked[0][:, : len(rows)]  # (padding rows attend their own column 0, whatever it holds)
@@ -562,24 +566,14 @@ def test_a_prefill_by_replays_leaves_stale_columns_that_only_attending_through_t
 def test_a_join_that_turns_a_batch_to_the_mask_clears_the_running_rows_stale_columns(loaded, graphs_on, monkeypatch):
     """Rows joining that the bounds cannot describe: the batch attends through the mask from then on, so
     the running rows' unwritten columns (stale, never zeroed by their prefill by replays) are zeroed."""
-    from evaluation.engine.server import decode_attention, generation
+    from evaluation.engine.server import decode_attention
     from tests.engine.test_joining import Arrivals
 
-    monkeypatch.setattr(generation, "graph_decode_prefill", True)
-    monkeypatch.setenv("ENGINE_FUSED", "1")
-    monkeypatch.setattr(decode_attention, "everywhere", True)
     model, tokenizer = loaded.model, loaded.tokenizer
-    generator = BatchGenerator(model, tokenizer, decode="static", prefix_store_bytes=STORE_BYTES)
-    generator.decode_prefix_saving = 0
-    prompts = _mixed_prompts()[:6]
-    generator.generate(rows_for(tokenizer, prompts, max_new_tokens=8))
-    buffers = generator.static.buffers
-    with torch.inference_mode():
-        for t in buffers.stacked:
-            t.fill_(float("nan"))
+    generator, buffers = _stale_buffers(loaded, monkeypatch, by_bounds=True, max_new_tokens=8)
     real = decode_attention.row_bounds
     monkeypatch.setattr(decode_attention, "row_bounds", lambda mask: (real(mask)[0], False))  # the join's
-    first = rows_for(tokenizer, prompts, max_new_tokens=8)
+    first = rows_for(tokenizer, _mixed_prompts()[:6], max_new_tokens=8)
     later = rows_for(tokenizer, _mixed_prompts()[6:8], max_new_tokens=4)
     generator.generate(first, Arrivals({2: later}))
     assert generator.static.buffers is buffers and not buffers.cache.bounded and generator.last_joined

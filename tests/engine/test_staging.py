@@ -78,8 +78,8 @@ def test_without_a_gpu_values_are_copied_as_they_are():
 
 
 def test_longs_go_in_one_copy_as_views_of_one_tensor():
-    """Staging.longs: arrays and bytes of longs, one tensor on the device, a view for each part."""
-    a, b = array("q", [3, 1, 4]), torch.tensor([[1, 5], [9, 2]]).numpy().tobytes()
+    """Staging.longs: arrays of longs, one tensor on the device, a view for each part."""
+    a, b = array("q", [3, 1, 4]), array("q", [1, 5, 9, 2])
     first, second, empty = Staging(torch.device("cpu")).longs(a, b, array("q"))
     assert first.tolist() == [3, 1, 4] and second.view(2, 2).tolist() == [[1, 5], [9, 2]] and empty.numel() == 0
     assert second.data_ptr() == first.data_ptr() + 3 * 8  # one tensor

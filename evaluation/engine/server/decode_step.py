@@ -67,8 +67,7 @@ if fused.triton is not None:
     def _greedy_kernel(
         logits_ptr, out_ptr, chosen_ptr, tokens_ptr, positions_ptr, column_ptr, table_ptr, now_ptr,
         vocab, in_row, rows, last,
-        WIDTH: tl.constexpr, ROTARY: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr,
-        ONE: tl.constexpr = False,
+        WIDTH: tl.constexpr, ROTARY: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr, ONE: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)

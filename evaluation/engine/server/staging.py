@@ -71,19 +71,17 @@ class Staging:
         out[: len(values)].copy_(part, non_blocking=True)
         self._copied(slot)
 
-    def longs(self, *parts: array | bytes) -> list[torch.Tensor]:
-        """Longs (arrays, or their bytes) on the device, each a view of one new tensor filled by one
-        `to_device` copy."""
+    def longs(self, *parts: array) -> list[torch.Tensor]:
+        """Arrays of longs on the device, each a view of one new tensor filled by one `to_device` copy."""
         joined = array("q")
         for part in parts:
-            joined.frombytes(part) if isinstance(part, bytes) else joined.extend(part)
+            joined.extend(part)
         out = torch.empty(len(joined), dtype=torch.long, device=self.device)
         self.to_device(joined, torch.long, out)
         views, start = [], 0
         for part in parts:
-            n = len(part) // 8 if isinstance(part, bytes) else len(part)
-            views.append(out[start : start + n])
-            start += n
+            views.append(out[start : start + len(part)])
+            start += len(part)
         return views
 
     def from_device(self, values: torch.Tensor) -> tuple[torch.Tensor, Any]:
