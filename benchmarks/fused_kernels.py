@@ -135,23 +135,28 @@ def check_greedy_tail(device: str, dtype) -> list[dict]:
 
     out = []
     # Each `ENGINE_GREEDY_BLOCK` the kernel may run with: 4,096 (32,000 logits in 8 blocks) and 32,768
-    # (in one, 40,000 in two: the ties in different blocks).
-    for vocab, block in ((1000, 4096), (32000, 4096), (32000, 32768), (40000, 32768)):
-        with _greedy_block(block):
-            out.append(_check_greedy_tail(device, dtype, vocab) | {"block": decode_step.greedy_shape(vocab)[0]})
+    # (in one, 40,000 in two: the ties in different blocks); split (`ENGINE_GREEDY_SPLIT`), a program a
+    # block: 8 parts, and 5 (padded to 8) with the ties in different parts.
+    cases = ((1000, 4096, False), (32000, 4096, False), (32000, 32768, False), (40000, 32768, False),
+             (1000, 4096, True), (32000, 4096, True), (40000, 8192, True))  # fmt: skip
+    for vocab, block, split in cases:
+        with _greedy_block(block, split):
+            block_used, _, parts = decode_step.greedy_shape(vocab)
+            out.append(_check_greedy_tail(device, dtype, vocab) | {"block": block_used, "parts": parts})
     return out
 
 
 @contextlib.contextmanager
-def _greedy_block(block: int):
-    """`ENGINE_GREEDY_BLOCK` set to `block` for the calls inside."""
+def _greedy_block(block: int, split: bool = False):
+    """`ENGINE_GREEDY_BLOCK` and `ENGINE_GREEDY_SPLIT` set for the calls inside."""
     from evaluation.engine.server import decode_step
 
-    default, decode_step.GREEDY_BLOCK = decode_step.GREEDY_BLOCK, block
+    default = decode_step.GREEDY_BLOCK, decode_step.GREEDY_SPLIT
+    decode_step.GREEDY_BLOCK, decode_step.GREEDY_SPLIT = block, split
     try:
         yield
     finally:
-        decode_step.GREEDY_BLOCK = default
+        decode_step.GREEDY_BLOCK, decode_step.GREEDY_SPLIT = default
 
 
 def _check_greedy_tail(device: str, dtype, vocab: int) -> dict:
@@ -471,11 +476,13 @@ def time_greedy_tail(rows: int = 50, vocab: int = 32000) -> list[dict]:
                torch.zeros(rows, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device),
                table, torch.zeros(rows, 128, dtype=torch.bfloat16, device=device)]  # fmt: skip
     results = []
-    for block in (4096, 8192, 16384, 32768):
-        with _greedy_block(block), torch.inference_mode():
+    for block, split in [(b, s) for b in (2048, 4096, 8192, 16384) for s in (False, True)] + [(32768, False)]:
+        with _greedy_block(block, split), torch.inference_mode():
+            decode_step.greedy_tail(head, *buffers)  # a split's buffers made outside the capture
             ms, _ = _replayed_ms(lambda: [decode_step.greedy_tail(head, *buffers) for _ in range(20)])
-            block_used, warps = decode_step.greedy_shape(vocab)
-        results.append({"rows": rows, "vocab": vocab, "block": block_used, "warps": warps, "us": ms * 1000 / 20})
+            block_used, warps, parts = decode_step.greedy_shape(vocab)
+        results.append({"rows": rows, "vocab": vocab, "block": block_used, "warps": warps, "parts": parts,
+                        "us": ms * 1000 / 20})  # fmt: skip
     return results
 
 
@@ -496,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         report["greedy_tail"] = time_greedy_tail()
         for row in report["greedy_tail"]:
             print(
-                f"greedy tail {row['rows']}×{row['vocab']}, block {row['block']}: {row['us']:.2f} µs", file=sys.stderr
+                f"greedy tail {row['rows']}×{row['vocab']}, block {row['block']} × {row['parts']}: {row['us']:.2f} µs",
+                file=sys.stderr,
             )
         for row in report["decode_attention"]:
             print(f"decode attention {row['size']} {row['rows']} rows: mask {row['sdpa_mask_ms']:.3f} ms, "

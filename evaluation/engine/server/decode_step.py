@@ -54,6 +54,8 @@ def _greedy_block(setting: str) -> int:
 # 4,096 (measured); 32,768 reads a 32,000-token vocabulary's row once, in one block (session 26, not
 # yet timed on a GPU: at 32 warps a thread may hold 64 registers, and may spill).
 GREEDY_BLOCK = _greedy_block(os.environ.get("ENGINE_GREEDY_BLOCK", "4096"))
+# `ENGINE_GREEDY_SPLIT=1`: a row longer than the block is read by a program a block (session 27, timing).
+GREEDY_SPLIT = os.environ.get("ENGINE_GREEDY_SPLIT", "0") == "1"
 # Frequencies fixed at the module's construction; "dynamic" and "longrope" change with the length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -63,25 +65,28 @@ if fused.triton is not None:
 
     from evaluation.engine.server.fused import libdevice
 
-    @triton.jit(do_not_specialize=["vocab", "in_row", "rows", "last"])
+    @triton.jit(do_not_specialize=["vocab", "in_row", "rows", "last", "parts"])
     def _greedy_kernel(
         logits_ptr, out_ptr, chosen_ptr, tokens_ptr, positions_ptr, column_ptr, table_ptr, now_ptr,
-        vocab, in_row, rows, last,
+        part_ptr, count_ptr, vocab, in_row, rows, last, parts,
         WIDTH: tl.constexpr, ROTARY: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr, ONE: tl.constexpr,
+        P_PAD: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
+        part = tl.program_id(1).to(tl.int64)  # 0 unless the row is split (P_PAD > 1)
         offs = tl.arange(0, BLOCK)
         top = tl.full((), float("-inf"), tl.float32)
         best = tl.full((), 0, tl.int64)
         bad = tl.full((), 0, tl.int32)
         total = tl.full((), 0.0, tl.float32)
-        if ONE:  # the row in one block: read once, its sum from the same registers
-            keep = offs < vocab
-            x = tl.load(logits_ptr + row * in_row + offs, mask=keep, other=float("-inf")).to(tl.float32)
-            tl.store(out_ptr + row * vocab + offs, x, mask=keep)
+        if ONE:  # the row (or its part) in one block: read once, its sum from the same registers
+            idx = part * BLOCK + offs
+            keep = idx < vocab
+            x = tl.load(logits_ptr + row * in_row + idx, mask=keep, other=float("-inf")).to(tl.float32)
+            tl.store(out_ptr + row * vocab + idx, x, mask=keep)
             bad = tl.sum((keep & ((x != x) | (tl.abs(x) == float("inf")))).to(tl.int32), 0)
             top = tl.max(x, 0)
-            best = tl.argmax(x, 0).to(tl.int64)  # the first of equal values
+            best = part * BLOCK + tl.argmax(x, 0).to(tl.int64)  # the first of equal values
             if EXACT:  # CUDA's expf and logf, as torch's log-softmax calls them
                 total = tl.sum(libdevice.exp(x - top), 0)
             else:
@@ -105,22 +110,48 @@ if fused.triton is not None:
                     total += tl.sum(libdevice.exp(x - top), 0)
                 else:
                     total += tl.sum(tl.exp(x - top), 0)
+        final = row >= 0
+        if P_PAD > 1:  # the row split in parts: each leaves its figures, the last to arrive joins them
+            mine = part_ptr + (row * P_PAD + part) * 4
+            tl.store(mine, top.to(tl.float64))
+            tl.store(mine + 1, best.to(tl.float64))
+            tl.store(mine + 2, total.to(tl.float64))
+            tl.store(mine + 3, bad.to(tl.float64))
+            tl.debug_barrier()  # every thread's stores before the release below
+            final = tl.atomic_add(count_ptr + row, 1, sem="acq_rel") == parts - 1
+            p = tl.arange(0, P_PAD)
+            theirs = part_ptr + (row * P_PAD + p) * 4
+            there = p < parts
+            tops = tl.load(theirs, mask=there, other=float("-inf"), volatile=True).to(tl.float32)
+            top = tl.max(tops, 0)
+            first = tl.min(tl.where(there & (tops == top), p, P_PAD), 0)  # the earliest part holding it
+            best = tl.sum(tl.where(p == first, tl.load(theirs + 1, mask=there, other=0.0, volatile=True), 0.0), 0)
+            best = best.to(tl.int64)
+            sums = tl.load(theirs + 2, mask=there, other=0.0, volatile=True).to(tl.float32)
+            if EXACT:
+                scaled = sums * libdevice.exp(tops - top)
+            else:
+                scaled = sums * tl.exp(tops - top)
+            # A part of -inf alone has no sum (its own is NaN) and adds nothing.
+            total = tl.sum(tl.where(tops == float("-inf"), 0.0, scaled), 0)
+            bad = tl.sum(tl.load(theirs + 3, mask=there, other=0.0, volatile=True), 0).to(tl.int32)
+            tl.store(count_ptr + row, 0, mask=final)  # ready for the next step's kernel
         if EXACT:
             logprob = -libdevice.log(total)
         else:
             logprob = -tl.log(total)
-        tl.store(chosen_ptr + row, best.to(tl.float64))
-        tl.store(chosen_ptr + rows + row, logprob.to(tl.float64))
-        tl.store(chosen_ptr + 2 * rows + row, (bad == 0).to(tl.float64))
-        tl.store(tokens_ptr + row, best)
+        tl.store(chosen_ptr + row, best.to(tl.float64), mask=final)
+        tl.store(chosen_ptr + rows + row, logprob.to(tl.float64), mask=final)
+        tl.store(chosen_ptr + 2 * rows + row, (bad == 0).to(tl.float64), mask=final)
+        tl.store(tokens_ptr + row, best, mask=final)
         position = tl.load(positions_ptr + row) + 1
-        tl.store(positions_ptr + row, position)
+        tl.store(positions_ptr + row, position, mask=final)
         if ROTARY:
             d = tl.arange(0, WIDTH)
             at_row = tl.minimum(position, last)
-            tl.store(now_ptr + row * WIDTH + d, tl.load(table_ptr + at_row * WIDTH + d))
+            tl.store(now_ptr + row * WIDTH + d, tl.load(table_ptr + at_row * WIDTH + d), mask=final & (d >= 0))
         if row == 0:
-            tl.store(column_ptr, tl.load(column_ptr) + 1)
+            tl.store(column_ptr, tl.load(column_ptr) + 1, mask=final)
 
 
 def greedy_choice(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -162,13 +193,29 @@ def kernel_applies(head: torch.Tensor, chosen: torch.Tensor, table, now) -> bool
     return lean and fused._use_triton(head) and head.stride(1) == 1 and chosen.is_contiguous() and rotary_ok
 
 
-def greedy_shape(vocab: int) -> tuple[int, int]:
-    """The greedy kernel's block and warps: blocks of GREEDY_BLOCK logits, 16 a thread as at 4,096 with
-    8 warps (up to 32 warps: 32 a thread at 32,768); a row of one block is read once, longer ones twice.
-    A program per row reads its row alone: in blocks of 4,096 (16 reads one after another), a 50-row
-    step's kernel took 16.8 µs for 32,000 logits on an H200 (session 26's trace)."""
+def greedy_shape(vocab: int) -> tuple[int, int, int]:
+    """The greedy kernel's block, warps and parts: blocks of GREEDY_BLOCK logits, 16 a thread as at 4,096
+    with 8 warps (up to 32 warps: 32 a thread at 32,768); a row of one block is read once. A longer row
+    is read twice by one program, in blocks one after another, or with GREEDY_SPLIT by a program for each
+    block (parts), the last to finish joining their figures. A program per row reading its row alone in
+    blocks of 4,096 (16 reads one after another): a 50-row step's kernel took 16.8 µs for 32,000 logits
+    on an H200 (session 26's trace)."""
     block = min(GREEDY_BLOCK, triton.next_power_of_2(vocab))
-    return block, max(8, min(32, block // 512))
+    parts = -(-vocab // block) if GREEDY_SPLIT else 1
+    return block, max(8, min(32, block // 512)), parts
+
+
+# Each split row's parts' figures and how many have arrived, by (device, rows, padded parts): made
+# zero once, outside any graph's capture (the warm-up's eager step); the last part sets its count back.
+_PARTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _parts_buffers(device: torch.device, rows: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (device, rows, pad)
+    if key not in _PARTS:
+        _PARTS[key] = (torch.zeros(rows * pad * 4, dtype=torch.float64, device=device),
+                       torch.zeros(rows, dtype=torch.int32, device=device))  # fmt: skip
+    return _PARTS[key]
 
 
 def greedy_tail(head: torch.Tensor, chosen, tokens, positions, column, table, now) -> torch.Tensor:
@@ -181,14 +228,16 @@ def greedy_tail(head: torch.Tensor, chosen, tokens, positions, column, table, no
     rows, vocab = head.shape
     out = torch.empty(rows, vocab, dtype=torch.float32, device=head.device)
     rotary = table is not None
-    block, warps = greedy_shape(vocab)
+    block, warps, parts = greedy_shape(vocab)
+    pad = triton.next_power_of_2(parts) if parts > 1 else 1
+    figures, counts = _parts_buffers(head.device, rows, pad) if parts > 1 else (chosen, column)
 
     def launch():
-        _greedy_kernel[(rows,)](
+        _greedy_kernel[(rows, parts)](
             head, out, chosen, tokens, positions, column, table if rotary else out, now if rotary else out,
-            vocab, head.stride(0), rows, table.shape[0] - 1 if rotary else 0,
+            figures, counts, vocab, head.stride(0), rows, table.shape[0] - 1 if rotary else 0, parts,
             WIDTH=table.shape[1] if rotary else 1, ROTARY=rotary, BLOCK=block, EXACT=not fused._INTERPRET,
-            ONE=vocab <= block, num_warps=warps,
+            ONE=vocab <= block * parts, P_PAD=pad, num_warps=warps,
         )  # fmt: skip
         return out
 
