@@ -134,29 +134,25 @@ def check_greedy_tail(device: str, dtype) -> list[dict]:
     from evaluation.engine.server import decode_step
 
     out = []
-    # Each `ENGINE_GREEDY_BLOCK` the kernel may run with: 4,096 (32,000 logits in 8 blocks) and 32,768
-    # (in one, 40,000 in two: the ties in different blocks); split (`ENGINE_GREEDY_SPLIT`), a program a
-    # block: 8 parts, and 5 (padded to 8) with the ties in different parts.
-    cases = ((1000, 4096, False), (32000, 4096, False), (32000, 32768, False), (40000, 32768, False),
-             (1000, 4096, True), (32000, 4096, True), (40000, 8192, True))  # fmt: skip
-    for vocab, block, split in cases:
-        with _greedy_block(block, split):
+    # Blocks of 4,096 (the default): 1,000 logits in one part, 32,000 in 8; of 8,192: 40,000 in 5
+    # (padded to 8) with the ties in parts 0 and 4; of 32,768: 32,000 in one part, 40,000 in two.
+    for vocab, block in ((1000, 4096), (32000, 4096), (40000, 8192), (32000, 32768), (40000, 32768)):
+        with _greedy_block(block):
             block_used, _, parts = decode_step.greedy_shape(vocab)
             out.append(_check_greedy_tail(device, dtype, vocab) | {"block": block_used, "parts": parts})
     return out
 
 
 @contextlib.contextmanager
-def _greedy_block(block: int, split: bool = False):
-    """`ENGINE_GREEDY_BLOCK` and `ENGINE_GREEDY_SPLIT` set for the calls inside."""
+def _greedy_block(block: int):
+    """`ENGINE_GREEDY_BLOCK` set to `block` for the calls inside."""
     from evaluation.engine.server import decode_step
 
-    default = decode_step.GREEDY_BLOCK, decode_step.GREEDY_SPLIT
-    decode_step.GREEDY_BLOCK, decode_step.GREEDY_SPLIT = block, split
+    default, decode_step.GREEDY_BLOCK = decode_step.GREEDY_BLOCK, block
     try:
         yield
     finally:
-        decode_step.GREEDY_BLOCK, decode_step.GREEDY_SPLIT = default
+        decode_step.GREEDY_BLOCK = default
 
 
 def _check_greedy_tail(device: str, dtype, vocab: int) -> dict:
@@ -173,7 +169,7 @@ def _check_greedy_tail(device: str, dtype, vocab: int) -> dict:
 
     got_buffers, want_buffers = (_tail_buffers(rows, table, dtype, device) for _ in range(2))
     used = decode_step.kernel_applies(logits, got_buffers[0], table, got_buffers[5])
-    got = decode_step.greedy_tail(logits, *got_buffers)
+    got = decode_step.greedy_tail(logits, *got_buffers, decode_step.greedy_parts(rows, vocab, logits.device))
     want = decode_step.greedy_tail_torch(logits, *want_buffers)
     (chosen, tokens, positions, column, _, now), (want_chosen, *want_rest) = got_buffers, want_buffers
     ok = want_chosen[2].bool()
@@ -462,8 +458,8 @@ def time_decode_attention() -> list[dict]:
 
 def time_greedy_tail(rows: int = 50, vocab: int = 32000) -> list[dict]:
     """A decode step's last kernel (`decode_step.greedy_tail`) at a 1.1 B step's shape, bf16, at each
-    `ENGINE_GREEDY_BLOCK` (4,096: the default; 32,768: a 32,000-token row in one block): µs a call, 20
-    calls a replayed graph."""
+    `ENGINE_GREEDY_BLOCK` (a program a block of a row; 4,096: the default, 8 parts of a 32,000-token row;
+    32,768: one): µs a call, 20 calls a replayed graph."""
     import torch
 
     from evaluation.engine.server import decode_step
@@ -476,12 +472,12 @@ def time_greedy_tail(rows: int = 50, vocab: int = 32000) -> list[dict]:
                torch.zeros(rows, dtype=torch.long, device=device), torch.zeros(1, dtype=torch.long, device=device),
                table, torch.zeros(rows, 128, dtype=torch.bfloat16, device=device)]  # fmt: skip
     results = []
-    for block, split in [(b, s) for b in (2048, 4096, 8192, 16384) for s in (False, True)] + [(32768, False)]:
-        with _greedy_block(block, split), torch.inference_mode():
-            decode_step.greedy_tail(head, *buffers)  # a split's buffers made outside the capture
-            ms, _ = _replayed_ms(lambda: [decode_step.greedy_tail(head, *buffers) for _ in range(20)])
-            block_used, warps, parts = decode_step.greedy_shape(vocab)
-        results.append({"rows": rows, "vocab": vocab, "block": block_used, "warps": warps, "parts": parts,
+    for block in (2048, 4096, 8192, 16384, 32768):
+        with _greedy_block(block), torch.inference_mode():
+            parts = decode_step.greedy_parts(rows, vocab, device)
+            ms, _ = _replayed_ms(lambda p=parts: [decode_step.greedy_tail(head, *buffers, p) for _ in range(20)])
+            block_used, warps, count = decode_step.greedy_shape(vocab)
+        results.append({"rows": rows, "vocab": vocab, "block": block_used, "warps": warps, "parts": count,
                         "us": ms * 1000 / 20})  # fmt: skip
     return results
 

@@ -137,3 +137,17 @@ def test_rows_joining_and_a_grown_buffer_read_their_own_positions(llama, monkeyp
 def test_the_greedy_block_setting_takes_powers_of_two_up_to_32768(setting, block, caplog):
     assert decode_step._greedy_block(setting) == block
     assert ("ENGINE_GREEDY_BLOCK" in caplog.text) == (setting not in ("4096", "32768"))
+
+
+def test_a_row_in_several_parts_runs_the_kernel_only_with_buffers_that_hold_them():
+    """The greedy kernel's parts meet in `greedy_parts`' buffers: where they are missing or of another
+    shape, the step takes torch's operations rather than write outside them."""
+    pytest.importorskip("triton")
+    rows = 3
+    assert decode_step._parts_fit(None, rows, 1000)  # one part of 4,096: nothing to meet in
+    assert not decode_step._parts_fit(None, rows, 32000)
+    eight = (torch.zeros(rows * 8 * 4, dtype=torch.float64), torch.zeros(rows, dtype=torch.int32))
+    assert decode_step._parts_fit(eight, rows, 32000)
+    assert not decode_step._parts_fit(eight, rows, 80000)  # 20 parts, padded to 32
+    assert not decode_step._parts_fit(eight, rows + 1, 32000)
+    assert decode_step.greedy_parts(rows, 32000, torch.device("cpu")) is None  # no kernel on this CPU

@@ -240,17 +240,15 @@ def test_kernels_under_tritons_interpreter():
     # The decode step's last kernel: torch's choices (the first of equal values), the logprob within fp32
     # ulps of log-softmax's, the fp32 logits and the next step's inputs exact, a row with inf flagged.
     tails = [c for c in checks if c["op"] == "greedy_tail"]
-    # 1,000 and 32,000 logits in blocks of 4,096 (the default); 32,000 in one of 32,768, 40,000 in two;
-    # split, a program a block: 1,000 in one, 32,000 in 8 parts, 40,000 in 5 (ties in parts 0 and 4).
+    # A program a block of a row: 1,000 logits in one part and 32,000 in 8 of 4,096 (the default); 40,000
+    # in 5 of 8,192 (padded to 8; the ties in parts 0 and 4); 32,000 in one of 32,768, 40,000 in two.
     assert [(c["vocab"], c["block"], c["parts"]) for c in tails] == [
-        (1000, 1024, 1),
-        (32000, 4096, 1),
-        (32000, 32768, 1),
-        (40000, 32768, 1),
         (1000, 1024, 1),
         (32000, 4096, 8),
         (40000, 8192, 5),
-    ] * (len(tails) // 7), tails
+        (32000, 32768, 1),
+        (40000, 32768, 2),
+    ] * (len(tails) // 5), tails
     for c in tails:
         assert c["tokens_equal"] == c["finite_rows"] == 5 and c["ties_first"] == [7, 5], c
         assert c["logits_unequal"] == 0 and c["rotary_unequal"] == 0 and c["logprob_max_diff"] < 1e-5, c
@@ -424,10 +422,10 @@ def _attend_signature():
     return pointers | ints | {"scale": "fp32", "splits": "i32"} | rope
 
 
-def _greedy_signature(split: bool = False) -> dict:
+def _greedy_signature(parts: bool = False) -> dict:
     pointers = {"logits_ptr": "*bf16", "out_ptr": "*fp32", "chosen_ptr": "*fp64", "tokens_ptr": "*i64",
                 "positions_ptr": "*i64", "column_ptr": "*i64", "table_ptr": "*bf16", "now_ptr": "*bf16",
-                "part_ptr": "*fp64", "count_ptr": "*i32" if split else "*i64"}  # fmt: skip
+                "part_ptr": "*fp64", "count_ptr": "*i32" if parts else "*i64"}  # fmt: skip
     return pointers | {"vocab": "i32", "in_row": "i32", "rows": "i32", "last": "i32", "parts": "i32"}
 
 
@@ -442,13 +440,10 @@ DECODE_KERNELS = {
     "rope_attend": (_attend_signature(), _attend(8, 64, False, True)),
     "rope_attend_one_split": (_attend_signature(), _attend(1, 128, True, True)),
     "rope_attend_folded": (_attend_signature(), _attend(8, 64, True, True, scaled=True)),
-    "greedy": (_greedy_signature(), {"WIDTH": 128, "ROTARY": True, "BLOCK": 4096, "EXACT": True, "ONE": False,
-                                     "P_PAD": 1}),
-    # The row in one block; in parts of a block, a program each (decode_step.greedy_shape).
-    "greedy_one": (_greedy_signature(), {"WIDTH": 128, "ROTARY": True, "BLOCK": 32768, "EXACT": True, "ONE": True,
-                                         "P_PAD": 1}),
-    "greedy_split": (_greedy_signature(split=True), {"WIDTH": 128, "ROTARY": True, "BLOCK": 4096, "EXACT": True,
-                                                     "ONE": True, "P_PAD": 8}),
+    # A row in one part, and in parts that meet (decode_step.greedy_shape).
+    "greedy": (_greedy_signature(), {"WIDTH": 128, "ROTARY": True, "BLOCK": 32768, "EXACT": True, "P_PAD": 1}),
+    "greedy_parts": (_greedy_signature(parts=True), {"WIDTH": 128, "ROTARY": True, "BLOCK": 4096, "EXACT": True,
+                                                     "P_PAD": 8}),
     "merge_splits": (
         {"part_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*bf16", "out_row": "i32", "out_head": "i32",
          "heads": "i32", "splits": "i32"},
@@ -467,8 +462,7 @@ def test_every_kernel_compiles_for_a_gpu(name):
         kernel = {
             "merge_splits": decode_attention._merge_splits_kernel,
             "greedy": decode_step._greedy_kernel,
-            "greedy_one": decode_step._greedy_kernel,
-            "greedy_split": decode_step._greedy_kernel,
+            "greedy_parts": decode_step._greedy_kernel,
         }.get(name, decode_attention._attend_kernel)
     else:
         signature, consts = KERNELS[name]

@@ -15,7 +15,8 @@ of ~1.6 ms (session 13's profile, docs/benchmarks.md).
   as torch's), the chosen token's logprob (-log Σ exp(x - max): torch's log-softmax with the sum in
   another order, a few fp32 ulps apart), whether the row is finite, the next step's token and
   position, the column, and the next step's cos and sin from the table (`rotary_now`; the position
-  clamped to the table, so a step queued past the buffer's end reads nothing out of bounds).
+  clamped to the table, so a step queued past the buffer's end reads nothing out of bounds). A program
+  for each block of a row (`greedy_shape`); the last of a row's to finish joins their figures.
 - The mask's additive bias is built only by a layer that attends through the mask
   (static_decode._LazyBias): with bounded attention none does.
 
@@ -39,7 +40,7 @@ lean = os.environ.get("ENGINE_LEAN_STEP", "1") != "0"
 
 
 def _greedy_block(setting: str) -> int:
-    """`ENGINE_GREEDY_BLOCK`: logits a greedy program reads in one block, a power of two from 1,024 to
+    """`ENGINE_GREEDY_BLOCK`: logits a greedy program reads (a row's part), a power of two from 1,024 to
     32,768 (else 4,096, with a warning)."""
     try:
         block = int(setting)
@@ -51,11 +52,8 @@ def _greedy_block(setting: str) -> int:
     return block
 
 
-# 4,096 (measured); 32,768 reads a 32,000-token vocabulary's row once, in one block (session 26, not
-# yet timed on a GPU: at 32 warps a thread may hold 64 registers, and may spill).
+# A program a block of a row: 4,096 was the fastest on an H100 (greedy_shape).
 GREEDY_BLOCK = _greedy_block(os.environ.get("ENGINE_GREEDY_BLOCK", "4096"))
-# `ENGINE_GREEDY_SPLIT=1`: a row longer than the block is read by a program a block (session 27, timing).
-GREEDY_SPLIT = os.environ.get("ENGINE_GREEDY_SPLIT", "0") == "1"
 # Frequencies fixed at the module's construction; "dynamic" and "longrope" change with the length.
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -69,49 +67,24 @@ if fused.triton is not None:
     def _greedy_kernel(
         logits_ptr, out_ptr, chosen_ptr, tokens_ptr, positions_ptr, column_ptr, table_ptr, now_ptr,
         part_ptr, count_ptr, vocab, in_row, rows, last, parts,
-        WIDTH: tl.constexpr, ROTARY: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr, ONE: tl.constexpr,
-        P_PAD: tl.constexpr,
+        WIDTH: tl.constexpr, ROTARY: tl.constexpr, BLOCK: tl.constexpr, EXACT: tl.constexpr, P_PAD: tl.constexpr,
     ):  # fmt: skip
+        # A program for each block of a row (its part), read once: its sum from the same registers.
         row = tl.program_id(0).to(tl.int64)
-        part = tl.program_id(1).to(tl.int64)  # 0 unless the row is split (P_PAD > 1)
-        offs = tl.arange(0, BLOCK)
-        top = tl.full((), float("-inf"), tl.float32)
-        best = tl.full((), 0, tl.int64)
-        bad = tl.full((), 0, tl.int32)
-        total = tl.full((), 0.0, tl.float32)
-        if ONE:  # the row (or its part) in one block: read once, its sum from the same registers
-            idx = part * BLOCK + offs
-            keep = idx < vocab
-            x = tl.load(logits_ptr + row * in_row + idx, mask=keep, other=float("-inf")).to(tl.float32)
-            tl.store(out_ptr + row * vocab + idx, x, mask=keep)
-            bad = tl.sum((keep & ((x != x) | (tl.abs(x) == float("inf")))).to(tl.int32), 0)
-            top = tl.max(x, 0)
-            best = part * BLOCK + tl.argmax(x, 0).to(tl.int64)  # the first of equal values
-            if EXACT:  # CUDA's expf and logf, as torch's log-softmax calls them
-                total = tl.sum(libdevice.exp(x - top), 0)
-            else:
-                total = tl.sum(tl.exp(x - top), 0)
+        part = tl.program_id(1).to(tl.int64)
+        idx = part * BLOCK + tl.arange(0, BLOCK)
+        keep = idx < vocab
+        x = tl.load(logits_ptr + row * in_row + idx, mask=keep, other=float("-inf")).to(tl.float32)
+        tl.store(out_ptr + row * vocab + idx, x, mask=keep)
+        bad = tl.sum((keep & ((x != x) | (tl.abs(x) == float("inf")))).to(tl.int32), 0)
+        top = tl.max(x, 0)
+        best = part * BLOCK + tl.argmax(x, 0).to(tl.int64)  # the first of equal values
+        if EXACT:  # CUDA's expf and logf, as torch's log-softmax calls them
+            total = tl.sum(libdevice.exp(x - top), 0)
         else:
-            for start in range(0, vocab, BLOCK):
-                idx = start + offs
-                keep = idx < vocab
-                x = tl.load(logits_ptr + row * in_row + idx, mask=keep, other=float("-inf")).to(tl.float32)
-                tl.store(out_ptr + row * vocab + idx, x, mask=keep)
-                bad += tl.sum((keep & ((x != x) | (tl.abs(x) == float("inf")))).to(tl.int32), 0)
-                block_top = tl.max(x, 0)
-                at = tl.argmax(x, 0)  # the first of equal values in the block
-                take = block_top > top  # strictly: an earlier block keeps its index on a tie
-                best = tl.where(take, start + at.to(tl.int64), best)
-                top = tl.maximum(top, block_top)
-            for start in range(0, vocab, BLOCK):
-                idx = start + offs
-                x = tl.load(logits_ptr + row * in_row + idx, mask=idx < vocab, other=float("-inf")).to(tl.float32)
-                if EXACT:
-                    total += tl.sum(libdevice.exp(x - top), 0)
-                else:
-                    total += tl.sum(tl.exp(x - top), 0)
+            total = tl.sum(tl.exp(x - top), 0)
         final = row >= 0
-        if P_PAD > 1:  # the row split in parts: each leaves its figures, the last to arrive joins them
+        if P_PAD > 1:  # each part leaves its figures; the last to arrive joins them and ends the step
             mine = part_ptr + (row * P_PAD + part) * 4
             tl.store(mine, top.to(tl.float64))
             tl.store(mine + 1, best.to(tl.float64))
@@ -194,50 +167,58 @@ def kernel_applies(head: torch.Tensor, chosen: torch.Tensor, table, now) -> bool
 
 
 def greedy_shape(vocab: int) -> tuple[int, int, int]:
-    """The greedy kernel's block, warps and parts: blocks of GREEDY_BLOCK logits, 16 a thread as at 4,096
-    with 8 warps (up to 32 warps: 32 a thread at 32,768); a row of one block is read once. A longer row
-    is read twice by one program, in blocks one after another, or with GREEDY_SPLIT by a program for each
-    block (parts), the last to finish joining their figures. A program per row reading its row alone in
-    blocks of 4,096 (16 reads one after another): a 50-row step's kernel took 16.8 µs for 32,000 logits
-    on an H200 (session 26's trace)."""
+    """The greedy kernel's block, warps and parts: a program for each block of GREEDY_BLOCK logits of a
+    row, 16 a thread at 4,096 with 8 warps (up to 32 warps). At a 1.1 B step's 50 rows × 32,000 logits
+    on an H100, 7.7 µs in 8 parts of 4,096, 7.9 in 4 of 8,192, 8.8 in 16 of 2,048; a program reading
+    its row alone took 16.0 µs in blocks of 4,096 (twice, one after another), 15.0 in one of 32,768
+    (docs/benchmarks.md, session 27)."""
     block = min(GREEDY_BLOCK, triton.next_power_of_2(vocab))
-    parts = -(-vocab // block) if GREEDY_SPLIT else 1
-    return block, max(8, min(32, block // 512)), parts
+    return block, max(8, min(32, block // 512)), -(-vocab // block)
 
 
-# Each split row's parts' figures and how many have arrived, by (device, rows, padded parts): made
-# zero once, outside any graph's capture (the warm-up's eager step); the last part sets its count back.
-_PARTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+def greedy_parts(rows: int, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Where the parts of each row leave their figures and count themselves (`greedy_tail`), for a
+    step's buffers: zeros, made outside any graph's capture (the last part sets its count back to 0);
+    None where a row is one part or the kernel does not run."""
+    if not lean or fused.triton is None or (device.type != "cuda" and not fused._INTERPRET):
+        return None
+    parts = greedy_shape(vocab)[2]
+    if parts == 1:
+        return None
+    pad = triton.next_power_of_2(parts)
+    return (torch.zeros(rows * pad * 4, dtype=torch.float64, device=device),
+            torch.zeros(rows, dtype=torch.int32, device=device))  # fmt: skip
 
 
-def _parts_buffers(device: torch.device, rows: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    key = (device, rows, pad)
-    if key not in _PARTS:
-        _PARTS[key] = (torch.zeros(rows * pad * 4, dtype=torch.float64, device=device),
-                       torch.zeros(rows, dtype=torch.int32, device=device))  # fmt: skip
-    return _PARTS[key]
+def _parts_fit(parts, rows: int, vocab: int) -> bool:
+    """Whether `parts` (`greedy_parts`' buffers) hold these rows' parts; a row of one part needs none."""
+    count = greedy_shape(vocab)[2]
+    if count == 1:
+        return True
+    pad = triton.next_power_of_2(count)
+    return parts is not None and parts[0].numel() == rows * pad * 4 and parts[1].numel() == rows
 
 
-def greedy_tail(head: torch.Tensor, chosen, tokens, positions, column, table, now) -> torch.Tensor:
+def greedy_tail(head: torch.Tensor, chosen, tokens, positions, column, table, now, parts=None) -> torch.Tensor:
     """A step's end, from the head's logits [rows, vocab] (see the module's docstring): returns the
     fp32 logits; `chosen` [3, rows] gets each row's token, its logprob and whether the row is finite,
     `tokens` the tokens, `positions` and `column` one more, `now` the next step's cos and sin (with a
-    table). One kernel where `kernel_applies`, else `greedy_tail_torch`."""
-    if not kernel_applies(head, chosen, table, now):
-        return greedy_tail_torch(head, chosen, tokens, positions, column, table, now)
+    table). One kernel where `kernel_applies` (`parts`: `greedy_parts`' buffers, where a row has
+    several), else `greedy_tail_torch`."""
     rows, vocab = head.shape
+    if not kernel_applies(head, chosen, table, now) or not _parts_fit(parts, rows, vocab):
+        return greedy_tail_torch(head, chosen, tokens, positions, column, table, now)
     out = torch.empty(rows, vocab, dtype=torch.float32, device=head.device)
     rotary = table is not None
-    block, warps, parts = greedy_shape(vocab)
-    pad = triton.next_power_of_2(parts) if parts > 1 else 1
-    figures, counts = _parts_buffers(head.device, rows, pad) if parts > 1 else (chosen, column)
+    block, warps, count = greedy_shape(vocab)
+    figures, counts = parts if count > 1 else (chosen, column)  # unread with one part
 
     def launch():
-        _greedy_kernel[(rows, parts)](
+        _greedy_kernel[(rows, count)](
             head, out, chosen, tokens, positions, column, table if rotary else out, now if rotary else out,
-            figures, counts, vocab, head.stride(0), rows, table.shape[0] - 1 if rotary else 0, parts,
+            figures, counts, vocab, head.stride(0), rows, table.shape[0] - 1 if rotary else 0, count,
             WIDTH=table.shape[1] if rotary else 1, ROTARY=rotary, BLOCK=block, EXACT=not fused._INTERPRET,
-            ONE=vocab <= block * parts, P_PAD=pad, num_warps=warps,
+            P_PAD=triton.next_power_of_2(count), num_warps=warps,
         )  # fmt: skip
         return out
 

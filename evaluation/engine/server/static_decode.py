@@ -168,6 +168,8 @@ class _Buffers:
         if self.table is not None:
             self.rotary_now = torch.empty(rows, self.table.shape[1], dtype=self.table.dtype, device=device)
             self.refresh_rotary()
+        # The greedy kernel's programs for a row's parts meet here (made before any capture).
+        self.greedy_parts = decode_step.greedy_parts(rows, model.lm_head.out_features, device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
 
@@ -296,7 +298,8 @@ class StaticDecoder:
         head = self.model.lm_head(hidden[:, -1, :])
         # The greedy choice, and the next step's inputs: a batch of greedy rows steps on without waiting
         # for the host (`launch`). One kernel where it runs.
-        return decode_step.greedy_tail(head, b.chosen, b.tokens, b.positions, b.column, b.table, b.rotary_now)
+        return decode_step.greedy_tail(head, b.chosen, b.tokens, b.positions, b.column, b.table, b.rotary_now,
+                                       b.greedy_parts)  # fmt: skip
 
     @property
     def captures(self) -> int:
