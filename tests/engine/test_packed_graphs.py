@@ -28,8 +28,8 @@ def graphs_on(monkeypatch):
     monkeypatch.setenv("ENGINE_PACKED_GRAPHS", "1")
 
 
-def _check_chunks(lengths):
-    chunks = chunks_for(lengths)
+def _check_chunks(lengths, low=packed_graphs.MIN_LONGEST):
+    chunks = chunks_for(lengths, low)
     assert chunks[0].first == 0 and chunks[-1].end == len(lengths)
     for chunk, after in itertools.pairwise(chunks):
         assert chunk.end == after.first and chunk.end > chunk.first  # every row once, in order
@@ -37,7 +37,7 @@ def _check_chunks(lengths):
         rows = lengths[chunk.first : chunk.end]
         padding = chunk.shape.tokens - sum(rows)
         assert chunk.shape.tokens in packed_graphs.CHUNKS and padding >= 0
-        assert max(rows) <= chunk.shape.longest and chunk.shape.longest >= packed_graphs.MIN_LONGEST
+        assert max(rows) <= chunk.shape.longest and chunk.shape.longest >= low
         assert len(rows) + -(-padding // chunk.shape.longest) <= chunk.shape.rows
     return chunks
 
@@ -54,6 +54,24 @@ def test_batches_are_cut_into_chunks_of_whole_rows_with_little_padding():
         padding = sum(c.shape.tokens for c in chunks) - sum(lengths)
         # The last chunk's padding (under 256, or under a quarter of it) and under a row's at each cut.
         assert padding <= max(256, sum(lengths) // 4) + 900 * (len(chunks) - 1)
+
+
+def test_a_decoding_prefills_short_rows_take_shapes_of_a_short_longest_row():
+    """The own-token kernel's grid is longest / 128 blocks a row and head: a decoding batch's rows (what
+    follows their prefix, a few dozen tokens) take shapes of KV_MIN_LONGEST, a multiple-choice batch's of
+    MIN_LONGEST; a longer row a longer shape, and the padding still fits the shape's rows."""
+    low = packed_graphs.KV_MIN_LONGEST
+    (chunk,) = _check_chunks([40] * 50, low)
+    assert chunk.shape == Shape(tokens=2048, rows=128, longest=low)
+    assert _check_chunks([40] * 50)[0].shape.longest == packed_graphs.MIN_LONGEST
+    assert _check_chunks([300] + [40] * 40, low)[0].shape.longest == 512
+    for seed in range(40):
+        rng = random.Random(seed)
+        _check_chunks([rng.choice([1, 5, 30, 70, 120, 300]) for _ in range(rng.randint(1, 300))], low)
+    graphs = packed_graphs.PackedGraphs.__new__(packed_graphs.PackedGraphs)
+    graphs.failed = False
+    assert graphs.chunks([40] * 50, 2, True)[0].shape.longest == low
+    assert graphs.chunks([40] * 50, 2, False)[0].shape.longest == packed_graphs.MIN_LONGEST
 
 
 def test_many_short_rows_end_a_chunk_by_its_row_count_and_long_rows_get_their_own_shape():
@@ -236,7 +254,7 @@ def test_a_batch_over_several_chunks_cut_inside_its_groups_equals_generate(loade
     generator.generate(rows_for(tokenizer, _mixed_prompts(), max_new_tokens=1))  # stores three prefixes
     cut = []
     chunks_for = packed_graphs.chunks_for
-    monkeypatch.setattr(packed_graphs, "chunks_for", lambda lengths: cut.append(chunks_for(lengths)) or cut[-1])
+    monkeypatch.setattr(packed_graphs, "chunks_for", lambda *a: cut.append(chunks_for(*a)) or cut[-1])
     loners = ["The doctor and the nurse talked about his patients.", "A"]
     prompts = [*loners, *run_prompts(2, 4, 95), *run_prompts(0, 5, 4), *run_prompts(1, 5, 4)]
     rows = rows_for(tokenizer, prompts, max_new_tokens=1)
@@ -517,14 +535,18 @@ def test_with_decoding_prefills_by_replays_the_warm_up_captures_every_shape_they
     graphs.use_graphs = True
     monkeypatch.setattr(graphs.capturer, "_capture", _stand_in_capture(graphs))
     service.warm_up()
-    # Each chunk size plain and keeping its keys and values; the fill shapes of 256 and 512 tokens are
-    # two of the latter.
-    assert graphs.prepared == 2 * len(packed_graphs.CHUNKS) + len(packed_graphs.FILL_SIZES) - 2
+    # Each chunk size plain and keeping its keys and values (its rows' own tokens up to KV_MIN_LONGEST
+    # in each); the fill shapes.
+    assert graphs.prepared == 2 * len(packed_graphs.CHUNKS) + len(packed_graphs.FILL_SIZES)
+    kv_chunks = [s for s in graphs.graphs if s.kv and s.longest == packed_graphs.KV_MIN_LONGEST]
+    assert sorted(s.tokens for s in kv_chunks) == sorted(packed_graphs.CHUNKS)
     rows = rows_for(tokenizer, _mixed_prompts(), max_new_tokens=3)
     service.scheduler.run(rows)
     assert service.stats_snapshot()["packed_graph_captures"] == 0 and graphs.captures == graphs.prepared
-    # The prefixes' fills and the batch's prefill replayed shapes that keep their keys and values.
+    # The prefixes' fills and the batch's prefill replayed shapes that keep their keys and values; the
+    # prefill's own tokens in a shape of KV_MIN_LONGEST.
     assert sum(g.graph.replays - 1 for shape, g in graphs.graphs.items() if shape.kv) >= 4
+    assert sum(graphs.graphs[s].graph.replays - 1 for s in kv_chunks) >= 1
     assert_like_generate(model, tokenizer, rows)
 
 

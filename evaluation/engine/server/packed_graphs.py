@@ -57,6 +57,11 @@ GROUPS = MAX_GROUPS + 1
 # The longest row a shape's own-tokens kernel reaches: a power of two, at least this (most
 # multiple-choice questions are shorter), so that nearly every chunk of a size has one shape.
 MIN_LONGEST = 512
+# The same for a decoding batch's prefill (a shape that keeps its keys and values): its rows' own
+# tokens are what follows their shared prefix, a few dozen. The own-token kernel's grid is longest / 128
+# blocks for every row and head, most of them empty: at 512, 63 µs a layer for 50 rows of a 2,048-token
+# chunk on an H100 (session 27's trace).
+KV_MIN_LONGEST = 128
 # Prefix tokens `prepare` makes room for: a few runs' few-shot prefixes.
 PREPARED_CAPACITY = 4096
 MAX_GRAPHS = 32
@@ -136,22 +141,22 @@ def _fill_chunks(lengths: list[int]) -> list[Chunk] | None:
     return chunks
 
 
-def chunks_for(lengths: list[int]) -> list[Chunk] | None:
+def chunks_for(lengths: list[int], low: int = MIN_LONGEST) -> list[Chunk] | None:
     """Rows (their own token counts, in packed order) cut into chunks, or None for a row longer than
-    the largest chunk."""
+    the largest chunk. `low`: the least `longest` of their shapes."""
     if not lengths or max(lengths) > CHUNKS[-1]:
         return None
     chunks, i, rest = [], 0, sum(lengths)
     while i < len(lengths):
         size = _size_for(rest, lengths[i])
         rows, tokens, j = rows_for(size), 0, i
-        # Whole rows while they fit, counting the padding rows (of MIN_LONGEST at most) the rest needs.
+        # Whole rows while they fit, counting the padding rows (of `low` tokens at most) the rest needs.
         while j < len(lengths) and tokens + lengths[j] <= size:
-            if j - i + 1 + -(-(size - tokens - lengths[j]) // MIN_LONGEST) > rows:
+            if j - i + 1 + -(-(size - tokens - lengths[j]) // low) > rows:
                 break
             tokens += lengths[j]
             j += 1
-        longest = power_bucket(max(lengths[i:j]), MIN_LONGEST)
+        longest = power_bucket(max(lengths[i:j]), low)
         chunks.append(Chunk(Shape(size, rows, longest), i, j))
         rest -= tokens
         i = j
@@ -312,7 +317,7 @@ class PackedGraphs:
     def prepare(self, capacity: int = PREPARED_CAPACITY, kv_chunks: bool = False) -> None:
         """Capture each chunk size's graph now (the server's warm-up, before any request), with room for
         `capacity` prefix tokens: the batches then pay for no capture unless a row is longer than
-        MIN_LONGEST or the prefixes outgrow the room. `kv_chunks`: each size's shape that keeps its keys
+        MIN_LONGEST (KV_MIN_LONGEST in a decoding batch's prefill) or the prefixes outgrow the room. `kv_chunks`: each size's shape that keeps its keys
         and values too (decoding batches' prefills, ENGINE_GRAPH_DECODE_PREFILL)."""
         if fill_prefixes:  # what each filled prefix's cache is a copy of (kv_cache.stacked_cache)
             kv_cache.empty_cache(len(self.inner.layers), next(self.model.parameters()).dtype, self.device)
@@ -325,8 +330,8 @@ class PackedGraphs:
             if fill_prefixes:
                 shapes += [_fill_shape(n) for n in FILL_SIZES]
             if kv_chunks:
-                shapes += [dataclasses.replace(shape, kv=True) for shape in shapes[: len(CHUNKS)]]
-            for shape in dict.fromkeys(shapes):  # the small fill shapes are kv chunks' too
+                shapes += [Shape(size, rows_for(size), KV_MIN_LONGEST, kv=True) for size in CHUNKS]
+            for shape in dict.fromkeys(shapes):  # a shape listed twice is captured once
                 g = self._graph(shape)
                 g.fill([], [], [], layout(g.shape, [], [], [0]), self.staging)  # all padding: only the shapes matter
                 if not self._captured(g):
@@ -436,7 +441,7 @@ class PackedGraphs:
         groups' prefixes, or None where it does not take them."""
         if self.failed or (not prefixes and not keeps_kv) or prefixes > MAX_GROUPS:
             return None  # no stored prefix: too little work to be worth a capture
-        return chunks_for(lengths)
+        return chunks_for(lengths, KV_MIN_LONGEST if keeps_kv else MIN_LONGEST)
 
     def forward(self, ids: list[int], positions: list[int], lengths: list[int], spans: list, keep: list[int],
                 kv_sink: Callable[[tuple[torch.Tensor, torch.Tensor], int, int], None] | None = None):  # fmt: skip
