@@ -391,11 +391,17 @@ def test_prefixes_filled_by_one_replay_keep_the_keys_and_values_a_model_call_giv
     graphs = generator.graphs
     forward = graphs._forward
     calls = []
-    monkeypatch.setattr(graphs, "_forward", lambda g: calls.append(g.shape) or forward(g))
+    outputs = []
+    monkeypatch.setattr(
+        graphs, "_forward", lambda g: calls.append(g.shape) or outputs.append(forward(g)) or outputs[-1]
+    )
     with generator._running():
         caches = graphs.prefix_caches(prefixes)
         references = [model(input_ids=torch.tensor([t]), use_cache=True).past_key_values for t in prefixes]
     assert len(calls) == 1 and calls[0].kv  # one replay, of a shape that keeps what it computed
+    # A fill's shape attends to no prefix and computes no logits (one position's hidden state instead).
+    assert calls[0].fill and graphs.graphs[calls[0]].plan.prefix_keys == []
+    assert outputs[0].shape == (1, model.config.hidden_size)
     layers = model.config.num_hidden_layers
     for tokens, cache, reference in zip(prefixes, caches, references, strict=True):
         assert cache.get_seq_length() == len(tokens)
