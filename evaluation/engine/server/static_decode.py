@@ -169,7 +169,8 @@ class _Buffers:
             self.rotary_now = torch.empty(rows, self.table.shape[1], dtype=self.table.dtype, device=device)
             self.refresh_rotary()
         # The greedy kernel's programs for a row's parts meet here (made before any capture).
-        self.greedy_parts = decode_step.greedy_parts(rows, model.lm_head.out_features, device)
+        vocab = getattr(model.lm_head, "out_features", None) or model.config.vocab_size
+        self.greedy_parts = decode_step.greedy_parts(rows, vocab, device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
 
