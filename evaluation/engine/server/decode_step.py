@@ -185,18 +185,20 @@ def greedy_parts(rows: int, vocab: int, device: torch.device) -> tuple[torch.Ten
     parts = greedy_shape(vocab)[2]
     if parts == 1:
         return None
-    pad = triton.next_power_of_2(parts)
-    return (torch.zeros(rows * pad * 4, dtype=torch.float64, device=device),
+    return (torch.zeros(_figures(rows, parts), dtype=torch.float64, device=device),
             torch.zeros(rows, dtype=torch.int32, device=device))  # fmt: skip
+
+
+def _figures(rows: int, parts: int) -> int:
+    """The float64s the parts of `rows` rows leave their figures in: four a part, the parts of a row
+    padded to a power of two (the kernel's P_PAD)."""
+    return rows * triton.next_power_of_2(parts) * 4
 
 
 def _parts_fit(parts, rows: int, vocab: int) -> bool:
     """Whether `parts` (`greedy_parts`' buffers) hold these rows' parts; a row of one part needs none."""
     count = greedy_shape(vocab)[2]
-    if count == 1:
-        return True
-    pad = triton.next_power_of_2(count)
-    return parts is not None and parts[0].numel() == rows * pad * 4 and parts[1].numel() == rows
+    return count == 1 or (parts is not None and parts[0].numel() == _figures(rows, count) and parts[1].numel() == rows)
 
 
 def greedy_tail(head: torch.Tensor, chosen, tokens, positions, column, table, now, parts=None) -> torch.Tensor:
