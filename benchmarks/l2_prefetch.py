@@ -214,27 +214,35 @@ class Chain:
             x = F.linear(h, p["down"])
         return x
 
-    def run_folded(self) -> torch.Tensor:
+    def run_folded(self, transposed: bool = False) -> torch.Tensor:
         """The chain with its norms folded away (issue 8, session 24): each norm's weight is folded
         into the next product's columns, the products read the residual itself, and the kernels after
         them (attention, SiLU × up) scale their inputs by the row's 1/rms, computed from the residual
         row; the output and down products add into the residual (cuBLAS's beta = 1). Six kernels a
-        layer instead of eight; the weights here are random, so only the time means anything."""
+        layer instead of eight; the weights here are random, so only the time means anything.
+        `transposed`: the products read copies stored [in, out] (`*_t`, benchmarks/product_layouts.py)."""
         hidden, inter, heads, kv_heads, layers = self.shape
         rows, res = self.rows, self.x.clone()
         block_h = triton.next_power_of_2(hidden)
+
+        def product(x, p, name):
+            return x @ p[name + "_t"] if transposed else F.linear(x, p[name])
+
+        def add_product(x, p, name):
+            res.addmm_(x, p[name + "_t"] if transposed else p[name].t())
+
         for p in self.layers:
-            qkv = F.linear(res, p["qkv"])
+            qkv = product(res, p, "qkv")
             att = torch.empty(rows, heads * DIM, device=res.device, dtype=res.dtype)
             _attend_kernel[(rows, kv_heads)](qkv, p["kv"], att, qkv.stride(0), self.cols, res, 0, res, hidden,
                                              GROUP=heads // kv_heads, DIM=DIM, BLOCK_N=64, MODE=0, FOLD=True,
                                              BLOCK_H=block_h, num_warps=4)  # fmt: skip
-            res.addmm_(att, p["o"].t())
-            gu = F.linear(res, p["gu"])
+            add_product(att, p, "o")
+            gu = product(res, p, "gu")
             h = torch.empty(rows, inter, device=res.device, dtype=res.dtype)
             _silu_kernel[(rows, triton.cdiv(inter, 1024))](gu, h, inter, res, 0, res, hidden, BLOCK=1024, MODE=0,
                                                            FOLD=True, BLOCK_H=block_h, num_warps=4)  # fmt: skip
-            res.addmm_(h, p["down"].t())
+            add_product(h, p, "down")
         return res
 
 

@@ -81,17 +81,30 @@ def test_fold_gives_the_steps_copies_with_the_norms_weights_and_leaves_the_model
     with fused.active(model):
         got = model(ids).logits
     assert torch.equal(got, reference(ids).logits)
-    assert folded.extra_bytes(model) == 4 * sum(
+    joined_numel = sum(
         j.weight.numel()
         for block in model.model.layers
         for j in (block.self_attn._engine_joined, block.mlp._engine_joined)
     )
+    adding_numel = sum(b.self_attn.o_proj.weight.numel() + b.mlp.down_proj.weight.numel() for b in model.model.layers)
+    assert folded.extra_bytes(model) == 4 * (joined_numel + adding_numel)
+    # Stored transposed, [in, out] contiguous: the folded products as views, the adding ones as copies.
+    assert qkv.folded.t().is_contiguous() and gate_up.folded.t().is_contiguous()
+    o_weight, down_weight = layer._engine_adding
+    assert o_weight.is_contiguous() and down_weight.is_contiguous()
+    assert torch.equal(o_weight, plain.self_attn.o_proj.weight.t())
+    assert torch.equal(down_weight, plain.mlp.down_proj.weight.t())
+    assert o_weight.data_ptr() != layer.self_attn.o_proj.weight.data_ptr()
     assert folded.fold(model) and qkv.folded is layer.self_attn._engine_joined.folded  # once
 
 
-def test_folded_steps_equal_generate_with_padding_shared_prefixes_and_joins(tiny_llama_dir, folding):
+@pytest.mark.parametrize("transposed", ["1", "0"])
+def test_folded_steps_equal_generate_with_padding_shared_prefixes_and_joins(tiny_llama_dir, folding, monkeypatch,
+                                                                           transposed):  # fmt: skip
     """The unfolded model's greedy tokens and logprobs, from steps that ran every layer folded: the
-    attention and SiLU × up scaled each row themselves, no norm but the final one."""
+    attention and SiLU × up scaled each row themselves, no norm but the final one; the steps' weights
+    stored transposed (the default) or as the model's."""
+    monkeypatch.setenv("ENGINE_FOLD_TRANSPOSED", transposed)
     loaded = _load(tiny_llama_dir)
     model, tokenizer = loaded.model, loaded.tokenizer
     reference = _load(tiny_llama_dir).model
@@ -100,6 +113,8 @@ def test_folded_steps_equal_generate_with_padding_shared_prefixes_and_joins(tiny
     prefixed = rows_for(tokenizer, FEW_SHOT_PROMPTS, max_new_tokens=6)
     generator = BatchGenerator(model, tokenizer, decode="static")
     assert generator.folded
+    o_weight = model.model.layers[0]._engine_adding[0]
+    assert (o_weight.data_ptr() == model.model.layers[0].self_attn.o_proj.weight.data_ptr()) == (transposed == "0")
     norms = []
     for layer in model.model.layers:
         layer.input_layernorm.register_forward_hook(lambda m, a, o: norms.append(a[0].shape[1]))

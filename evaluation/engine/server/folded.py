@@ -19,13 +19,21 @@ norms, each a residual sum and an RMSNorm. Both can go:
 Six kernels a layer instead of eight. The values are the same function in another rounding (the
 weight's product with the norm's rounded once, the residual sums rounded once with the product's), so
 only decode steps run folded: the model's own weights and every other forward (multiple choice, the
-prefills) stay as they were, bitwise. The copies cost memory (1.2 GB at 1.1 B, 9 GB at 6.7 B), so a
-model folds only where they take at most a tenth of what the allocator may hold (`MAX_SHARE`): a 1.1 B
+prefills) stay as they were, bitwise. The copies cost memory (with the layout below 1.9 GB at 1.1 B,
+13 GB at 6.7 B), so a model folds only where they take at most a tenth of what the allocator may hold (`MAX_SHARE`): a 1.1 B
 model under the 4090 track's 24 GB does, a 6.7 B one does not (its steps are at ~84 % of the copy
 rate already). The server folds before it sizes its batch limits, which then leave the copies room.
 Half precision only (fp32 runs keep the steps whose values match stock HELM's); joined projections
 and no biases (a bias would take the scale). `ENGINE_FOLD_NORMS=0` keeps the norms, `=1` folds on any
 device and dtype, whatever the memory (the tests).
+
+The steps' weights are stored transposed, [in, out] contiguous (`ENGINE_FOLD_TRANSPOSED`, on by
+default): cuBLAS then runs its kernels for a row-major weight, which at a step's 64 rows are faster
+than those for the model's [out, in] layout, the down product's most (on an H100 13.2 µs against 11.3,
+a layer of the folded chain 61.5 µs against 59.0; `benchmarks/product_layouts.py`, docs/benchmarks.md
+session 28). The folded q/k/v and gate/up copies are made that way at no cost (`F.linear` reads a
+transposed view without copying); the output and down products get copies of their own, 0.7 GB more
+at 1.1 B, counted in the tenth above.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from typing import Any
 import torch
 
 from evaluation.engine.server import fused
+from evaluation.engine.server.switches import switch
 
 # The most of what the allocator may hold that the folded copies may take.
 MAX_SHARE = 0.1
@@ -43,6 +52,10 @@ MAX_SHARE = 0.1
 
 def _setting() -> str:
     return os.environ.get("ENGINE_FOLD_NORMS", "auto")
+
+
+def _transposed() -> bool:
+    return switch("ENGINE_FOLD_TRANSPOSED", default="1") is not False
 
 
 def possible(model: Any, budget_bytes: int | None = None) -> bool:
@@ -69,11 +82,19 @@ def possible(model: Any, budget_bytes: int | None = None) -> bool:
 
 
 def extra_bytes(model: Any) -> int:
-    """The folded copies' bytes: every layer's joined q/k/v and gate/up weights."""
-    joined = [
+    """The folded copies' bytes: every layer's joined q/k/v and gate/up weights, and with the
+    transposed layout its output and down weights."""
+    copied = [
         j.weight for layer in model.model.layers for j in (layer.self_attn._engine_joined, layer.mlp._engine_joined)
     ]
-    return sum(w.numel() * w.element_size() for w in joined)
+    if _transposed():
+        copied += [w for layer in model.model.layers for w in _adding_weights(layer)]
+    return sum(w.numel() * w.element_size() for w in copied)
+
+
+def _adding_weights(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of the products that add into the residual: output and down."""
+    return layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight
 
 
 def _layer_ok(layer: Any) -> bool:
@@ -96,12 +117,16 @@ def fold(model: Any, budget_bytes: int | None = None) -> bool:
     if not possible(model, budget_bytes):
         model._engine_folded = False
         return False
+    transposed = _transposed()
     with torch.no_grad():
         for layer in model.model.layers:
             for norm, joined in ((layer.input_layernorm, layer.self_attn._engine_joined),
                                  (layer.post_attention_layernorm, layer.mlp._engine_joined)):  # fmt: skip
                 w = joined.weight  # in fp32, then one rounding to the weights' dtype
-                joined.folded = (w.float() * norm.weight.float()[None, :]).to(w.dtype)
+                product = (w.float() * norm.weight.float()[None, :]).to(w.dtype)
+                joined.folded = product.t().contiguous().t() if transposed else product
+            # The output and down products' right operand, [in, out]: a copy stored so, or a view.
+            layer._engine_adding = tuple(w.t().contiguous() if transposed else w.t() for w in _adding_weights(layer))
     model._engine_folded = True
     return True
 
@@ -126,9 +151,10 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
     if out is None:  # the kernel does not apply: scale here, then the fused layer's own attention path
         q, k, v = fused.scaled_rows(scale_of, q, k, v)
         out = fused._attention(attn, q, k, v, cos, sin, mask, position_ids, past, past.column)
-    flat.addmm_(out.reshape(rows, -1), attn.o_proj.weight.t())
+    o_weight, down_weight = layer._engine_adding
+    flat.addmm_(out.reshape(rows, -1), o_weight)
     gate_up = mlp._engine_joined
     gate, up = gate_up(hidden, gate_up.folded)
     act = fused.silu_mul(gate, up, scale_of=(hidden, fused._eps(layer.post_attention_layernorm)))
-    flat.addmm_(act.reshape(rows, -1), mlp.down_proj.weight.t())
+    flat.addmm_(act.reshape(rows, -1), down_weight)
     return hidden
