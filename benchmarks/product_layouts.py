@@ -18,6 +18,13 @@ rate; then the whole folded layer chain of `benchmarks/l2_prefetch.py` (attentio
 stand-ins included) for the `tn` and `nn` layouts, µs a layer.
 
     bash benchmarks/gpu_env.sh python3 -m benchmarks.product_layouts --size 1b --rows 50 64
+
+Session 28, one H100 (docs/benchmarks.md): at 64 rows, the static decoder's bucket for 50, the down
+product took 11.3 µs stored [in, out] against 13.2 in the model's layout (there cuBLAS splits its inner
+dimension and adds the parts in a second kernel), the others 0.1-1.4 µs less; the folded chain 59.0 µs
+a layer against 61.5. The engine's folded steps read their weights so since (`folded.py`,
+`ENGINE_FOLD_TRANSPOSED`). `wx` was slower at 50 rows, cuBLASLt no better than cuBLAS. The run takes
+~5 minutes (60 chains and their captures).
 """
 
 from __future__ import annotations
