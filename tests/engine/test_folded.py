@@ -175,15 +175,16 @@ def test_fold_applies_only_where_it_may(tiny_llama_dir, monkeypatch):
 
 
 def test_the_copies_must_fit_a_tenth_of_what_the_allocator_may_hold(tiny_llama_dir, monkeypatch):
-    """`auto` on a GPU: a 1.1 B model's copies (1.2 GB) under a 24 GB budget fold, a 6.7 B model's
-    (9 GB) do not. The model here stands on a "GPU" by its parameters' answer to is_cuda."""
+    """`auto` on a GPU: a 1.1 B model's copies (1.9 GB, 1.2 in the model's layout) under a 24 GB budget
+    fold, a 6.7 B model's (13 GB, 9) do not. The model here stands on a "GPU" by its parameters' answer
+    to is_cuda."""
     from evaluation.engine.loading import CUDA_CONTEXT_ALLOWANCE_BYTES as CONTEXT
 
     monkeypatch.setenv("ENGINE_FUSED", "1")
     monkeypatch.delenv("ENGINE_FOLD_NORMS", raising=False)
     model = _load_half(tiny_llama_dir)
     assert fused.install(model)
-    extra = folded.extra_bytes(model)
+    extra = folded.extra_bytes(model, transposed=False)  # the least copies a fold takes
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     least = CONTEXT + int(extra / folded.MAX_SHARE) + 1  # the budget whose allocator cap holds ten copies
     assert folded.possible(model, budget_bytes=least)
@@ -193,6 +194,32 @@ def test_the_copies_must_fit_a_tenth_of_what_the_allocator_may_hold(tiny_llama_d
     assert not folded.fold(model, budget_bytes=least - 100)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: type("P", (), {"total_memory": 10 * least}))
     assert folded.possible(model) and not folded.fold(model) and not folded.folded(model)
+
+
+def test_copies_that_fit_only_in_the_models_layout_fold_in_it(tiny_llama_dir, monkeypatch):
+    """The transposed layout's output and down copies take more: a budget whose tenth holds the folded
+    q/k/v and gate/up copies but not those too folds with the steps reading the model's own output and
+    down weights, rather than not at all."""
+    from evaluation.engine.loading import CUDA_CONTEXT_ALLOWANCE_BYTES as CONTEXT
+
+    monkeypatch.setenv("ENGINE_FUSED", "1")
+    monkeypatch.delenv("ENGINE_FOLD_NORMS", raising=False)
+    monkeypatch.delenv("ENGINE_FOLD_TRANSPOSED", raising=False)
+    model = _load_half(tiny_llama_dir)
+    assert fused.install(model)
+    plain, transposed = folded.extra_bytes(model, False), folded.extra_bytes(model, True)
+    assert plain < transposed == folded.extra_bytes(model)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    budget = CONTEXT + int(plain / folded.MAX_SHARE) + 1
+    assert folded.possible(model, budget_bytes=budget) and folded.fold(model, budget_bytes=budget)
+    layer = model.model.layers[0]
+    assert layer._engine_adding[0].data_ptr() == layer.self_attn.o_proj.weight.data_ptr()  # a view: no copy
+    assert layer.self_attn._engine_joined.folded.is_contiguous()  # the model's layout
+    roomy = _load_half(tiny_llama_dir)
+    assert fused.install(roomy) and folded.fold(roomy, budget_bytes=CONTEXT + int(transposed / folded.MAX_SHARE) + 1)
+    assert (
+        roomy.model.layers[0]._engine_adding[0].data_ptr() != roomy.model.layers[0].self_attn.o_proj.weight.data_ptr()
+    )
 
 
 def test_stats_say_whether_the_steps_ran_folded(tiny_llama_dir, folding, monkeypatch):

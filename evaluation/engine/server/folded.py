@@ -33,7 +33,8 @@ than those for the model's [out, in] layout, the down product's most (on an H100
 a layer of the folded chain 61.5 µs against 59.0; `benchmarks/product_layouts.py`, docs/benchmarks.md
 session 28). The folded q/k/v and gate/up copies are made that way at no cost (`F.linear` reads a
 transposed view without copying); the output and down products get copies of their own, 0.7 GB more
-at 1.1 B, counted in the tenth above.
+at 1.1 B, counted in the tenth above (a model whose copies fit the tenth only without them folds in
+the model's layout).
 """
 
 from __future__ import annotations
@@ -61,16 +62,22 @@ def _transposed() -> bool:
 def possible(model: Any, budget_bytes: int | None = None) -> bool:
     """Whether `fold` would fold this model's norms (its layers installed fused; see the docstring):
     `budget_bytes`, the track's budget (None: the whole card)."""
+    return _plan(model, budget_bytes) is not None
+
+
+def _plan(model: Any, budget_bytes: int | None) -> bool | None:
+    """None: no fold; else whether the steps' weights are stored transposed, which takes the output and
+    down copies too: where those do not fit the tenth and the folded copies alone do, the model's layout."""
     setting = _setting()
     if setting == "0" or not getattr(model, "_engine_fused", False):
-        return False
+        return None
     param = next(model.parameters(), None)
     if param is None or not all(_layer_ok(layer) for layer in model.model.layers):
-        return False
+        return None
     if setting == "1":
-        return True
+        return _transposed()
     if not (param.is_cuda and param.dtype in (torch.float16, torch.bfloat16)):
-        return False
+        return None
     from evaluation.engine.loading import allocator_cap_bytes
 
     limit = (
@@ -78,16 +85,17 @@ def possible(model: Any, budget_bytes: int | None = None) -> bool:
         if budget_bytes
         else torch.cuda.get_device_properties(param.device).total_memory
     )
-    return extra_bytes(model) <= MAX_SHARE * limit
+    fitting = [t for t in ((True, False) if _transposed() else (False,)) if extra_bytes(model, t) <= MAX_SHARE * limit]
+    return fitting[0] if fitting else None
 
 
-def extra_bytes(model: Any) -> int:
+def extra_bytes(model: Any, transposed: bool | None = None) -> int:
     """The folded copies' bytes: every layer's joined q/k/v and gate/up weights, and with the
-    transposed layout its output and down weights."""
+    transposed layout (by default `ENGINE_FOLD_TRANSPOSED`'s) its output and down weights."""
     copied = [
         j.weight for layer in model.model.layers for j in (layer.self_attn._engine_joined, layer.mlp._engine_joined)
     ]
-    if _transposed():
+    if _transposed() if transposed is None else transposed:
         copied += [w for layer in model.model.layers for w in _adding_weights(layer)]
     return sum(w.numel() * w.element_size() for w in copied)
 
@@ -114,10 +122,10 @@ def fold(model: Any, budget_bytes: int | None = None) -> bool:
     decided = getattr(model, "_engine_folded", None)
     if decided is not None:  # the first call decides: the server's, under the track's budget
         return decided
-    if not possible(model, budget_bytes):
+    transposed = _plan(model, budget_bytes)
+    if transposed is None:
         model._engine_folded = False
         return False
-    transposed = _transposed()
     with torch.no_grad():
         for layer in model.model.layers:
             for norm, joined in ((layer.input_layernorm, layer.self_attn._engine_joined),
