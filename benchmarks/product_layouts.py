@@ -18,6 +18,9 @@ rate; then the whole folded layer chain of `benchmarks/l2_prefetch.py` (attentio
 stand-ins included) for the `tn` and `nn` layouts, µs a layer.
 
     bash benchmarks/gpu_env.sh python3 -m benchmarks.product_layouts --size 1b --rows 50 64
+    bash benchmarks/gpu_env.sh python3 -m benchmarks.product_layouts --size 1b --rows 256 2048 --no-chain
+
+(the second: whether a prefill's products, at its replays' rows, would gain as well; not yet run).
 
 Session 28, one H100 (docs/benchmarks.md): at 64 rows, the static decoder's bucket for 50, the down
 product took 11.3 µs stored [in, out] against 13.2 in the model's layout (there cuBLAS splits its inner
@@ -106,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=int, default=22, help="products a chain, each its own weight (the layers)")
     p.add_argument("--replays", type=int, default=50)
     p.add_argument("--cols", type=int, default=200, help="the folded chain's keys and values a row")
+    p.add_argument(
+        "--no-chain",
+        action="store_true",
+        help="the products only (at a prefill's rows the chain's cache would take GBs)",
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     device = torch.device("cuda")
@@ -125,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"rows {rows:3d}  {name:8s} {layout} {library:8s} {us:6.2f} µs  {share:6.1%}", flush=True)
                     del run
                     torch.cuda.empty_cache()
+        if args.no_chain:
+            continue
         chain = Chain(args.size, rows, args.cols, device)
         layers = chain.shape[-1]
         for layout in ("tn", "nn"):
