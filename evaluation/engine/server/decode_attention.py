@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 BLOCK_N = 64
 MAX_SPLITS = 16
+# Triton's launch options for the attention kernel (num_warps, num_stages): its defaults unless a
+# benchmark's sweep sets them (benchmarks/attention_configs.py).
+LAUNCH_OPTIONS: dict[str, int] = {}
 everywhere = False  # tests: the torch reference wherever the kernel would not run (CPU, fp32)
 # The step's rotary embedding and cache write inside the attention kernel (`rope_attend`); benchmarks
 # turn it off to compare (`ENGINE_ROPE_ATTEND=0`: the rotary kernel writes the cache, then `attend`).
@@ -489,7 +492,7 @@ def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Works
             new_k, new_v, cos, sin, k_row, v_row, cos_row, residual, res_n, fused._fp32_reciprocal(res_n), eps,
             GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=BLOCK_N, ONE=splits == 1,
             ROPE=rope is not None, EXACT=not fused._INTERPRET, SCALED=scale_of is not None,
-            BLOCK_H=triton.next_power_of_2(res_n),
+            BLOCK_H=triton.next_power_of_2(res_n), **LAUNCH_OPTIONS,
         )  # fmt: skip
         if splits > 1:
             _merge_splits_kernel[(rows, heads)](

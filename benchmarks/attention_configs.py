@@ -1,0 +1,135 @@
+"""How fast is a decode step's attention kernel at a step's shape, launched each way?
+
+In a folded 1.1 B decode step the attention kernel (`decode_attention.rope_attend`: it scales the
+row, rotates, stores the step's key and value and attends) took 8.2 µs a layer on an H100, 15 % of a
+layer (docs/benchmarks.md, session 28's trace), while the keys and values it reads, ~190 a row
+midway through a generation batch, are ~5 MB a layer at 50 rows: under 2 µs at the copy rate. Each
+program waits on a chain of loads (its bounds, then block after block of keys and values), so how it
+is launched may matter more than what it reads.
+
+Here: 64 rows (50 with a prefix of 85 tokens, a suffix of 20-60 and 64 new tokens, as the static
+decoder lays them out; 14 padding rows attending to their own steps), 22 layers' caches, so that L2
+holds none, and one `rope_attend` a layer captured as one CUDA graph, for each launch: the key block
+(`BLOCK_N`), Triton's num_warps and num_stages, and the splits a row. Printed: µs a layer, and the
+largest difference from the engine's launch's output (the same sums in another order).
+
+    bash benchmarks/gpu_env.sh python3 -m benchmarks.attention_configs
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluation.engine.server import decode_attention, fused  # noqa: E402
+
+ROWS, FILLED, HEADS, KV_HEADS, DIM, HIDDEN, LAYERS = 64, 50, 32, 4, 64, 2048, 22
+PREFIX_AREA, SUFFIX_AREA, NEW, COLUMNS = 96, 64, 64, 384
+
+
+def step_inputs(device, dtype=torch.bfloat16, layers: int = LAYERS, seed: int = 0) -> dict:
+    """A step's inputs as a 1.1 B generation batch has them midway (see the docstring)."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    suffix = torch.randint(20, 61, (FILLED,), generator=gen)
+    start = PREFIX_AREA + SUFFIX_AREA  # the first rows' prompts end here; new tokens follow
+    bounds = torch.zeros(ROWS, 3, dtype=torch.long)
+    bounds[:FILLED, 0], bounds[:FILLED, 1] = PREFIX_AREA - 85, PREFIX_AREA
+    bounds[:FILLED, 2] = start - suffix
+    bounds[FILLED:, 2] = start  # padding rows (StaticDecoder.pad_rows): their own steps' columns
+    qkv = randn(ROWS, 1, (HEADS + 2 * KV_HEADS) * DIM)
+    q, k, v = qkv.split([HEADS * DIM, KV_HEADS * DIM, KV_HEADS * DIM], dim=-1)
+    cos, sin = fused.rotary_tables(torch.arange(ROWS, device=device)[:, None] + start + NEW, DIM, dtype)
+    return dict(
+        q=q, k=k, v=v, cos=cos, sin=sin, residual=randn(ROWS, 1, HIDDEN) * 3,
+        caches=[(randn(ROWS, KV_HEADS, COLUMNS, DIM), randn(ROWS, KV_HEADS, COLUMNS, DIM)) for _ in range(layers)],
+        bounds=bounds.to(device), column=torch.tensor([start + NEW], device=device),
+    )  # fmt: skip
+
+
+def configs(blocks, warps, stages, splits) -> list[dict]:
+    """The engine's launch first (BLOCK_N 64, Triton's defaults, one split), then every combination."""
+    engine = dict(block=decode_attention.BLOCK_N, warps=None, stages=None, splits=1)
+    rest = [
+        dict(block=b, warps=w, stages=s, splits=n) for b, w, s, n in itertools.product(blocks, warps, stages, splits)
+    ]
+    return [engine] + [c for c in rest if c != engine]
+
+
+def run_config(inputs: dict, config: dict, device) -> callable:
+    """A call of one `rope_attend` a layer under `config`; it returns the last layer's output."""
+    work = decode_attention.Workspace(ROWS, HEADS, KV_HEADS, COLUMNS, DIM, device, splits=config["splits"])
+    options = {k: v for k, v in (("num_warps", config["warps"]), ("num_stages", config["stages"])) if v is not None}
+    i = inputs
+
+    def run():
+        saved = decode_attention.BLOCK_N, dict(decode_attention.LAUNCH_OPTIONS)
+        decode_attention.BLOCK_N = config["block"]
+        decode_attention.LAUNCH_OPTIONS.clear()
+        decode_attention.LAUNCH_OPTIONS.update(options)
+        try:
+            out = None
+            for keys, values in i["caches"]:
+                out = decode_attention.rope_attend(
+                    i["q"], i["k"], i["v"], i["cos"], i["sin"], keys, values, i["bounds"], i["column"],
+                    DIM**-0.5, work, (i["residual"], 1e-5),
+                )  # fmt: skip
+            return out
+        finally:
+            decode_attention.BLOCK_N = saved[0]
+            decode_attention.LAUNCH_OPTIONS.clear()
+            decode_attention.LAUNCH_OPTIONS.update(saved[1])
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.fused_kernels import _replayed_ms
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
+    p.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--splits", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--replays", type=int, default=50)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    device = torch.device("cuda")
+    inputs = step_inputs(device)
+    results, reference = [], None
+    for config in configs(args.blocks, args.warps, args.stages, args.splits):
+        fused._triton_failed = False
+        try:
+            ms, out = _replayed_ms(run_config(inputs, config, device), args.replays)
+            failed = out is None or fused._triton_failed
+        except Exception as exc:  # a launch Triton cannot compile
+            ms, out, failed = float("nan"), None, f"{type(exc).__name__}: {exc}"[:200]
+        row = dict(config, us_layer=ms * 1e3 / LAYERS)
+        if failed:
+            row["failed"] = failed if isinstance(failed, str) else "the kernel did not run"
+        else:
+            reference = out.clone() if reference is None else reference
+            row["max_abs_diff"] = float((out.float() - reference.float()).abs().max())
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    fused._triton_failed = False
+    best = min((r for r in results if "failed" not in r), key=lambda r: r["us_layer"])
+    print(f"engine's launch {results[0]['us_layer']:.2f} µs a layer; best {best}", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(dict(device=torch.cuda.get_device_name(device), results=results)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
