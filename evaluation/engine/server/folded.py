@@ -20,17 +20,17 @@ Six kernels a layer instead of eight. The values are the same function in anothe
 weight's product with the norm's rounded once, the residual sums rounded once with the product's), so
 only decode steps run folded: the model's own weights and every other forward (multiple choice, the
 prefills) stay as they were, bitwise. The copies cost memory (with the layout below 1.9 GB at 1.1 B,
-13 GB at 6.7 B), so a model folds only where they take at most a tenth of what the allocator may hold (`MAX_SHARE`): a 1.1 B
-model under the 4090 track's 24 GB does, a 6.7 B one does not (its steps are at ~84 % of the copy
-rate already). The server folds before it sizes its batch limits, which then leave the copies room.
+13 GB at 6.7 B), so a model folds only where they take at most a tenth of what the allocator may hold
+(`MAX_SHARE`): a 1.1 B model under the 4090 track's 24 GB does, a 6.7 B one does not (its steps are
+at ~84 % of the copy rate already). The server folds before it sizes its batch limits, which then leave the copies room.
 Half precision only (fp32 runs keep the steps whose values match stock HELM's); joined projections
 and no biases (a bias would take the scale). `ENGINE_FOLD_NORMS=0` keeps the norms, `=1` folds on any
 device and dtype, whatever the memory (the tests).
 
 The steps' weights are stored transposed, [in, out] contiguous (`ENGINE_FOLD_TRANSPOSED`, on by
 default): cuBLAS then runs its kernels for a row-major weight, which at a step's 64 rows are faster
-than those for the model's [out, in] layout, the down product's most (on an H100 13.2 µs against 11.3,
-a layer of the folded chain 61.5 µs against 59.0; `benchmarks/product_layouts.py`, docs/benchmarks.md
+than those for the model's [out, in] layout, the down product's most (on an H100 11.3 µs against 13.2,
+a layer of the folded chain 59.0 µs against 61.5; `benchmarks/product_layouts.py`, docs/benchmarks.md
 session 28). The folded q/k/v and gate/up copies are made that way at no cost (`F.linear` reads a
 transposed view without copying); the output and down products get copies of their own, 0.7 GB more
 at 1.1 B, counted in the tenth above (a model whose copies fit the tenth only without them folds in
