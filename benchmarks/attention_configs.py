@@ -94,7 +94,7 @@ def run_config(inputs: dict, config: dict, device) -> callable:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.fused_kernels import _replayed_ms
+    from benchmarks.fused_kernels import _replayed_ms, write_report
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
@@ -111,23 +111,21 @@ def main(argv: list[str] | None = None) -> int:
         fused._triton_failed = False
         try:
             ms, out = _replayed_ms(run_config(inputs, config, device), args.replays)
-            failed = out is None or fused._triton_failed
+            failed = "the kernel did not run" if out is None or fused._triton_failed else None
         except Exception as exc:  # a launch Triton cannot compile
             ms, out, failed = float("nan"), None, f"{type(exc).__name__}: {exc}"[:200]
         row = dict(config, us_layer=ms * 1e3 / LAYERS)
         if failed:
-            row["failed"] = failed if isinstance(failed, str) else "the kernel did not run"
+            row["failed"] = failed
         else:
             reference = out.clone() if reference is None else reference
             row["max_abs_diff"] = float((out.float() - reference.float()).abs().max())
         results.append(row)
         print(json.dumps(row), flush=True)
     fused._triton_failed = False
-    best = min((r for r in results if "failed" not in r), key=lambda r: r["us_layer"])
+    best = min((r for r in results if "failed" not in r), key=lambda r: r["us_layer"], default=None)
     print(f"engine's launch {results[0]['us_layer']:.2f} µs a layer; best {best}", flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(dict(device=torch.cuda.get_device_name(device), results=results)))
+    write_report(args.out, results=results)
     return 0
 
 

@@ -395,6 +395,16 @@ def time_layers() -> list[dict]:
     return results
 
 
+def write_report(path, **fields) -> None:
+    """The GPU's name and `fields` as JSON at `path` (a Path, or None: nothing written)."""
+    import torch
+
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), **fields)))
+
+
 def _replayed_ms(run, replays: int = 50) -> tuple[float, object]:
     """One call of `run` captured as a CUDA graph and replayed: (ms a replay, the captured call's output)."""
     import torch

@@ -27,7 +27,6 @@ early (programmatic dependent launch, commit 2f99c4d's `--pdl`): 60.6 µs, no ga
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -39,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from benchmarks.fused_kernels import _replayed_ms  # noqa: E402
+from benchmarks.fused_kernels import _replayed_ms, write_report  # noqa: E402
 from benchmarks.gpu_ceilings import measure  # noqa: E402
 from evaluation.engine.server import fused  # noqa: E402
 
@@ -172,6 +171,7 @@ class Chain:
         self.x = torch.randn(rows, hidden, device=device, dtype=dt)
         self.res = torch.zeros(rows, hidden, device=device, dtype=dt)
         self.bytes = sum(t.numel() * t.element_size() for layer in self.layers for t in layer.values())
+        self.transposed: list[dict] | None = None  # run_folded(transposed=True)'s copies
 
     def run(self, plan: dict, mode: int, fold: bool = False) -> torch.Tensor:
         hidden, inter, heads, kv_heads, layers = self.shape
@@ -220,29 +220,30 @@ class Chain:
         them (attention, SiLU × up) scale their inputs by the row's 1/rms, computed from the residual
         row; the output and down products add into the residual (cuBLAS's beta = 1). Six kernels a
         layer instead of eight; the weights here are random, so only the time means anything.
-        `transposed`: the products read copies stored [in, out] (`*_t`, benchmarks/product_layouts.py)."""
+        `transposed`: the products read copies stored [in, out] (benchmarks/product_layouts.py), made at the
+        first such call (not counted in `bytes`)."""
         hidden, inter, heads, kv_heads, layers = self.shape
         rows, res = self.rows, self.x.clone()
         block_h = triton.next_power_of_2(hidden)
+        if transposed and self.transposed is None:
+            self.transposed = [{n: p[n].t().contiguous() for n in ("qkv", "o", "gu", "down")} for p in self.layers]
+        # [in, out] operands: the copies, or views of the [out, in] weights
+        operands = (
+            self.transposed if transposed else [{n: p[n].t() for n in ("qkv", "o", "gu", "down")} for p in self.layers]
+        )
 
-        def product(x, p, name):
-            return x @ p[name + "_t"] if transposed else F.linear(x, p[name])
-
-        def add_product(x, p, name):
-            res.addmm_(x, p[name + "_t"] if transposed else p[name].t())
-
-        for p in self.layers:
-            qkv = product(res, p, "qkv")
+        for p, t in zip(self.layers, operands, strict=True):
+            qkv = res @ t["qkv"]
             att = torch.empty(rows, heads * DIM, device=res.device, dtype=res.dtype)
             _attend_kernel[(rows, kv_heads)](qkv, p["kv"], att, qkv.stride(0), self.cols, res, 0, res, hidden,
                                              GROUP=heads // kv_heads, DIM=DIM, BLOCK_N=64, MODE=0, FOLD=True,
                                              BLOCK_H=block_h, num_warps=4)  # fmt: skip
-            add_product(att, p, "o")
-            gu = product(res, p, "gu")
+            res.addmm_(att, t["o"])
+            gu = res @ t["gu"]
             h = torch.empty(rows, inter, device=res.device, dtype=res.dtype)
             _silu_kernel[(rows, triton.cdiv(inter, 1024))](gu, h, inter, res, 0, res, hidden, BLOCK=1024, MODE=0,
                                                            FOLD=True, BLOCK_H=block_h, num_warps=4)  # fmt: skip
-            add_product(h, p, "down")
+            res.addmm_(h, t["down"])
         return res
 
 
@@ -293,11 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         del chain
         torch.cuda.empty_cache()
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(dict(device=torch.cuda.get_device_name(device), copy_rate=rate, results=results))
-        )
+    write_report(args.out, copy_rate=rate, results=results)
     return 0
 
 

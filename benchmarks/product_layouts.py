@@ -33,7 +33,7 @@ a layer against 61.5. The engine's folded steps read their weights so since (`fo
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import sys
 from pathlib import Path
 
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.fused_kernels import _replayed_ms  # noqa: E402
+from benchmarks.fused_kernels import _replayed_ms, write_report  # noqa: E402
 from benchmarks.gpu_ceilings import measure  # noqa: E402
 from benchmarks.l2_prefetch import DIM, SIZES, Chain  # noqa: E402
 
@@ -90,18 +90,6 @@ def product_chain(out: int, inp: int, adds: bool, rows: int, layout: str, copies
     return run
 
 
-def folded_chain(chain: Chain, layout: str) -> callable:
-    """l2_prefetch's folded layer chain with its weights in `layout` (tn: as the engine; nn: stored
-    transposed)."""
-    if layout == "nn" and "qkv_t" not in chain.layers[0]:
-        for p in chain.layers:
-            for name in ("qkv", "o", "gu", "down"):
-                p[name + "_t"] = p[name].t().contiguous()
-    if layout == "tn":
-        return lambda: chain.run_folded()
-    return lambda: chain.run_folded(transposed=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="1b", choices=sorted(SIZES))
@@ -140,18 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         for layout in ("tn", "nn"):
             for library in LIBRARIES:
                 torch.backends.cuda.preferred_blas_library(library)
-                ms, _ = _replayed_ms(folded_chain(chain, layout), args.replays)
+                ms, _ = _replayed_ms(functools.partial(chain.run_folded, transposed=layout == "nn"), args.replays)
                 us = ms * 1e3 / layers
                 results.append(dict(rows=rows, product="folded layer", layout=layout, library=library, us=us))
                 print(f"rows {rows:3d}  folded layer {layout} {library:8s} {us:6.2f} µs a layer", flush=True)
         del chain
         torch.cuda.empty_cache()
     torch.backends.cuda.preferred_blas_library("cublas")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(dict(device=torch.cuda.get_device_name(device), copy_rate=rate, results=results))
-        )
+    write_report(args.out, copy_rate=rate, results=results)
     return 0
 
 

@@ -85,8 +85,10 @@ def _plan(model: Any, budget_bytes: int | None) -> bool | None:
         if budget_bytes
         else torch.cuda.get_device_properties(param.device).total_memory
     )
-    fitting = [t for t in ((True, False) if _transposed() else (False,)) if extra_bytes(model, t) <= MAX_SHARE * limit]
-    return fitting[0] if fitting else None
+    room = MAX_SHARE * limit
+    if _transposed() and extra_bytes(model, True) <= room:
+        return True
+    return False if extra_bytes(model, False) <= room else None
 
 
 def extra_bytes(model: Any, transposed: bool | None = None) -> int:
