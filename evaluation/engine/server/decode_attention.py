@@ -94,25 +94,35 @@ if fused.triton is not None:
         q2 = tl.load(q_at + HALF, mask=in_group[:, None], other=0.0)
         k_base = k_ptr + row * k_row + kv * k_head
         v_base = v_ptr + row * v_row + kv * v_head
-        if SCALED:  # a folded norm (folded.py): the projections read the raw residual row
-            row_scale = fused._row_scale(res_ptr, row, res_n, inv_n, eps, BLOCK_H, EXACT)
-            q1 = (q1.to(tl.float32) * row_scale).to(dt)
-            q2 = (q2.to(tl.float32) * row_scale).to(dt)
+        # Every load that needs no other first is issued here, the first block of keys and values
+        # included: each waits on memory, and the norm's factor below waits on the residual row's loads.
+        j = lo + tl.arange(0, BLOCK)
+        valid = j < hi
+        column = tl.where(j < n1, a1 + j, a2 + j - n1).to(tl.int64)
+        k_at = k_base + column[:, None] * DIM + h[None, :]
+        k1 = tl.load(k_at, mask=valid[:, None], other=0.0)
+        k2 = tl.load(k_at + HALF, mask=valid[:, None], other=0.0)
+        v = tl.load(v_base + column[:, None] * DIM + d[None, :], mask=valid[:, None], other=0.0)
         if ROPE:  # q, the step's key and value straight from the projections, rotated as `fused.rope` does
             trig = row * cos_row + h
             c1 = tl.load(cos_ptr + trig).to(tl.float32)
             c2 = tl.load(cos_ptr + trig + HALF).to(tl.float32)
             s1 = tl.load(sin_ptr + trig).to(tl.float32)
             s2 = tl.load(sin_ptr + trig + HALF).to(tl.float32)
-            q1, q2 = fused._rotated(q1.to(tl.float32), q2.to(tl.float32), c1[None, :], c2[None, :], s1[None, :],
-                                    s2[None, :], dt, EXACT)  # fmt: skip
             new_k = new_k_ptr + row * new_k_row + kv * DIM + h
             k1_new, k2_new = tl.load(new_k), tl.load(new_k + HALF)
             v_new = tl.load(new_v_ptr + row * new_v_row + kv * DIM + d)
-            if SCALED:
+        if SCALED:  # a folded norm (folded.py): the projections read the raw residual row
+            row_scale = fused._row_scale(res_ptr, row, res_n, inv_n, eps, BLOCK_H, EXACT)
+            q1 = (q1.to(tl.float32) * row_scale).to(dt)
+            q2 = (q2.to(tl.float32) * row_scale).to(dt)
+            if ROPE:
                 k1_new = (k1_new.to(tl.float32) * row_scale).to(dt)
                 k2_new = (k2_new.to(tl.float32) * row_scale).to(dt)
                 v_new = (v_new.to(tl.float32) * row_scale).to(dt)
+        if ROPE:
+            q1, q2 = fused._rotated(q1.to(tl.float32), q2.to(tl.float32), c1[None, :], c2[None, :], s1[None, :],
+                                    s2[None, :], dt, EXACT)  # fmt: skip
             k1_new, k2_new = fused._rotated(k1_new.to(tl.float32), k2_new.to(tl.float32), c1, c2, s1, s2, dt, EXACT)
             if split == 0:  # no program reads the step's column from the cache
                 tl.store(k_base + step * DIM + h, k1_new)
@@ -122,21 +132,24 @@ if fused.triton is not None:
         l_i = tl.zeros([G_PAD], tl.float32)
         acc = tl.zeros([G_PAD, DIM], tl.float32)
         for start in range(lo, hi, BLOCK):
-            j = start + tl.arange(0, BLOCK)
-            valid = j < hi
+            valid = start + tl.arange(0, BLOCK) < hi
+            # The next block's loads go out before this block's arithmetic (masked off past the last).
+            j = start + BLOCK + tl.arange(0, BLOCK)
+            ahead = j < hi
             column = tl.where(j < n1, a1 + j, a2 + j - n1).to(tl.int64)
             k_at = k_base + column[:, None] * DIM + h[None, :]
-            k1 = tl.load(k_at, mask=valid[:, None], other=0.0)
-            k2 = tl.load(k_at + HALF, mask=valid[:, None], other=0.0)
+            k1_next = tl.load(k_at, mask=ahead[:, None], other=0.0)
+            k2_next = tl.load(k_at + HALF, mask=ahead[:, None], other=0.0)
+            v_next = tl.load(v_base + column[:, None] * DIM + d[None, :], mask=ahead[:, None], other=0.0)
             s = (tl.dot(q1, tl.trans(k1)) + tl.dot(q2, tl.trans(k2))) * scale
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the block's first key is valid
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            v = tl.load(v_base + column[:, None] * DIM + d[None, :], mask=valid[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(dt), v)
             m_i = m_new
+            k1, k2, v = k1_next, k2_next, v_next
         if ROPE:
             if split == splits - 1:  # the step's own key and value, from registers
                 own = tl.sum(q1.to(tl.float32) * k1_new.to(tl.float32)[None, :], 1)
