@@ -337,3 +337,20 @@ def test_bounds_from_column_ranges_are_row_bounds_of_their_mask(runs):
     flat, fits = decode_attention.runs_bounds(runs, width)
     expected, expected_fits = decode_attention.row_bounds(mask)
     assert torch.equal(torch.tensor(flat).view(len(runs), 3), expected) and fits == expected_fits
+
+
+def test_the_kernels_launch_settings_come_from_the_environment(monkeypatch, caplog):
+    """64 columns a block and Triton's defaults unless set; a value out of range is logged and left out."""
+    for name in ("ENGINE_ATTEND_BLOCK", "ENGINE_ATTEND_WARPS", "ENGINE_ATTEND_STAGES"):
+        monkeypatch.delenv(name, raising=False)
+    assert decode_attention._launch_settings() == (64, {})
+    monkeypatch.setenv("ENGINE_ATTEND_BLOCK", "128")
+    monkeypatch.setenv("ENGINE_ATTEND_WARPS", "8")
+    monkeypatch.setenv("ENGINE_ATTEND_STAGES", "2")
+    assert decode_attention._launch_settings() == (128, {"num_warps": 8, "num_stages": 2})
+    assert not caplog.text
+    monkeypatch.setenv("ENGINE_ATTEND_BLOCK", "100")
+    monkeypatch.setenv("ENGINE_ATTEND_WARPS", "many")
+    assert decode_attention._launch_settings() == (64, {"num_stages": 2})
+    assert "ENGINE_ATTEND_BLOCK='100' is not one of 16, 32, 64, 128, 256" in caplog.text
+    assert "ENGINE_ATTEND_WARPS='many' is not one of" in caplog.text

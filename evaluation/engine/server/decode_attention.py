@@ -40,11 +40,28 @@ from evaluation.engine.server.attention import attention_shape
 
 log = logging.getLogger(__name__)
 
-BLOCK_N = 64
+
+def _launch_settings() -> tuple[int, dict[str, int]]:
+    """The key block and Triton's launch options (num_warps, num_stages) for the attention kernel: 64
+    and Triton's defaults unless `ENGINE_ATTEND_BLOCK`, `ENGINE_ATTEND_WARPS`, `ENGINE_ATTEND_STAGES`
+    say otherwise (benchmarks/attention_configs.py sweeps them; whole runs try its best). A value out
+    of range is logged and left out."""
+    values = {}
+    for name, allowed in (("ENGINE_ATTEND_BLOCK", (16, 32, 64, 128, 256)), ("ENGINE_ATTEND_WARPS", (1, 2, 4, 8, 16)),
+                          ("ENGINE_ATTEND_STAGES", (1, 2, 3, 4, 5))):  # fmt: skip
+        text = os.environ.get(name, "").strip()
+        if text:
+            if text.isdigit() and int(text) in allowed:
+                values[name] = int(text)
+            else:
+                log.warning("%s=%r is not one of %s: the default kept", name, text, ", ".join(map(str, allowed)))
+    options = {key: values[name] for key, name in (("num_warps", "ENGINE_ATTEND_WARPS"),
+                                                   ("num_stages", "ENGINE_ATTEND_STAGES")) if name in values}  # fmt: skip
+    return values.get("ENGINE_ATTEND_BLOCK", 64), options
+
+
+BLOCK_N, LAUNCH_OPTIONS = _launch_settings()
 MAX_SPLITS = 16
-# Triton's launch options for the attention kernel (num_warps, num_stages): its defaults unless a
-# benchmark's sweep sets them (benchmarks/attention_configs.py).
-LAUNCH_OPTIONS: dict[str, int] = {}
 everywhere = False  # tests: the torch reference wherever the kernel would not run (CPU, fp32)
 # The step's rotary embedding and cache write inside the attention kernel (`rope_attend`); benchmarks
 # turn it off to compare (`ENGINE_ROPE_ATTEND=0`: the rotary kernel writes the cache, then `attend`).
