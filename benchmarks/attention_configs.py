@@ -66,8 +66,19 @@ def configs(blocks, warps, stages, splits) -> list[dict]:
     return [engine] + [c for c in rest if c != engine]
 
 
-def run_config(inputs: dict, config: dict, device) -> callable:
-    """A call of one `rope_attend` a layer under `config`; it returns the last layer's output."""
+def ablations(inputs: dict) -> dict[str, tuple[dict, bool]]:
+    """The engine's launch on parts of its work, to say where its time goes: name -> (inputs, whether
+    the rows take their RMS factor from the residual as a folded step's do). "no keys": every row's
+    bounds empty, so that no program reads a cached key (the kernel's fixed cost)."""
+    empty = dict(inputs, bounds=torch.zeros_like(inputs["bounds"]))
+    empty["bounds"][:, 2] = inputs["column"]  # own columns from the step's: none in the cache
+    return {"engine": (inputs, True), "unscaled": (inputs, False), "no keys": (empty, True),
+            "no keys, unscaled": (empty, False)}  # fmt: skip
+
+
+def run_config(inputs: dict, config: dict, device, scaled: bool = True) -> callable:
+    """A call of one `rope_attend` a layer under `config`; it returns the last layer's output. `scaled`:
+    the rows take their RMS factor from the residual (a folded step's attention)."""
     work = decode_attention.Workspace(ROWS, HEADS, KV_HEADS, COLUMNS, DIM, device, splits=config["splits"])
     options = {k: v for k, v in (("num_warps", config["warps"]), ("num_stages", config["stages"])) if v is not None}
     i = inputs
@@ -82,13 +93,33 @@ def run_config(inputs: dict, config: dict, device) -> callable:
             for keys, values in i["caches"]:
                 out = decode_attention.rope_attend(
                     i["q"], i["k"], i["v"], i["cos"], i["sin"], keys, values, i["bounds"], i["column"],
-                    DIM**-0.5, work, (i["residual"], 1e-5),
+                    DIM**-0.5, work, (i["residual"], 1e-5) if scaled else None,
                 )  # fmt: skip
             return out
         finally:
             decode_attention.BLOCK_N = saved[0]
             decode_attention.LAUNCH_OPTIONS.clear()
             decode_attention.LAUNCH_OPTIONS.update(saved[1])
+
+    return run
+
+
+def _empty_kernels(device) -> callable:
+    """LAYERS launches of a Triton kernel that stores one number, on the attention's grid."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _nothing(out_ptr):
+        if tl.program_id(0) + tl.program_id(1) == 0:
+            tl.store(out_ptr, 1.0)
+
+    out = torch.zeros(1, device=device)
+
+    def run():
+        for _ in range(LAYERS):
+            _nothing[(ROWS, KV_HEADS)](out)
+        return out
 
     return run
 
@@ -102,10 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--splits", type=int, nargs="+", default=[1, 2])
     p.add_argument("--replays", type=int, default=50)
+    p.add_argument("--ablate", action="store_true", help="the engine's launch on parts of its work only")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     device = torch.device("cuda")
     inputs = step_inputs(device)
+    if args.ablate:
+        engine = configs([], [], [], [])[0]
+        rows = []
+        for name, (variant, scaled) in ablations(inputs).items():
+            ms, _ = _replayed_ms(run_config(variant, engine, device, scaled), args.replays)
+            rows.append(dict(variant=name, us_layer=ms * 1e3 / LAYERS))
+            print(json.dumps(rows[-1]), flush=True)
+        ms, _ = _replayed_ms(_empty_kernels(device), args.replays)  # the floor: a launch of the same grid
+        rows.append(dict(variant="a kernel that does nothing", us_layer=ms * 1e3 / LAYERS))
+        print(json.dumps(rows[-1]), flush=True)
+        write_report(args.out, ablations=rows)
+        return 0
     results, reference = [], None
     for config in configs(args.blocks, args.warps, args.stages, args.splits):
         fused._triton_failed = False

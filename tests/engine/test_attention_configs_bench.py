@@ -39,3 +39,23 @@ def test_a_configs_settings_hold_only_during_its_call(monkeypatch):
     assert out.shape == (bench.ROWS, 1, bench.HEADS, bench.DIM) and torch.isfinite(out).all()
     assert seen == [(32, {"num_warps": 2, "num_stages": 1})] * 2
     assert decode_attention.BLOCK_N == 64 and decode_attention.LAUNCH_OPTIONS == {}
+
+
+def test_the_ablations_keep_the_layout_but_for_the_keys_they_drop(monkeypatch):
+    """ "no keys" leaves every row only the step's own key (nothing read from the cache); each variant runs."""
+    monkeypatch.setattr(decode_attention, "everywhere", True)
+    inputs = bench.step_inputs("cpu", torch.float32, layers=1)
+    variants = bench.ablations(inputs)
+    assert list(variants) == ["engine", "unscaled", "no keys", "no keys, unscaled"]
+    empty = variants["no keys"][0]
+    mask = decode_attention.bounds_mask(empty["bounds"], empty["column"], bench.COLUMNS)
+    assert mask.sum(1).eq(1).all() and mask[:, int(empty["column"])].all()
+    assert variants["engine"][0] is inputs and [v[1] for v in variants.values()] == [True, False, True, False]
+    engine = bench.configs([], [], [], [])[0]
+    outs = {name: bench.run_config(v, engine, "cpu", scaled)() for name, (v, scaled) in variants.items()}
+    assert all(torch.isfinite(o).all() for o in outs.values())
+    # With only its own key, a row's output is its value (scaled by the row's RMS factor where scaled).
+    k_v = inputs["v"].reshape(bench.ROWS, bench.KV_HEADS, bench.DIM)
+    want = k_v.repeat_interleave(bench.HEADS // bench.KV_HEADS, dim=1)
+    assert torch.allclose(outs["no keys, unscaled"].reshape(bench.ROWS, bench.HEADS, bench.DIM), want)
+    assert not torch.allclose(outs["no keys"], outs["no keys, unscaled"])
