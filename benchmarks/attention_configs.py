@@ -14,6 +14,10 @@ holds none, and one `rope_attend` a layer captured as one CUDA graph, for each l
 largest difference from the engine's launch's output (the same sums in another order).
 
     bash benchmarks/gpu_env.sh python3 -m benchmarks.attention_configs
+
+Session 29, one H100: the engine's launch 9.39 µs a layer (9.51 before its loads were issued first);
+of 49 launches the best, 9.35 µs, within 0.5 % of it; 32- or 256-column blocks, 8 warps and two splits
+slower (docs/benchmarks.md). `--ablate` times the engine's launch on parts of its work (not yet run).
 """
 
 from __future__ import annotations
