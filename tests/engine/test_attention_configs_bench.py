@@ -42,7 +42,7 @@ def test_a_configs_settings_hold_only_during_its_call(monkeypatch):
 
 
 def test_the_ablations_keep_the_layout_but_for_the_keys_they_drop(monkeypatch):
-    """ "no keys" leaves every row only the step's own key (nothing read from the cache); each variant runs."""
+    """Without cached keys every row attends to the step's own key only; each variant runs."""
     monkeypatch.setattr(decode_attention, "everywhere", True)
     inputs = bench.step_inputs("cpu", torch.float32, layers=1)
     variants = bench.ablations(inputs)
@@ -55,7 +55,7 @@ def test_the_ablations_keep_the_layout_but_for_the_keys_they_drop(monkeypatch):
     outs = {name: bench.run_config(v, engine, "cpu", scaled)() for name, (v, scaled) in variants.items()}
     assert all(torch.isfinite(o).all() for o in outs.values())
     # With only its own key, a row's output is its value (scaled by the row's RMS factor where scaled).
-    k_v = inputs["v"].reshape(bench.ROWS, bench.KV_HEADS, bench.DIM)
-    want = k_v.repeat_interleave(bench.HEADS // bench.KV_HEADS, dim=1)
+    own_value = inputs["v"].reshape(bench.ROWS, bench.KV_HEADS, bench.DIM)
+    want = own_value.repeat_interleave(bench.HEADS // bench.KV_HEADS, dim=1)
     assert torch.allclose(outs["no keys, unscaled"].reshape(bench.ROWS, bench.HEADS, bench.DIM), want)
     assert not torch.allclose(outs["no keys"], outs["no keys, unscaled"])
