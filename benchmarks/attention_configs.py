@@ -3,7 +3,8 @@
 In a folded 1.1 B decode step the attention kernel (`decode_attention.rope_attend`: it scales the
 row, rotates, stores the step's key and value and attends) took 8.2 µs a layer on an H100, 15 % of a
 layer (docs/benchmarks.md, session 28's trace), while the keys and values it reads, ~190 a row
-midway through a generation batch, are ~5 MB a layer at 50 rows: under 2 µs at the copy rate. Each
+midway through a generation batch (1 KB a column at 1.1 B), are ~10 MB a layer at 64 rows: ~3.5 µs at
+the copy rate. Each
 program waits on a chain of loads (its bounds, then block after block of keys and values), so how it
 is launched may matter more than what it reads.
 
@@ -61,9 +62,14 @@ def step_inputs(device, dtype=torch.bfloat16, layers: int = LAYERS, seed: int = 
     )  # fmt: skip
 
 
+def engine_config() -> dict:
+    """The engine's launch: its key block (64 unless set), Triton's defaults, one split (at 64 rows)."""
+    return dict(block=decode_attention.BLOCK_N, warps=None, stages=None, splits=1)
+
+
 def configs(blocks, warps, stages, splits) -> list[dict]:
-    """The engine's launch first (BLOCK_N 64, Triton's defaults, one split), then every combination."""
-    engine = dict(block=decode_attention.BLOCK_N, warps=None, stages=None, splits=1)
+    """The engine's launch first, then every combination."""
+    engine = engine_config()
     rest = [
         dict(block=b, warps=w, stages=s, splits=n) for b, w, s, n in itertools.product(blocks, warps, stages, splits)
     ]
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     inputs = step_inputs(device)
     if args.ablate:
-        engine = configs([], [], [], [])[0]
+        engine = engine_config()
         rows = []
         for name, (variant, scaled) in ablations(inputs).items():
             ms, _ = _replayed_ms(run_config(variant, engine, device, scaled), args.replays)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import json
 
 GPU = ("kernel", "gpu_memcpy", "gpu_memset")
@@ -59,16 +60,10 @@ def stretches(events: list[dict], t0: float, least_us: float = 20.0) -> list[tup
 
 
 def gaps(events: list[dict], least_us: float = 20.0) -> list[tuple[float, float, float]]:
-    """(length, start, end) of each stretch longer than `least_us` in which no GPU work ran, longest first."""
-    work = sorted((e for e in events if e.get("cat") in GPU), key=lambda e: e["ts"])
-    found = []
-    if work:
-        end = work[0]["ts"] + work[0]["dur"]
-        for e in work[1:]:
-            if e["ts"] - end > least_us:
-                found.append((e["ts"] - end, end, e["ts"]))
-            end = max(end, e["ts"] + e["dur"])
-    return sorted(found, reverse=True)
+    """(length, start, end) of each stretch longer than `least_us` in which no GPU work ran, longest first:
+    the spaces between `stretches` (in the trace's own time)."""
+    runs = stretches(events, 0.0, least_us)
+    return sorted(((b[0] - a[1], a[1], b[0]) for a, b in itertools.pairwise(runs)), reverse=True)
 
 
 def during(events: list[dict], start: float, end: float) -> list[tuple[str, float]]:

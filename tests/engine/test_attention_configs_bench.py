@@ -51,7 +51,7 @@ def test_the_ablations_keep_the_layout_but_for_the_keys_they_drop(monkeypatch):
     mask = decode_attention.bounds_mask(empty["bounds"], empty["column"], bench.COLUMNS)
     assert mask.sum(1).eq(1).all() and mask[:, int(empty["column"])].all()
     assert variants["engine"][0] is inputs and [v[1] for v in variants.values()] == [True, False, True, False]
-    engine = bench.configs([], [], [], [])[0]
+    engine = bench.engine_config()
     outs = {name: bench.run_config(v, engine, "cpu", scaled)() for name, (v, scaled) in variants.items()}
     assert all(torch.isfinite(o).all() for o in outs.values())
     # With only its own key, a row's output is its value (scaled by the row's RMS factor where scaled).

@@ -47,17 +47,15 @@ def _launch_settings() -> tuple[int, dict[str, int]]:
     say otherwise (benchmarks/attention_configs.py sweeps them; whole runs try its best). A value out
     of range is logged and left out."""
     values = {}
-    for name, allowed in (("ENGINE_ATTEND_BLOCK", (16, 32, 64, 128, 256)), ("ENGINE_ATTEND_WARPS", (1, 2, 4, 8, 16)),
-                          ("ENGINE_ATTEND_STAGES", (1, 2, 3, 4, 5))):  # fmt: skip
+    for name, key, allowed in (("ENGINE_ATTEND_BLOCK", "block", (16, 32, 64, 128, 256)),
+                               ("ENGINE_ATTEND_WARPS", "num_warps", (1, 2, 4, 8, 16)),
+                               ("ENGINE_ATTEND_STAGES", "num_stages", (1, 2, 3, 4, 5))):  # fmt: skip
         text = os.environ.get(name, "").strip()
-        if text:
-            if text.isdigit() and int(text) in allowed:
-                values[name] = int(text)
-            else:
-                log.warning("%s=%r is not one of %s: the default kept", name, text, ", ".join(map(str, allowed)))
-    options = {key: values[name] for key, name in (("num_warps", "ENGINE_ATTEND_WARPS"),
-                                                   ("num_stages", "ENGINE_ATTEND_STAGES")) if name in values}  # fmt: skip
-    return values.get("ENGINE_ATTEND_BLOCK", 64), options
+        if text.isdigit() and int(text) in allowed:
+            values[key] = int(text)
+        elif text:
+            log.warning("%s=%r is not one of %s: the default kept", name, text, ", ".join(map(str, allowed)))
+    return values.pop("block", 64), values
 
 
 BLOCK_N, LAUNCH_OPTIONS = _launch_settings()
@@ -70,6 +68,18 @@ rope_inside = os.environ.get("ENGINE_ROPE_ATTEND", "1") != "0"
 if fused.triton is not None:
     import triton
     import triton.language as tl
+
+    @triton.jit
+    def _kv_block(k_base, v_base, first, hi, n1, a1, a2, h, d, DIM: tl.constexpr, BLOCK: tl.constexpr):
+        """A block of a row's cached keys (in halves) and values from its `first` key on: the prefix's
+        columns [a1, a1 + n1), then its own from a2; zeros from its `hi`-th key on (no memory read)."""
+        HALF: tl.constexpr = DIM // 2
+        j = first + tl.arange(0, BLOCK)
+        keep = (j < hi)[:, None]
+        column = tl.where(j < n1, a1 + j, a2 + j - n1).to(tl.int64)
+        k_at = k_base + column[:, None] * DIM + h[None, :]
+        return (tl.load(k_at, mask=keep, other=0.0), tl.load(k_at + HALF, mask=keep, other=0.0),
+                tl.load(v_base + column[:, None] * DIM + d[None, :], mask=keep, other=0.0))  # fmt: skip
 
     # `splits` varies with a batch's rows: a number, not a constant, or every new count would compile a
     # kernel of its own inside a batch (session 12: 0.65-0.9 s of a 1.1 B evaluation's first captures).
@@ -113,13 +123,7 @@ if fused.triton is not None:
         v_base = v_ptr + row * v_row + kv * v_head
         # Every load that needs no other first is issued here, the first block of keys and values
         # included: each waits on memory, and the norm's factor below waits on the residual row's loads.
-        j = lo + tl.arange(0, BLOCK)
-        valid = j < hi
-        column = tl.where(j < n1, a1 + j, a2 + j - n1).to(tl.int64)
-        k_at = k_base + column[:, None] * DIM + h[None, :]
-        k1 = tl.load(k_at, mask=valid[:, None], other=0.0)
-        k2 = tl.load(k_at + HALF, mask=valid[:, None], other=0.0)
-        v = tl.load(v_base + column[:, None] * DIM + d[None, :], mask=valid[:, None], other=0.0)
+        k1, k2, v = _kv_block(k_base, v_base, lo, hi, n1, a1, a2, h, d, DIM, BLOCK)
         if ROPE:  # q, the step's key and value straight from the projections, rotated as `fused.rope` does
             trig = row * cos_row + h
             c1 = tl.load(cos_ptr + trig).to(tl.float32)
@@ -151,13 +155,7 @@ if fused.triton is not None:
         for start in range(lo, hi, BLOCK):
             valid = start + tl.arange(0, BLOCK) < hi
             # The next block's loads go out before this block's arithmetic (masked off past the last).
-            j = start + BLOCK + tl.arange(0, BLOCK)
-            ahead = j < hi
-            column = tl.where(j < n1, a1 + j, a2 + j - n1).to(tl.int64)
-            k_at = k_base + column[:, None] * DIM + h[None, :]
-            k1_next = tl.load(k_at, mask=ahead[:, None], other=0.0)
-            k2_next = tl.load(k_at + HALF, mask=ahead[:, None], other=0.0)
-            v_next = tl.load(v_base + column[:, None] * DIM + d[None, :], mask=ahead[:, None], other=0.0)
+            k1_next, k2_next, v_next = _kv_block(k_base, v_base, start + BLOCK, hi, n1, a1, a2, h, d, DIM, BLOCK)
             s = (tl.dot(q1, tl.trans(k1)) + tl.dot(q2, tl.trans(k2))) * scale
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the block's first key is valid

@@ -97,7 +97,8 @@ def extra_bytes(model: Any, transposed: bool | None = None) -> int:
     copied = [
         j.weight for layer in model.model.layers for j in (layer.self_attn._engine_joined, layer.mlp._engine_joined)
     ]
-    if _transposed() if transposed is None else transposed:
+    transposed = _transposed() if transposed is None else transposed
+    if transposed:
         copied += [w for layer in model.model.layers for w in _adding_weights(layer)]
     return sum(w.numel() * w.element_size() for w in copied)
 

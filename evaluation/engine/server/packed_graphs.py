@@ -369,23 +369,20 @@ class PackedGraphs:
         position_embeddings = self.inner.rotary_emb(hidden, g.positions)
         g.plan.layers_seen.clear()
         with packed.active(self.model, g.plan):
-            if fused.runs_fused(self.model) and fused.plain_rms_norm(self.inner.norm):
-                pending = None  # each layer's residual sum is made by the next one's norm (static_decode.py)
-                for layer in self.inner.layers:
+            parts = fused.runs_fused(self.model) and fused.plain_rms_norm(self.inner.norm)
+            pending = None  # with `parts`, each layer's residual sum is made by the next one's norm (static_decode.py)
+            for layer in self.inner.layers:
+                if parts:
                     pending, hidden = fused.layer_parts(
                         layer, hidden, pending, None, g.positions, None, None, position_embeddings
                     )
-                if g.shape.fill:
-                    return hidden[0, :1]
-                hidden = fused.final_norm(self.inner.norm, pending, hidden)
-            else:
-                for layer in self.inner.layers:
+                else:
                     out = layer(hidden, attention_mask=None, position_ids=g.positions,
                                 position_embeddings=position_embeddings)  # fmt: skip
                     hidden = out[0] if isinstance(out, tuple) else out
-                if g.shape.fill:
-                    return hidden[0, :1]
-                hidden = self.inner.norm(hidden)
+            if g.shape.fill:
+                return hidden[0, :1]
+            hidden = fused.final_norm(self.inner.norm, pending, hidden) if parts else self.inner.norm(hidden)
         return self.model.lm_head(hidden[0, g.keep])
 
     def _graph(self, shape: Shape) -> _Graph:
