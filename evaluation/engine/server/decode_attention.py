@@ -91,9 +91,24 @@ if fused.triton is not None:
         GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
         ROPE: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr = False, BLOCK_H: tl.constexpr = 16,
     ):  # fmt: skip
-        row = tl.program_id(0).to(tl.int64)
-        kv = tl.program_id(1)
-        split = tl.program_id(2)
+        attend_program(
+            tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2),
+            q_ptr, k_ptr, v_ptr, bounds_ptr, col_ptr, out_ptr, part_ptr, lse_ptr,
+            q_row, q_head, k_row, k_head, v_row, v_head, out_row, out_head, heads, scale, splits,
+            new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
+            GROUP, G_PAD, DIM, BLOCK, ONE, ROPE, EXACT, SCALED, BLOCK_H,
+        )  # fmt: skip
+
+    @triton.jit
+    def attend_program(
+        row, kv, split, q_ptr, k_ptr, v_ptr, bounds_ptr, col_ptr, out_ptr, part_ptr, lse_ptr,
+        q_row, q_head, k_row, k_head, v_row, v_head, out_row, out_head, heads, scale, splits,
+        new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
+        GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
+        ROPE: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr, BLOCK_H: tl.constexpr,
+    ):  # fmt: skip
+        """One program's work: a row's (int64) query heads of key/value head `kv`, over its `split`-th
+        share of the columns (a function, so that a persistent kernel can run it too)."""
         HALF: tl.constexpr = DIM // 2
         a1 = tl.load(bounds_ptr + row * 3).to(tl.int32)
         b1 = tl.load(bounds_ptr + row * 3 + 1).to(tl.int32)
