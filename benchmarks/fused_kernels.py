@@ -186,6 +186,35 @@ def _check_greedy_tail(device: str, dtype, vocab: int) -> dict:
     }  # fmt: skip
 
 
+def _merge_ways(attend, merged_inside, counts, used: bool) -> list[dict]:
+    """The same attention with the merge kernel (`ENGINE_ATTEND_MERGE=0`), against the last split's
+    merge: how many merge kernels each launched, and how far apart they are (the same sums in
+    another order); the counts of finished splits back at zero."""
+    from evaluation.engine.server import decode_attention
+
+    launched = []
+    real = decode_attention._merge_splits_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launched.append(grid)
+            return real[grid]
+
+    rows, saved = [], decode_attention.merge_inside
+    decode_attention._merge_splits_kernel = Spy()
+    try:
+        for inside in (True, False):
+            decode_attention.merge_inside, launched[:] = inside, []
+            got = attend()
+            rows.append(
+                _diff("decode_attention_merge", got.dtype, got, merged_inside, used)
+                | {"inside": inside, "merge_kernels": len(launched), "counts_zero": bool(counts.eq(0).all())}
+            )
+    finally:
+        decode_attention._merge_splits_kernel, decode_attention.merge_inside = real, saved
+    return rows
+
+
 def check_decode_attention(device: str, dtype) -> list[dict]:
     """The decode step's attention over each row's filled columns against SDPA over the mask the
     bounds describe; every column outside them holds NaN for the kernel (it must not read them) and
@@ -227,6 +256,9 @@ def check_decode_attention(device: str, dtype) -> list[dict]:
         out.append(
             _diff("decode_attention", dtype, got, want, used) | shape | {"finite": bool(torch.isfinite(got).all())}
         )
+        if work.splits > 1:  # the last split merges (the default) against the merge kernel
+            attend = functools.partial(decode_attention.attend, q, keys, values, bounds, step, dim**-0.5, work)
+            out += _merge_ways(attend, got, work.count, used)
         for cache in (keys, values):
             cache[:, :, column] = float("nan")  # the kernel writes it before any read
         got = decode_attention.rope_attend(new_q, new_k, new_v, cos, sin, keys, values, bounds, step, dim**-0.5, work)

@@ -258,6 +258,12 @@ def test_kernels_under_tritons_interpreter():
     attention = [c for c in checks if c["op"] == "decode_attention"]
     assert {c["splits"] == 1 for c in attention} == {True, False}, attention
     assert all(c["finite"] and c["max_abs_diff"] < 2e-3 for c in attention), attention
+    # Several splits: the last to finish merges them (no merge kernel), or the merge kernel does
+    # (ENGINE_ATTEND_MERGE=0); the same sums in another order; each count of finished splits reset.
+    merges = [c for c in checks if c["op"] == "decode_attention_merge"]
+    several = sum(not c["splits"] == 1 for c in attention)
+    assert [(c["inside"], c["merge_kernels"]) for c in merges] == [(True, 0), (False, 1)] * several, merges
+    assert all(c["max_abs_diff"] < 1e-3 and c["counts_zero"] for c in merges), merges
     # With the step's rotary embedding in the kernel (inputs four times larger: values up to ~8, where
     # fp16's last place is 0.004): the key and value it writes are exactly the rotary kernel's.
     fused_rope = [c for c in checks if c["op"] == "rope_attend"]

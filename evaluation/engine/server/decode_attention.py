@@ -60,6 +60,9 @@ def _launch_settings() -> tuple[int, dict[str, int]]:
 
 BLOCK_N, LAUNCH_OPTIONS = _launch_settings()
 MAX_SPLITS = 16
+# Several splits a row: the last to finish merges them (`attend_program`'s MERGE), not a second kernel;
+# `ENGINE_ATTEND_MERGE=0` keeps the merge kernel (benchmarks compare the two).
+merge_inside = os.environ.get("ENGINE_ATTEND_MERGE", "1") != "0"
 everywhere = False  # tests: the torch reference wherever the kernel would not run (CPU, fp32)
 # The step's rotary embedding and cache write inside the attention kernel (`rope_attend`); benchmarks
 # turn it off to compare (`ENGINE_ROPE_ATTEND=0`: the rotary kernel writes the cache, then `attend`).
@@ -88,15 +91,16 @@ if fused.triton is not None:
         q_ptr, k_ptr, v_ptr, bounds_ptr, col_ptr, out_ptr, part_ptr, lse_ptr,
         q_row, q_head, k_row, k_head, v_row, v_head, out_row, out_head, heads, scale, splits,
         new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
-        GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
-        ROPE: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr = False, BLOCK_H: tl.constexpr = 16,
+        count_ptr, GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr,
+        ONE: tl.constexpr, ROPE: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr = False,
+        BLOCK_H: tl.constexpr = 16, MERGE: tl.constexpr = False,
     ):  # fmt: skip
         attend_program(
             tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2),
             q_ptr, k_ptr, v_ptr, bounds_ptr, col_ptr, out_ptr, part_ptr, lse_ptr,
             q_row, q_head, k_row, k_head, v_row, v_head, out_row, out_head, heads, scale, splits,
             new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
-            GROUP, G_PAD, DIM, BLOCK, ONE, ROPE, EXACT, SCALED, BLOCK_H,
+            GROUP, G_PAD, DIM, BLOCK, ONE, ROPE, EXACT, SCALED, BLOCK_H, count_ptr, MERGE,
         )  # fmt: skip
 
     @triton.jit
@@ -106,9 +110,12 @@ if fused.triton is not None:
         new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
         GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
         ROPE: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr, BLOCK_H: tl.constexpr,
+        count_ptr=None, MERGE: tl.constexpr = False,
     ):  # fmt: skip
         """One program's work: a row's (int64) query heads of key/value head `kv`, over its `split`-th
-        share of the columns (a function, so that a persistent kernel can run it too)."""
+        share of the columns (a function, so that a persistent kernel can run it too). MERGE: the last
+        of a row and head's splits to finish (a count a row and key/value head, `count_ptr`) merges
+        their parts into the output, in split order, instead of `_merge_splits_kernel`."""
         HALF: tl.constexpr = DIM // 2
         a1 = tl.load(bounds_ptr + row * 3).to(tl.int32)
         b1 = tl.load(bounds_ptr + row * 3 + 1).to(tl.int32)
@@ -200,6 +207,32 @@ if fused.triton is not None:
             part = (row * heads + head) * splits + split
             tl.store(lse_ptr + part, tl.where(empty, float("-inf"), m_i + tl.log(l_i)), mask=in_group)
             tl.store(part_ptr + part[:, None] * DIM + d[None, :], o, mask=in_group[:, None])
+            if MERGE:
+                tl.debug_barrier()  # every thread's stores before the release below
+                counter = count_ptr + row * (heads // GROUP) + kv
+                if tl.atomic_add(counter, 1, sem="acq_rel") == splits - 1:
+                    _merge_parts(part - split, lse_ptr, part_ptr, out_ptr + row * out_row + head[:, None] * out_head,
+                                 in_group, splits, G_PAD, DIM)  # fmt: skip
+                    tl.store(counter, 0)  # ready for the next layer
+
+    @triton.jit
+    def _merge_parts(first, lse_ptr, part_ptr, out_at, in_group, splits, G_PAD: tl.constexpr, DIM: tl.constexpr):
+        """out = the splits' parts weighted by their exp(lse), in split order, for a group's heads
+        (`first`: each head's first part); an empty split's -inf weighs 0 (a row has a key: one is not)."""
+        d = tl.arange(0, DIM)
+        top = tl.load(lse_ptr + first, mask=in_group, other=0.0, volatile=True)
+        for s in range(1, splits):
+            top = tl.maximum(top, tl.load(lse_ptr + first + s, mask=in_group, other=0.0, volatile=True))
+        total = tl.zeros_like(top)
+        acc = tl.zeros([G_PAD, DIM], tl.float32)
+        for s in range(0, splits):
+            weight = tl.exp(tl.load(lse_ptr + first + s, mask=in_group, other=0.0, volatile=True) - top)
+            part = tl.load(part_ptr + (first + s)[:, None] * DIM + d[None, :], mask=in_group[:, None], other=0.0,
+                           volatile=True)  # fmt: skip
+            acc += weight[:, None] * part
+            total += weight
+        o = acc / tl.where(in_group, total, 1.0)[:, None]
+        tl.store(out_at + d[None, :], o.to(out_at.dtype.element_ty), mask=in_group[:, None])
 
     @triton.jit(do_not_specialize=["splits"])
     def _merge_splits_kernel(
@@ -437,6 +470,8 @@ class Workspace:
         self.splits = splits or splits_for(rows, kv_heads, columns, device)
         self.part = torch.empty(rows, heads, self.splits, dim, dtype=torch.float32, device=device)
         self.lse = torch.empty(rows, heads, self.splits, dtype=torch.float32, device=device)
+        # each row and key/value head's splits done so far; the last resets it (zeros between layers)
+        self.count = torch.zeros(rows * kv_heads, dtype=torch.int32, device=device)
 
 
 def _fits(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> bool:
@@ -527,17 +562,19 @@ def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Works
     residual, eps = scale_of if scale_of is not None else (q, 0.0)  # unread without SCALED
     res_n = residual.shape[-1] if scale_of is not None else 1
 
+    merge = splits > 1 and merge_inside
+
     def launch():
         _attend_kernel[(rows, kv_heads, splits)](
             q, keys, values, bounds, column, out, work.part, work.lse,
             q_row, q_head, keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
             out.stride(0), out.stride(2), heads, float(scaling), splits,
             new_k, new_v, cos, sin, k_row, v_row, cos_row, residual, res_n, fused._fp32_reciprocal(res_n), eps,
-            GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=BLOCK_N, ONE=splits == 1,
-            ROPE=rope is not None, EXACT=not fused._INTERPRET, SCALED=scale_of is not None,
-            BLOCK_H=triton.next_power_of_2(res_n), **LAUNCH_OPTIONS,
+            work.count, GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=BLOCK_N,
+            ONE=splits == 1, ROPE=rope is not None, EXACT=not fused._INTERPRET, SCALED=scale_of is not None,
+            BLOCK_H=triton.next_power_of_2(res_n), MERGE=merge, **LAUNCH_OPTIONS,
         )  # fmt: skip
-        if splits > 1:
+        if splits > 1 and not merge:
             _merge_splits_kernel[(rows, heads)](
                 work.part, work.lse, out, out.stride(0), out.stride(2), heads, splits, S_PAD=MAX_SPLITS, DIM=dim,
             )  # fmt: skip
