@@ -69,17 +69,6 @@ def _grid_wait(sync_ptr, programs):
 
 
 @triton.jit
-def _drain_copies(ON: tl.constexpr):
-    """Wait for this thread's asynchronous copies into shared memory. Triton's pipelined gate/up loop
-    leaves its last, masked, prefetches (zero fills) in flight at its end; the next phase's loop
-    reuses that shared memory, and a late zero fill landing in it made the MLP's results vary from
-    replay to replay (session 30, an H100). Off under the interpreter (no PTX)."""
-    if ON:
-        tl.inline_asm_elementwise("cp.async.wait_all;\n\tmov.u32 $0, 0;", "=r", [], dtype=tl.int32, is_pure=False,
-                                  pack=1)  # fmt: skip
-
-
-@triton.jit
 def _product(x_ptr, x_row, w_ptr, w_k, w_n, out_ptr, out_row, part_ptr, count_ptr, N, K, pid, programs,
              M: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLITS: tl.constexpr, ADD: tl.constexpr):  # fmt: skip
     """out[:M, :N] = x[:M, :K] @ w (ADD: out += it), items pid, pid + programs, ... of its column blocks ×
@@ -118,8 +107,9 @@ def _product(x_ptr, x_row, w_ptr, w_k, w_n, out_ptr, out_row, part_ptr, count_pt
 
 @triton.jit
 def _gate_up(x_ptr, x_row, w_ptr, w_k, w_n, h_ptr, inter, K, inv_n, eps, pid, programs,
-             M: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, DRAIN: tl.constexpr):  # fmt: skip
-    """h = SiLU(g · s) × (u · s), [g | u] = x @ w and s each row's RMS factor, summed from the same loads."""
+             M: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SQUARES_APART: tl.constexpr):  # fmt: skip
+    """h = SiLU(g · s) × (u · s), [g | u] = x @ w and s each row's RMS factor, summed from the same loads
+    as the products (SQUARES_APART: from a pass of its own over the rows first)."""
     m = tl.arange(0, M)
     dt = h_ptr.dtype.element_ty
     for block in range(pid, tl.cdiv(inter, BN), programs):
@@ -127,11 +117,17 @@ def _gate_up(x_ptr, x_row, w_ptr, w_k, w_n, h_ptr, inter, K, inv_n, eps, pid, pr
         g = tl.zeros([M, BN], tl.float32)
         u = tl.zeros([M, BN], tl.float32)
         squares = tl.zeros([M], tl.float32)
+        if SQUARES_APART:
+            for k in range(0, K, BK):
+                xf = tl.load(x_ptr + m[:, None] * x_row + (k + tl.arange(0, BK))[None, :], cache_modifier=".cg")
+                xf = xf.to(tl.float32)
+                squares += tl.sum(xf * xf, 1)
         for k in range(0, K, BK):
             kk = k + tl.arange(0, BK)
             x = tl.load(x_ptr + m[:, None] * x_row + kk[None, :], cache_modifier=".cg")
-            xf = x.to(tl.float32)
-            squares += tl.sum(xf * xf, 1)
+            if not SQUARES_APART:
+                xf = x.to(tl.float32)
+                squares += tl.sum(xf * xf, 1)
             w_at = w_ptr + kk[:, None] * w_k + n[None, :] * w_n
             g = tl.dot(x, tl.load(w_at), g)
             u = tl.dot(x, tl.load(w_at + inter * w_n), u)
@@ -140,7 +136,6 @@ def _gate_up(x_ptr, x_row, w_ptr, w_k, w_n, h_ptr, inter, K, inv_n, eps, pid, pr
         u = (u * scale).to(dt).to(tl.float32)
         s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
         tl.store(h_ptr + m[:, None] * inter + n[None, :], (s * u).to(dt))
-    _drain_copies(DRAIN)
 
 
 @triton.jit
@@ -151,7 +146,7 @@ def _layer_kernel(
     M: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, DIM: tl.constexpr, BLOCK_KV: tl.constexpr,
     G_PAD: tl.constexpr, BLOCK_H: tl.constexpr, EXACT: tl.constexpr, BK: tl.constexpr, BN_QKV: tl.constexpr,
     S_QKV: tl.constexpr, BN_O: tl.constexpr, S_O: tl.constexpr, BN_GU: tl.constexpr, BN_DOWN: tl.constexpr,
-    S_DOWN: tl.constexpr, PHASES: tl.constexpr, WAIT: tl.constexpr,
+    S_DOWN: tl.constexpr, PHASES: tl.constexpr, WAIT: tl.constexpr, SQUARES_APART: tl.constexpr = False,
 ):  # fmt: skip
     """The docstring's phases whose bits PHASES holds (bit 0: q/k/v ... bit 4: down), in order; WAIT: a
     grid-wide wait after each but the last (Triton's interpreter runs programs one after another, so
@@ -210,7 +205,7 @@ SHAPES = {
     "tiny": Shape(hidden=256, inter=512, heads=4, kv_heads=2, dim=64, layers=2, rows=16, columns=96),
 }
 ENGINE_BLOCKS = dict(bk=64, bn_qkv=64, s_qkv=4, bn_o=64, s_o=4, bn_gu=64, bn_down=64, s_down=8, per_sm=1, warps=4,
-                     stages=3)  # fmt: skip
+                     stages=3, squares_apart=False)  # fmt: skip
 
 
 def make_inputs(shape: Shape, device, dtype=torch.bfloat16, seed: int = 0) -> dict:
@@ -295,6 +290,7 @@ def _kernel_args(shape: Shape, inputs: dict, res, work: dict, lw: dict, sync, pr
         G_PAD=max(16, triton.next_power_of_2(s.heads // s.kv_heads)), BLOCK_H=triton.next_power_of_2(s.hidden),
         EXACT=not fused._INTERPRET, BK=b["bk"], BN_QKV=b["bn_qkv"], S_QKV=b["s_qkv"], BN_O=b["bn_o"],
         S_O=b["s_o"], BN_GU=b["bn_gu"], BN_DOWN=b["bn_down"], S_DOWN=b["s_down"], PHASES=phases, WAIT=wait,
+        SQUARES_APART=b["squares_apart"],
     )  # fmt: skip
     constants.update(num_warps=b["warps"], num_stages=b["stages"])
     return args, constants
@@ -378,10 +374,12 @@ def check(shape_name: str = "tiny") -> dict:
     inputs = make_inputs(shape, "cpu", torch.float16)
     blocks = dict(ENGINE_BLOCKS, bk=32, bn_qkv=32, s_qkv=2, bn_o=32, s_o=2, bn_gu=32, bn_down=32, s_down=4)
     out = {}
-    for name, phases in (("all", ALL), ("attention half", ATTENTION_HALF), ("mlp half", MLP_HALF)):
+    for name, phases, apart in (("all", ALL, False), ("attention half", ATTENTION_HALF, False),
+                                ("mlp half", MLP_HALF, False), ("mlp half, squares apart", MLP_HALF, True)):  # fmt: skip
         want = engine_step(shape, inputs, "cpu", phases)().float()
         # the engine's layers wrote the step's keys and values: the persistent ones write the same again
-        got = persistent_step(shape, inputs, "cpu", blocks, phases, programs=3, apart=True)().float()
+        got = persistent_step(shape, inputs, "cpu", dict(blocks, squares_apart=apart), phases, programs=3,
+                              apart=True)().float()  # fmt: skip
         out[name] = dict(max_abs_diff=(got - want).abs().max().item(), largest=want.abs().max().item(),
                          finite=bool(torch.isfinite(got).all()))  # fmt: skip
     return out
@@ -393,10 +391,10 @@ def attention_configs(bns, splits, per_sm) -> list[dict]:
             for bn, sp, ps in itertools.product(bns, splits, per_sm)]  # fmt: skip
 
 
-def mlp_configs(bns, downs, per_sm) -> list[dict]:
-    """The gate/up product's blocks, the down product's (blocks, splits)."""
-    return [dict(ENGINE_BLOCKS, bn_gu=bn, bn_down=down[0], s_down=down[1], per_sm=ps)
-            for bn, down, ps in itertools.product(bns, downs, per_sm)]  # fmt: skip
+def mlp_configs(bns, downs, per_sm, squares_apart=(False,)) -> list[dict]:
+    """The gate/up product's blocks, the down product's (blocks, splits), where the RMS factor is summed."""
+    return [dict(ENGINE_BLOCKS, bn_gu=bn, bn_down=down[0], s_down=down[1], per_sm=ps, squares_apart=apart)
+            for bn, down, ps, apart in itertools.product(bns, downs, per_sm, squares_apart)]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--downs", nargs="+", default=["64x4", "64x8", "128x4", "128x8", "32x4"],
                    help="the down product's BLOCKxSPLITS")  # fmt: skip
     p.add_argument("--per-sm", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--squares", nargs="+", choices=["with", "apart"], default=["with"],
+                   help="the gate/up phase's RMS factor summed with the products' loads, or in a pass of its own")  # fmt: skip
     p.add_argument("--replays", type=int, default=30)
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     downs = [tuple(int(x) for x in d.split("x")) for d in args.downs]
     best = {}
     for phases, configs in ((ATTENTION_HALF, attention_configs(args.bn, args.splits, args.per_sm)),
-                            (MLP_HALF, mlp_configs(args.bn, downs, args.per_sm))):  # fmt: skip
+                            (MLP_HALF, mlp_configs(args.bn, downs, args.per_sm, [w == "apart" for w in args.squares]))):  # fmt: skip
         name = "attention half" if phases == ATTENTION_HALF else "mlp half"
         done = [persistent(phases, blocks, name) for blocks in configs]
         best[phases] = min((r for r in done if "us_layer" in r), key=lambda r: r["us_layer"], default=None)

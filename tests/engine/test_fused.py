@@ -425,7 +425,7 @@ def _attend_signature():
     rope = dict.fromkeys(("new_k_ptr", "new_v_ptr", "cos_ptr", "sin_ptr"), "*bf16")
     rope |= dict.fromkeys(("new_k_row", "new_v_row", "cos_row"), "i32")
     rope |= {"res_ptr": "*bf16", "res_n": "i32", "inv_n": "fp32", "eps": "fp32"}  # folded norms' residual rows
-    return pointers | ints | {"scale": "fp32", "splits": "i32"} | rope
+    return pointers | ints | {"scale": "fp32", "splits": "i32"} | rope | {"count_ptr": "*i32"}
 
 
 def _greedy_signature(parts: bool = False) -> dict:
@@ -435,13 +435,15 @@ def _greedy_signature(parts: bool = False) -> dict:
     return pointers | {"vocab": "i32", "in_row": "i32", "rows": "i32", "last": "i32", "parts": "i32"}
 
 
-def _attend(group: int, dim: int, one: bool, rope: bool, scaled: bool = False) -> dict:
+def _attend(group: int, dim: int, one: bool, rope: bool, scaled: bool = False, merge: bool | None = None) -> dict:
+    """Several splits merge in the kernel unless `merge` is False (the merge kernel's way)."""
     consts = {"GROUP": group, "G_PAD": 16, "DIM": dim, "BLOCK": 64, "ONE": one, "ROPE": rope, "EXACT": True}
-    return consts | {"SCALED": scaled, "BLOCK_H": 2048 if scaled else 16}
+    return consts | {"SCALED": scaled, "BLOCK_H": 2048 if scaled else 16, "MERGE": not one if merge is None else merge}
 
 
 DECODE_KERNELS = {
     "attend": (_attend_signature(), _attend(8, 64, False, False)),
+    "attend_merge_kernel": (_attend_signature(), _attend(8, 64, False, False, merge=False)),
     "attend_one_split": (_attend_signature(), _attend(1, 128, True, False)),
     "rope_attend": (_attend_signature(), _attend(8, 64, False, True)),
     "rope_attend_one_split": (_attend_signature(), _attend(1, 128, True, True)),

@@ -1,6 +1,6 @@
 """benchmarks/persistent_layer.py's one-kernel layer computes what the engine's folded layer computes
 (each phase a launch of its own under Triton's interpreter), and what it compiles for an H100/H200
-holds the grid-wide waits and the drain of the gate/up loop's copies."""
+holds its grid-wide waits."""
 
 import json
 import os
@@ -22,7 +22,7 @@ def test_the_phases_compute_the_engines_folded_layers():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(report) == {"all", "attention half", "mlp half"}
+    assert set(report) == {"all", "attention half", "mlp half", "mlp half, squares apart"}
     for name, part in report.items():
         # fp16 after two layers: the sums' order (splits, blocks) moves a value by an ulp or so
         assert part["finite"] and part["largest"] > 1 and part["max_abs_diff"] <= 0.02, (name, part)
@@ -38,7 +38,7 @@ def test_blocks_must_divide_the_products():
     assert bench.check_blocks(shape, dict(bench.ENGINE_BLOCKS, s_down=16)).startswith("down")
 
 
-def test_the_compiled_kernel_waits_for_the_grid_and_drains_its_copies():
+def test_the_compiled_kernel_waits_for_the_grid():
     triton = pytest.importorskip("triton")
     import torch
     from triton.backends.compiler import GPUTarget
@@ -66,5 +66,4 @@ def test_the_compiled_kernel_waits_for_the_grid_and_drains_its_copies():
         pytest.skip(f"cannot compile for CUDA here: {e}")
     assert ptx.count("atom.global.gpu.release.add") == 4  # the four waits, each one thread's add
     assert ptx.count("ld.volatile.global") == 4 and ptx.count("ld.global.gpu.acquire") == 4
-    assert ptx.count("cp.async.wait_all") == 1  # after the gate/up phase
     assert "cp.async.cg.shared.global" in ptx  # the products' loops are pipelined
