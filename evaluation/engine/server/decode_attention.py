@@ -13,7 +13,8 @@ needs and no more.
 
 The kernel splits each row's columns among `splits` programs per key/value head (more of them when
 a batch has few rows, so that the GPU's SMs all work), each with the query heads of its group as the
-rows of one product, then merges the parts by their log-sum-exp. The same sums as any attention, in
+rows of one product; the last of a row's splits to finish merges the parts by their log-sum-exp
+(session 30; before, a second kernel did, as `ENGINE_ATTEND_MERGE=0` still has it). The same sums as any attention, in
 another order: a bf16 step's values differ from SDPA's by rounding. Triton on CUDA for half
 precision; `attend_torch` is the same attention through SDPA and the mask the bounds describe (the
 tests' reference, and the decoder's path when `everywhere` is set on the CPU).
@@ -324,7 +325,7 @@ def attend_torch(q, keys, values, bounds, column, scaling) -> torch.Tensor:
 
 def splits_for(rows: int, kv_heads: int, columns: int, device: torch.device) -> int:
     """Programs per row and key/value head: about `ENGINE_DECODE_WAVES` (1) per SM over the batch, no
-    more than its blocks. One split needs no merge kernel; more keep every SM busy when rows are few."""
+    more than its blocks. One split needs no merge; more keep every SM busy when rows are few."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
     wanted = math.ceil(_waves() * sms / max(rows * kv_heads, 1))
     return max(1, min(MAX_SPLITS, wanted, -(-columns // BLOCK_N)))
