@@ -215,6 +215,19 @@ def _merge_ways(attend, merged_inside, counts, used: bool) -> list[dict]:
     return rows
 
 
+def _loads_in_loop(attend, ahead, used: bool) -> dict:
+    """The same attention with each block's keys and values loaded in its own iteration
+    (`ENGINE_ATTEND_AHEAD=0`) against an iteration ahead: the same loads and sums, so bitwise."""
+    from evaluation.engine.server import decode_attention
+
+    saved, decode_attention.load_ahead = decode_attention.load_ahead, False
+    try:
+        got = attend()
+    finally:
+        decode_attention.load_ahead = saved
+    return _diff("decode_attention_loads_in_loop", got.dtype, got, ahead, used)
+
+
 def check_decode_attention(device: str, dtype) -> list[dict]:
     """The decode step's attention over each row's filled columns against SDPA over the mask the
     bounds describe; every column outside them holds NaN for the kernel (it must not read them) and
@@ -256,9 +269,10 @@ def check_decode_attention(device: str, dtype) -> list[dict]:
         out.append(
             _diff("decode_attention", dtype, got, want, used) | shape | {"finite": bool(torch.isfinite(got).all())}
         )
+        attend = functools.partial(decode_attention.attend, q, keys, values, bounds, step, dim**-0.5, work)
         if work.splits > 1:  # the last split merges (the default) against the merge kernel
-            attend = functools.partial(decode_attention.attend, q, keys, values, bounds, step, dim**-0.5, work)
             out += _merge_ways(attend, got, work.count, used)
+        out.append(_loads_in_loop(attend, got, used) | shape)
         for cache in (keys, values):
             cache[:, :, column] = float("nan")  # the kernel writes it before any read
         got = decode_attention.rope_attend(new_q, new_k, new_v, cos, sin, keys, values, bounds, step, dim**-0.5, work)

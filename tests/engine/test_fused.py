@@ -264,6 +264,9 @@ def test_kernels_under_tritons_interpreter():
     several = sum(not c["splits"] == 1 for c in attention)
     assert [(c["inside"], c["merge_kernels"]) for c in merges] == [(True, 0), (False, 1)] * several, merges
     assert all(c["max_abs_diff"] < 1e-3 and c["counts_zero"] for c in merges), merges
+    # Each block's keys and values loaded in its own iteration (ENGINE_ATTEND_AHEAD=0): the same values.
+    in_loop = [c for c in checks if c["op"] == "decode_attention_loads_in_loop"]
+    assert len(in_loop) == len(attention) and all(c["unequal"] == 0 for c in in_loop), in_loop
     # With the step's rotary embedding in the kernel (inputs four times larger: values up to ~8, where
     # fp16's last place is 0.004): the key and value it writes are exactly the rotary kernel's.
     fused_rope = [c for c in checks if c["op"] == "rope_attend"]
@@ -438,12 +441,14 @@ def _greedy_signature(parts: bool = False) -> dict:
 def _attend(group: int, dim: int, one: bool, rope: bool, scaled: bool = False, merge: bool | None = None) -> dict:
     """Several splits merge in the kernel unless `merge` is False (the merge kernel's way)."""
     consts = {"GROUP": group, "G_PAD": 16, "DIM": dim, "BLOCK": 64, "ONE": one, "ROPE": rope, "EXACT": True}
-    return consts | {"SCALED": scaled, "BLOCK_H": 2048 if scaled else 16, "MERGE": not one if merge is None else merge}
+    merge = not one if merge is None else merge
+    return consts | {"SCALED": scaled, "BLOCK_H": 2048 if scaled else 16, "MERGE": merge, "AHEAD": True}
 
 
 DECODE_KERNELS = {
     "attend": (_attend_signature(), _attend(8, 64, False, False)),
     "attend_merge_kernel": (_attend_signature(), _attend(8, 64, False, False, merge=False)),
+    "attend_loads_in_loop": (_attend_signature(), _attend(8, 64, True, True, scaled=True) | {"AHEAD": False}),
     "attend_one_split": (_attend_signature(), _attend(1, 128, True, False)),
     "rope_attend": (_attend_signature(), _attend(8, 64, False, True)),
     "rope_attend_one_split": (_attend_signature(), _attend(1, 128, True, True)),

@@ -64,6 +64,9 @@ MAX_SPLITS = 16
 # Several splits a row: the last to finish merges them (`attend_program`'s MERGE), not a second kernel;
 # `ENGINE_ATTEND_MERGE=0` keeps the merge kernel (benchmarks compare the two).
 merge_inside = os.environ.get("ENGINE_ATTEND_MERGE", "1") != "0"
+# Each block of keys and values loaded an iteration ahead by hand (session 29); `ENGINE_ATTEND_AHEAD=0`
+# loads each in its own iteration and leaves the early loads to Triton's pipeliner (num_stages).
+load_ahead = os.environ.get("ENGINE_ATTEND_AHEAD", "1") != "0"
 everywhere = False  # tests: the torch reference wherever the kernel would not run (CPU, fp32)
 # The step's rotary embedding and cache write inside the attention kernel (`rope_attend`); benchmarks
 # turn it off to compare (`ENGINE_ROPE_ATTEND=0`: the rotary kernel writes the cache, then `attend`).
@@ -94,14 +97,14 @@ if fused.triton is not None:
         new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
         count_ptr, GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr,
         ONE: tl.constexpr, ROPE: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr = False,
-        BLOCK_H: tl.constexpr = 16, MERGE: tl.constexpr = False,
+        BLOCK_H: tl.constexpr = 16, MERGE: tl.constexpr = False, AHEAD: tl.constexpr = True,
     ):  # fmt: skip
         attend_program(
             tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2),
             q_ptr, k_ptr, v_ptr, bounds_ptr, col_ptr, out_ptr, part_ptr, lse_ptr,
             q_row, q_head, k_row, k_head, v_row, v_head, out_row, out_head, heads, scale, splits,
             new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
-            GROUP, G_PAD, DIM, BLOCK, ONE, ROPE, EXACT, SCALED, BLOCK_H, count_ptr, MERGE,
+            GROUP, G_PAD, DIM, BLOCK, ONE, ROPE, EXACT, SCALED, BLOCK_H, count_ptr, MERGE, AHEAD,
         )  # fmt: skip
 
     @triton.jit
@@ -111,12 +114,13 @@ if fused.triton is not None:
         new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
         GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
         ROPE: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr, BLOCK_H: tl.constexpr,
-        count_ptr=None, MERGE: tl.constexpr = False,
+        count_ptr=None, MERGE: tl.constexpr = False, AHEAD: tl.constexpr = True,
     ):  # fmt: skip
         """One program's work: a row's (int64) query heads of key/value head `kv`, over its `split`-th
         share of the columns (a function, so that a persistent kernel can run it too). MERGE: the last
         of a row and head's splits to finish (a count a row and key/value head, `count_ptr`) merges
-        their parts into the output, in split order, instead of `_merge_splits_kernel`."""
+        their parts into the output, in split order, instead of `_merge_splits_kernel`. AHEAD: each
+        block of keys and values is loaded an iteration ahead by hand (`load_ahead`)."""
         HALF: tl.constexpr = DIM // 2
         a1 = tl.load(bounds_ptr + row * 3).to(tl.int32)
         b1 = tl.load(bounds_ptr + row * 3 + 1).to(tl.int32)
@@ -146,7 +150,8 @@ if fused.triton is not None:
         v_base = v_ptr + row * v_row + kv * v_head
         # Every load that needs no other first is issued here, the first block of keys and values
         # included: each waits on memory, and the norm's factor below waits on the residual row's loads.
-        k1, k2, v = _kv_block(k_base, v_base, lo, hi, n1, a1, a2, h, d, DIM, BLOCK)
+        if AHEAD:
+            k1, k2, v = _kv_block(k_base, v_base, lo, hi, n1, a1, a2, h, d, DIM, BLOCK)
         if ROPE:  # q, the step's key and value straight from the projections, rotated as `fused.rope` does
             trig = row * cos_row + h
             c1 = tl.load(cos_ptr + trig).to(tl.float32)
@@ -177,8 +182,10 @@ if fused.triton is not None:
         acc = tl.zeros([G_PAD, DIM], tl.float32)
         for start in range(lo, hi, BLOCK):
             valid = start + tl.arange(0, BLOCK) < hi
-            # The next block's loads go out before this block's arithmetic (masked off past the last).
-            k1_next, k2_next, v_next = _kv_block(k_base, v_base, start + BLOCK, hi, n1, a1, a2, h, d, DIM, BLOCK)
+            if AHEAD:  # the next block's loads go out before this block's arithmetic (masked off past the last)
+                k1_next, k2_next, v_next = _kv_block(k_base, v_base, start + BLOCK, hi, n1, a1, a2, h, d, DIM, BLOCK)
+            else:  # this block's, where Triton's pipeliner (num_stages) can issue them early
+                k1, k2, v = _kv_block(k_base, v_base, start, hi, n1, a1, a2, h, d, DIM, BLOCK)
             s = (tl.dot(q1, tl.trans(k1)) + tl.dot(q2, tl.trans(k2))) * scale
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: the block's first key is valid
@@ -187,7 +194,8 @@ if fused.triton is not None:
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(dt), v)
             m_i = m_new
-            k1, k2, v = k1_next, k2_next, v_next
+            if AHEAD:
+                k1, k2, v = k1_next, k2_next, v_next
         if ROPE:
             if split == splits - 1:  # the step's own key and value, from registers
                 own = tl.sum(q1.to(tl.float32) * k1_new.to(tl.float32)[None, :], 1)
@@ -573,7 +581,7 @@ def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Works
             new_k, new_v, cos, sin, k_row, v_row, cos_row, residual, res_n, fused._fp32_reciprocal(res_n), eps,
             work.count, GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=BLOCK_N,
             ONE=splits == 1, ROPE=rope is not None, EXACT=not fused._INTERPRET, SCALED=scale_of is not None,
-            BLOCK_H=triton.next_power_of_2(res_n), MERGE=merge, **LAUNCH_OPTIONS,
+            BLOCK_H=triton.next_power_of_2(res_n), MERGE=merge, AHEAD=load_ahead, **LAUNCH_OPTIONS,
         )  # fmt: skip
         if splits > 1 and not merge:
             _merge_splits_kernel[(rows, heads)](
