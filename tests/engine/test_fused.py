@@ -292,15 +292,18 @@ def test_kernels_under_tritons_interpreter():
     assert steps["cache_writes_fused"] == 2 * 5 and steps["argmax_equal"] == steps["positions"], steps
 
 
-def _ptx(kernel, signature: dict, consts: dict) -> str:
-    """`kernel` compiled for an H100/H200 (sm90) on this machine, no GPU needed."""
+def _ptx(kernel, signature: dict, consts: dict, aligned: list[int] = (), options: dict | None = None) -> str:
+    """`kernel` compiled for an H100/H200 (sm90) on this machine, no GPU needed. `aligned`: the
+    arguments (by position) known divisible by 16, as Triton's launches specialize them."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    source = ASTSource(fn=kernel, signature=signature | dict.fromkeys(consts, "constexpr"), constexprs=consts)
+    attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
+    source = ASTSource(fn=kernel, signature=signature | dict.fromkeys(consts, "constexpr"), constexprs=consts,
+                       attrs=attrs)  # fmt: skip
     try:
-        return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+        return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
     except (ImportError, FileNotFoundError) as e:  # pragma: no cover - a Triton build without its CUDA tool chain
         pytest.skip(f"cannot compile for CUDA here: {e}")
 
@@ -460,7 +463,7 @@ DECODE_KERNELS = {
     "merge_splits": (
         {"part_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*bf16", "out_row": "i32", "out_head": "i32",
          "heads": "i32", "splits": "i32"},
-        {"S_PAD": 16, "DIM": 64},
+        {"GROUP": 8, "G_PAD": 16, "DIM": 64},
     ),
 }  # fmt: skip
 

@@ -39,12 +39,11 @@ def test_blocks_must_divide_the_products():
 
 
 def test_the_compiled_kernel_waits_for_the_grid():
-    triton = pytest.importorskip("triton")
+    pytest.importorskip("triton")
     import torch
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from benchmarks import persistent_layer as bench
+    from tests.engine.test_fused import _ptx
 
     s = bench.Shape(**{**bench.SHAPES["1b"].__dict__, "layers": 1})
     inputs = bench.make_inputs(s, "cpu")
@@ -56,14 +55,9 @@ def test_the_compiled_kernel_waits_for_the_grid():
     options = {k: consts.pop(k) for k in ("num_warps", "num_stages")}
     kinds = {torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.int32: "*i32", torch.int64: "*i64"}
     types = [kinds[a.dtype] if isinstance(a, torch.Tensor) else "fp32" if isinstance(a, float) else "i32" for a in args]
-    signature = dict(zip(bench._layer_kernel.arg_names, types, strict=False)) | dict.fromkeys(consts, "constexpr")
-    aligned = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(args)
-               if isinstance(a, torch.Tensor) or (isinstance(a, int) and a % 16 == 0)}  # fmt: skip
-    source = ASTSource(fn=bench._layer_kernel, signature=signature, constexprs=consts, attrs=aligned)
-    try:
-        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
-    except (ImportError, FileNotFoundError) as e:  # pragma: no cover - a Triton build without its CUDA tool chain
-        pytest.skip(f"cannot compile for CUDA here: {e}")
+    aligned = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) or (isinstance(a, int) and a % 16 == 0)]
+    ptx = _ptx(bench._layer_kernel, dict(zip(bench._layer_kernel.arg_names, types, strict=False)), consts, aligned,
+               options)  # fmt: skip
     assert ptx.count("atom.global.gpu.release.add") == 4  # the four waits, each one thread's add
     assert ptx.count("ld.volatile.global") == 4 and ptx.count("ld.global.gpu.acquire") == 4
     assert "cp.async.cg.shared.global" in ptx  # the products' loops are pipelined

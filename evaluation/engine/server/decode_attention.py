@@ -245,18 +245,15 @@ if fused.triton is not None:
 
     @triton.jit(do_not_specialize=["splits"])
     def _merge_splits_kernel(
-        part_ptr, lse_ptr, out_ptr, out_row, out_head, heads, splits, S_PAD: tl.constexpr, DIM: tl.constexpr,
+        part_ptr, lse_ptr, out_ptr, out_row, out_head, heads, splits, GROUP: tl.constexpr, G_PAD: tl.constexpr,
+        DIM: tl.constexpr,
     ):  # fmt: skip
+        """`ENGINE_ATTEND_MERGE=0`: a program a row and key/value head merges its group's splits."""
         row = tl.program_id(0).to(tl.int64)
-        head = tl.program_id(1)
-        s = tl.arange(0, S_PAD)
-        d = tl.arange(0, DIM)
-        first = (row * heads + head) * splits
-        lse = tl.load(lse_ptr + first + s, mask=s < splits, other=float("-inf"))
-        weight = tl.exp(lse - tl.max(lse, 0))  # an empty split's -inf weighs 0
-        part = tl.load(part_ptr + (first + s)[:, None] * DIM + d[None, :], mask=(s < splits)[:, None], other=0.0)
-        o = tl.sum(weight[:, None] * part, 0) / tl.sum(weight, 0)
-        tl.store(out_ptr + row * out_row + head * out_head + d, o.to(out_ptr.dtype.element_ty))
+        g = tl.arange(0, G_PAD)
+        head = tl.program_id(1) * GROUP + g
+        _merge_parts((row * heads + head) * splits, lse_ptr, part_ptr, out_ptr + row * out_row + head[:, None] * out_head,
+                     g < GROUP, splits, G_PAD, DIM)  # fmt: skip
 
 
 def applies(like: torch.Tensor, model) -> bool:
@@ -572,6 +569,7 @@ def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Works
     res_n = residual.shape[-1] if scale_of is not None else 1
 
     merge = splits > 1 and merge_inside
+    g_pad = max(16, triton.next_power_of_2(group))
 
     def launch():
         _attend_kernel[(rows, kv_heads, splits)](
@@ -579,13 +577,13 @@ def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Works
             q_row, q_head, keys.stride(0), keys.stride(1), values.stride(0), values.stride(1),
             out.stride(0), out.stride(2), heads, float(scaling), splits,
             new_k, new_v, cos, sin, k_row, v_row, cos_row, residual, res_n, fused._fp32_reciprocal(res_n), eps,
-            work.count, GROUP=group, G_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, BLOCK=BLOCK_N,
+            work.count, GROUP=group, G_PAD=g_pad, DIM=dim, BLOCK=BLOCK_N,
             ONE=splits == 1, ROPE=rope is not None, EXACT=not fused._INTERPRET, SCALED=scale_of is not None,
             BLOCK_H=triton.next_power_of_2(res_n), MERGE=merge, AHEAD=load_ahead, **LAUNCH_OPTIONS,
         )  # fmt: skip
         if splits > 1 and not merge:
-            _merge_splits_kernel[(rows, heads)](
-                work.part, work.lse, out, out.stride(0), out.stride(2), heads, splits, S_PAD=MAX_SPLITS, DIM=dim,
+            _merge_splits_kernel[(rows, kv_heads)](
+                work.part, work.lse, out, out.stride(0), out.stride(2), heads, splits, GROUP=group, G_PAD=g_pad, DIM=dim,
             )  # fmt: skip
         return out
 
