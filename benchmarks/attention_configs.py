@@ -39,29 +39,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.engine.server import decode_attention, fused  # noqa: E402
 
 ROWS, FILLED, HEADS, KV_HEADS, DIM, HIDDEN, LAYERS = 64, 50, 32, 4, 64, 2048, 22
-PREFIX_AREA, SUFFIX_AREA, NEW, COLUMNS = 96, 64, 64, 384
+COLUMNS = 384
+NEW = COLUMNS // 6  # the new tokens' columns before the step's (`batch_layout`)
+
+
+def batch_layout(rows: int, filled: int, columns: int, dim: int, gen, device, dtype) -> dict:
+    """A generation batch midway, as the static decoder lays it out in `columns` columns: the first
+    `filled` rows with a prefix of up to 85 columns ending at a quarter of them, then a suffix of 20-60
+    (at most a sixth) ending where the new tokens start; the rest padding rows (StaticDecoder.pad_rows)
+    attending to their own steps' columns; the step a sixth of the columns later. Its bounds, the
+    step's column and its rows' rotary tables."""
+    prefix_area, suffix_area, new = columns // 4, columns // 6, columns // 6
+    start = prefix_area + suffix_area  # the first rows' prompts end here; new tokens follow
+    bounds = torch.zeros(rows, 3, dtype=torch.long)
+    bounds[:filled, 0], bounds[:filled, 1] = prefix_area - min(85, prefix_area), prefix_area
+    suffix = torch.randint(min(20, suffix_area), min(60, suffix_area) + 1, (filled,), generator=gen)
+    bounds[:filled, 2] = start - suffix
+    bounds[filled:, 2] = start
+    column = start + new
+    cos, sin = fused.rotary_tables(torch.arange(rows, device=device)[:, None] + column, dim, dtype)
+    return dict(bounds=bounds.to(device), column=torch.tensor([column], device=device), cos=cos, sin=sin)
 
 
 def step_inputs(device, dtype=torch.bfloat16, layers: int = LAYERS, seed: int = 0) -> dict:
-    """A step's inputs as a 1.1 B generation batch has them midway (see the docstring)."""
+    """A step's inputs as a 1.1 B generation batch has them midway (`batch_layout`)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
 
     def randn(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-    suffix = torch.randint(20, 61, (FILLED,), generator=gen)
-    start = PREFIX_AREA + SUFFIX_AREA  # the first rows' prompts end here; new tokens follow
-    bounds = torch.zeros(ROWS, 3, dtype=torch.long)
-    bounds[:FILLED, 0], bounds[:FILLED, 1] = PREFIX_AREA - 85, PREFIX_AREA
-    bounds[:FILLED, 2] = start - suffix
-    bounds[FILLED:, 2] = start  # padding rows (StaticDecoder.pad_rows): their own steps' columns
+    layout = batch_layout(ROWS, FILLED, COLUMNS, DIM, gen, device, dtype)
     qkv = randn(ROWS, 1, (HEADS + 2 * KV_HEADS) * DIM)
     q, k, v = qkv.split([HEADS * DIM, KV_HEADS * DIM, KV_HEADS * DIM], dim=-1)
-    cos, sin = fused.rotary_tables(torch.arange(ROWS, device=device)[:, None] + start + NEW, DIM, dtype)
     return dict(
-        q=q, k=k, v=v, cos=cos, sin=sin, residual=randn(ROWS, 1, HIDDEN) * 3,
+        layout, q=q, k=k, v=v, residual=randn(ROWS, 1, HIDDEN) * 3,
         caches=[(randn(ROWS, KV_HEADS, COLUMNS, DIM), randn(ROWS, KV_HEADS, COLUMNS, DIM)) for _ in range(layers)],
-        bounds=bounds.to(device), column=torch.tensor([start + NEW], device=device),
     )  # fmt: skip
 
 

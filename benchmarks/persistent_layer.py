@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from benchmarks.attention_configs import batch_layout  # noqa: E402
 from evaluation.engine.server import decode_attention, fused  # noqa: E402
 
 ALL = 0b11111  # the five phases' bits
@@ -214,8 +215,7 @@ ENGINE_BLOCKS = dict(bk=64, bn_qkv=64, s_qkv=4, bn_o=64, s_o=4, bn_gu=64, bn_dow
 
 def make_inputs(shape: Shape, device, dtype=torch.bfloat16, seed: int = 0) -> dict:
     """Random folded weights stored [in, out] (as the engine's steps read them), and a generation batch's
-    caches midway (the first rows with a prefix of 85 columns and a suffix of 20-60, the rest padding
-    rows attending to their own steps only, as `benchmarks.attention_configs` lays them out)."""
+    caches midway (`attention_configs.batch_layout`)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     s = shape
 
@@ -228,17 +228,8 @@ def make_inputs(shape: Shape, device, dtype=torch.bfloat16, seed: int = 0) -> di
              keys=randn(s.rows, s.kv_heads, s.columns, s.dim), values=randn(s.rows, s.kv_heads, s.columns, s.dim))
         for _ in range(s.layers)
     ]  # fmt: skip
-    filled = s.rows * 3 // 4
-    prefix_area, suffix_area, new = s.columns // 4, s.columns // 6, s.columns // 6
-    start = prefix_area + suffix_area
-    bounds = torch.zeros(s.rows, 3, dtype=torch.long)
-    bounds[:filled, 0], bounds[:filled, 1] = prefix_area - min(85, prefix_area), prefix_area
-    bounds[:filled, 2] = start - torch.randint(min(20, suffix_area), suffix_area + 1, (filled,), generator=gen)
-    bounds[filled:, 2] = start
-    column = start + new
-    cos, sin = fused.rotary_tables(torch.arange(s.rows, device=device)[:, None] + column, s.dim, dtype)
-    return dict(layers=layers, residual=randn(s.rows, 1, s.hidden, scale=3.0), bounds=bounds.to(device),
-                column=torch.tensor([column], device=device), cos=cos, sin=sin, eps=1e-5)  # fmt: skip
+    layout = batch_layout(s.rows, s.rows * 25 // 32, s.columns, s.dim, gen, device, dtype)  # 50 of 64 rows filled
+    return dict(layout, layers=layers, residual=randn(s.rows, 1, s.hidden, scale=3.0), eps=1e-5)
 
 
 def engine_step(shape: Shape, inputs: dict, device, phases: int = ALL) -> callable:
