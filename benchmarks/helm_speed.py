@@ -670,6 +670,9 @@ def server_columns(stats: dict | None) -> str:
             decode += " (rope_attend off)"
         if decode_stats.get("folded_norms") is False:  # norm kernels in the steps (off, or no room for the copies)
             decode += " (norms kept)"
+        lt = decode_stats.get("lt_products") or {}
+        if lt:  # the step products with a cuBLASLt algorithm chosen by timing, of those timed
+            decode += f" (Lt {sum(bool(e.get('algo')) for e in lt.values())}/{len(lt)})"
     return (
         f"{fmt(stats.get('busy_seconds'), '.2f')} | "
         f"{stats.get('batches', '–')} × {fmt(stats.get('mean_batch_rows'), '.0f')} | "

@@ -339,6 +339,8 @@ class ModelService(Frontend):
             "rope_attend": decode_attention.rope_attend_state(static.model) if static is not None else None,
             # The norms folded into the products, steps without norm kernels (folded.py).
             "folded_norms": folded.folded(self.generator.model),
+            # The step products' cuBLASLt choices (lt_matmul.tune), by name@rows.
+            "lt_products": static.tuned if static is not None else {},
         }
         # Packed batches replayed as CUDA graphs, and the captures batches waited for (not the warm-up's).
         graphs = self.generator.graphs

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from evaluation.engine.server import fused
+from evaluation.engine.server import fused, lt_matmul
 from evaluation.engine.server.switches import switch
 
 # The most of what the allocator may hold that the folded copies may take.
@@ -154,8 +154,7 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
     attn, mlp = layer.self_attn, layer.mlp
     rows = hidden.shape[0]
     flat = hidden.view(rows, -1)
-    qkv = attn._engine_joined
-    q, k, v = qkv(hidden, qkv.folded)
+    q, k, v = _project(attn._engine_joined, hidden)
     cos, sin = position_embeddings
     scale_of = (hidden, fused._eps(layer.input_layernorm))
     out = past.rope_attend(q, k, v, cos, sin, attn.layer_idx, attn.scaling, scale_of=scale_of)
@@ -163,9 +162,35 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
         q, k, v = fused.scaled_rows(scale_of, q, k, v)
         out = fused._attention(attn, q, k, v, cos, sin, mask, position_ids, past, past.column)
     o_weight, down_weight = layer._engine_adding
-    flat.addmm_(out.reshape(rows, -1), o_weight)
-    gate_up = mlp._engine_joined
-    gate, up = gate_up(hidden, gate_up.folded)
+    lt_matmul.mm(out.reshape(rows, -1), o_weight, flat, accumulate=True)
+    gate, up = _project(mlp._engine_joined, hidden)
     act = fused.silu_mul(gate, up, scale_of=(hidden, fused._eps(layer.post_attention_layernorm)))
-    flat.addmm_(act.reshape(rows, -1), down_weight)
+    lt_matmul.mm(act.reshape(rows, -1), down_weight, flat, accumulate=True)
     return hidden
+
+
+def _project(joined: Any, hidden: torch.Tensor) -> list[torch.Tensor]:
+    """A joined projection of the residual rows [rows, 1, hidden] by its folded copy: through the
+    algorithm `lt_matmul.tune` chose where it chose one, else as the joined module computes it."""
+    if not lt_matmul._chosen:
+        return joined(hidden, joined.folded)
+    rows = hidden.shape[0]
+    out = lt_matmul.mm(hidden.view(rows, -1), joined.folded.t())
+    return list(out.view(rows, 1, -1).split(joined.sizes, dim=-1))
+
+
+def product_groups(model: Any) -> dict[str, tuple[list[torch.Tensor], bool]]:
+    """A folded model's step products for `lt_matmul.tune`: each one's weights [in, out] in every layer
+    and whether it adds into the residual; none where the steps' weights are in the model's layout."""
+    if not folded(model):
+        return {}
+    layers = model.model.layers
+    groups = {
+        "qkv": ([layer.self_attn._engine_joined.folded.t() for layer in layers], False),
+        "o": ([layer._engine_adding[0] for layer in layers], True),
+        "gate_up": ([layer.mlp._engine_joined.folded.t() for layer in layers], False),
+        "down": ([layer._engine_adding[1] for layer in layers], True),
+    }
+    if not all(w.is_contiguous() for weights, _ in groups.values() for w in weights):
+        return {}
+    return groups

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from evaluation.engine.server import cuda_graphs, decode_attention, decode_step, folded, fused
+from evaluation.engine.server import cuda_graphs, decode_attention, decode_step, folded, fused, lt_matmul
 from evaluation.engine.server.attention import attention_shape
 from evaluation.engine.server.kv_cache import cache_tensors
 from evaluation.engine.server.staging import Staging
@@ -40,6 +40,8 @@ COLUMN_STEP = 128
 # H100's 132 SMs over 64 rows' 4 key/value heads take one split a row; 8 rows' would take five).
 STANDING_ROWS = 64
 STANDING_MIN_BUCKET = 32
+# The buckets whose step products get cuBLASLt algorithms chosen by timing (lt_matmul.tune).
+TUNED_ROWS = (32, 48, 64)
 # A standing shape narrower than this would serve few decoding batches: none is made.
 STANDING_MIN_COLUMNS = 256
 
@@ -243,6 +245,7 @@ class StaticDecoder:
         self.standing: _Buffers | None = None
         self._room = 0  # cache tokens the standing shape and another may hold together
         self.prepared = (0, 0.0)  # the warm-up's captures and their seconds
+        self.tuned: dict = {}  # lt_matmul.tune's report
         # Each shape's own memory pool: one shape at a time, the old one's memory goes with its buffers.
         self.capturer = cuda_graphs.Capturer(shared_pool=False)
         self.graph_failed = False
@@ -323,6 +326,13 @@ class StaticDecoder:
                 self.capturer.warm_up(lambda: self._forward(b))
             except Exception:  # the server still starts: the first capture then warms up itself
                 log.warning("decode warm-up steps failed", exc_info=True)
+        if self.use_graphs and not self.graph_failed and fused.runs_fused(self.model):
+            # The step products' algorithms, timed where the steps will mostly run (lt_matmul.py).
+            try:
+                self.tuned = lt_matmul.tune(folded.product_groups(self.model), list(TUNED_ROWS))
+            except Exception:  # torch's products then
+                log.warning("timing cuBLASLt's algorithms failed", exc_info=True)
+                lt_matmul.forget()
         if standing_columns <= 0 or self.graph_failed:
             return
         if self._like is None:
