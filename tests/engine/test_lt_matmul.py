@@ -45,6 +45,8 @@ def test_nothing_is_timed_without_cublaslt_or_when_switched_off(monkeypatch, tin
     model = _load(tiny_llama_dir).model
     assert fused.install(model) and folded.fold(model)
     groups = folded.product_groups(model)
+    monkeypatch.setenv("ENGINE_LT", "1")
+    assert lt_matmul.enabled()
     assert lt_matmul.tune(groups, [64]) == {} and not lt_matmul._chosen  # no CUDA here
     monkeypatch.setenv("ENGINE_LT", "0")
     assert not lt_matmul.enabled()

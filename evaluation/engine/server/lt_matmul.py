@@ -277,8 +277,8 @@ MARGIN = 0.03
 
 
 def enabled() -> bool:
-    """`ENGINE_LT` (default on where cuBLASLt loads; 0: torch's products everywhere)."""
-    return switch("ENGINE_LT", default="1") is not False
+    """`ENGINE_LT` (1: on where cuBLASLt loads; default off until measured on the GPU)."""
+    return switch("ENGINE_LT", default="0") is True
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
