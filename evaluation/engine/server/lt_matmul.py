@@ -41,6 +41,8 @@ _CONFIG_STAGES_ID = 6
 _SCHEME_NONE, _SCHEME_INPLACE, _SCHEME_COMPUTE_TYPE = 0, 1, 2
 WORKSPACE_BYTES = 32 << 20
 SPLITS = (1, 2, 3, 4, 6, 8)
+# The heuristic's first this many algorithms are also tried with each of SPLITS.
+VARIED = 8
 
 
 class Algo(ctypes.Structure):
@@ -168,8 +170,8 @@ class Product:
         return _handle(), op, a_l, b_l, c_l, c_l
 
     def candidates(self, count: int = 32) -> list[Algo]:
-        """The heuristic's algorithms, best guess first, then each with the other split counts and
-        schemes cuBLASLt accepts for this shape."""
+        """The heuristic's algorithms, best guess first, then the first VARIED of them with the other
+        split counts and schemes cuBLASLt accepts for this shape."""
         lib = _lib()
         pref = ctypes.c_void_p()
         _check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "preference")
@@ -196,7 +198,7 @@ class Product:
         base = [results[i].algo for i in range(returned.value) if results[i].state == 0]
         for algo in base:
             add(Algo.from_buffer_copy(algo))
-        for algo in base:
+        for algo in base[:VARIED]:
             for splits in SPLITS:
                 for scheme in (_SCHEME_NONE,) if splits == 1 else (_SCHEME_INPLACE, _SCHEME_COMPUTE_TYPE):
                     variant = Algo.from_buffer_copy(algo)
