@@ -251,7 +251,9 @@ def test_kernels_under_tritons_interpreter():
     ] * (len(tails) // 5), tails
     for c in tails:
         assert c["tokens_equal"] == c["finite_rows"] == 5 and c["ties_first"] == [7, 5], c
-        assert c["logits_unequal"] == 0 and c["rotary_unequal"] == 0 and c["logprob_max_diff"] < 1e-5, c
+        # Logprobs of magnitude up to ~40, where an fp32 ulp is 3.8e-6: a sum of 32,000 exponentials in
+        # another order is a few ulps off (1.08e-5 on the CPU box of session 31, so 1e-5 was too tight).
+        assert c["logits_unequal"] == 0 and c["rotary_unequal"] == 0 and c["logprob_max_diff"] < 4e-5, c
         assert c["finite_equal"] and c["next_tokens_equal"] and c["positions_equal"] and c["column"] == 13, c
     # The decode attention sums in another order than SDPA and never reads a column outside the bounds
     # (they hold NaN): a few units of fp16's last place, with one split a row and with several.
