@@ -102,3 +102,23 @@ def test_the_choices_cache_round_trips_and_survives_a_broken_file(tmp_path, monk
     assert lt_matmul._read_cache() == {key: entry}
     path.write_text("{not json")
     assert lt_matmul._read_cache() == {}
+
+
+def test_torchs_product_is_timed_first_and_last_and_its_lower_figure_kept(monkeypatch):
+    """A candidate is chosen only against torch's better figure (a slow first graph favours none)."""
+
+    class Candidates:
+        def candidates(self, count):
+            return ["fast", "slow"]
+
+    figures = {"fast": 6.8, "slow": 9.0}
+    torch_figures = iter([7.5, 6.7])  # first (cold) and last
+    monkeypatch.setattr(lt_matmul, "_workspace", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(
+        lt_matmul,
+        "_replayed_ms",
+        lambda run, replays: next(torch_figures) if run.args[0] is None else figures[run.args[0]],
+    )
+    timed = lt_matmul.time_candidates(Candidates(), lambda algo: None)
+    assert timed == [(6.7, None), (6.8, "fast"), (9.0, "slow")]
