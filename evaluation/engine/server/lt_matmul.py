@@ -9,6 +9,10 @@ for `out = a @ b (+ out)`, a [m, k] and b [k, n] row-major, and each shape's can
 heuristic's list and each with other split counts) are timed once over the model's own weights
 (`tune`); the fastest is kept for that shape. Products are CUDA-graph capturable (the workspace is one
 device buffer, the scalars host values read at launch).
+
+`ENGINE_LT=1` turns it on; off by default: on an H100 nothing beat cuBLAS's own choice at the step's
+64 rows (at 32 and 48 rows the down product did, 11.1 µs against 12.7), and whole 1.1 B generation runs
+did not move (docs/benchmarks.md, session 31). Not yet measured on an H200.
 """
 
 from __future__ import annotations
