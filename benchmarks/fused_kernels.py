@@ -452,26 +452,10 @@ def write_report(path, **fields) -> None:
 
 
 def _replayed_ms(run, replays: int = 50) -> tuple[float, object]:
-    """One call of `run` captured as a CUDA graph and replayed: (ms a replay, the captured call's output)."""
-    import torch
+    """One call of `run` captured as a CUDA graph and replayed (`cuda_graphs.replayed_ms`)."""
+    from evaluation.engine.server.cuda_graphs import replayed_ms
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = run()
-    for _ in range(3):
-        graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / replays, out
+    return replayed_ms(run, replays)
 
 
 def time_decode_attention() -> list[dict]:

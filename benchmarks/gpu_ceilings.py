@@ -8,6 +8,16 @@ import json
 import time
 
 
+def copy_rate(device) -> float:
+    """The card's copy rate in bytes a second (what the decode benchmarks' shares are of), printed with
+    the card's name."""
+    import torch
+
+    rate = measure(str(device))["copy_bandwidth_tb_s"] * 1e12
+    print(f"{torch.cuda.get_device_name(device)}: copy rate {rate / 1e12:.2f} TB/s", flush=True)
+    return rate
+
+
 def measure(device: str = "cuda") -> dict:
     import torch
 

@@ -39,7 +39,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from benchmarks.fused_kernels import _replayed_ms, write_report  # noqa: E402
-from benchmarks.gpu_ceilings import measure  # noqa: E402
+from benchmarks.gpu_ceilings import copy_rate  # noqa: E402
 from evaluation.engine.server import fused  # noqa: E402
 
 SIZES = {  # hidden, intermediate, heads, kv heads, layers (the benchmarks' Llama configs)
@@ -275,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     device = torch.device("cuda")
-    rate = measure(str(device))["copy_bandwidth_tb_s"] * 1e12  # the rate whole runs' shares are of
-    print(f"{torch.cuda.get_device_name(device)}: copy rate {rate / 1e12:.2f} TB/s", flush=True)
+    rate = copy_rate(device)  # the rate whole runs' shares are of
     results = []
     for rows in args.rows:
         chain = Chain(args.size, rows, args.cols, device)

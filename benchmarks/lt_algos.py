@@ -26,24 +26,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fused_kernels import write_report  # noqa: E402
-from benchmarks.gpu_ceilings import measure  # noqa: E402
+from benchmarks.gpu_ceilings import copy_rate  # noqa: E402
 from benchmarks.l2_prefetch import SIZES  # noqa: E402
 from benchmarks.product_layouts import product_shapes  # noqa: E402
 from evaluation.engine.server import lt_matmul  # noqa: E402
 
 
 def chain_of(product: lt_matmul.Product, copies: int, device, seed: int = 0):
-    """The chain's call (algo -> None), its input, one weight and the output it writes."""
+    """The chain's call (algo -> None) over `copies` weights of the product's shape, its input, one
+    weight and the output it writes."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    n, k, m = product.n, product.k, product.m
+    n, k = product.n, product.k
     weights = [(torch.randn(k, n, generator=gen) * k**-0.5).to(device, product.dtype) for _ in range(copies)]
-    a = torch.randn(m, k, generator=gen).to(device, product.dtype)
-    out = torch.zeros(m, n, device=device, dtype=product.dtype)
-
-    def run(algo):
-        for w in weights:
-            product(a, w, out, algo)
-
+    run, a, out = lt_matmul.chain(product, weights, seed)
     return run, a, weights[0], out
 
 
@@ -57,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     device = torch.device("cuda")
-    rate = measure(str(device))["copy_bandwidth_tb_s"] * 1e12
-    print(f"{torch.cuda.get_device_name(device)}: copy rate {rate / 1e12:.2f} TB/s", flush=True)
+    rate = copy_rate(device)
     results = []
     for rows in args.rows:
         for name, (n, k, adds) in product_shapes(args.size).items():

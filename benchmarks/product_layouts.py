@@ -43,7 +43,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fused_kernels import _replayed_ms, write_report  # noqa: E402
-from benchmarks.gpu_ceilings import measure  # noqa: E402
+from benchmarks.gpu_ceilings import copy_rate  # noqa: E402
 from benchmarks.l2_prefetch import DIM, SIZES, Chain  # noqa: E402
 
 LAYOUTS = ("tn", "nn", "wx")
@@ -105,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     device = torch.device("cuda")
-    rate = measure(str(device))["copy_bandwidth_tb_s"] * 1e12
-    print(f"{torch.cuda.get_device_name(device)}: copy rate {rate / 1e12:.2f} TB/s", flush=True)
+    rate = copy_rate(device)
     results = []
     for rows in args.rows:
         for name, (out, inp, adds) in product_shapes(args.size).items():

@@ -10,7 +10,7 @@ import ctypes
 import pytest
 import torch
 
-from evaluation.engine.server import folded, fused, lt_matmul
+from evaluation.engine.server import cuda_graphs, folded, fused, lt_matmul
 from evaluation.engine.server.generation import BatchGenerator
 from tests.engine.reference import PROMPTS, assert_like_generate, rows_for
 from tests.engine.test_folded import _load, folding  # noqa: F401  (the fixture)
@@ -116,9 +116,9 @@ def test_torchs_product_is_timed_first_and_last_and_its_lower_figure_kept(monkey
     monkeypatch.setattr(lt_matmul, "_workspace", lambda device: None)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(
-        lt_matmul,
-        "_replayed_ms",
-        lambda run, replays: next(torch_figures) if run.args[0] is None else figures[run.args[0]],
+        cuda_graphs,
+        "replayed_ms",
+        lambda run, replays: (next(torch_figures) if run.args[0] is None else figures[run.args[0]], None),
     )
     timed = lt_matmul.time_candidates(Candidates(), lambda algo: None)
     assert timed == [(6.7, None), (6.8, "fast"), (9.0, "slow")]

@@ -87,3 +87,26 @@ class Capturer:
                 error = e
         log.warning("CUDA graph capture failed; running without graphs", exc_info=error)
         return None
+
+
+def replayed_ms(run: Callable[[], Any], replays: int = 50) -> tuple[float, Any]:
+    """One call of `run` captured as a CUDA graph and replayed: (ms a replay, the captured call's output).
+    For timing (lt_matmul's candidates, the benchmarks): a call on a side stream first, three replays
+    before the timed ones."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = run()
+    for _ in range(3):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / replays, out

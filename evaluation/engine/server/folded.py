@@ -172,7 +172,7 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
 def _project(joined: Any, hidden: torch.Tensor) -> list[torch.Tensor]:
     """A joined projection of the residual rows [rows, 1, hidden] by its folded copy: through the
     algorithm `lt_matmul.tune` chose where it chose one, else as the joined module computes it."""
-    if not lt_matmul._chosen:
+    if not lt_matmul.any_chosen():
         return joined(hidden, joined.folded)
     rows = hidden.shape[0]
     out = lt_matmul.mm(hidden.view(rows, -1), joined.folded.t())

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from evaluation.engine.server import cuda_graphs
 from evaluation.engine.server.switches import switch
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,21 @@ def fits(product: Product, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) 
     )  # fmt: skip
 
 
+def chain(product: Product, weights: list[torch.Tensor], seed: int = 0):
+    """A step's reading of one product over every layer's weight [k, n], each into the same output:
+    (the call, given an algorithm or None for torch's; its input a [m, k]; its output)."""
+    w0 = weights[0]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    a = (torch.randn(product.m, product.k, generator=gen) * 0.1).to(w0.device, w0.dtype)
+    out = torch.zeros(product.m, product.n, device=w0.device, dtype=w0.dtype)
+
+    def run(algo: Algo | None) -> None:
+        for w in weights:
+            product(a, w, out, algo)
+
+    return run, a, out
+
+
 def time_candidates(product: Product, chain: Callable[[Algo | None], None], replays: int = 30,
                     count: int = 32) -> list[tuple[float, Algo | None]]:  # fmt: skip
     """Each candidate's (ms a replay of `chain(algo)` as a CUDA graph, algo), fastest first; torch's own
@@ -248,7 +264,7 @@ def time_candidates(product: Product, chain: Callable[[Algo | None], None], repl
     results = []
     for algo in [None, *product.candidates(count), None]:
         try:
-            ms = _replayed_ms(functools.partial(chain, algo), replays)
+            ms, _ = cuda_graphs.replayed_ms(functools.partial(chain, algo), replays)
         except RuntimeError:
             continue
         results.append((ms, algo))
@@ -256,26 +272,6 @@ def time_candidates(product: Product, chain: Callable[[Algo | None], None], repl
     results = [(ms, algo) for ms, algo in results if algo is not None] + [(ours, None)]
     results.sort(key=lambda r: r[0])
     return results
-
-
-def _replayed_ms(run: Callable[[], None], replays: int) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        run()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        run()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    del graph
-    return start.elapsed_time(end) / replays
 
 
 # --- the engine's products ----------------------------------------------------------------------
@@ -289,6 +285,11 @@ MARGIN = 0.03
 def enabled() -> bool:
     """`ENGINE_LT` (1: on where cuBLASLt loads; default off until measured on the GPU)."""
     return switch("ENGINE_LT", default="0") is True
+
+
+def any_chosen() -> bool:
+    """Whether `tune` chose an algorithm for any shape (else every product is torch's)."""
+    return bool(_chosen)
 
 
 def mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None, accumulate: bool = False) -> torch.Tensor:
@@ -306,10 +307,15 @@ def _cache_path() -> Path:
     return Path(os.environ.get("ENGINE_LT_CACHE") or Path.home() / ".cache" / "llm-portal" / "lt_algos.json")
 
 
+@functools.cache
+def _cache_prefix(device: torch.device) -> str:
+    """The card, CUDA version and cuBLASLt library a choice holds for."""
+    return f"{torch.cuda.get_device_name(device)}|{torch.version.cuda}|{Path(_library_path() or '').name}"
+
+
 def _cache_key(product: Product, device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device)
-    return f"{name}|{torch.version.cuda}|{Path(_library_path() or '').name}|{product.m}x{product.n}x{product.k}|" \
-           f"{str(product.dtype).split('.')[-1]}|{int(product.accumulate)}"  # fmt: skip
+    dtype = str(product.dtype).removeprefix("torch.")
+    return f"{_cache_prefix(device)}|{product.m}x{product.n}x{product.k}|{dtype}|{int(product.accumulate)}"
 
 
 def _read_cache() -> dict:
@@ -356,15 +362,8 @@ def tune(groups: dict[str, tuple[list[torch.Tensor], bool]], rows: list[int], re
                 report[f"{name}@{m}"] = {**entry, "cached": True}
                 continue
             started = time.perf_counter()
-            gen = torch.Generator(device="cpu").manual_seed(m)
-            a = (torch.randn(m, k, generator=gen) * 0.1).to(w0.device, w0.dtype)
-            out = torch.zeros(m, n, device=w0.device, dtype=w0.dtype)
-
-            def chain(algo, product=product, a=a, out=out, weights=weights):
-                for w in weights:
-                    product(a, w, out, algo)
-
-            timed = time_candidates(product, chain, replays)
+            run, _, _ = chain(product, weights, seed=m)
+            timed = time_candidates(product, run, replays)
             torch_ms = next(ms for ms, algo in timed if algo is None)
             best_ms, best = timed[0]
             keep = best is not None and best_ms < torch_ms * (1 - MARGIN)
@@ -378,7 +377,6 @@ def tune(groups: dict[str, tuple[list[torch.Tensor], bool]], rows: list[int], re
             cache[key], dirty = entry, True
             report[f"{name}@{m}"] = {**entry, "cached": False}
             log.info("cuBLASLt %s at %d rows: %s", name, m, entry)
-            del a, out
     if dirty:
         _write_cache({**_read_cache(), **cache})
     return report
