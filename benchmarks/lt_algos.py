@@ -11,7 +11,7 @@ output is from torch's and from an fp32 product.
 
     bash benchmarks/gpu_env.sh python3 -m benchmarks.lt_algos --size 1b --rows 64
 
-Session 31, an H100 (docs/benchmarks.md): 77-88 candidates a product, the fastest 0-10 % under torch's
+Session 31, an H100 (docs/benchmarks.md): 88 candidates a step product (56 for the head), the fastest 0-10 % under torch's
 first timing and bitwise equal to its output (q/k/v 6.75 against 7.47 µs, down 11.19 both ways). ~30 s.
 """
 

@@ -6,12 +6,12 @@ dimension, and how it sums the parts (on an H200 the down product is split and s
 kernel, 2 µs a layer; docs/benchmarks.md, session 30). torch asks cuBLAS(Lt) for its first heuristic
 guess and runs that. Here cuBLASLt is called directly (ctypes: it is the library torch already loaded)
 for `out = a @ b (+ out)`, a [m, k] and b [k, n] row-major, and each shape's candidates (the
-heuristic's list and each with other split counts) are timed once over the model's own weights
+heuristic's list, its first VARIED also with other split counts) are timed once over the model's own weights
 (`tune`); the fastest is kept for that shape. Products are CUDA-graph capturable (the workspace is one
 device buffer, the scalars host values read at launch).
 
 `ENGINE_LT=1` turns it on; off by default: on an H100 nothing beat cuBLAS's own choice at the step's
-64 rows (at 32 and 48 rows the down product did, 11.1 µs against 12.7), and whole 1.1 B generation runs
+64 rows (at 32 and 48 rows the down product did, 11.1 µs against 12.7-12.9), and whole 1.1 B generation runs
 did not move (docs/benchmarks.md, session 31). Not yet measured on an H200.
 """
 
