@@ -1,0 +1,292 @@
+"""Would a decode step's products run faster if each kernel read its weights before the kernel ahead
+of it had finished?
+
+At a step's 64 rows each of a 1.1 B layer's products is a short kernel whose time is mostly its ramp
+and tail (sessions 22-31, docs/benchmarks.md): on an H200 q/k/v 6.5 µs and output 6.1 µs for 10.5 and
+8.4 MB, where the copy rate reads them in ~2.5 and ~2.0. Their weights do not depend on anything the
+kernels ahead compute. Here each product is one Triton kernel launched early (programmatic dependent
+launch: every program lets the next kernel start as soon as it itself has started) whose programs load
+their whole slab of the weight, [KS inner, BN output columns], first, and only then wait for the kernel
+ahead to finish (`griddepcontrol.wait`) and read their rows of the input. While one product computes,
+the next one's programs that fit beside it are already streaming their weights.
+
+Each program multiplies all 64 rows by its slab (fp32 sums); a product's inner dimension is split
+among KS-sized slabs, each split leaves its part in memory and the last of a column block's splits to
+finish (a count a block) sums them in split order (the same bits whichever is last) and writes the
+block: stored (q/k/v), added into the residual (output, down), or SiLU(g · s) × (u · s) for the
+gate/up product with s each row's RMS factor, summed from the same loads of the residual rows.
+
+Printed, on 22 layers' weights (none of them in L2): µs for each product over the 22 weights in one
+CUDA graph, torch's (cuBLAS) against each slab shape with and without early launches, and a chain of
+22 layers' four products (and SiLU × up for torch) each way; the largest difference from torch's output.
+
+    bash benchmarks/gpu_env.sh python3 -m benchmarks.prefetch_products
+    TRITON_INTERPRET=1 python -m benchmarks.prefetch_products --check   # against torch, on the CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from evaluation.engine.server import fused  # noqa: E402
+
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover
+    gdc_launch_dependents = gdc_wait = None
+
+STORE, ADD, SILU = 0, 1, 2
+EPS = 1e-5
+
+
+@triton.jit
+def _wf_kernel(x_ptr, w_ptr, out_ptr, part_ptr, count_ptr, N: tl.constexpr, K: tl.constexpr,
+               M: tl.constexpr, BN: tl.constexpr, KS: tl.constexpr, MODE: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+    """x [M, K] @ w [K, N] (SILU: w is [K, 2N], gate columns then up columns; out [M, N])."""
+    block = tl.program_id(0)
+    split = tl.program_id(1)
+    SPLITS: tl.constexpr = K // KS
+    W_N: tl.constexpr = 2 * N if MODE == 2 else N
+    if PDL:
+        gdc_launch_dependents()
+    k = split * KS + tl.arange(0, KS)
+    n = block * BN + tl.arange(0, BN)
+    m = tl.arange(0, M)
+    w = tl.load(w_ptr + k[:, None] * W_N + n[None, :])
+    if MODE == 2:
+        wu = tl.load(w_ptr + k[:, None] * W_N + (N + n)[None, :])
+    if PDL:
+        gdc_wait()
+    x = tl.load(x_ptr + m[:, None] * K + k[None, :])
+    acc = tl.dot(x, w)
+    if MODE == 2:
+        up = tl.dot(x, wu)
+        xf = x.to(tl.float32)
+        squares = tl.sum(xf * xf, axis=1)
+    done = SPLITS == 1
+    if SPLITS > 1:
+        PART_N: tl.constexpr = 2 * N if MODE == 2 else N  # SILU: gate, then up
+        at = part_ptr + m[:, None] * PART_N + n[None, :]
+        sq_at = part_ptr + SPLITS * M * PART_N + block * M + m  # SILU: each block's splits' squares
+        tl.store(at + split * M * PART_N, acc)
+        if MODE == 2:
+            tl.store(at + split * M * PART_N + N, up)
+            tl.store(sq_at + split * tl.num_programs(0) * M, squares)
+        tl.debug_barrier()  # every thread's stores before the release below
+        done = tl.atomic_add(count_ptr + block, 1, sem="acq_rel") == SPLITS - 1
+        if done:
+            acc = tl.load(at, cache_modifier=".cg")
+            for s in tl.static_range(1, SPLITS):
+                acc += tl.load(at + s * M * PART_N, cache_modifier=".cg")
+            if MODE == 2:
+                up = tl.load(at + N, cache_modifier=".cg")
+                squares = tl.load(sq_at, cache_modifier=".cg")
+                for s in tl.static_range(1, SPLITS):
+                    up += tl.load(at + s * M * PART_N + N, cache_modifier=".cg")
+                    squares += tl.load(sq_at + s * tl.num_programs(0) * M, cache_modifier=".cg")
+            tl.store(count_ptr + block, 0)  # ready for the next product
+    if done:
+        dt = out_ptr.dtype.element_ty
+        if MODE == 2:
+            out_at = out_ptr + m[:, None] * N + n[None, :]
+            scale = (1.0 / tl.sqrt(squares / K + 1e-5))[:, None]
+            g = (acc.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
+            u = (up.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
+            s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+            tl.store(out_at, (s * u).to(dt))
+        else:
+            out_at = out_ptr + m[:, None] * N + n[None, :]
+            if MODE == 1:
+                acc += tl.load(out_at).to(tl.float32)
+            tl.store(out_at, acc.to(dt))
+
+
+class Scratch:
+    """The split parts and the blocks' counts, shared by every product of a chain (a product's parts
+    are read by its own last programs before the next product, which waits for it, writes any)."""
+
+    def __init__(self, device, m: int, widest: int, splits: int):
+        self.part = torch.empty(splits * m * (widest + 64), device=device, dtype=torch.float32)
+        self.count = torch.zeros(4096, device=device, dtype=torch.int32)
+
+
+def wf_product(x, w, out, mode: int, scratch: Scratch, bn: int, ks: int, warps: int, pdl: bool):
+    m, k = x.shape
+    n = out.shape[1]
+    assert k % ks == 0 and n % bn == 0, (k, ks, n, bn)
+    _wf_kernel[(n // bn, k // ks)](
+        x, w, out, scratch.part, scratch.count, N=n, K=k, M=m, BN=bn, KS=ks, MODE=mode, PDL=pdl,
+        num_warps=warps, **({"launch_pdl": True} if pdl else {}),
+    )  # fmt: skip
+
+
+def torch_product(x, w, out, mode: int):
+    if mode == STORE:
+        torch.mm(x, w, out=out)
+    elif mode == ADD:
+        out.addmm_(x, w)
+    else:
+        inter = out.shape[1]
+        gu = x @ w
+        scale = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + EPS)
+        g = (gu[:, :inter].float() * scale).to(x.dtype)
+        u = (gu[:, inter:].float() * scale).to(x.dtype)
+        out.copy_(fused.silu_mul(g, u))
+
+
+def shapes(size: str) -> dict:
+    hidden, inter, kv = {"1b": (2048, 5632, 256), "7b": (4096, 11008, 4096)}[size]
+    return {  # name: (K, N of the output, mode, the weight's columns)
+        "qkv": (hidden, hidden + 2 * kv, STORE),
+        "o": (hidden, hidden, ADD),
+        "gate_up": (hidden, inter, SILU),
+        "down": (inter, hidden, ADD),
+    }
+
+
+def weights_for(shape, layers: int, device, gen, dtype=torch.bfloat16) -> list[torch.Tensor]:
+    k, n, mode = shape
+    cols = 2 * n if mode == SILU else n
+    return [(torch.randn(k, cols, generator=gen) * k**-0.5).to(device, dtype) for _ in range(layers)]
+
+
+def configs(shape, bns, kss) -> list[tuple[int, int]]:
+    k, n, mode = shape
+    slabs = 2 if mode == SILU else 1
+    return [(bn, ks) for bn, ks in itertools.product(bns, kss)
+            if n % bn == 0 and k % ks == 0 and bn * ks * 2 * slabs <= 65536]  # fmt: skip
+
+
+def check(args) -> int:
+    """Each product's output against torch's (CPU under Triton's interpreter, in fp16: it computes bf16
+    wrongly; or the GPU, in bf16)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for name, shape in shapes(args.size).items():
+        k, n, mode = shape
+        w = weights_for(shape, 1, device, gen, dtype)[0]
+        x = torch.randn(args.rows, k, generator=gen).to(device, dtype)
+        start = torch.randn(args.rows, n, generator=gen).to(device, dtype)
+        want = start.clone()
+        torch_product(x, w, want, mode)
+        scratch = Scratch(device, args.rows, 2 * max(s[1] for s in shapes(args.size).values()), 64)
+        for bn, ks in configs(shape, args.bn, args.ks)[: args.check_configs]:
+            got = start.clone()
+            wf_product(x, w, got, mode, scratch, bn, ks, 4, False)
+            diff = (got.float() - want.float()).abs().max().item()
+            scale = want.float().abs().max().item()
+            worst = max(worst, diff / scale)
+            print(f"{name} bn={bn} ks={ks}: max diff {diff:.4g} (values up to {scale:.3g})", flush=True)
+    print(f"worst relative difference {worst:.3g}")
+    return 0 if worst < 0.02 else 1
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="1b", choices=("1b", "7b"))
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=22)
+    parser.add_argument("--bn", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--ks", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--replays", type=int, default=30)
+    parser.add_argument("--check", action="store_true", help="outputs against torch's only")
+    parser.add_argument("--check-configs", type=int, default=2)
+    parser.add_argument("--out", default=None, help="a JSON file for the figures")
+    args = parser.parse_args(argv)
+    if args.check:
+        return check(args)
+
+    from benchmarks.gpu_ceilings import copy_rate
+    from evaluation.engine.server.cuda_graphs import replayed_ms
+
+    device = torch.device("cuda")
+    rate = copy_rate(device)
+    gen = torch.Generator().manual_seed(0)
+    table = shapes(args.size)
+    ws = {name: weights_for(shape, args.layers, device, gen) for name, shape in table.items()}
+    widest = max(s[1] for s in table.values())
+    scratch = Scratch(device, args.rows, 2 * widest, 64)
+    hidden = table["o"][1]
+    h = (torch.randn(args.rows, hidden, generator=gen)).to(device, torch.bfloat16)
+    bufs = {name: torch.zeros(args.rows, shape[1], device=device, dtype=torch.bfloat16) for name, shape in table.items()}
+    attn = torch.randn(args.rows, hidden, generator=gen).to(device, torch.bfloat16)  # the attention's output
+    inputs = {"qkv": h, "o": attn, "gate_up": h, "down": bufs["gate_up"]}
+    results: dict = {"card": torch.cuda.get_device_name(device), "copy_rate": rate, "products": {}, "chains": {}}
+
+    def us_per(run) -> float:
+        return replayed_ms(run, args.replays)[0] * 1000 / args.layers
+
+    best = {}
+    for name, shape in table.items():
+        k, n, mode = shape
+        size = ws[name][0].numel() * 2
+        x, out = inputs[name], (h.clone() if mode == ADD else bufs[name])
+        rows = []
+        t = us_per(lambda: [torch_product(x, w, out, mode) for w in ws[name]])
+        rows.append(("torch", t))
+        for (bn, ks), warps, pdl in itertools.product(configs(shape, args.bn, args.ks), args.warps, (True, False)):
+            if pdl and gdc_wait is None:
+                continue
+            try:
+                t = us_per(lambda: [wf_product(x, w, out, mode, scratch, bn, ks, warps, pdl) for w in ws[name]])
+            except Exception as error:  # a shape Triton cannot compile (registers, shared memory)
+                print(f"  {name} bn={bn} ks={ks} warps={warps} pdl={pdl}: {type(error).__name__}", flush=True)
+                continue
+            rows.append((f"bn={bn} ks={ks} warps={warps} pdl={int(pdl)}", t))
+        rows.sort(key=lambda r: r[1])
+        torch_us = next(t for label, t in rows if label == "torch")
+        print(f"{name} ({size / 1e6:.1f} MB): torch {torch_us:.2f} µs ({size / torch_us / 1e-6 / rate:.1%})", flush=True)
+        for label, t in rows[:6]:
+            print(f"  {label}: {t:.2f} µs ({size / t / 1e-6 / rate:.1%})", flush=True)
+        results["products"][name] = rows
+        best[name] = next(label for label, _ in rows if label != "torch")
+
+    def layer_chain(kind: str, picks: dict):
+        def run():
+            for i in range(args.layers):
+                for name, (_, _, mode) in table.items():
+                    x, out = inputs[name], (h if mode == ADD else bufs[name])
+                    if kind == "torch":
+                        torch_product(x, ws[name][i], out, mode)
+                    else:
+                        wf_product(x, ws[name][i], out, mode, scratch, *picks[name])
+
+        return run
+
+    def parsed(label: str) -> tuple:
+        parts = dict(p.split("=") for p in label.split())
+        return int(parts["bn"]), int(parts["ks"]), int(parts["warps"]), parts["pdl"] == "1"
+
+    layer_bytes = sum(ws[name][0].numel() * 2 for name in table)
+    t = us_per(layer_chain("torch", {}))
+    print(f"layer chain, torch: {t:.2f} µs a layer ({layer_bytes / t / 1e-6 / rate:.1%})", flush=True)
+    results["chains"]["torch"] = t
+    picks = {name: parsed(label) for name, label in best.items()}
+    for pdl in (True, False):
+        chosen = {name: (*p[:3], pdl and gdc_wait is not None) for name, p in picks.items()}
+        t = us_per(layer_chain("wf", chosen))
+        print(f"layer chain, weights first, pdl={int(pdl)} {chosen}: {t:.2f} µs a layer "
+              f"({layer_bytes / t / 1e-6 / rate:.1%})", flush=True)  # fmt: skip
+        results["chains"][f"wf pdl={int(pdl)}"] = t
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
