@@ -27,13 +27,13 @@ CUDA graph, torch's (cuBLAS) against each slab shape with and without early laun
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -146,6 +146,11 @@ def torch_product(x, w, out, mode: int):
         out.copy_(fused.silu_mul(g, u))
 
 
+def over_weights(product, weights, x, out, *rest) -> None:
+    for w in weights:
+        product(x, w, out, *rest)
+
+
 def shapes(size: str) -> dict:
     hidden, inter, kv = {"1b": (2048, 5632, 256), "7b": (4096, 11008, 4096)}[size]
     return {  # name: (K, N of the output, mode, the weight's columns)
@@ -223,7 +228,9 @@ def main(argv=None) -> int:
     scratch = Scratch(device, args.rows, 2 * widest, 64)
     hidden = table["o"][1]
     h = (torch.randn(args.rows, hidden, generator=gen)).to(device, torch.bfloat16)
-    bufs = {name: torch.zeros(args.rows, shape[1], device=device, dtype=torch.bfloat16) for name, shape in table.items()}
+    bufs = {
+        name: torch.zeros(args.rows, shape[1], device=device, dtype=torch.bfloat16) for name, shape in table.items()
+    }
     attn = torch.randn(args.rows, hidden, generator=gen).to(device, torch.bfloat16)  # the attention's output
     inputs = {"qkv": h, "o": attn, "gate_up": h, "down": bufs["gate_up"]}
     results: dict = {"card": torch.cuda.get_device_name(device), "copy_rate": rate, "products": {}, "chains": {}}
@@ -237,20 +244,23 @@ def main(argv=None) -> int:
         size = ws[name][0].numel() * 2
         x, out = inputs[name], (h.clone() if mode == ADD else bufs[name])
         rows = []
-        t = us_per(lambda: [torch_product(x, w, out, mode) for w in ws[name]])
+        t = us_per(functools.partial(over_weights, torch_product, ws[name], x, out, mode))
         rows.append(("torch", t))
         for (bn, ks), warps, pdl in itertools.product(configs(shape, args.bn, args.ks), args.warps, (True, False)):
             if pdl and gdc_wait is None:
                 continue
             try:
-                t = us_per(lambda: [wf_product(x, w, out, mode, scratch, bn, ks, warps, pdl) for w in ws[name]])
+                run = functools.partial(over_weights, wf_product, ws[name], x, out, mode, scratch, bn, ks, warps, pdl)
+                t = us_per(run)
             except Exception as error:  # a shape Triton cannot compile (registers, shared memory)
                 print(f"  {name} bn={bn} ks={ks} warps={warps} pdl={pdl}: {type(error).__name__}", flush=True)
                 continue
             rows.append((f"bn={bn} ks={ks} warps={warps} pdl={int(pdl)}", t))
         rows.sort(key=lambda r: r[1])
         torch_us = next(t for label, t in rows if label == "torch")
-        print(f"{name} ({size / 1e6:.1f} MB): torch {torch_us:.2f} µs ({size / torch_us / 1e-6 / rate:.1%})", flush=True)
+        print(
+            f"{name} ({size / 1e6:.1f} MB): torch {torch_us:.2f} µs ({size / torch_us / 1e-6 / rate:.1%})", flush=True
+        )
         for label, t in rows[:6]:
             print(f"  {label}: {t:.2f} µs ({size / t / 1e-6 / rate:.1%})", flush=True)
         results["products"][name] = rows
