@@ -37,99 +37,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
+from evaluation.engine.server import early_products, fused  # noqa: E402
+from evaluation.engine.server.early_products import ADD, SILU, STORE, gdc_wait  # noqa: E402
 
-from evaluation.engine.server import fused  # noqa: E402
-
-try:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # pragma: no cover
-    gdc_launch_dependents = gdc_wait = None
-
-STORE, ADD, SILU = 0, 1, 2
 EPS = 1e-5
 
 
-@triton.jit
-def _wf_kernel(x_ptr, w_ptr, out_ptr, part_ptr, count_ptr, N: tl.constexpr, K: tl.constexpr,
-               M: tl.constexpr, BN: tl.constexpr, KS: tl.constexpr, MODE: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
-    """x [M, K] @ w [K, N] (SILU: w is [K, 2N], gate columns then up columns; out [M, N])."""
-    block = tl.program_id(0)
-    split = tl.program_id(1)
-    SPLITS: tl.constexpr = K // KS
-    W_N: tl.constexpr = 2 * N if MODE == 2 else N
-    if PDL:
-        gdc_launch_dependents()
-    k = split * KS + tl.arange(0, KS)
-    n = block * BN + tl.arange(0, BN)
-    m = tl.arange(0, M)
-    w = tl.load(w_ptr + k[:, None] * W_N + n[None, :])
-    if MODE == 2:
-        wu = tl.load(w_ptr + k[:, None] * W_N + (N + n)[None, :])
-    if PDL:
-        gdc_wait()
-    x = tl.load(x_ptr + m[:, None] * K + k[None, :])
-    acc = tl.dot(x, w)
-    if MODE == 2:
-        up = tl.dot(x, wu)
-        xf = x.to(tl.float32)
-        squares = tl.sum(xf * xf, axis=1)
-    done = SPLITS == 1
-    if SPLITS > 1:
-        PART_N: tl.constexpr = 2 * N if MODE == 2 else N  # SILU: gate, then up
-        at = part_ptr + m[:, None] * PART_N + n[None, :]
-        sq_at = part_ptr + SPLITS * M * PART_N + block * M + m  # SILU: each block's splits' squares
-        tl.store(at + split * M * PART_N, acc)
-        if MODE == 2:
-            tl.store(at + split * M * PART_N + N, up)
-            tl.store(sq_at + split * tl.num_programs(0) * M, squares)
-        tl.debug_barrier()  # every thread's stores before the release below
-        done = tl.atomic_add(count_ptr + block, 1, sem="acq_rel") == SPLITS - 1
-        if done:
-            acc = tl.load(at, cache_modifier=".cg")
-            for s in tl.static_range(1, SPLITS):
-                acc += tl.load(at + s * M * PART_N, cache_modifier=".cg")
-            if MODE == 2:
-                up = tl.load(at + N, cache_modifier=".cg")
-                squares = tl.load(sq_at, cache_modifier=".cg")
-                for s in tl.static_range(1, SPLITS):
-                    up += tl.load(at + s * M * PART_N + N, cache_modifier=".cg")
-                    squares += tl.load(sq_at + s * tl.num_programs(0) * M, cache_modifier=".cg")
-            tl.store(count_ptr + block, 0)  # ready for the next product
-    if done:
-        dt = out_ptr.dtype.element_ty
-        if MODE == 2:
-            out_at = out_ptr + m[:, None] * N + n[None, :]
-            scale = (1.0 / tl.sqrt(squares / K + 1e-5))[:, None]
-            g = (acc.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
-            u = (up.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
-            s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
-            tl.store(out_at, (s * u).to(dt))
-        else:
-            out_at = out_ptr + m[:, None] * N + n[None, :]
-            if MODE == 1:
-                acc += tl.load(out_at).to(tl.float32)
-            tl.store(out_at, acc.to(dt))
+def wf_product(x, w, out, mode: int, scratch, bn: int, ks: int, warps: int, pdl: bool):
+    early_products.launch(scratch, x, w, out, mode, early_products.Config(bn, ks, warps), pdl, EPS)
 
 
-class Scratch:
-    """The split parts and the blocks' counts, shared by every product of a chain (a product's parts
-    are read by its own last programs before the next product, which waits for it, writes any)."""
-
-    def __init__(self, device, m: int, widest: int, splits: int):
-        self.part = torch.empty(splits * m * (widest + 64), device=device, dtype=torch.float32)
-        self.count = torch.zeros(4096, device=device, dtype=torch.int32)
-
-
-def wf_product(x, w, out, mode: int, scratch: Scratch, bn: int, ks: int, warps: int, pdl: bool):
-    m, k = x.shape
-    n = out.shape[1]
-    assert k % ks == 0 and n % bn == 0, (k, ks, n, bn)
-    _wf_kernel[(n // bn, k // ks)](
-        x, w, out, scratch.part, scratch.count, N=n, K=k, M=m, BN=bn, KS=ks, MODE=mode, PDL=pdl,
-        num_warps=warps, **({"launch_pdl": True} if pdl else {}),
-    )  # fmt: skip
+def scratch_for(device, table: dict, rows: int):
+    widest = max(2 * n for _, n, _ in table.values())
+    return early_products.Scratch(device, 64 * rows * (widest + 64), 4096)
 
 
 def torch_product(x, w, out, mode: int):
@@ -188,7 +108,7 @@ def check(args) -> int:
         start = torch.randn(args.rows, n, generator=gen).to(device, dtype)
         want = start.clone()
         torch_product(x, w, want, mode)
-        scratch = Scratch(device, args.rows, 2 * max(s[1] for s in shapes(args.size).values()), 64)
+        scratch = scratch_for(device, shapes(args.size), args.rows)
         for bn, ks in configs(shape, args.bn, args.ks)[: args.check_configs]:
             got = start.clone()
             wf_product(x, w, got, mode, scratch, bn, ks, 4, False)
@@ -224,8 +144,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(0)
     table = shapes(args.size)
     ws = {name: weights_for(shape, args.layers, device, gen) for name, shape in table.items()}
-    widest = max(s[1] for s in table.values())
-    scratch = Scratch(device, args.rows, 2 * widest, 64)
+    scratch = scratch_for(device, table, args.rows)
     hidden = table["o"][1]
     h = (torch.randn(args.rows, hidden, generator=gen)).to(device, torch.bfloat16)
     bufs = {
