@@ -74,6 +74,23 @@ def test_an_early_launch_loads_its_weights_before_it_waits():
     assert "griddepcontrol" not in _ptx(pdl=False)
 
 
+def test_an_early_attention_loads_the_cached_keys_before_it_waits_and_the_query_after():
+    """The attention after the q/k/v product (`rope_attend(early=True)`): the row's bounds and its first
+    block of cached keys and values (earlier steps') before the wait, the projections and residual after."""
+    from evaluation.engine.server import decode_attention
+    from tests.engine.test_fused import _attend, _attend_signature
+    from tests.engine.test_fused import _ptx as compiled
+
+    consts = _attend(8, 64, True, True, scaled=True)
+    early = compiled(decode_attention._attend_kernel, _attend_signature(), consts | {"EARLY": True})
+    trigger, wait = early.index("griddepcontrol.launch_dependents"), early.index("griddepcontrol.wait")
+    before = early[:wait].count("ld.global")
+    assert trigger < wait and before >= 5  # three bounds, the column, the keys and values
+    plain = compiled(decode_attention._attend_kernel, _attend_signature(), consts)
+    assert "griddepcontrol" not in plain
+    assert early.count("ld.global") == plain.count("ld.global")  # the same loads, some earlier
+
+
 def test_prepare_only_with_the_setting_and_a_kernel_device(tiny_llama_dir, monkeypatch):
     from evaluation.engine.loading import load_model
     from evaluation.engine.server import folded, fused

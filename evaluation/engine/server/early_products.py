@@ -181,7 +181,7 @@ def prepare(model: Any) -> bool:
     if not fused._use_triton(param):
         return False
     configs = {}
-    for name, (k, n, mode) in shapes(model).items():
+    for name, (k, n, _) in shapes(model).items():
         config = CONFIGS[name]
         config = Config(_divisor(n, config.bn), _divisor(k, config.ks), config.warps)
         if min(config.bn, config.ks) < 16:

@@ -186,7 +186,7 @@ def _early_parts(scratch, layer: Any, hidden: torch.Tensor, past: Any, mask, pos
     q, k, v = qkv.view(rows, 1, -1).split(joined.sizes, dim=-1)
     cos, sin = position_embeddings
     scale_of = (hidden, fused._eps(layer.input_layernorm))
-    out = past.rope_attend(q, k, v, cos, sin, attn.layer_idx, attn.scaling, scale_of=scale_of)
+    out = past.rope_attend(q, k, v, cos, sin, attn.layer_idx, attn.scaling, scale_of=scale_of, early=True)
     if out is None:
         q, k, v = fused.scaled_rows(scale_of, q, k, v)
         out = fused._attention(attn, q, k, v, cos, sin, mask, position_ids, past, past.column)
