@@ -22,11 +22,21 @@ CUDA graph, torch's (cuBLAS) against each slab shape with and without early laun
 
     bash benchmarks/gpu_env.sh python3 -m benchmarks.prefetch_products
     TRITON_INTERPRET=1 python -m benchmarks.prefetch_products --check   # against torch, on the CPU
+
+Session 32 (docs/benchmarks.md), one H100: far slower than cuBLAS. At 64-column blocks and 256-element
+slabs, the fastest of those timed, q/k/v 12.2 µs against 7.3, output 9.5 against 6.4, down 27.9
+against 11.3; a layer's chain 115.8 µs against torch's 80.9. The early launch helped these kernels
+(q/k/v 13.9 → 12.2 µs, output 12.9 → 9.5) but not enough: Triton's loads of a whole slab into a
+program's registers stream the weight at 20-29 % of the copy rate, where cuBLAS's reach 43-68 %. The
+same kernels in the engine's folded steps (built, measured, removed) made whole 1.1 B generation runs
+21.3 % of the copy rate against 51.4 %. The gate/up figure for torch includes this file's reference
+RMS factor and SiLU in torch (several small kernels), not the engine's two kernels.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import json
@@ -37,19 +47,129 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation.engine.server import early_products, fused  # noqa: E402
-from evaluation.engine.server.early_products import ADD, SILU, STORE, gdc_wait  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
+from evaluation.engine.server import fused  # noqa: E402
+from evaluation.engine.server.fused import libdevice  # noqa: E402
+
+try:  # Triton ≥ 3.3: programmatic dependent launch
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover
+    gdc_launch_dependents = gdc_wait = None
+
+STORE, ADD, SILU = 0, 1, 2
 EPS = 1e-5
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+    bn: int  # output columns a program
+    ks: int  # inner elements a program (a split)
+    warps: int = 4
+
+
+@triton.jit(do_not_specialize=["rows", "x_row"])
+def _product_kernel(
+    x_ptr, x_row, w_ptr, out_ptr, part_ptr, count_ptr, rows, inv_n, eps, N: tl.constexpr, K: tl.constexpr,
+    M: tl.constexpr, BN: tl.constexpr, KS: tl.constexpr, MODE: tl.constexpr, PDL: tl.constexpr,
+    EXACT: tl.constexpr,
+):  # fmt: skip
+    """x [rows, K] (row stride x_row) @ w [K, N] into out [rows, N] (SILU: w [K, 2N], gate columns
+    then up; out [rows, N]); see the module's docstring."""
+    block = tl.program_id(0)
+    split = tl.program_id(1)
+    SPLITS: tl.constexpr = K // KS
+    W_N: tl.constexpr = 2 * N if MODE == 2 else N
+    if PDL:
+        gdc_launch_dependents()
+    k = split * KS + tl.arange(0, KS)
+    n = block * BN + tl.arange(0, BN)
+    m = tl.arange(0, M)
+    w = tl.load(w_ptr + k[:, None] * W_N + n[None, :])
+    if MODE == 2:
+        w_up = tl.load(w_ptr + k[:, None] * W_N + (N + n)[None, :])
+    if PDL:
+        gdc_wait()
+    live = m < rows
+    x = tl.load(x_ptr + m[:, None] * x_row + k[None, :], mask=live[:, None], other=0.0)
+    acc = tl.dot(x, w)
+    if MODE == 2:
+        up = tl.dot(x, w_up)
+        xf = x.to(tl.float32)
+        squares = tl.sum(xf * xf, axis=1)
+    done = SPLITS == 1
+    if SPLITS > 1:
+        PART_N: tl.constexpr = 2 * N if MODE == 2 else N
+        at = part_ptr + m[:, None] * PART_N + n[None, :]
+        sq_at = part_ptr + SPLITS * M * PART_N + block * M + m  # each block's splits' squares
+        tl.store(at + split * M * PART_N, acc)
+        if MODE == 2:
+            tl.store(at + split * M * PART_N + N, up)
+            tl.store(sq_at + split * tl.num_programs(0) * M, squares)
+        tl.debug_barrier()  # every thread's stores before the release below
+        done = tl.atomic_add(count_ptr + block, 1, sem="acq_rel") == SPLITS - 1
+        if done:
+            acc = tl.load(at, cache_modifier=".cg")
+            for s in tl.static_range(1, SPLITS):
+                acc += tl.load(at + s * M * PART_N, cache_modifier=".cg")
+            if MODE == 2:
+                up = tl.load(at + N, cache_modifier=".cg")
+                squares = tl.load(sq_at, cache_modifier=".cg")
+                for s in tl.static_range(1, SPLITS):
+                    up += tl.load(at + s * M * PART_N + N, cache_modifier=".cg")
+                    squares += tl.load(sq_at + s * tl.num_programs(0) * M, cache_modifier=".cg")
+            tl.store(count_ptr + block, 0)  # ready for the next product
+    if done:
+        dt = out_ptr.dtype.element_ty
+        out_at = out_ptr + m[:, None] * N + n[None, :]
+        if MODE == 2:  # fused.silu_mul's arithmetic on the products' rounded outputs
+            if EXACT:
+                scale = libdevice.rsqrt(squares * inv_n + eps)[:, None]
+            else:
+                scale = tl.math.rsqrt(squares * inv_n + eps)[:, None]
+            g = (acc.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
+            u = (up.to(dt).to(tl.float32) * scale).to(dt).to(tl.float32)
+            if EXACT:
+                s = tl.math.div_rn(g, 1.0 + libdevice.exp(-g))
+            else:
+                s = g / (1.0 + tl.exp(-g))
+            acc = s.to(dt).to(tl.float32) * u
+        elif MODE == 1:
+            acc += tl.load(out_at, mask=live[:, None], other=0.0).to(tl.float32)
+        tl.store(out_at, acc.to(dt), mask=live[:, None])
+
+
+class Scratch:
+    """The split parts and the column blocks' counts for one device, made before any capture and shared
+    by every product: a product's parts are read by its own last programs, and the next product, which
+    waits for it, writes none before."""
+
+    def __init__(self, device: torch.device, widest_part: int, blocks: int):
+        self.part = torch.empty(widest_part, device=device, dtype=torch.float32)
+        self.count = torch.zeros(blocks, device=device, dtype=torch.int32)
+
+
+def launch(scratch: Scratch, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, mode: int, config: Config,
+           pdl: bool, eps: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """`product` under a given configuration and launch (the benchmark's sweep)."""
+    rows, k = x.shape
+    n = out.shape[1]
+    _product_kernel[(n // config.bn, k // config.ks)](
+        x, x.stride(0), w, out, scratch.part, scratch.count, rows, fused._fp32_reciprocal(k), eps,
+        N=n, K=k, M=max(16, triton.next_power_of_2(rows)), BN=config.bn, KS=config.ks, MODE=mode, PDL=pdl,
+        EXACT=not fused._INTERPRET, num_warps=config.warps, **({"launch_pdl": True} if pdl else {}),
+    )  # fmt: skip
+    return out
+
+
 def wf_product(x, w, out, mode: int, scratch, bn: int, ks: int, warps: int, pdl: bool):
-    early_products.launch(scratch, x, w, out, mode, early_products.Config(bn, ks, warps), pdl, EPS)
+    launch(scratch, x, w, out, mode, Config(bn, ks, warps), pdl, EPS)
 
 
 def scratch_for(device, table: dict, rows: int):
     widest = max(2 * n for _, n, _ in table.values())
-    return early_products.Scratch(device, 64 * rows * (widest + 64), 4096)
+    return Scratch(device, 64 * rows * (widest + 64), 4096)
 
 
 def torch_product(x, w, out, mode: int):

@@ -447,7 +447,7 @@ def _attend(group: int, dim: int, one: bool, rope: bool, scaled: bool = False, m
     """Several splits merge in the kernel unless `merge` is False (the merge kernel's way)."""
     consts = {"GROUP": group, "G_PAD": 16, "DIM": dim, "BLOCK": 64, "ONE": one, "ROPE": rope, "EXACT": True}
     merge = not one if merge is None else merge
-    return consts | {"SCALED": scaled, "BLOCK_H": 2048 if scaled else 16, "MERGE": merge, "AHEAD": True, "EARLY": False}
+    return consts | {"SCALED": scaled, "BLOCK_H": 2048 if scaled else 16, "MERGE": merge, "AHEAD": True}
 
 
 DECODE_KERNELS = {
@@ -458,8 +458,6 @@ DECODE_KERNELS = {
     "rope_attend": (_attend_signature(), _attend(8, 64, False, True)),
     "rope_attend_one_split": (_attend_signature(), _attend(1, 128, True, True)),
     "rope_attend_folded": (_attend_signature(), _attend(8, 64, True, True, scaled=True)),
-    # Launched early after an early product (early_products.py; its order: test_early_products).
-    "rope_attend_folded_early": (_attend_signature(), _attend(8, 64, True, True, scaled=True) | {"EARLY": True}),
     # A row in one part, and in parts that meet (decode_step.greedy_shape).
     "greedy": (_greedy_signature(), {"WIDTH": 128, "ROTARY": True, "BLOCK": 32768, "EXACT": True, "P_PAD": 1}),
     "greedy_parts": (_greedy_signature(parts=True), {"WIDTH": 128, "ROTARY": True, "BLOCK": 4096, "EXACT": True,

@@ -36,7 +36,7 @@ import os
 
 import torch
 
-from evaluation.engine.server import early_products, folded, fused
+from evaluation.engine.server import folded, fused
 from evaluation.engine.server.attention import attention_shape
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,6 @@ if fused.triton is not None:
     import triton
     import triton.language as tl
 
-    from evaluation.engine.server.early_products import gdc_launch_dependents, gdc_wait
-
     @triton.jit
     def _kv_block(k_base, v_base, first, hi, n1, a1, a2, h, d, DIM: tl.constexpr, BLOCK: tl.constexpr):
         """A block of a row's cached keys (in halves) and values from its `first` key on: the prefix's
@@ -100,16 +98,13 @@ if fused.triton is not None:
         count_ptr, GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr,
         ONE: tl.constexpr, ROPE: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr = False,
         BLOCK_H: tl.constexpr = 16, MERGE: tl.constexpr = False, AHEAD: tl.constexpr = True,
-        EARLY: tl.constexpr = False,
     ):  # fmt: skip
-        if EARLY:  # launched early (early_products.py): the next kernel may start once this one has
-            gdc_launch_dependents()
         attend_program(
             tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2),
             q_ptr, k_ptr, v_ptr, bounds_ptr, col_ptr, out_ptr, part_ptr, lse_ptr,
             q_row, q_head, k_row, k_head, v_row, v_head, out_row, out_head, heads, scale, splits,
             new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
-            GROUP, G_PAD, DIM, BLOCK, ONE, ROPE, EXACT, SCALED, BLOCK_H, count_ptr, MERGE, AHEAD, EARLY,
+            GROUP, G_PAD, DIM, BLOCK, ONE, ROPE, EXACT, SCALED, BLOCK_H, count_ptr, MERGE, AHEAD,
         )  # fmt: skip
 
     @triton.jit
@@ -119,15 +114,13 @@ if fused.triton is not None:
         new_k_ptr, new_v_ptr, cos_ptr, sin_ptr, new_k_row, new_v_row, cos_row, res_ptr, res_n, inv_n, eps,
         GROUP: tl.constexpr, G_PAD: tl.constexpr, DIM: tl.constexpr, BLOCK: tl.constexpr, ONE: tl.constexpr,
         ROPE: tl.constexpr, EXACT: tl.constexpr, SCALED: tl.constexpr, BLOCK_H: tl.constexpr,
-        count_ptr=None, MERGE: tl.constexpr = False, AHEAD: tl.constexpr = True, EARLY: tl.constexpr = False,
+        count_ptr=None, MERGE: tl.constexpr = False, AHEAD: tl.constexpr = True,
     ):  # fmt: skip
         """One program's work: a row's (int64) query heads of key/value head `kv`, over its `split`-th
         share of the columns (a function, so that a persistent kernel can run it too). MERGE: the last
         of a row and head's splits to finish (a count a row and key/value head, `count_ptr`) merges
         their parts into the output, in split order, instead of `_merge_splits_kernel`. AHEAD: each
-        block of keys and values is loaded an iteration ahead by hand (`load_ahead`). EARLY: launched
-        before the product ahead has ended: the bounds and the first block of cached keys and values
-        (earlier steps' columns) are loaded before waiting for it, the projections and residual after."""
+        block of keys and values is loaded an iteration ahead by hand (`load_ahead`)."""
         HALF: tl.constexpr = DIM // 2
         a1 = tl.load(bounds_ptr + row * 3).to(tl.int32)
         b1 = tl.load(bounds_ptr + row * 3 + 1).to(tl.int32)
@@ -149,21 +142,16 @@ if fused.triton is not None:
         head = kv * GROUP + g
         in_group = g < GROUP
         dt = k_ptr.dtype.element_ty
-        k_base = k_ptr + row * k_row + kv * k_head
-        v_base = v_ptr + row * v_row + kv * v_head
-        if EARLY:
-            if AHEAD:
-                k1, k2, v = _kv_block(k_base, v_base, lo, hi, n1, a1, a2, h, d, DIM, BLOCK)
-            gdc_wait()
         # Each query in halves (rotary embeddings pair element i with i + DIM/2).
         q_at = q_ptr + row * q_row + head[:, None] * q_head + h[None, :]
         q1 = tl.load(q_at, mask=in_group[:, None], other=0.0)
         q2 = tl.load(q_at + HALF, mask=in_group[:, None], other=0.0)
+        k_base = k_ptr + row * k_row + kv * k_head
+        v_base = v_ptr + row * v_row + kv * v_head
         # Every load that needs no other first is issued here, the first block of keys and values
         # included: each waits on memory, and the norm's factor below waits on the residual row's loads.
-        if not EARLY:
-            if AHEAD:
-                k1, k2, v = _kv_block(k_base, v_base, lo, hi, n1, a1, a2, h, d, DIM, BLOCK)
+        if AHEAD:
+            k1, k2, v = _kv_block(k_base, v_base, lo, hi, n1, a1, a2, h, d, DIM, BLOCK)
         if ROPE:  # q, the step's key and value straight from the projections, rotated as `fused.rope` does
             trig = row * cos_row + h
             c1 = tl.load(cos_ptr + trig).to(tl.float32)
@@ -530,7 +518,7 @@ def rope_attend_torch(q, k, v, cos, sin, keys, values, bounds, column, scaling, 
 
 
 def rope_attend(
-    q, k, v, cos, sin, keys, values, bounds, column, scaling, work: Workspace | None, scale_of=None, early=False
+    q, k, v, cos, sin, keys, values, bounds, column, scaling, work: Workspace | None, scale_of=None
 ) -> torch.Tensor | None:
     """A decode step's rotary embedding, cache write and attention in one kernel: q, k, v the
     projections' outputs [rows, 1, heads × dim] (column slices of a joined one too), cos and sin
@@ -538,8 +526,7 @@ def rope_attend(
     writes them, and the output [rows, 1, heads, dim] is `attend`'s. None where neither the kernel nor
     (with `everywhere`) the reference applies: the caller rotates, stores and attends apart.
     `scale_of` (residual [rows, 1, hidden], eps): q, k and v are a folded norm's products of the raw
-    residual rows (folded.py), and each takes its row's RMS-norm factor, rounded, before anything else.
-    `early`: the kernel is launched early, after an early product (early_products.py), where it can be."""
+    residual rows (folded.py), and each takes its row's RMS-norm factor, rounded, before anything else."""
     if work is None or not rope_inside:
         return None
     residual = scale_of[0] if scale_of is not None else None
@@ -564,7 +551,7 @@ def rope_attend(
             return None
         return rope_attend_torch(q, k, v, cos, sin, keys, values, bounds, column, scaling, scale_of)
     rope = (k, v, cos, sin, strides[1], strides[2], cos.stride(0))
-    return _launch(q, strides[0], dim, keys, values, bounds, column, scaling, work, rope, scale_of, early)
+    return _launch(q, strides[0], dim, keys, values, bounds, column, scaling, work, rope, scale_of)
 
 
 def _kernel_runs(q: torch.Tensor, dim: int) -> bool:
@@ -572,7 +559,7 @@ def _kernel_runs(q: torch.Tensor, dim: int) -> bool:
 
 
 def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Workspace, rope,
-            scale_of=None, early: bool = False) -> torch.Tensor:  # fmt: skip
+            scale_of=None) -> torch.Tensor:  # fmt: skip
     rows, heads, kv_heads, dim = q.shape[0], work.part.shape[1], keys.shape[1], keys.shape[-1]
     group = heads // kv_heads
     splits = work.splits
@@ -583,7 +570,6 @@ def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Works
 
     merge = splits > 1 and merge_inside
     g_pad = max(16, triton.next_power_of_2(group))
-    early = early and early_products.pdl_on(q.device)
 
     def launch():
         _attend_kernel[(rows, kv_heads, splits)](
@@ -593,8 +579,7 @@ def _launch(q, q_row, q_head, keys, values, bounds, column, scaling, work: Works
             new_k, new_v, cos, sin, k_row, v_row, cos_row, residual, res_n, fused._fp32_reciprocal(res_n), eps,
             work.count, GROUP=group, G_PAD=g_pad, DIM=dim, BLOCK=BLOCK_N,
             ONE=splits == 1, ROPE=rope is not None, EXACT=not fused._INTERPRET, SCALED=scale_of is not None,
-            BLOCK_H=triton.next_power_of_2(res_n), MERGE=merge, AHEAD=load_ahead, EARLY=early, **LAUNCH_OPTIONS,
-            **({"launch_pdl": True} if early else {}),
+            BLOCK_H=triton.next_power_of_2(res_n), MERGE=merge, AHEAD=load_ahead, **LAUNCH_OPTIONS,
         )  # fmt: skip
         if splits > 1 and not merge:
             _merge_splits_kernel[(rows, kv_heads)](

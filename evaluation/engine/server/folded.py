@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from evaluation.engine.server import early_products, fused, lt_matmul
+from evaluation.engine.server import fused, lt_matmul
 from evaluation.engine.server.switches import switch
 
 # The most of what the allocator may hold that the folded copies may take.
@@ -139,8 +139,6 @@ def fold(model: Any, budget_bytes: int | None = None) -> bool:
             # The output and down products' right operand, [in, out]: a copy stored so, or a view.
             layer._engine_adding = tuple(w.t().contiguous() if transposed else w.t() for w in _adding_weights(layer))
     model._engine_folded = True
-    if transposed:  # the early products read the steps' weights [in, out]
-        early_products.prepare(model)
     return True
 
 
@@ -156,9 +154,6 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
     attn, mlp = layer.self_attn, layer.mlp
     rows = hidden.shape[0]
     flat = hidden.view(rows, -1)
-    scratch = early_products.active(layer) if rows <= early_products.MAX_ROWS else None
-    if scratch is not None:
-        return _early_parts(scratch, layer, hidden, past, mask, position_ids, position_embeddings)
     q, k, v = _project(attn._engine_joined, hidden)
     cos, sin = position_embeddings
     scale_of = (hidden, fused._eps(layer.input_layernorm))
@@ -171,32 +166,6 @@ def step_parts(layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, 
     gate, up = _project(mlp._engine_joined, hidden)
     act = fused.silu_mul(gate, up, scale_of=(hidden, fused._eps(layer.post_attention_layernorm)))
     lt_matmul.mm(act.reshape(rows, -1), down_weight, flat, accumulate=True)
-    return hidden
-
-
-def _early_parts(scratch, layer: Any, hidden: torch.Tensor, past: Any, mask, position_ids, position_embeddings):
-    """`step_parts` by the early products (early_products.py): the same layer, the SiLU in the gate/up
-    product's kernel."""
-    attn, mlp = layer.self_attn, layer.mlp
-    rows = hidden.shape[0]
-    flat = hidden.view(rows, -1)
-    joined = attn._engine_joined
-    qkv = torch.empty(rows, joined.folded.shape[0], device=hidden.device, dtype=hidden.dtype)
-    early_products.product(scratch, "qkv", flat, joined.folded.t(), qkv, early_products.STORE)
-    q, k, v = qkv.view(rows, 1, -1).split(joined.sizes, dim=-1)
-    cos, sin = position_embeddings
-    scale_of = (hidden, fused._eps(layer.input_layernorm))
-    out = past.rope_attend(q, k, v, cos, sin, attn.layer_idx, attn.scaling, scale_of=scale_of, early=True)
-    if out is None:
-        q, k, v = fused.scaled_rows(scale_of, q, k, v)
-        out = fused._attention(attn, q, k, v, cos, sin, mask, position_ids, past, past.column)
-    o_weight, down_weight = layer._engine_adding
-    early_products.product(scratch, "o", out.reshape(rows, -1), o_weight, flat, early_products.ADD)
-    gate_up = mlp._engine_joined.folded
-    act = torch.empty(rows, gate_up.shape[0] // 2, device=hidden.device, dtype=hidden.dtype)
-    eps = fused._eps(layer.post_attention_layernorm)
-    early_products.product(scratch, "gate_up", flat, gate_up.t(), act, early_products.SILU, eps)
-    early_products.product(scratch, "down", act, down_weight, flat, early_products.ADD)
     return hidden
 
 

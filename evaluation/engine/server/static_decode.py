@@ -113,8 +113,7 @@ class _StaticCache:
             return None
         return q, self.keys[layer_idx], self.values[layer_idx]
 
-    def rope_attend(self, q, k, v, cos, sin, layer_idx: int, scaling: float, scale_of=None,
-                    early: bool = False) -> torch.Tensor | None:  # fmt: skip
+    def rope_attend(self, q, k, v, cos, sin, layer_idx: int, scaling: float, scale_of=None) -> torch.Tensor | None:
         """The step's attention output [rows, 1, heads, dim] from the projections' outputs, the key
         rotated and the value written into the cache by the same kernel; or None: `store_rotated`
         and `attend` (or the mask) serve."""
@@ -122,7 +121,7 @@ class _StaticCache:
             return None
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         return decode_attention.rope_attend(q, k, v, cos, sin, keys, values, self.bounds, self.column, scaling,
-                                            self.work, scale_of, early)  # fmt: skip
+                                            self.work, scale_of)  # fmt: skip
 
     def attend(self, q: torch.Tensor, layer_idx: int, scaling: float) -> torch.Tensor | None:
         """The step's attention output [rows, 1, heads, dim], or None: attend through the mask."""
