@@ -152,7 +152,8 @@ class Scratch:
 
 def launch(scratch: Scratch, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, mode: int, config: Config,
            pdl: bool, eps: float = 0.0) -> torch.Tensor:  # fmt: skip
-    """`product` under a given configuration and launch (the benchmark's sweep)."""
+    """One product by `_product_kernel` under `config` (out = x @ w; ADD: out += it; SILU: SiLU × up),
+    launched early where `pdl` (a GPU of compute capability 9 or more)."""
     rows, k = x.shape
     n = out.shape[1]
     _product_kernel[(n // config.bn, k // config.ks)](
@@ -193,7 +194,7 @@ def over_weights(product, weights, x, out, *rest) -> None:
 
 def shapes(size: str) -> dict:
     hidden, inter, kv = {"1b": (2048, 5632, 256), "7b": (4096, 11008, 4096)}[size]
-    return {  # name: (K, N of the output, mode, the weight's columns)
+    return {  # name: (K, N of the output, mode); SILU's weight has 2N columns
         "qkv": (hidden, hidden + 2 * kv, STORE),
         "o": (hidden, hidden, ADD),
         "gate_up": (hidden, inter, SILU),
