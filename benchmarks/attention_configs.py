@@ -150,7 +150,8 @@ def _empty_kernels(device) -> callable:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.fused_kernels import _replayed_ms, write_report
+    from benchmarks.fused_kernels import write_report
+    from evaluation.engine.server.cuda_graphs import replayed_ms
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--blocks", type=int, nargs="+", default=[32, 64, 128])
@@ -167,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         engine = engine_config()
         rows = []
         for name, (variant, scaled) in ablations(inputs).items():
-            ms, _ = _replayed_ms(run_config(variant, engine, device, scaled), args.replays)
+            ms, _ = replayed_ms(run_config(variant, engine, device, scaled), args.replays)
             rows.append(dict(variant=name, us_layer=ms * 1e3 / LAYERS))
             print(json.dumps(rows[-1]), flush=True)
-        ms, _ = _replayed_ms(_empty_kernels(device), args.replays)  # the floor: a launch of the same grid
+        ms, _ = replayed_ms(_empty_kernels(device), args.replays)  # the floor: a launch of the same grid
         rows.append(dict(variant="a kernel that does nothing", us_layer=ms * 1e3 / LAYERS))
         print(json.dumps(rows[-1]), flush=True)
         write_report(args.out, ablations=rows)
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs(args.blocks, args.warps, args.stages, args.splits):
         fused._triton_failed = False
         try:
-            ms, out = _replayed_ms(run_config(inputs, config, device), args.replays)
+            ms, out = replayed_ms(run_config(inputs, config, device), args.replays)
             failed = "the kernel did not run" if out is None or fused._triton_failed else None
         except Exception as exc:  # a launch Triton cannot compile
             ms, out, failed = float("nan"), None, f"{type(exc).__name__}: {exc}"[:200]

@@ -401,6 +401,7 @@ def time_layers() -> list[dict]:
 
     from benchmarks.engine_speed import SIZES
     from evaluation.engine.server import fused
+    from evaluation.engine.server.cuda_graphs import replayed_ms
 
     results = []
     for size in ("1b", "7b"):
@@ -430,7 +431,7 @@ def time_layers() -> list[dict]:
                         return layer(x, attention_mask=None, position_ids=positions, position_embeddings=pe)
 
                 with torch.inference_mode():
-                    row[f"{name}_ms"], outs[name] = _replayed_ms(run, replays=20)
+                    row[f"{name}_ms"], outs[name] = replayed_ms(run, replays=20)
             fused.switched_on = True
             row["speedup"] = row["hf_ms"] / row["fused_ms"]
             row["max_abs_diff"] = float((outs["hf"].float() - outs["fused"].float()).abs().max())
@@ -451,13 +452,6 @@ def write_report(path, **fields) -> None:
     path.write_text(json.dumps(dict(device=torch.cuda.get_device_name(), **fields)))
 
 
-def _replayed_ms(run, replays: int = 50) -> tuple[float, object]:
-    """One call of `run` captured as a CUDA graph and replayed (`cuda_graphs.replayed_ms`)."""
-    from evaluation.engine.server.cuda_graphs import replayed_ms
-
-    return replayed_ms(run, replays)
-
-
 def time_decode_attention() -> list[dict]:
     """One layer's decode-step attention, bf16: SDPA through the static decoder's mask (as before
     session 12) against the kernel over each row's filled columns; the rows' prompts fill about half
@@ -466,6 +460,7 @@ def time_decode_attention() -> list[dict]:
 
     from evaluation.engine.server import decode_attention
     from evaluation.engine.server.attention import grouped_attention
+    from evaluation.engine.server.cuda_graphs import replayed_ms
 
     results = []
     device = torch.device("cuda")
@@ -485,7 +480,7 @@ def time_decode_attention() -> list[dict]:
         with torch.inference_mode():
             masked = functools.partial(grouped_attention, module, q, keys, values, bias, scaling=dim**-0.5)
             by_bounds = functools.partial(decode_attention.attend, q, keys, values, bounds, column, dim**-0.5, work)
-            (sdpa_ms, _), (ours_ms, _) = _replayed_ms(masked), _replayed_ms(by_bounds)
+            (sdpa_ms, _), (ours_ms, _) = replayed_ms(masked), replayed_ms(by_bounds)
             want, got = masked()[0], by_bounds()
         filled = int(mask.sum()) * kv_heads * dim * 2 * 2
         results.append({
@@ -503,6 +498,7 @@ def time_greedy_tail(rows: int = 50, vocab: int = 32000) -> list[dict]:
     import torch
 
     from evaluation.engine.server import decode_step
+    from evaluation.engine.server.cuda_graphs import replayed_ms
 
     device = torch.device("cuda")
     torch.manual_seed(0)
@@ -515,7 +511,7 @@ def time_greedy_tail(rows: int = 50, vocab: int = 32000) -> list[dict]:
     for block in (2048, 4096, 8192, 16384, 32768):
         with _greedy_block(block), torch.inference_mode():
             parts = decode_step.greedy_parts(rows, vocab, device)
-            ms, _ = _replayed_ms(lambda p=parts: [decode_step.greedy_tail(head, *buffers, p) for _ in range(20)])
+            ms, _ = replayed_ms(lambda p=parts: [decode_step.greedy_tail(head, *buffers, p) for _ in range(20)])
             block_used, warps, count = decode_step.greedy_shape(vocab)
         results.append({"rows": rows, "vocab": vocab, "block": block_used, "warps": warps, "parts": count,
                         "us": ms * 1000 / 20})  # fmt: skip

@@ -38,9 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from benchmarks.fused_kernels import _replayed_ms, write_report  # noqa: E402
+from benchmarks.fused_kernels import write_report  # noqa: E402
 from benchmarks.gpu_ceilings import copy_rate  # noqa: E402
 from evaluation.engine.server import fused  # noqa: E402
+from evaluation.engine.server.cuda_graphs import replayed_ms  # noqa: E402
 
 SIZES = {  # hidden, intermediate, heads, kv heads, layers (the benchmarks' Llama configs)
     "1b": (2048, 5632, 32, 4, 22),
@@ -259,7 +260,7 @@ PLANS = {
 
 def timed(chain: Chain, plan: dict, mode: int, replays: int, fold: bool = False) -> float:
     """Seconds a replay of the chain captured as one CUDA graph."""
-    ms, _ = _replayed_ms(lambda: chain.run(plan, mode, fold), replays)
+    ms, _ = replayed_ms(lambda: chain.run(plan, mode, fold), replays)
     return ms / 1e3
 
 

@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(json.dumps(check()))
         return 0
-    from benchmarks.fused_kernels import _replayed_ms, write_report
+    from benchmarks.fused_kernels import write_report
+    from evaluation.engine.server.cuda_graphs import replayed_ms
 
     device = torch.device("cuda")
     shape = SHAPES[args.size]
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
 
     for name, phases in (("all", ALL), ("attention half", ATTENTION_HALF), ("mlp half", MLP_HALF)):
-        ms, out = _replayed_ms(engine_step(shape, inputs, device, phases), args.replays)
+        ms, out = replayed_ms(engine_step(shape, inputs, device, phases), args.replays)
         engine[phases] = out.float().clone()
         row = dict(kernel="engine", phases=name, us_layer=ms * 1e3 / shape.layers)
         if phases == ALL:
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         row = dict(kernel="persistent", phases=name, **blocks)
         try:
             run = persistent_step(shape, inputs, device, blocks, phases)
-            ms, out = _replayed_ms(run, args.replays)
+            ms, out = replayed_ms(run, args.replays)
             got = out.float().clone()
             row.update(programs=run.programs, us_layer=ms * 1e3 / shape.layers,
                        repeat_max_abs_diff=(run().float() - got).abs().max().item())  # fmt: skip

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from benchmarks.product_layouts import product_shapes  # noqa: E402
 from evaluation.engine.server import fused  # noqa: E402
 from evaluation.engine.server.fused import libdevice  # noqa: E402
 
@@ -168,9 +169,23 @@ def wf_product(x, w, out, mode: int, scratch, bn: int, ks: int, warps: int, pdl:
     launch(scratch, x, w, out, mode, Config(bn, ks, warps), pdl, EPS)
 
 
-def scratch_for(device, table: dict, rows: int):
-    widest = max(2 * n for _, n, _ in table.values())
-    return Scratch(device, 64 * rows * (widest + 64), 4096)
+def scratch_for(device, table: dict, rows: int, bns, kss) -> Scratch:
+    """The parts and counts the largest of `configs` asks for (`_product_kernel`'s layout)."""
+    m = max(16, triton.next_power_of_2(rows))
+    parts, blocks = 1, 1
+    for k, n, mode in table.values():
+        for bn, ks in configs((k, n, mode), bns, kss):
+            splits, width = k // ks, (2 * n if mode == SILU else n)
+            parts, blocks = max(parts, splits * m * width + splits * (n // bn) * m), max(blocks, n // bn)
+    return Scratch(device, parts, blocks)
+
+
+def label(params: tuple | None) -> str:
+    """A timing's name: torch's, or a kernel's (bn, ks, warps, pdl)."""
+    if params is None:
+        return "torch"
+    bn, ks, warps, pdl = params
+    return f"bn={bn} ks={ks} warps={warps} pdl={int(pdl)}"
 
 
 def torch_product(x, w, out, mode: int):
@@ -193,13 +208,11 @@ def over_weights(product, weights, x, out, *rest) -> None:
 
 
 def shapes(size: str) -> dict:
-    hidden, inter, kv = {"1b": (2048, 5632, 256), "7b": (4096, 11008, 4096)}[size]
-    return {  # name: (K, N of the output, mode); SILU's weight has 2N columns
-        "qkv": (hidden, hidden + 2 * kv, STORE),
-        "o": (hidden, hidden, ADD),
-        "gate_up": (hidden, inter, SILU),
-        "down": (inter, hidden, ADD),
-    }
+    """name: (K, N of the output, mode) of a folded step's four products, from the product benchmarks'
+    table (`product_layouts.product_shapes`); SILU's weight has 2N columns."""
+    table = product_shapes(size)
+    modes = {"qkv": STORE, "o": ADD, "gate_up": SILU, "down": ADD}
+    return {name: (table[name][1], table[name][0] // (2 if mode == SILU else 1), mode) for name, mode in modes.items()}
 
 
 def weights_for(shape, layers: int, device, gen, dtype=torch.bfloat16) -> list[torch.Tensor]:
@@ -222,14 +235,15 @@ def check(args) -> int:
     dtype = torch.bfloat16 if device == "cuda" else torch.float16
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
-    for name, shape in shapes(args.size).items():
+    table = shapes(args.size)
+    scratch = scratch_for(device, table, args.rows, args.bn, args.ks)
+    for name, shape in table.items():
         k, n, mode = shape
         w = weights_for(shape, 1, device, gen, dtype)[0]
         x = torch.randn(args.rows, k, generator=gen).to(device, dtype)
         start = torch.randn(args.rows, n, generator=gen).to(device, dtype)
         want = start.clone()
         torch_product(x, w, want, mode)
-        scratch = scratch_for(device, shapes(args.size), args.rows)
         for bn, ks in configs(shape, args.bn, args.ks)[: args.check_configs]:
             got = start.clone()
             wf_product(x, w, got, mode, scratch, bn, ks, 4, False)
@@ -243,7 +257,7 @@ def check(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="1b", choices=("1b", "7b"))
+    parser.add_argument("--size", default="1b", choices=("1b",))  # product_shapes' 7b has 64-wide heads
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--bn", type=int, nargs="+", default=[32, 64, 128])
@@ -265,7 +279,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(0)
     table = shapes(args.size)
     ws = {name: weights_for(shape, args.layers, device, gen) for name, shape in table.items()}
-    scratch = scratch_for(device, table, args.rows)
+    scratch = scratch_for(device, table, args.rows, args.bn, args.ks)
     hidden = table["o"][1]
     h = (torch.randn(args.rows, hidden, generator=gen)).to(device, torch.bfloat16)
     bufs = {
@@ -283,9 +297,7 @@ def main(argv=None) -> int:
         k, n, mode = shape
         size = ws[name][0].numel() * 2
         x, out = inputs[name], (h.clone() if mode == ADD else bufs[name])
-        rows = []
-        t = us_per(functools.partial(over_weights, torch_product, ws[name], x, out, mode))
-        rows.append(("torch", t))
+        rows = [(us_per(functools.partial(over_weights, torch_product, ws[name], x, out, mode)), None)]
         for (bn, ks), warps, pdl in itertools.product(configs(shape, args.bn, args.ks), args.warps, (True, False)):
             if pdl and gdc_wait is None:
                 continue
@@ -295,16 +307,16 @@ def main(argv=None) -> int:
             except Exception as error:  # a shape Triton cannot compile (registers, shared memory)
                 print(f"  {name} bn={bn} ks={ks} warps={warps} pdl={pdl}: {type(error).__name__}", flush=True)
                 continue
-            rows.append((f"bn={bn} ks={ks} warps={warps} pdl={int(pdl)}", t))
-        rows.sort(key=lambda r: r[1])
-        torch_us = next(t for label, t in rows if label == "torch")
+            rows.append((t, (bn, ks, warps, pdl)))
+        rows.sort(key=lambda r: r[0])
+        torch_us = next(t for t, params in rows if params is None)
         print(
             f"{name} ({size / 1e6:.1f} MB): torch {torch_us:.2f} µs ({size / torch_us / 1e-6 / rate:.1%})", flush=True
         )
-        for label, t in rows[:6]:
-            print(f"  {label}: {t:.2f} µs ({size / t / 1e-6 / rate:.1%})", flush=True)
-        results["products"][name] = rows
-        best[name] = next(label for label, _ in rows if label != "torch")
+        for t, params in rows[:6]:
+            print(f"  {label(params)}: {t:.2f} µs ({size / t / 1e-6 / rate:.1%})", flush=True)
+        results["products"][name] = [(label(params), t) for t, params in rows]
+        best[name] = next(params for _, params in rows if params is not None)
 
     marker = torch.zeros(64, device=device)
 
@@ -322,17 +334,12 @@ def main(argv=None) -> int:
 
         return run
 
-    def parsed(label: str) -> tuple:
-        parts = dict(p.split("=") for p in label.split())
-        return int(parts["bn"]), int(parts["ks"]), int(parts["warps"]), parts["pdl"] == "1"
-
     layer_bytes = sum(ws[name][0].numel() * 2 for name in table)
     t = us_per(layer_chain("torch", {}))
     print(f"layer chain, torch: {t:.2f} µs a layer ({layer_bytes / t / 1e-6 / rate:.1%})", flush=True)
     results["chains"]["torch"] = t
-    picks = {name: parsed(label) for name, label in best.items()}
-    for pdl in (True, False):
-        chosen = {name: (*p[:3], pdl and gdc_wait is not None) for name, p in picks.items()}
+    for pdl in (True, False) if gdc_wait is not None else (False,):
+        chosen = {name: (*p[:3], pdl) for name, p in best.items()}
         t = us_per(layer_chain("wf", chosen))
         print(f"layer chain, weights first, pdl={int(pdl)} {chosen}: {t:.2f} µs a layer "
               f"({layer_bytes / t / 1e-6 / rate:.1%})", flush=True)  # fmt: skip

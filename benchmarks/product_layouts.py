@@ -42,9 +42,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.fused_kernels import _replayed_ms, write_report  # noqa: E402
+from benchmarks.fused_kernels import write_report  # noqa: E402
 from benchmarks.gpu_ceilings import copy_rate  # noqa: E402
 from benchmarks.l2_prefetch import DIM, SIZES, Chain  # noqa: E402
+from evaluation.engine.server.cuda_graphs import replayed_ms  # noqa: E402
 
 LAYOUTS = ("tn", "nn", "wx")
 LIBRARIES = ("cublas", "cublaslt")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 for library in LIBRARIES:
                     torch.backends.cuda.preferred_blas_library(library)
                     run = product_chain(out, inp, adds, rows, layout, args.copies, device)
-                    ms, _ = _replayed_ms(run, args.replays)
+                    ms, _ = replayed_ms(run, args.replays)
                     us = ms * 1e3 / args.copies
                     share = out * inp * 2 / (us / 1e6) / rate
                     results.append(dict(rows=rows, product=name, layout=layout, library=library, us=us, share=share))
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         for layout in ("tn", "nn"):
             for library in LIBRARIES:
                 torch.backends.cuda.preferred_blas_library(library)
-                ms, _ = _replayed_ms(functools.partial(chain.run_folded, transposed=layout == "nn"), args.replays)
+                ms, _ = replayed_ms(functools.partial(chain.run_folded, transposed=layout == "nn"), args.replays)
                 us = ms * 1e3 / layers
                 results.append(dict(rows=rows, product="folded layer", layout=layout, library=library, us=us))
                 print(f"rows {rows:3d}  folded layer {layout} {library:8s} {us:6.2f} µs a layer", flush=True)

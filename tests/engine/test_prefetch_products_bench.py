@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine.test_fused import _ptx as compiled
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,21 +32,14 @@ def test_each_product_equals_torchs_under_the_interpreter():
 
 
 def _ptx(pdl: bool) -> str:
-    triton = pytest.importorskip("triton")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    """The q/k/v product's kernel compiled for sm90 (test_fused's helper)."""
+    pytest.importorskip("triton")
     from benchmarks import prefetch_products as bench
 
     sig = {"x_ptr": "*bf16", "x_row": "i32", "w_ptr": "*bf16", "out_ptr": "*bf16", "part_ptr": "*fp32",
            "count_ptr": "*i32", "rows": "i32", "inv_n": "fp32", "eps": "fp32"}  # fmt: skip
     consts = dict(N=2560, K=2048, M=64, BN=64, KS=256, MODE=bench.STORE, PDL=pdl, EXACT=True)
-    source = ASTSource(fn=bench._product_kernel, signature=sig | dict.fromkeys(consts, "constexpr"),
-                       constexprs=consts, attrs={(i,): [["tt.divisibility", 16]] for i in (0, 2, 3, 4, 5)})  # fmt: skip
-    try:
-        return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"]
-    except (ImportError, FileNotFoundError) as e:  # pragma: no cover - a Triton without its CUDA tool chain
-        pytest.skip(f"cannot compile for CUDA here: {e}")
+    return compiled(bench._product_kernel, sig, consts, aligned=[0, 2, 3, 4, 5], options={"num_warps": 4})
 
 
 def test_an_early_launch_loads_its_weights_before_it_waits():
