@@ -47,7 +47,11 @@ SIZES = {  # hidden, intermediate, heads, kv heads, layers (the benchmarks' Llam
     "1b": (2048, 5632, 32, 4, 22),
     "7b": (4096, 11008, 32, 32, 32),
 }
-DIM = 64
+
+
+def head_dim(size: str) -> int:
+    hidden, _, heads, _, _ = SIZES[size]
+    return hidden // heads
 
 
 @triton.jit
@@ -149,6 +153,7 @@ class Chain:
     def __init__(self, size: str, rows: int, cols: int, device: torch.device):
         hidden, inter, heads, kv_heads, layers = SIZES[size]
         self.shape = hidden, inter, heads, kv_heads, layers
+        self.dim = dim = head_dim(size)
         self.rows, self.cols = rows, cols
         dt = torch.bfloat16
         scale = hidden**-0.5
@@ -156,16 +161,16 @@ class Chain:
         def w(*s):
             return (torch.randn(*s, device=device, dtype=dt) * scale).contiguous()
 
-        qkv_n = (heads + 2 * kv_heads) * DIM
+        qkv_n = (heads + 2 * kv_heads) * dim
         self.layers = [
             dict(
                 qkv=w(qkv_n, hidden),
-                o=w(hidden, heads * DIM),
+                o=w(hidden, heads * dim),
                 gu=w(2 * inter, hidden),
                 down=w(hidden, inter),
                 n1=torch.ones(hidden, device=device, dtype=dt),
                 n2=torch.ones(hidden, device=device, dtype=dt),
-                kv=w(rows, kv_heads, 2, cols, DIM),
+                kv=w(rows, kv_heads, 2, cols, dim),
             )  # fmt: skip
             for _ in range(layers)
         ]
@@ -199,10 +204,10 @@ class Chain:
             t, b, m = pf("norm1", i)
             _norm_kernel[(rows,)](x, res, p["n1"], normed, hidden, t, b, BLOCK=block_h, MODE=m, num_warps=4)
             qkv = F.linear(normed, p["qkv"])
-            att = torch.empty(rows, heads * DIM, device=x.device, dtype=x.dtype)
+            att = torch.empty(rows, heads * self.dim, device=x.device, dtype=x.dtype)
             t, b, m = pf("attend", i)
             _attend_kernel[(rows, kv_heads)](qkv, p["kv"], att, qkv.stride(0), self.cols, t, b, res, hidden,
-                                             GROUP=heads // kv_heads, DIM=DIM, BLOCK_N=64, MODE=m, num_warps=4)  # fmt: skip
+                                             GROUP=heads // kv_heads, DIM=self.dim, BLOCK_N=64, MODE=m, num_warps=4)  # fmt: skip
             o = F.linear(att, p["o"])
             normed = torch.empty_like(x)
             t, b, m = pf("norm2", i)
@@ -235,9 +240,9 @@ class Chain:
 
         for p, t in zip(self.layers, operands, strict=True):
             qkv = res @ t["qkv"]
-            att = torch.empty(rows, heads * DIM, device=res.device, dtype=res.dtype)
+            att = torch.empty(rows, heads * self.dim, device=res.device, dtype=res.dtype)
             _attend_kernel[(rows, kv_heads)](qkv, p["kv"], att, qkv.stride(0), self.cols, res, 0, res, hidden,
-                                             GROUP=heads // kv_heads, DIM=DIM, BLOCK_N=64, MODE=0, FOLD=True,
+                                             GROUP=heads // kv_heads, DIM=self.dim, BLOCK_N=64, MODE=0, FOLD=True,
                                              BLOCK_H=block_h, num_warps=4)  # fmt: skip
             res.addmm_(att, t["o"])
             gu = res @ t["gu"]

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fused_kernels import write_report  # noqa: E402
 from benchmarks.gpu_ceilings import copy_rate  # noqa: E402
-from benchmarks.l2_prefetch import DIM, SIZES, Chain  # noqa: E402
+from benchmarks.l2_prefetch import SIZES, Chain, head_dim  # noqa: E402
 from evaluation.engine.server.cuda_graphs import replayed_ms  # noqa: E402
 
 LAYOUTS = ("tn", "nn", "wx")
@@ -54,9 +54,10 @@ LIBRARIES = ("cublas", "cublaslt")
 def product_shapes(size: str) -> dict[str, tuple[int, int, bool]]:
     """name: (out, in, adds into the residual) of a folded step's products and the head."""
     hidden, inter, heads, kv_heads, _ = SIZES[size]
+    dim = head_dim(size)
     return {
-        "qkv": ((heads + 2 * kv_heads) * DIM, hidden, False),
-        "o": (hidden, heads * DIM, True),
+        "qkv": ((heads + 2 * kv_heads) * dim, hidden, False),
+        "o": (hidden, heads * dim, True),
         "gate_up": (2 * inter, hidden, False),
         "down": (hidden, inter, True),
         "head": (32000, hidden, False),

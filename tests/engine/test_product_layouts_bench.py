@@ -21,3 +21,10 @@ def test_every_layout_computes_the_engines_product():
             summed = _chain(out, inp, True, "tn")()
             assert not torch.allclose(summed, last)
             torch.testing.assert_close(_chain(out, inp, True, "nn")(), summed, msg=f"{name} nn, added")
+
+
+def test_the_shapes_take_each_sizes_own_head_width():
+    # 7b: 32 heads of 128 over 4,096 (a fixed width of 64 made its q/k/v and output half as wide)
+    assert bench.product_shapes("7b")["qkv"] == (3 * 4096, 4096, False)
+    assert bench.product_shapes("7b")["o"] == (4096, 4096, True)
+    assert bench.product_shapes("1b")["qkv"] == (2048 + 2 * 4 * 64, 2048, False)
