@@ -257,7 +257,7 @@ def check(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="1b", choices=("1b",))  # product_shapes' 7b has 64-wide heads
+    parser.add_argument("--size", default="1b", choices=("1b",))  # measured at 1b only (session 32)
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--bn", type=int, nargs="+", default=[32, 64, 128])
