@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from benchmarks.l2_prefetch import SIZES  # noqa: E402
 from benchmarks.product_layouts import product_shapes  # noqa: E402
 from evaluation.engine.server import fused  # noqa: E402
 from evaluation.engine.server.fused import libdevice  # noqa: E402
@@ -257,7 +258,7 @@ def check(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="1b", choices=("1b",))  # measured at 1b only (session 32)
+    parser.add_argument("--size", default="1b", choices=sorted(SIZES))
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--layers", type=int, default=22)
     parser.add_argument("--bn", type=int, nargs="+", default=[32, 64, 128])
